@@ -1,0 +1,63 @@
+# The lab: build, test, demo, bench. Every target installs what it needs on a fresh machine.
+SHELL := /bin/bash
+CONFIG ?= Release
+BUILD := build
+CC ?= cc
+CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
+DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
+
+SHIM_SRC := $(wildcard lab/preload/*.c)
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor
+
+.PHONY: all build deps native dotnet test demo bench clean props-long
+
+all: build
+
+# Debian packages the lab uses at run time or in tests, installed only when missing.
+APT_PKGS := fuse3 sqlite3 ripgrep
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
+
+native: $(BUILD)/liblabpreload.so $(PROGS)
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h | $(BUILD)
+	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
+
+$(BUILD)/mmapcheck: tests/progs/mmapcheck.c | $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/touch: lab/bench/touch.c | $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/uffd-floor: lab/bench/uffd-floor.c | $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $< -lpthread
+
+dotnet:
+	$(DOTNET) build Lab.sln -c $(CONFIG) -nologo -clp:ErrorsOnly -v:q
+
+build: deps native dotnet
+	@ln -sfn ../lab/bin/$(CONFIG)/net10.0/lab $(BUILD)/lab
+	@echo "built: $(BUILD)/lab, $(BUILD)/liblabpreload.so"
+
+# Runs every test project; the last line is the sum: "N passed, N failed".
+test: build
+	@bash lab/scripts/test.sh $(CONFIG)
+
+demo: build
+	@bash lab/scripts/demo.sh
+
+bench: build
+	@bash lab/scripts/bench.sh
+
+clean:
+	rm -rf $(BUILD)
+	find . -name bin -o -name obj -type d | xargs rm -rf

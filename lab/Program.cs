@@ -1,0 +1,6 @@
+namespace Lab;
+
+public static class Program
+{
+    public static int Main(string[] args) => Cli.Run(args);
+}

@@ -1,0 +1,107 @@
+/* The control protocol between the shim (liblabpreload.so) and the lab daemon.
+ *
+ * Transport: a Unix stream socket (SOCK_STREAM|SOCK_CLOEXEC). The path is in the
+ * environment variable LAB_CONTROL, set by `lab run`; `MOUNT/.lab/control` is a
+ * symlink to the same socket. Every message is a fixed header followed by `len`
+ * payload bytes. File descriptors travel as SCM_RIGHTS on the header's sendmsg.
+ * All integers are little-endian host order (x86-64 only).
+ *
+ * Every request from the shim gets exactly one reply with the same `seq`. A reply
+ * carries `status` = 0 or a positive errno. The shim serialises requests on its
+ * connection with a mutex, so there is at most one request in flight per
+ * connection. The C# mirror is lab/Daemon/Protocol.cs: change both together.
+ */
+#ifndef LABPROTO_H
+#define LABPROTO_H
+#include <stdint.h>
+
+#define LAB_PROTO_VERSION 1
+#define LAB_MAX_PAYLOAD 65536
+
+enum lab_msg_type {
+    /* shim -> daemon */
+    LAB_HELLO = 1,        /* lab_hello; SCM_RIGHTS: the process's uffd (fresh exec) */
+    LAB_CHILD_HELLO = 2,  /* lab_hello (flags has LAB_HELLO_FORK_CHILD); no fd.
+                             Reply carries SCM_RIGHTS: the child's own uffd, which the
+                             daemon took from the parent's UFFD_EVENT_FORK. */
+    LAB_MAP = 3,          /* lab_map: a range the shim mapped and registered */
+    LAB_OPEN_SHARED = 4,  /* lab_open_shared; reply lab_open_shared_reply + SCM_RIGHTS memfd */
+    LAB_UNMAP = 5,        /* lab_range: after a real munmap of a lab range; the daemon
+                             drops the entries and writes shared dirty pages back */
+    LAB_MSYNC = 6,        /* lab_range: write back shared pages in the range */
+    LAB_PROTECT = 7,      /* lab_range (prot set): after a real mprotect */
+    LAB_FORK_PREPARE = 8, /* empty: write-protect private lab pages (pmap_protect of vmspace_fork) */
+    LAB_FORK_DONE = 9,    /* lab_fork_done: the real fork returned in the parent */
+
+    /* lab CLI -> daemon (no uffd; the `lab` command itself) */
+    LAB_STAT = 10,        /* lab_stat; reply payload: text lines "name value\n" (up to 64 KiB) */
+
+    /* daemon -> shim: replies only (type = request type | LAB_REPLY) */
+    LAB_REPLY = 0x8000,
+};
+
+struct lab_hdr {
+    uint32_t type;
+    uint32_t len;     /* payload bytes after this header */
+    uint32_t seq;     /* echoed in the reply */
+    int32_t status;   /* replies: 0 or errno */
+};
+
+#define LAB_HELLO_FORK_CHILD 1u
+
+struct lab_hello {
+    uint32_t version;   /* LAB_PROTO_VERSION */
+    uint32_t flags;     /* LAB_HELLO_* */
+    int32_t pid;
+    int32_t ppid;
+    char vm[16];        /* resolver wanted for this process ("" = the mount's default) */
+    char comm[32];      /* argv[0] basename, for display */
+    uint64_t run_id;    /* LAB_RUN_ID from the environment (set by `lab run`), 0 if unset */
+};
+
+struct lab_hello_reply {
+    uint64_t features;  /* uffd features the daemon enabled with UFFDIO_API */
+};
+
+enum lab_map_kind {
+    LAB_MAP_ANON = 1,          /* private anonymous: registered MISSING|WP */
+    LAB_MAP_FILE_PRIVATE = 2,  /* private file: anonymous memory registered MISSING|WP */
+    LAB_MAP_FILE_SHARED = 3,   /* shared file: the object's memfd mapped MAP_SHARED, registered MISSING */
+};
+
+struct lab_map {
+    uint64_t addr;
+    uint64_t len;       /* page multiple */
+    int32_t prot;       /* PROT_* */
+    int32_t flags;      /* the program's MAP_* flags */
+    int32_t kind;       /* lab_map_kind */
+    int32_t pad;
+    uint64_t ino;       /* file kinds: st_ino of the file on the lab mount */
+    uint64_t offset;    /* file kinds: file offset of addr */
+};
+
+struct lab_open_shared {
+    uint64_t ino;       /* st_ino on the lab mount */
+};
+
+struct lab_open_shared_reply {
+    uint64_t size;      /* current file size */
+};
+
+struct lab_range {
+    uint64_t addr;
+    uint64_t len;
+    int32_t prot;       /* LAB_PROTECT only */
+    int32_t flags;      /* LAB_MSYNC: MS_* */
+};
+
+struct lab_stat {
+    uint64_t run_id;    /* 0: the whole mount; else only the processes of that `lab run` */
+};
+
+struct lab_fork_done {
+    int32_t child_pid;  /* <0: fork failed, the daemon undoes nothing (protection stays) */
+    int32_t pad;
+};
+
+#endif
