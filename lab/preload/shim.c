@@ -1,0 +1,977 @@
+/* liblabpreload.so: the LD_PRELOAD shim that turns a program's mmaps of lab memory
+ * into userfaultfd-registered ranges whose faults the lab daemon serves.
+ *
+ * The constructor creates the process's uffd, hands it to the daemon over the
+ * control socket (labproto.h) and keeps its own copy: if only the daemon held it,
+ * a daemon crash would turn blocked faults into silent zero pages. A watcher
+ * thread ends the process with a clear message as soon as the daemon's socket
+ * closes. Without LAB_CONTROL every wrapper passes straight through.
+ */
+#include "labproto.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* The machine runs 6.18 but the installed headers are 6.1: define what may be missing. */
+#ifndef UFFDIO_REGISTER_MODE_MISSING
+#define UFFDIO_REGISTER_MODE_MISSING ((uint64_t)1 << 0)
+#endif
+#ifndef UFFDIO_REGISTER_MODE_WP
+#define UFFDIO_REGISTER_MODE_WP ((uint64_t)1 << 1)
+#endif
+#ifndef UFFD_FEATURE_PAGEFAULT_FLAG_WP
+#define UFFD_FEATURE_PAGEFAULT_FLAG_WP (1u << 0)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1u << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1u << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1u << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1u << 16)
+#endif
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE 0x05
+#endif
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#define LAB_UFFDIO_REGISTER 0xc020aa00UL /* _IOWR(0xAA, 0, struct uffdio_register) */
+#define LAB_MAP_TYPE 0x0f                /* MAP_TYPE: SHARED / PRIVATE / SHARED_VALIDATE */
+
+#define LAB_EXIT_CODE 70 /* EX_SOFTWARE-like: the lab, not the program, failed */
+
+/* ---------- process state ---------- */
+
+static int g_on;               /* connected: the wrappers act */
+static int g_debug;
+static int g_sock = -1;        /* control connection to the daemon */
+static int g_uffd = -1;        /* our own reference to this process's uffd */
+static uint32_t g_seq;
+static uint64_t g_features;    /* uffd features the daemon enabled */
+static dev_t g_mount_dev;
+static int g_have_mount;
+static size_t g_page = 4096;
+static char g_ctl_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static char g_comm[32];
+static char g_vm[16];
+static uint64_t g_run_id;
+static pid_t (*g_real_fork)(void);
+
+/* Recursive: fork holds the connection across the real fork, and atfork handlers or
+ * nested wrappers on the same thread must not deadlock on it. */
+static pthread_mutex_t g_conn_lock;
+static pthread_mutex_t g_tab_lock;
+
+/* ---------- small helpers ---------- */
+
+static void write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void dbg(const char *fmt, ...)
+{
+    if (!g_debug)
+        return;
+    int saved = errno;
+    char buf[512];
+    int n = snprintf(buf, sizeof buf, "lab-shim[%d]: ", (int)getpid());
+    if (n < 0)
+        n = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (m > 0)
+        n += m;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    write_all(2, buf, (size_t)n);
+    errno = saved;
+}
+
+/* One line, then exit_group: other threads (even ones blocked in a uffd fault) die too. */
+static void die_line(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_line(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    write_all(2, buf, (size_t)n);
+    _exit(LAB_EXIT_CODE);
+}
+
+static void die_connect(int err) __attribute__((noreturn));
+static void die_connect(int err)
+{
+    die_line("lab: cannot connect to the lab daemon at %s: %s", g_ctl_path, strerror(err));
+}
+
+static void die_refused(int status) __attribute__((noreturn));
+static void die_refused(int status)
+{
+    die_line("lab: the lab daemon refused this process: %s", strerror(status));
+}
+
+static void die_gone(void) __attribute__((noreturn));
+static void die_gone(void)
+{
+    die_line("lab: the lab daemon went away; stopping %s (pid %d) rather than let it read pages the lab did not serve",
+             g_comm, (int)getpid());
+}
+
+static void init_locks(void)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&g_conn_lock, &a);
+    pthread_mutex_init(&g_tab_lock, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+/* The real calls, as raw syscalls: libc's own symbols would route back into us. */
+static void *real_mmap(void *a, size_t l, int p, int f, int fd, off_t o)
+{
+    return (void *)syscall(SYS_mmap, a, l, p, f, fd, o);
+}
+static int real_munmap(void *a, size_t l) { return (int)syscall(SYS_munmap, a, l); }
+static int real_mprotect(void *a, size_t l, int p) { return (int)syscall(SYS_mprotect, a, l, p); }
+static int real_msync(void *a, size_t l, int f) { return (int)syscall(SYS_msync, a, l, f); }
+static void *real_mremap(void *o, size_t os, size_t ns, int f, void *na)
+{
+    return (void *)syscall(SYS_mremap, o, os, ns, f, na);
+}
+
+static uintptr_t page_up(uintptr_t x) { return (x + g_page - 1) & ~(uintptr_t)(g_page - 1); }
+
+/* ---------- the table of this process's lab ranges ---------- */
+
+struct lab_ent {
+    uintptr_t start, end;
+    uint64_t ino, offset; /* file kinds: file offset of start */
+    int32_t kind, flags;
+};
+
+#define LAB_TAB_MAX 8192
+static struct lab_ent g_tab[LAB_TAB_MAX];
+static int g_ntab; /* read without the lock on the fast path: 0 means "no lab memory" */
+
+static int tab_any(uintptr_t s, uintptr_t e)
+{
+    if (__atomic_load_n(&g_ntab, __ATOMIC_RELAXED) == 0)
+        return 0;
+    int hit = 0;
+    pthread_mutex_lock(&g_tab_lock);
+    for (int i = 0; i < g_ntab && !hit; i++)
+        hit = g_tab[i].start < e && s < g_tab[i].end;
+    pthread_mutex_unlock(&g_tab_lock);
+    return hit;
+}
+
+static int tab_add(const struct lab_ent *x)
+{
+    int ok = 0;
+    pthread_mutex_lock(&g_tab_lock);
+    if (g_ntab < LAB_TAB_MAX) {
+        g_tab[g_ntab] = *x;
+        __atomic_store_n(&g_ntab, g_ntab + 1, __ATOMIC_RELAXED);
+        ok = 1;
+    }
+    pthread_mutex_unlock(&g_tab_lock);
+    return ok;
+}
+
+static int tab_find(uintptr_t a, struct lab_ent *out)
+{
+    int hit = 0;
+    pthread_mutex_lock(&g_tab_lock);
+    for (int i = 0; i < g_ntab; i++)
+        if (g_tab[i].start <= a && a < g_tab[i].end) {
+            *out = g_tab[i];
+            hit = 1;
+            break;
+        }
+    pthread_mutex_unlock(&g_tab_lock);
+    return hit;
+}
+
+/* Forget [s,e): trims, splits or drops entries. Returns how many entries it touched. */
+static int tab_cut(uintptr_t s, uintptr_t e)
+{
+    int touched = 0;
+    pthread_mutex_lock(&g_tab_lock);
+    for (int i = 0; i < g_ntab;) {
+        struct lab_ent *t = &g_tab[i];
+        if (!(t->start < e && s < t->end)) {
+            i++;
+            continue;
+        }
+        touched++;
+        if (s <= t->start && t->end <= e) {
+            *t = g_tab[g_ntab - 1];
+            __atomic_store_n(&g_ntab, g_ntab - 1, __ATOMIC_RELAXED);
+            continue; /* re-examine the entry moved into slot i */
+        }
+        if (t->start < s && e < t->end) {
+            /* a hole in the middle: keep the left part here, the right part in a new slot */
+            struct lab_ent right = *t;
+            right.offset += e - t->start;
+            right.start = e;
+            t->end = s;
+            if (g_ntab < LAB_TAB_MAX) {
+                g_tab[g_ntab] = right;
+                __atomic_store_n(&g_ntab, g_ntab + 1, __ATOMIC_RELAXED);
+            } else {
+                dbg("range table full: forgetting %#lx-%#lx", (unsigned long)right.start,
+                    (unsigned long)right.end);
+            }
+        } else if (s <= t->start) {
+            t->offset += e - t->start;
+            t->start = e;
+        } else {
+            t->end = s;
+        }
+        i++;
+    }
+    pthread_mutex_unlock(&g_tab_lock);
+    return touched;
+}
+
+/* ---------- the control connection ---------- */
+
+static int conn_open(int *out)
+{
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -errno;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, g_ctl_path, strlen(g_ctl_path));
+    while (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (errno == EINTR)
+            continue;
+        int e = errno;
+        close(s);
+        return -e;
+    }
+    *out = s;
+    return 0;
+}
+
+/* Header and payload in as many sendmsg calls as it takes; the fd rides on the first. */
+static int send_msg(int s, const struct lab_hdr *h, const void *pl, size_t len, int fd)
+{
+    const char *part[2] = {(const char *)h, (const char *)pl};
+    size_t plen[2] = {sizeof *h, len};
+    size_t total = sizeof *h + len, done = 0;
+    int fd_sent = fd < 0;
+    while (done < total) {
+        struct iovec v[2];
+        int nv = 0;
+        size_t skip = done;
+        for (int i = 0; i < 2; i++) {
+            if (skip >= plen[i]) {
+                skip -= plen[i];
+                continue;
+            }
+            v[nv].iov_base = (void *)(part[i] + skip);
+            v[nv].iov_len = plen[i] - skip;
+            skip = 0;
+            nv++;
+        }
+        struct msghdr mh;
+        memset(&mh, 0, sizeof mh);
+        mh.msg_iov = v;
+        mh.msg_iovlen = (size_t)nv;
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } cm;
+        if (!fd_sent) {
+            memset(&cm, 0, sizeof cm);
+            mh.msg_control = cm.buf;
+            mh.msg_controllen = sizeof cm.buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &fd, sizeof(int));
+        }
+        ssize_t n = sendmsg(s, &mh, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        fd_sent = 1;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* Exactly len bytes; any SCM_RIGHTS fd that comes along goes to *fd (extras are closed). */
+static int recv_exact(int s, void *buf, size_t len, int *fd)
+{
+    size_t got = 0;
+    while (got < len) {
+        struct iovec v = {(char *)buf + got, len - got};
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * 4)];
+            struct cmsghdr align;
+        } cm;
+        struct msghdr mh;
+        memset(&mh, 0, sizeof mh);
+        mh.msg_iov = &v;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cm.buf;
+        mh.msg_controllen = sizeof cm.buf;
+        ssize_t n = recvmsg(s, &mh, MSG_CMSG_CLOEXEC);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -ECONNRESET;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < nfd; i++) {
+                int f;
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+                if (fd && *fd < 0)
+                    *fd = f;
+                else
+                    close(f);
+            }
+        }
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+/* One request, one reply. Returns 0 (reply status in *status) or -errno if the
+ * connection failed. The reply payload is copied up to repcap bytes (rest zeroed). */
+static int lab_call(uint32_t type, const void *pl, uint32_t len, int send_fd, void *rep, uint32_t repcap,
+                    int *rfd, int32_t *status)
+{
+    int fd = -1, r;
+    struct lab_hdr h = {type, len, 0, 0}, rh;
+    if (rep)
+        memset(rep, 0, repcap);
+    pthread_mutex_lock(&g_conn_lock);
+    h.seq = ++g_seq;
+    r = send_msg(g_sock, &h, pl, len, send_fd);
+    if (r == 0)
+        r = recv_exact(g_sock, &rh, sizeof rh, &fd);
+    if (r == 0 && (rh.type != (type | LAB_REPLY) || rh.seq != h.seq || rh.len > LAB_MAX_PAYLOAD))
+        r = -EPROTO;
+    if (r == 0) {
+        uint32_t take = rh.len < repcap ? rh.len : repcap;
+        if (take)
+            r = recv_exact(g_sock, rep, take, &fd);
+        for (uint32_t left = rh.len - take; r == 0 && left > 0;) {
+            char sink[256];
+            uint32_t k = left < sizeof sink ? left : (uint32_t)sizeof sink;
+            r = recv_exact(g_sock, sink, k, &fd);
+            left -= k;
+        }
+    }
+    pthread_mutex_unlock(&g_conn_lock);
+    if (r != 0 || !rfd) {
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    if (rfd)
+        *rfd = fd;
+    if (r == 0)
+        *status = rh.status;
+    return r;
+}
+
+/* A request after start-up: a broken connection means the daemon is gone. */
+static int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t repcap, int *rfd)
+{
+    int saved = errno;
+    int32_t status = 0;
+    if (lab_call(type, pl, len, -1, rep, repcap, rfd, &status) != 0)
+        die_gone();
+    errno = saved;
+    return status;
+}
+
+static void *watcher(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    for (;;) {
+        /* Only hang-up: replies (POLLIN) belong to the request path. */
+        struct pollfd p = {fd, POLLRDHUP, 0};
+        int r = poll(&p, 1, -1);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        if (p.revents & POLLNVAL) {
+            /* the program closed our socket (e.g. closefrom before exec): nothing left to watch */
+            dbg("control socket closed by the program; watcher stops");
+            return NULL;
+        }
+        if (p.revents & (POLLRDHUP | POLLHUP | POLLERR))
+            die_gone();
+    }
+}
+
+static int start_watcher(void)
+{
+    pthread_t t;
+    pthread_attr_t a;
+    sigset_t all, old;
+    /* Signals meant for the program must not land on our thread. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    int r = pthread_create(&t, &a, watcher, (void *)(intptr_t)g_sock);
+    pthread_attr_destroy(&a);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return r;
+}
+
+static void fill_hello(struct lab_hello *h, uint32_t flags)
+{
+    memset(h, 0, sizeof *h);
+    h->version = LAB_PROTO_VERSION;
+    h->flags = flags;
+    h->pid = (int32_t)getpid();
+    h->ppid = (int32_t)getppid();
+    memcpy(h->vm, g_vm, sizeof h->vm);
+    memcpy(h->comm, g_comm, sizeof h->comm);
+    h->run_id = g_run_id;
+}
+
+/* ---------- start-up ---------- */
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = src ? strlen(src) : 0;
+    if (n >= cap)
+        n = cap - 1;
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
+static void pick_comm(void)
+{
+    const char *name = program_invocation_short_name;
+    if (name && *name) {
+        copy_str(g_comm, sizeof g_comm, name);
+        return;
+    }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        copy_str(g_comm, sizeof g_comm, "?");
+        return;
+    }
+    exe[n] = 0;
+    const char *slash = strrchr(exe, '/');
+    copy_str(g_comm, sizeof g_comm, slash ? slash + 1 : exe);
+}
+
+__attribute__((constructor(101))) static void lab_init(void)
+{
+    const char *ctl = getenv("LAB_CONTROL");
+    if (!ctl || !*ctl)
+        return; /* not under `lab run`: stay inert */
+    const char *d = getenv("LAB_DEBUG");
+    g_debug = d && strcmp(d, "1") == 0;
+    copy_str(g_ctl_path, sizeof g_ctl_path, ctl);
+    pick_comm();
+    copy_str(g_vm, sizeof g_vm, getenv("LAB_VM"));
+    const char *rid = getenv("LAB_RUN_ID");
+    g_run_id = rid ? strtoull(rid, NULL, 10) : 0;
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps > 0)
+        g_page = (size_t)ps;
+    init_locks();
+    g_real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+
+    if (strlen(ctl) >= sizeof g_ctl_path)
+        die_connect(ENAMETOOLONG);
+
+    const char *mnt = getenv("LAB_MOUNT");
+    struct stat st;
+    if (mnt && *mnt && stat(mnt, &st) == 0) {
+        g_mount_dev = st.st_dev;
+        g_have_mount = 1;
+    } else {
+        dbg("LAB_MOUNT %s not usable (%s): lab files will not be recognised", mnt ? mnt : "(unset)",
+            strerror(errno));
+    }
+
+    /* Not UFFD_USER_MODE_ONLY: the kernel must fault lab pages for read(2)/write(2) too. */
+    g_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (g_uffd < 0)
+        die_connect(errno);
+    int r = conn_open(&g_sock);
+    if (r < 0)
+        die_connect(-r);
+
+    struct lab_hello h;
+    struct lab_hello_reply rep;
+    int32_t status;
+    fill_hello(&h, 0);
+    /* The daemon calls UFFDIO_API: EVENT_FORK needs CAP_SYS_PTRACE of the caller. */
+    r = lab_call(LAB_HELLO, &h, sizeof h, g_uffd, &rep, sizeof rep, NULL, &status);
+    if (r < 0)
+        die_connect(-r);
+    if (status != 0)
+        die_refused(status);
+    g_features = rep.features;
+    r = start_watcher();
+    if (r != 0)
+        die_connect(r);
+    g_on = 1;
+    dbg("connected to %s: uffd %d, features %#llx, comm %s, vm '%s', run %llu", g_ctl_path, g_uffd,
+        (unsigned long long)g_features, g_comm, g_vm, (unsigned long long)g_run_id);
+}
+
+/* ---------- registration ---------- */
+
+static int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode)
+{
+    struct uffdio_register reg;
+    memset(&reg, 0, sizeof reg);
+    reg.range.start = start;
+    reg.range.len = len;
+    reg.mode = mode;
+    if (ioctl(g_uffd, LAB_UFFDIO_REGISTER, &reg) < 0)
+        return -errno;
+    return 0;
+}
+
+/* Private memory is WP-registered too (copy-on-write is modelled with write protection),
+ * unless the daemon did not enable WP faults. */
+static uint64_t private_modes(void)
+{
+    uint64_t m = UFFDIO_REGISTER_MODE_MISSING;
+    if (g_features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+        m |= UFFDIO_REGISTER_MODE_WP;
+    return m;
+}
+
+/* A MAP_FIXED mapping replaced whatever lab memory was there: tell the daemon first,
+ * so its unmap does not drop the new range announced right after. */
+static void forget_replaced(uintptr_t s, size_t len)
+{
+    uintptr_t e = s + page_up(len);
+    if (tab_cut(s, e)) {
+        struct lab_range rg = {s, e - s, 0, 0};
+        int32_t st = lab_req(LAB_UNMAP, &rg, sizeof rg, NULL, 0, NULL);
+        if (st)
+            dbg("LAB_UNMAP %#lx+%#lx (replaced): %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
+    }
+}
+
+/* Announce a registered range; on refusal undo it. Returns the address or MAP_FAILED. */
+static void *announce(void *res, size_t len, int prot, int flags, int kind, uint64_t ino, uint64_t off)
+{
+    uintptr_t s = (uintptr_t)res, l = page_up(len);
+    struct lab_ent ent = {s, s + l, ino, off, kind, flags};
+    if (!tab_add(&ent)) {
+        dbg("range table full: mmap refused");
+        real_munmap(res, len);
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    struct lab_map m;
+    memset(&m, 0, sizeof m);
+    m.addr = s;
+    m.len = l;
+    m.prot = prot;
+    m.flags = flags;
+    m.kind = kind;
+    m.ino = ino;
+    m.offset = off;
+    int32_t st = lab_req(LAB_MAP, &m, sizeof m, NULL, 0, NULL);
+    if (st != 0) {
+        dbg("LAB_MAP %#lx+%#lx kind %d refused: %s", (unsigned long)s, (unsigned long)l, kind, strerror(st));
+        tab_cut(s, s + l);
+        real_munmap(res, len);
+        errno = st;
+        return MAP_FAILED;
+    }
+    dbg("mapped %#lx+%#lx kind %d ino %llu off %llu", (unsigned long)s, (unsigned long)l, kind,
+        (unsigned long long)ino, (unsigned long long)off);
+    return res;
+}
+
+/* ---------- mmap ---------- */
+
+static void *map_anon(void *addr, size_t len, int prot, int flags)
+{
+    pthread_mutex_lock(&g_conn_lock);
+    void *res = real_mmap(addr, len, prot, flags, -1, 0);
+    if (res == MAP_FAILED) {
+        pthread_mutex_unlock(&g_conn_lock);
+        return res;
+    }
+    if (flags & MAP_FIXED)
+        forget_replaced((uintptr_t)res, len);
+    int r = uffd_register((uintptr_t)res, page_up(len), private_modes());
+    if (r < 0) {
+        /* odd memory the kernel will not register: leave it as plain memory */
+        dbg("register %#lx+%#lx failed (%s): left as plain memory", (unsigned long)res,
+            (unsigned long)page_up(len), strerror(-r));
+        pthread_mutex_unlock(&g_conn_lock);
+        return res;
+    }
+    res = announce(res, len, prot, flags, LAB_MAP_ANON, 0, 0);
+    int e = errno;
+    pthread_mutex_unlock(&g_conn_lock);
+    errno = e;
+    return res;
+}
+
+static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, off_t off, const struct stat *st)
+{
+    int type = flags & LAB_MAP_TYPE;
+    int shared = type == MAP_SHARED || type == MAP_SHARED_VALIDATE;
+    if (!shared && type != MAP_PRIVATE) {
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    /* The checks the kernel would make on the lab file itself, since it never sees it mapped. */
+    if (off < 0 || ((uint64_t)off & (g_page - 1)) || len == 0) {
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return MAP_FAILED;
+    int acc = fl & O_ACCMODE;
+    if (acc == O_WRONLY) {
+        errno = EACCES;
+        return MAP_FAILED;
+    }
+    if (shared && (prot & PROT_WRITE) && (acc != O_RDWR || (fl & O_APPEND))) {
+        errno = EACCES;
+        return MAP_FAILED;
+    }
+    /* Populating or locking at mmap time would fault zero pages in before the range is
+     * registered, bypassing the daemon: those requests are dropped. */
+    int keep = flags & ~(MAP_POPULATE | MAP_LOCKED);
+    if (keep != flags)
+        dbg("MAP_POPULATE/MAP_LOCKED ignored on a lab file");
+
+    pthread_mutex_lock(&g_conn_lock);
+    void *res;
+    int e = 0;
+    if (!shared) {
+        int rflags = (keep & ~LAB_MAP_TYPE) | MAP_PRIVATE | MAP_ANONYMOUS;
+        res = real_mmap(addr, len, prot, rflags, -1, 0);
+        if (res == MAP_FAILED)
+            goto out;
+        if (flags & MAP_FIXED)
+            forget_replaced((uintptr_t)res, len);
+        int r = uffd_register((uintptr_t)res, page_up(len), private_modes());
+        if (r < 0) {
+            dbg("register private file range failed: %s", strerror(-r));
+            real_munmap(res, len);
+            errno = -r;
+            res = MAP_FAILED;
+            goto out;
+        }
+        res = announce(res, len, prot, flags, LAB_MAP_FILE_PRIVATE, st->st_ino, (uint64_t)off);
+    } else {
+        struct lab_open_shared os = {st->st_ino};
+        struct lab_open_shared_reply osr;
+        int memfd = -1;
+        int32_t s = lab_req(LAB_OPEN_SHARED, &os, sizeof os, &osr, sizeof osr, &memfd);
+        if (s != 0 || memfd < 0) {
+            if (memfd >= 0)
+                close(memfd);
+            dbg("LAB_OPEN_SHARED ino %llu: %s", (unsigned long long)st->st_ino, s ? strerror(s) : "no memfd");
+            errno = s ? s : EPROTO;
+            res = MAP_FAILED;
+            goto out;
+        }
+        res = real_mmap(addr, len, prot, keep, memfd, off);
+        if (res == MAP_FAILED) {
+            e = errno;
+            close(memfd);
+            errno = e;
+            goto out;
+        }
+        close(memfd); /* the mapping holds the object */
+        if (flags & MAP_FIXED)
+            forget_replaced((uintptr_t)res, len);
+        int r = uffd_register((uintptr_t)res, page_up(len), UFFDIO_REGISTER_MODE_MISSING);
+        if (r < 0) {
+            dbg("register shared file range failed: %s", strerror(-r));
+            real_munmap(res, len);
+            errno = -r;
+            res = MAP_FAILED;
+            goto out;
+        }
+        res = announce(res, len, prot, flags, LAB_MAP_FILE_SHARED, st->st_ino, (uint64_t)off);
+    }
+out:
+    e = errno;
+    pthread_mutex_unlock(&g_conn_lock);
+    errno = e;
+    return res;
+}
+
+static void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (!g_on)
+        return real_mmap(addr, len, prot, flags, fd, off);
+
+    if (flags & MAP_ANONYMOUS) {
+        if ((flags & LAB_MAP_TYPE) == MAP_PRIVATE && prot != PROT_NONE &&
+            !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_POPULATE | MAP_LOCKED)))
+            return map_anon(addr, len, prot, flags);
+    } else if (fd >= 0 && g_have_mount) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == g_mount_dev)
+            return map_lab_file(addr, len, prot, flags, fd, off, &st);
+    }
+
+    /* Not lab memory. A fixed mapping may still replace some. */
+    if ((flags & MAP_FIXED) && tab_any((uintptr_t)addr, (uintptr_t)addr + page_up(len))) {
+        pthread_mutex_lock(&g_conn_lock);
+        void *res = real_mmap(addr, len, prot, flags, fd, off);
+        int e = errno;
+        if (res != MAP_FAILED)
+            forget_replaced((uintptr_t)res, len);
+        pthread_mutex_unlock(&g_conn_lock);
+        errno = e;
+        return res;
+    }
+    return real_mmap(addr, len, prot, flags, fd, off);
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    return lab_mmap(addr, len, prot, flags, fd, off);
+}
+
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off64_t off)
+{
+    return lab_mmap(addr, len, prot, flags, fd, (off_t)off);
+}
+
+/* ---------- munmap, msync, mprotect, mremap ---------- */
+
+int munmap(void *addr, size_t len)
+{
+    uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
+    if (!g_on || !tab_any(s, e))
+        return real_munmap(addr, len);
+    /* Held across the real call so the daemon sees unmaps and maps in the order they happened. */
+    pthread_mutex_lock(&g_conn_lock);
+    int r = real_munmap(addr, len);
+    int err = errno;
+    if (r == 0 && tab_cut(s, e)) {
+        /* synchronous: the daemon writes shared dirty pages back before it replies */
+        struct lab_range rg = {s, e - s, 0, 0};
+        int32_t st = lab_req(LAB_UNMAP, &rg, sizeof rg, NULL, 0, NULL);
+        if (st)
+            dbg("LAB_UNMAP %#lx+%#lx: %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
+    }
+    pthread_mutex_unlock(&g_conn_lock);
+    errno = err;
+    return r;
+}
+
+int msync(void *addr, size_t len, int flags)
+{
+    uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
+    int r = real_msync(addr, len, flags);
+    if (r != 0 || !g_on || !tab_any(s, e))
+        return r;
+    struct lab_range rg = {s, e - s, 0, flags};
+    int32_t st = lab_req(LAB_MSYNC, &rg, sizeof rg, NULL, 0, NULL);
+    if (st != 0) {
+        /* a failed write-back is the program's business, as on a real file */
+        errno = st;
+        return -1;
+    }
+    return 0;
+}
+
+int mprotect(void *addr, size_t len, int prot)
+{
+    uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
+    if (!g_on || !tab_any(s, e))
+        return real_mprotect(addr, len, prot);
+    pthread_mutex_lock(&g_conn_lock);
+    int r = real_mprotect(addr, len, prot);
+    int err = errno;
+    if (r == 0) {
+        struct lab_range rg = {s, e - s, prot, 0};
+        int32_t st = lab_req(LAB_PROTECT, &rg, sizeof rg, NULL, 0, NULL);
+        if (st)
+            dbg("LAB_PROTECT %#lx+%#lx: %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
+    }
+    pthread_mutex_unlock(&g_conn_lock);
+    errno = err;
+    return r;
+}
+
+void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
+{
+    void *want = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        want = va_arg(ap, void *);
+        va_end(ap);
+    }
+    void *res = real_mremap(old, old_size, new_size, flags, want);
+    if (res == MAP_FAILED || !g_on)
+        return res;
+    int err = errno;
+    /* The daemon learns moves from the uffd REMAP/UNMAP events; only our table changes. */
+    uintptr_t o = (uintptr_t)old, n = (uintptr_t)res;
+    struct lab_ent ent;
+    int was_lab = tab_find(o, &ent);
+    pthread_mutex_lock(&g_tab_lock);
+    if (was_lab && old_size && !(flags & MREMAP_DONTUNMAP))
+        tab_cut(o, o + page_up(old_size));
+    if (flags & MREMAP_FIXED)
+        tab_cut(n, n + page_up(new_size));
+    if (was_lab) {
+        struct lab_ent moved = ent;
+        moved.offset = ent.offset + (o - ent.start);
+        moved.start = n;
+        moved.end = n + page_up(new_size);
+        if (!tab_add(&moved))
+            dbg("range table full: forgetting the moved range %#lx", (unsigned long)n);
+    }
+    pthread_mutex_unlock(&g_tab_lock);
+    errno = err;
+    return res;
+}
+
+/* ---------- fork ---------- */
+
+static void child_reconnect(void)
+{
+    /* Only this thread survived the fork: locks may be held by threads that no longer exist. */
+    init_locks();
+    g_seq = 0;
+    close(g_sock);
+    close(g_uffd); /* the parent's uffd; ours comes from the daemon's FORK event */
+    g_sock = g_uffd = -1;
+    int r = conn_open(&g_sock);
+    if (r < 0)
+        die_connect(-r);
+    struct lab_hello h;
+    struct lab_hello_reply rep;
+    int32_t status;
+    int fd = -1;
+    fill_hello(&h, LAB_HELLO_FORK_CHILD);
+    r = lab_call(LAB_CHILD_HELLO, &h, sizeof h, -1, &rep, sizeof rep, &fd, &status);
+    if (r < 0)
+        die_connect(-r);
+    if (status != 0)
+        die_refused(status);
+    if (fd < 0)
+        die_connect(EPROTO);
+    g_uffd = fd;
+    g_features = rep.features;
+    r = start_watcher();
+    if (r != 0)
+        die_connect(r);
+    dbg("fork child connected: uffd %d", g_uffd);
+}
+
+pid_t fork(void)
+{
+    if (!g_real_fork)
+        g_real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+    if (!g_on)
+        return g_real_fork();
+
+    pthread_mutex_lock(&g_conn_lock);
+    int32_t st = lab_req(LAB_FORK_PREPARE, NULL, 0, NULL, 0, NULL);
+    if (st != 0) {
+        /* without the protection the child's copy-on-write would go unseen */
+        pthread_mutex_unlock(&g_conn_lock);
+        dbg("LAB_FORK_PREPARE refused: %s", strerror(st));
+        errno = st;
+        return -1;
+    }
+    /* The table too, so the child never inherits one half-updated by another thread. */
+    pthread_mutex_lock(&g_tab_lock);
+    pid_t pid = g_real_fork();
+    int err = errno;
+    if (pid == 0) {
+        child_reconnect();
+        return 0;
+    }
+    pthread_mutex_unlock(&g_tab_lock);
+    struct lab_fork_done fd = {pid < 0 ? -1 : (int32_t)pid, 0};
+    st = lab_req(LAB_FORK_DONE, &fd, sizeof fd, NULL, 0, NULL);
+    if (st)
+        dbg("LAB_FORK_DONE: %s", strerror(st));
+    pthread_mutex_unlock(&g_conn_lock);
+    errno = err;
+    return pid;
+}
