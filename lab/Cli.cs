@@ -1,6 +1,292 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Lab.Daemon;
+using Lab.Fusefs;
+using Lab.Linux;
+using Lab.Vm;
+
 namespace Lab;
 
+/// <summary>The `lab` command line. Bad input: one line on stderr, a non-zero exit.</summary>
 public static class Cli
 {
-    public static int Run(string[] args) { Console.Error.WriteLine("lab: not built yet"); return 2; }
+    public static int Run(string[] args)
+    {
+        var root = new RootCommand("the lab: an mmap laboratory — BSD fault handlers serving real programs' page faults");
+        root.Add(MountCommand());
+        root.Add(UnmountCommand());
+        root.Add(RunCommand());
+        root.Add(StatCommand());
+        try
+        {
+            return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (e is LabException or FuseMountException)
+        {
+            Console.Error.WriteLine($"lab: {e.Message}");
+            return 1;
+        }
+    }
+
+    static Option<string> VmOption(string description) => new("--vm")
+    {
+        Description = description + " (" + string.Join(", ", Resolvers.Names) + ")",
+        CustomParser = r =>
+        {
+            var v = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!Resolvers.Names.Contains(v)) r.AddError($"unknown --vm '{v}'; choose one of: {string.Join(", ", Resolvers.Names)}");
+            return v;
+        },
+    };
+
+    static Command MountCommand()
+    {
+        var backing = new Argument<string>("BACKING") { Description = "the directory whose files the mount shows" };
+        var mountpoint = new Argument<string>("MOUNTPOINT") { Description = "an empty directory to mount on" };
+        var vm = VmOption("default fault handler design for programs on this mount");
+        vm.DefaultValueFactory = _ => "freebsd";
+        var foreground = new Option<bool>("--foreground") { Description = "run the daemon in this process (logs on stderr)" };
+        var threads = new Option<int>("--threads") { Description = "FUSE request threads", DefaultValueFactory = _ => 2 };
+        var log = new Option<string>("--log") { Description = "with --foreground: once mounted, send the daemon's messages to this file", Hidden = true };
+        var cmd = new Command("mount", "mount the lab file system and start its daemon") { backing, mountpoint, vm, foreground, threads, log };
+        cmd.SetAction(r =>
+        {
+            string b = Path.GetFullPath(r.GetValue(backing)!), m = Path.GetFullPath(r.GetValue(mountpoint)!);
+            if (!Directory.Exists(b)) throw new LabException($"backing directory {b} does not exist");
+            if (!Directory.Exists(m)) throw new LabException($"mount point {m} does not exist");
+            if (r.GetValue(foreground)) return Foreground(b, m, r.GetValue(vm)!, r.GetValue(threads), r.GetValue(log));
+            return Background(b, m, r.GetValue(vm)!, r.GetValue(threads));
+        });
+        return cmd;
+    }
+
+    static int Foreground(string backing, string mountpoint, string vm, int threads, string? log)
+    {
+        using var daemon = new LabDaemon(backing, mountpoint, vm);
+        return daemon.Run(threads, () =>
+        {
+            Console.Out.WriteLine($"ready {Environment.ProcessId}");
+            Console.Out.Flush();
+            if (log != null) Native.RedirectOutput(log);
+        });
+    }
+
+    /// <summary>Start the daemon as a detached child and return once the mount answers.</summary>
+    static int Background(string backing, string mountpoint, string vm, int threads)
+    {
+        var log = Path.Combine(LabDaemon.SocketDirectory, $"mount-{Math.Abs(mountpoint.GetHashCode()):x}.log");
+        Directory.CreateDirectory(LabDaemon.SocketDirectory);
+        var psi = new ProcessStartInfo("setsid")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+        };
+        // setsid: the daemon outlives this command and the terminal's Ctrl-C.
+        foreach (var a in new[] { Environment.ProcessPath!, "mount", "--foreground", "--log", log, "--vm", vm, "--threads", threads.ToString(), backing, mountpoint })
+            psi.ArgumentList.Add(a);
+        var p = Process.Start(psi)!;
+        var errors = p.StandardError.ReadToEndAsync();
+        var line = p.StandardOutput.ReadLine();
+        if (line == null || !line.StartsWith("ready "))
+        {
+            p.WaitForExit();
+            var err = errors.Result.Trim().Split('\n').LastOrDefault(l => l.Length > 0) ?? "the daemon exited";
+            Console.Error.WriteLine(err.StartsWith("lab: ") ? err : "lab: " + err);
+            return 1;
+        }
+        Console.Out.WriteLine($"lab: mounted {backing} on {mountpoint} (daemon pid {line[6..]}, vm {vm}, log {log})");
+        return 0;
+    }
+
+    static Command UnmountCommand()
+    {
+        var mountpoint = new Argument<string>("MOUNTPOINT");
+        var cmd = new Command("unmount", "write dirty pages back, unmount, and stop the daemon") { mountpoint };
+        cmd.SetAction(r =>
+        {
+            var m = Path.GetFullPath(r.GetValue(mountpoint)!);
+            if (!Mounts.IsLabMount(m)) throw new LabException($"{m} is not a lab mount");
+            var conn = ControlConnection.Connect(Path.Combine(m, ".lab", "control"), out _);
+            if (conn == null)
+            {
+                // The daemon is gone (killed): what is left is a dead mount; clear it.
+                FuseServer.ClearStale(m);
+                Console.Out.WriteLine($"lab: cleared a stale lab mount at {m}");
+                return 0;
+            }
+            int pid;
+            using (conn) pid = conn.PeerCred().Pid;
+            Native.kill(pid, 15);
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (Mounts.IsLabMount(m))
+            {
+                if (DateTime.UtcNow > deadline) throw new LabException($"the daemon (pid {pid}) did not unmount {m} within 60 s");
+                Thread.Sleep(20);
+            }
+            Console.Out.WriteLine($"lab: unmounted {m}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    static Option<string> MountOption() => new("--mount") { Description = "the lab mount (default: $LAB_MOUNT, or the only lab mount)" };
+
+    static string FindMount(string? given)
+    {
+        given ??= Environment.GetEnvironmentVariable("LAB_MOUNT");
+        if (given != null)
+        {
+            var m = Path.GetFullPath(given);
+            if (!Mounts.IsLabMount(m)) throw new LabException($"{m} is not a lab mount");
+            return m;
+        }
+        var all = Mounts.LabMounts();
+        return all.Count switch
+        {
+            0 => throw new LabException("no lab mount found; start one with `lab mount BACKING MOUNTPOINT`"),
+            1 => all[0],
+            _ => throw new LabException($"several lab mounts ({string.Join(", ", all)}); choose one with --mount"),
+        };
+    }
+
+    static ControlConnection ConnectDaemon(string mount, out string socket)
+    {
+        var link = Path.Combine(mount, ".lab", "control");
+        socket = new FileInfo(link).LinkTarget ?? link;
+        return ControlConnection.Connect(link, out int e)
+            ?? throw new LabException($"the lab daemon for {mount} is not running ({Native.StrError(e)})");
+    }
+
+    static string Stat(ControlConnection conn, ulong run)
+    {
+        Span<byte> p = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(p, run);
+        if (!conn.Send(Proto.Stat, 1, 0, p) || conn.Receive() is not Message m || m.Type != (Proto.Stat | Proto.Reply))
+            throw new LabException("the lab daemon did not answer");
+        return System.Text.Encoding.UTF8.GetString(conn.Payload(m));
+    }
+
+    static Command RunCommand()
+    {
+        var mount = MountOption();
+        var vm = VmOption("fault handler design for this program");
+        var stats = new Option<bool>("--stats") { Description = "print this run's counters on stderr when the program ends" };
+        var program = new Argument<string[]>("PROGRAM") { Description = "the program and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
+        var cmd = new Command("run", "run an unmodified program with its lab memory served by the lab") { mount, vm, stats, program };
+        cmd.SetAction(r =>
+        {
+            var m = FindMount(r.GetValue(mount));
+            using var conn = ConnectDaemon(m, out var socket);
+            var argv = r.GetValue(program)!;
+            var exe = ResolveProgram(argv[0]) ?? throw new LabException($"{argv[0]}: command not found");
+            var shim = FindShim();
+            ulong run = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+            var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
+            foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
+            psi.Environment["LAB_CONTROL"] = socket;
+            psi.Environment["LAB_MOUNT"] = m;
+            psi.Environment["LAB_RUN_ID"] = run.ToString();
+            var v = r.GetValue(vm);
+            if (!string.IsNullOrEmpty(v)) psi.Environment["LAB_VM"] = v;
+            var pre = Environment.GetEnvironmentVariable("LD_PRELOAD");
+            psi.Environment["LD_PRELOAD"] = string.IsNullOrEmpty(pre) ? shim : shim + ":" + pre;
+            Process child;
+            try { child = Process.Start(psi)!; }
+            catch (System.ComponentModel.Win32Exception e) { throw new LabException($"{argv[0]}: {e.Message}"); }
+            // Ctrl-C reaches the program through the terminal; the lab command just waits for it.
+            using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+                System.Runtime.InteropServices.PosixSignal.SIGINT, c => c.Cancel = true);
+            child.WaitForExit();
+            if (r.GetValue(stats)) Console.Error.Write(Table(Stat(conn, run)));
+            return child.ExitCode;
+        });
+        return cmd;
+    }
+
+    static Command StatCommand()
+    {
+        var mount = MountOption();
+        var run = new Option<ulong>("--run") { Description = "only the processes of one `lab run` (its LAB_RUN_ID)" };
+        var raw = new Option<bool>("--raw") { Description = "print `name value` lines, as .lab/stats does" };
+        var cmd = new Command("stat", "print the mount's counters") { mount, run, raw };
+        cmd.SetAction(r =>
+        {
+            var m = FindMount(r.GetValue(mount));
+            using var conn = ConnectDaemon(m, out _);
+            var text = Stat(conn, r.GetValue(run));
+            Console.Out.Write(r.GetValue(raw) ? text : Table(text));
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>The stats text as an aligned table, zero counters folded away.</summary>
+    public static string Table(string stats)
+    {
+        var sb = new System.Text.StringBuilder();
+        var rows = stats.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        foreach (var line in rows)
+        {
+            if (line.StartsWith('#')) { sb.Append(line[2..]).Append('\n'); continue; }
+            var parts = line.Split(' ', 2);
+            if (parts.Length == 2 && parts[1] is not "0" and not "0.0")
+                sb.Append("  ").Append(parts[0].PadRight(26)).Append(parts[1].PadLeft(12)).Append('\n');
+        }
+        return sb.ToString();
+    }
+
+    static string? ResolveProgram(string name)
+    {
+        if (name.Contains('/')) return File.Exists(name) ? Path.GetFullPath(name) : null;
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':'))
+        {
+            var p = Path.Combine(dir.Length == 0 ? "." : dir, name);
+            if (File.Exists(p)) return p;
+        }
+        return null;
+    }
+
+    /// <summary>liblabpreload.so: $LAB_PRELOAD, next to this program, or the build/ folder of the tree.</summary>
+    public static string FindShim()
+    {
+        var env = Environment.GetEnvironmentVariable("LAB_PRELOAD");
+        if (!string.IsNullOrEmpty(env) && File.Exists(env)) return Path.GetFullPath(env);
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+        {
+            foreach (var c in new[] { Path.Combine(d.FullName, "liblabpreload.so"), Path.Combine(d.FullName, "build", "liblabpreload.so") })
+                if (File.Exists(c)) return c;
+        }
+        throw new LabException("liblabpreload.so not found (run `make`, or set LAB_PRELOAD)");
+    }
+}
+
+/// <summary>Lab mounts as /proc/self/mountinfo lists them.</summary>
+public static class Mounts
+{
+    public static List<string> LabMounts()
+    {
+        var list = new List<string>();
+        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            int dash = line.IndexOf(" - ", StringComparison.Ordinal);
+            if (dash < 0) continue;
+            var fstype = line[(dash + 3)..].Split(' ')[0];
+            if (fstype != "fuse.lab") continue;
+            list.Add(Unescape(line.Split(' ')[4]));
+        }
+        return list;
+    }
+
+    public static bool IsLabMount(string path) => LabMounts().Contains(Path.GetFullPath(path).TrimEnd('/') is var p && p.Length > 0 ? p : "/");
+
+    static string Unescape(string s)
+    {
+        if (!s.Contains('\\')) return s;
+        var sb = new System.Text.StringBuilder();
+        for (int i = 0; i < s.Length; i++)
+        {
+            if (s[i] == '\\' && i + 3 < s.Length) { sb.Append((char)Convert.ToInt32(s.Substring(i + 1, 3), 8)); i += 3; }
+            else sb.Append(s[i]);
+        }
+        return sb.ToString();
+    }
 }

@@ -1,0 +1,195 @@
+using System.Buffers.Binary;
+using System.Text;
+using Lab.Linux;
+using Lab.Vm;
+
+namespace Lab.Daemon;
+
+/// <summary>
+/// The control socket: the shim's hand-off (HELLO with the uffd), its map requests, and
+/// `lab stat`. One thread per connection; a connection is one process image. Only the
+/// user who mounted (or root) may connect (SO_PEERCRED). A malformed message closes
+/// that connection and nothing else.
+/// </summary>
+public sealed unsafe class ControlServer : IDisposable
+{
+    const ulong Features = Native.UFFD_FEATURE_PAGEFAULT_FLAG_WP | Native.UFFD_FEATURE_EVENT_FORK
+        | Native.UFFD_FEATURE_EVENT_REMAP | Native.UFFD_FEATURE_EVENT_REMOVE | Native.UFFD_FEATURE_EVENT_UNMAP
+        | Native.UFFD_FEATURE_MISSING_SHMEM | Native.UFFD_FEATURE_THREAD_ID;
+
+    readonly LabDaemon _daemon;
+    readonly string _path;
+    readonly uint _ownerUid;
+    int _listenFd = -1;
+    Thread? _acceptThread;
+    readonly List<ControlConnection> _conns = new();
+    volatile bool _stopping;
+
+    public ControlServer(LabDaemon daemon, string path)
+    {
+        _daemon = daemon; _path = path; _ownerUid = Native.getuid();
+    }
+
+    public string Path => _path;
+
+    public void Start()
+    {
+        try { File.Delete(_path); } catch (IOException) { }
+        _listenFd = Native.socket(Native.AF_UNIX, Native.SOCK_STREAM | Native.SOCK_CLOEXEC, 0);
+        Span<byte> addr = stackalloc byte[110];
+        if (_listenFd < 0 || !Native.SockAddr(_path, addr, out uint len))
+            throw new LabException($"cannot create the control socket {_path}");
+        fixed (byte* a = addr)
+            if (Native.bind(_listenFd, a, len) != 0 || Native.listen(_listenFd, 128) != 0)
+                throw new LabException($"cannot listen on {_path}: {Native.StrError(Native.Errno)}");
+        File.SetUnixFileMode(_path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead
+            | UnixFileMode.GroupWrite | UnixFileMode.OtherRead | UnixFileMode.OtherWrite);  // SO_PEERCRED decides
+        _acceptThread = new Thread(AcceptLoop) { IsBackground = true, Name = "control accept" };
+        _acceptThread.Start();
+    }
+
+    void AcceptLoop()
+    {
+        while (!_stopping)
+        {
+            int fd = Native.accept4(_listenFd, null, null, Native.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                if (_stopping) return;
+                if (Native.Errno == Native.EINTR) continue;
+                Thread.Sleep(10);
+                continue;
+            }
+            var conn = new ControlConnection(fd);
+            var cred = conn.PeerCred();
+            if (cred.Uid != 0 && cred.Uid != _ownerUid)
+            {
+                Log.Info($"refused a control connection from uid {cred.Uid} (pid {cred.Pid})");
+                conn.Dispose();
+                continue;
+            }
+            lock (_conns) _conns.Add(conn);
+            new Thread(() => Serve(conn, cred.Pid)) { IsBackground = true, Name = $"control {cred.Pid}" }.Start();
+        }
+    }
+
+    void Serve(ControlConnection conn, int peerPid)
+    {
+        LabProcess? proc = null;
+        try
+        {
+            while (!_stopping)
+            {
+                var m = conn.Receive();
+                if (m is not Message msg) break;
+                try
+                {
+                    if (!Handle(conn, msg, ref proc, peerPid)) break;
+                }
+                finally
+                {
+                    if (msg.Fd >= 0 && msg.Type != Proto.Hello) Native.close(msg.Fd);
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            Log.Error($"control connection of pid {peerPid}: {e.GetType().Name}: {e.Message}");
+        }
+        finally
+        {
+            lock (_conns) _conns.Remove(conn);
+            conn.Dispose();
+            if (proc != null) _daemon.ProcessGone(proc);
+        }
+    }
+
+    /// <summary>Handle one message; false closes the connection.</summary>
+    bool Handle(ControlConnection conn, Message m, ref LabProcess? proc, int peerPid)
+    {
+        var p = conn.Payload(m);
+        switch (m.Type)
+        {
+            case Proto.Hello when proc == null && p.Length >= Proto.HelloSize:
+            {
+                var (pid, run, vm, comm) = ParseHello(p);
+                if (m.Fd < 0) return Reply(conn, m, Native.EINVAL);
+                if (pid != peerPid) { Native.close(m.Fd); return Reply(conn, m, Native.EINVAL) && false; }
+                int err = UffdPmap.Api(m.Fd, Features, out ulong got);
+                if (err != 0) { Native.close(m.Fd); Reply(conn, m, err); return false; }
+                proc = _daemon.NewProcess(m.Fd, pid, run, vm, comm, out err);
+                if (proc == null) { Reply(conn, m, err); return false; }
+                Span<byte> r = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(r, got);
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, r);
+            }
+            case Proto.ChildHello when proc == null && p.Length >= Proto.HelloSize:
+            {
+                var (pid, _, _, _) = ParseHello(p);
+                int ppid = BinaryPrimitives.ReadInt32LittleEndian(p[12..]);
+                if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
+                var child = _daemon.Registry.ForkParent(ppid)?.ClaimChild(TimeSpan.FromSeconds(10));
+                if (child == null) { Reply(conn, m, Native.ESRCH); return false; }
+                child.Pid = pid;
+                proc = child;
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, ReadOnlySpan<byte>.Empty, child.Pmap.Uffd);
+            }
+            case Proto.Stat when p.Length >= 8:
+            {
+                ulong run = BinaryPrimitives.ReadUInt64LittleEndian(p);
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, Encoding.UTF8.GetBytes(_daemon.StatsText(run)));
+            }
+            case Proto.Map when proc != null && p.Length >= Proto.MapSize:
+            {
+                ulong addr = Rd64(p, 0), len = Rd64(p, 8);
+                int prot = Rd32(p, 16), kind = Rd32(p, 24);
+                ulong ino = Rd64(p, 32), offset = Rd64(p, 40);
+                return Reply(conn, m, _daemon.Map(proc, addr, len, prot, kind, ino, offset));
+            }
+            case Proto.OpenShared when proc != null && p.Length >= 8:
+            {
+                var file = _daemon.File(Rd64(p, 0));
+                if (file == null) return Reply(conn, m, Native.ENOENT);
+                Span<byte> r = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(r, (ulong)file.Size);
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, r, file.MemfdFd);
+            }
+            case Proto.Unmap when proc != null && p.Length >= Proto.RangeSize:
+                return Reply(conn, m, _daemon.Unmap(proc, Rd64(p, 0), Rd64(p, 8)));
+            case Proto.Msync when proc != null && p.Length >= Proto.RangeSize:
+                return Reply(conn, m, _daemon.Msync(proc, Rd64(p, 0), Rd64(p, 8)));
+            case Proto.Protect when proc != null && p.Length >= Proto.RangeSize:
+                proc.Space.Protect(Rd64(p, 0), Rd64(p, 8), LabDaemon.ToProt(Rd32(p, 16)));
+                return Reply(conn, m, 0);
+            case Proto.ForkPrepare when proc != null:
+                proc.Space.ForkProtect();
+                return Reply(conn, m, 0);
+            case Proto.ForkDone when proc != null:
+                return Reply(conn, m, 0);
+            default:
+                Log.Info($"closing the control connection of pid {peerPid}: malformed message (type {m.Type}, {m.Length} bytes)");
+                return false;
+        }
+    }
+
+    static (int pid, ulong run, string vm, string comm) ParseHello(ReadOnlySpan<byte> p) =>
+        (BinaryPrimitives.ReadInt32LittleEndian(p[8..]), BinaryPrimitives.ReadUInt64LittleEndian(p[64..]),
+         Proto.CString(p.Slice(16, 16)), Proto.CString(p.Slice(32, 32)));
+
+    static ulong Rd64(ReadOnlySpan<byte> p, int o) => BinaryPrimitives.ReadUInt64LittleEndian(p[o..]);
+    static int Rd32(ReadOnlySpan<byte> p, int o) => BinaryPrimitives.ReadInt32LittleEndian(p[o..]);
+
+    static bool Reply(ControlConnection conn, Message m, int status) =>
+        conn.Send(m.Type | Proto.Reply, m.Seq, status, ReadOnlySpan<byte>.Empty);
+
+    public void Dispose()
+    {
+        _stopping = true;
+        if (_listenFd >= 0) { Native.shutdown(_listenFd, 2); Native.close(_listenFd); _listenFd = -1; }
+        _acceptThread?.Join(TimeSpan.FromSeconds(2));
+        lock (_conns) foreach (var c in _conns) c.Shutdown();
+        try { File.Delete(_path); } catch (IOException) { }
+    }
+}
+
+public sealed class LabException(string message) : Exception(message);

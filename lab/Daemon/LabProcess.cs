@@ -1,0 +1,184 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Lab.Linux;
+using Lab.Vm;
+
+namespace Lab.Daemon;
+
+/// <summary>
+/// One process image under `lab run`: its address space in the VM core, its pmap (the
+/// uffd), and the thread that reads that uffd. Faults of one process are served by its
+/// own thread, so no lock is shared between processes on the fault path.
+/// </summary>
+public sealed unsafe class LabProcess
+{
+    public int Pid;
+    public readonly ulong RunId;
+    public readonly string Comm;
+    public readonly AddressSpace Space;
+    public readonly UffdPmap Pmap;
+    public readonly LatencyHistogram Latency = new();
+    public long LookupMisses, InternalErrors, Events;
+    public readonly Queue<LabProcess> PendingChildren = new();   // from UFFD_EVENT_FORK, not yet claimed
+    readonly Registry _registry;
+    readonly int _stopFd;
+    Thread? _thread;
+    int _stopped, _gone;
+
+    /// <summary>True once: the caller tears the process down.</summary>
+    public bool MarkGone() => Interlocked.Exchange(ref _gone, 1) == 0;
+
+    public LabProcess(Registry registry, int pid, ulong runId, string comm, AddressSpace space, UffdPmap pmap)
+    {
+        _registry = registry; Pid = pid; RunId = runId; Comm = comm; Space = space; Pmap = pmap;
+        _stopFd = Native.eventfd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
+    }
+
+    public void Start()
+    {
+        _thread = new Thread(Loop) { IsBackground = true, Name = $"uffd {Comm}" };
+        _thread.Start();
+    }
+
+    /// <summary>Stop the fault thread and wait for it; the caller then destroys the space.</summary>
+    public void Stop()
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
+        ulong one = 1;
+        Native.write(_stopFd, &one, 8);
+        if (_thread != null && _thread != Thread.CurrentThread) _thread.Join();
+        Native.close(_stopFd);
+    }
+
+    void Loop()
+    {
+        const int Batch = 16;
+        var msgs = (Native.UffdMsg*)NativeMemory.Alloc((nuint)(Batch * sizeof(Native.UffdMsg)));
+        var fds = stackalloc Native.PollFd[2];
+        try
+        {
+            while (true)
+            {
+                fds[0] = new Native.PollFd { Fd = Pmap.Uffd, Events = Native.POLLIN };
+                fds[1] = new Native.PollFd { Fd = _stopFd, Events = Native.POLLIN };
+                int rc = Native.poll(fds, 2, -1);
+                if (rc < 0) { if (Native.Errno == Native.EINTR) continue; break; }
+                if (fds[1].Revents != 0) break;
+                if ((fds[0].Revents & (Native.POLLERR | Native.POLLNVAL)) != 0) break;
+                nint n = Native.read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
+                if (n < 0)
+                {
+                    int e = Native.Errno;
+                    if (e is Native.EAGAIN or Native.EINTR) continue;
+                    break;
+                }
+                int count = (int)(n / sizeof(Native.UffdMsg));
+                for (int i = 0; i < count; i++) Handle(ref msgs[i]);
+            }
+        }
+        finally { NativeMemory.Free(msgs); }
+    }
+
+    void Handle(ref Native.UffdMsg m)
+    {
+        try
+        {
+            switch (m.Event)
+            {
+                case Native.UFFD_EVENT_PAGEFAULT: Fault(m.Arg0, m.Arg1); break;
+                case Native.UFFD_EVENT_FORK: Forked((int)(uint)m.Arg0); break;
+                case Native.UFFD_EVENT_REMAP: Interlocked.Increment(ref Events); Space.Remap(m.Arg0, m.Arg1, m.Arg2); break;
+                case Native.UFFD_EVENT_REMOVE: Interlocked.Increment(ref Events); Space.Remove(m.Arg0, m.Arg1 - m.Arg0); break;
+                case Native.UFFD_EVENT_UNMAP: Interlocked.Increment(ref Events); Space.Unmap(m.Arg0, m.Arg1 - m.Arg0); break;
+            }
+        }
+        catch (Exception e)
+        {
+            // Never let one bad fault take the daemon down; never leave the thread blocked
+            // either: the page gets SIGBUS, which is loud, rather than silent zeros.
+            Interlocked.Increment(ref InternalErrors);
+            Log.Error($"pid {Pid}: internal error on uffd event {m.Event:x}: {e.GetType().Name}: {e.Message}");
+            if (m.Event == Native.UFFD_EVENT_PAGEFAULT) Pmap.Poison(m.Arg1 & ~0xfffUL);
+        }
+    }
+
+    void Fault(ulong flags, ulong address)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        ulong va = address & ~0xfffUL;
+        var access = (flags & Native.UFFD_PAGEFAULT_FLAG_WP) != 0 ? FaultAccess.WriteProtect
+            : (flags & Native.UFFD_PAGEFAULT_FLAG_WRITE) != 0 ? FaultAccess.Write : FaultAccess.Read;
+        var result = Space.Fault(va, access);
+        if (result == FaultResult.SigSegv)
+        {
+            // The kernel let the access through, so the model is missing the range: say so loudly.
+            Interlocked.Increment(ref LookupMisses);
+            Pmap.Poison(va);
+        }
+        else if (result == FaultResult.Superseded)
+            Pmap.Wake(va, 4096);
+        Latency.Record(Stopwatch.GetTimestamp() - t0);
+    }
+
+    void Forked(int childUffd)
+    {
+        Interlocked.Increment(ref Events);
+        var pmap = new UffdPmap(childUffd);
+        var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap);
+        _registry.Add(child);
+        child.Start();
+        lock (PendingChildren)
+        {
+            PendingChildren.Enqueue(child);
+            Monitor.PulseAll(PendingChildren);
+        }
+    }
+
+    /// <summary>Take the oldest child from a FORK event, waiting a little for the event to be processed.</summary>
+    public LabProcess? ClaimChild(TimeSpan wait)
+    {
+        var deadline = DateTime.UtcNow + wait;
+        lock (PendingChildren)
+        {
+            while (PendingChildren.Count == 0)
+            {
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero || Volatile.Read(ref _stopped) != 0) return null;
+                Monitor.Wait(PendingChildren, left);
+            }
+            return PendingChildren.Dequeue();
+        }
+    }
+
+    public bool HasPendingChildren { get { lock (PendingChildren) return PendingChildren.Count > 0; } }
+}
+
+/// <summary>Fault service time, log2 buckets of Stopwatch ticks (allocation-free recording).</summary>
+public sealed class LatencyHistogram
+{
+    readonly long[] _buckets = new long[64];
+    public void Record(long ticks) => Interlocked.Increment(ref _buckets[ticks <= 0 ? 0 : 63 - long.LeadingZeroCount(ticks)]);
+    public void AddTo(LatencyHistogram total) { for (int i = 0; i < 64; i++) Interlocked.Add(ref total._buckets[i], Volatile.Read(ref _buckets[i])); }
+    public long Count { get { long n = 0; for (int i = 0; i < 64; i++) n += Volatile.Read(ref _buckets[i]); return n; } }
+
+    /// <summary>Quantile in microseconds (upper edge of the bucket it falls in).</summary>
+    public double QuantileMicros(double q)
+    {
+        long total = Count;
+        if (total == 0) return 0;
+        long want = (long)Math.Ceiling(q * total), seen = 0;
+        for (int i = 0; i < 64; i++)
+        {
+            seen += Volatile.Read(ref _buckets[i]);
+            if (seen >= want) return (1L << (i + 1)) * 1e6 / Stopwatch.Frequency;
+        }
+        return 0;
+    }
+}
+
+internal static class Log
+{
+    static readonly object Gate = new();
+    public static void Info(string s) { lock (Gate) Console.Error.WriteLine($"lab: {s}"); }
+    public static void Error(string s) { lock (Gate) Console.Error.WriteLine($"lab: error: {s}"); }
+}

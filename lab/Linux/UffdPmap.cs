@@ -1,0 +1,141 @@
+using System.Runtime.InteropServices;
+using Lab.Vm;
+
+namespace Lab.Linux;
+
+/// <summary>
+/// The pmap of one real process: installs pages in its address space through the
+/// process's userfaultfd (UFFDIO_COPY / ZEROPAGE / WRITEPROTECT / POISON / WAKE).
+/// Errors that mean "the page or the range changed under us" (EEXIST, ENOENT, EAGAIN,
+/// ESRCH) are not failures of the fault: the faulting thread is woken and retries, or
+/// the process is gone.
+/// </summary>
+public sealed unsafe class UffdPmap : IPmap, IDisposable
+{
+    public const int MaxStagingPages = 64;
+    const int Page = 4096;
+
+    readonly byte* _staging;
+    int _uffd;
+
+    /// <summary>ioctl failures other than the benign ones, for `lab stat` (install_errors).</summary>
+    public long InstallErrors;
+    public long Superseded;
+
+    public UffdPmap(int uffd)
+    {
+        _uffd = uffd;
+        _staging = (byte*)NativeMemory.AlignedAlloc(MaxStagingPages * Page, Page);
+    }
+
+    public int Uffd => _uffd;
+    public int PageSize => Page;
+
+    /// <summary>UFFDIO_API on a uffd this daemon received. Returns 0 or errno.</summary>
+    public static int Api(int uffd, ulong features, out ulong got)
+    {
+        var api = new Native.UffdioApi { Api = Native.UFFD_API, Features = features };
+        int rc = Native.ioctl(uffd, Native.UFFDIO_API, &api);
+        got = api.Features;
+        return rc == 0 ? 0 : Native.Errno;
+    }
+
+    public Span<byte> Staging(int pages)
+    {
+        if (pages < 1 || pages > MaxStagingPages) throw new ArgumentOutOfRangeException(nameof(pages));
+        return new Span<byte>(_staging, pages * Page);
+    }
+
+    public bool EnterCopy(ulong va, int pages, bool writable)
+    {
+        var c = new Native.UffdioCopy
+        {
+            Dst = va, Src = (ulong)_staging, Len = (ulong)pages * Page,
+            Mode = writable ? 0 : Native.UFFDIO_COPY_MODE_WP,
+        };
+        if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &c) == 0) return true;
+        int e = Native.Errno;
+        if (e == Native.EEXIST && pages > 1)
+        {
+            // Part of a cluster is already present: install the rest one page at a time.
+            bool any = false;
+            for (int i = 0; i < pages; i++)
+            {
+                var one = new Native.UffdioCopy
+                {
+                    Dst = va + (ulong)i * Page, Src = (ulong)(_staging + i * Page), Len = Page, Mode = c.Mode,
+                };
+                if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &one) == 0) any = true;
+            }
+            if (!any) Wake(va, (ulong)pages * Page);
+            return any;
+        }
+        return Failed(e, va, (ulong)pages * Page);
+    }
+
+    public bool EnterZero(ulong va, bool writable)
+    {
+        if (!writable)
+        {
+            new Span<byte>(_staging, Page).Clear();
+            return EnterCopy(va, 1, false);
+        }
+        var z = new Native.UffdioZeropage { Range = new Native.UffdioRange { Start = va, Len = Page } };
+        if (Native.ioctl(_uffd, Native.UFFDIO_ZEROPAGE, &z) == 0) return true;
+        return Failed(Native.Errno, va, Page);
+    }
+
+    public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable)
+    {
+        // The page is now in the object's memfd (the pager loaded it); the process maps that
+        // memfd, so waking the thread lets the kernel map the page-cache page itself.
+        Wake(va, Page);
+        return true;
+    }
+
+    public void Protect(ulong va, ulong length, bool writeProtect)
+    {
+        var w = new Native.UffdioWriteprotect
+        {
+            Range = new Native.UffdioRange { Start = va, Len = length },
+            Mode = writeProtect ? Native.UFFDIO_WRITEPROTECT_MODE_WP : 0,
+        };
+        if (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) != 0)
+        {
+            int e = Native.Errno;
+            if (!Benign(e)) Interlocked.Increment(ref InstallErrors);
+            if (!writeProtect) Wake(va, length);
+        }
+    }
+
+    public void Poison(ulong va)
+    {
+        var p = new Native.UffdioPoison { Range = new Native.UffdioRange { Start = va, Len = Page } };
+        if (Native.ioctl(_uffd, Native.UFFDIO_POISON, &p) != 0)
+            Failed(Native.Errno, va, Page);
+    }
+
+    public void Wake(ulong va, ulong length)
+    {
+        var r = new Native.UffdioRange { Start = va, Len = length };
+        Native.ioctl(_uffd, Native.UFFDIO_WAKE, &r);
+    }
+
+    static bool Benign(int e) => e is Native.EEXIST or Native.ENOENT or Native.EAGAIN or Native.ESRCH or Native.EINVAL;
+
+    bool Failed(int errno, ulong va, ulong len)
+    {
+        if (Benign(errno)) Interlocked.Increment(ref Superseded);
+        else Interlocked.Increment(ref InstallErrors);
+        // Whatever happened, the faulting thread must not stay blocked: it retries the access.
+        Wake(va, len);
+        return false;
+    }
+
+    public void Dispose()
+    {
+        int fd = Interlocked.Exchange(ref _uffd, -1);
+        if (fd >= 0) Native.close(fd);
+        NativeMemory.AlignedFree(_staging);
+    }
+}

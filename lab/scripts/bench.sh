@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# make bench: a 256 MiB lab file touched page by page (one byte per 4 KiB page) by
+# build/touch, in several configurations, interleaved, RUNS times each; medians and ratios
+# from this one invocation (the machines are noisy: compare only within a run).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+LAB="$ROOT/build/lab" TOUCH="$ROOT/build/touch" FLOOR="$ROOT/build/uffd-floor"
+export LAB_PRELOAD="$ROOT/build/liblabpreload.so"
+RUNS=${RUNS:-5}
+SIZE_MB=${SIZE_MB:-256}
+WORK=$(mktemp -d /tmp/lab-bench.XXXXXX)
+BACK="$WORK/backing" MNT="$WORK/mnt"
+mkdir -p "$BACK" "$MNT"
+cleanup() {
+  if grep -q " $MNT " /proc/self/mountinfo 2>/dev/null; then "$LAB" unmount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom > "$BACK/big.dat"
+"$LAB" mount "$BACK" "$MNT" >/dev/null
+
+declare -A NAME CMD
+order=(native fuse floor labpriv labshared)
+NAME[native]="native file, kernel page cache (mmap, no lab)"
+NAME[fuse]="lab mount without lab run (kernel's FUSE mmap path)"
+NAME[floor]="minimal C uffd handler (in-process thread, the floor)"
+NAME[labpriv]="lab run, MAP_PRIVATE (freebsd resolver)"
+NAME[labshared]="lab run, MAP_SHARED (memfd page cache)"
+CMD[native]="$TOUCH $BACK/big.dat"
+CMD[fuse]="$TOUCH $MNT/big.dat"
+CMD[floor]="$FLOOR $BACK/big.dat"
+CMD[labpriv]="$LAB run --mount $MNT -- $TOUCH $MNT/big.dat"
+CMD[labshared]="$LAB run --mount $MNT -- $TOUCH $MNT/big.dat --shared"
+
+declare -A RES SUM
+for ((i = 1; i <= RUNS; i++)); do
+  for k in "${order[@]}"; do
+    out=$(${CMD[$k]})
+    us=$(sed -nE 's/.*us_per_page=([0-9.]+).*/\1/p' <<<"$out")
+    sum=$(sed -nE 's/.*sum=([0-9]+).*/\1/p' <<<"$out")
+    RES[$k]="${RES[$k]:-} $us"
+    if [ -n "${SUM[ref]:-}" ] && [ "$sum" != "${SUM[ref]}" ]; then echo "checksum mismatch in $k: $sum vs ${SUM[ref]}" >&2; exit 1; fi
+    SUM[ref]=$sum
+  done
+done
+
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+echo "touch, one byte per page, ${SIZE_MB} MiB ($((SIZE_MB * 256)) pages), median of $RUNS interleaved runs; checksums equal in every run"
+printf '%-58s %12s   %s\n' "configuration" "us/page" "runs"
+declare -A MED
+for k in "${order[@]}"; do
+  MED[$k]=$(median "${RES[$k]}")
+  printf '%-58s %12s  %s\n' "${NAME[$k]}" "${MED[$k]}" "${RES[$k]}"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
+echo
+echo "ratios (same run):"
+echo "  lab run private / minimal C handler : $(ratio "${MED[labpriv]}" "${MED[floor]}")"
+echo "  lab run private / kernel FUSE mmap  : $(ratio "${MED[labpriv]}" "${MED[fuse]}")"
+echo "  lab run private / native            : $(ratio "${MED[labpriv]}" "${MED[native]}")"
+echo "  lab run shared  / kernel FUSE mmap  : $(ratio "${MED[labshared]}" "${MED[fuse]}")"
+echo "  lab run shared  / native            : $(ratio "${MED[labshared]}" "${MED[native]}")"

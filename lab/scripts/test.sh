@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test project and ends with one line: "N passed, N failed".
+# Kernel-dependent tests fail instead of skipping when LAB_REQUIRE_KERNEL=1.
+set -uo pipefail
+CONFIG=${1:-Release}
+cd "$(dirname "$0")/../.."
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+projects=(tests/Vm.Tests/Vm.Tests.csproj tests/Fusefs.Tests/Fusefs.Tests.csproj tests/Lab.Tests/Lab.Tests.csproj)
+[ -f props/Props.csproj ] && projects=(props/Props.csproj "${projects[@]}")
+passed=0; failed=0; broken=0
+for p in "${projects[@]}"; do
+  out=$(mktemp)
+  echo "== $p"
+  dotnet test "$p" -c "$CONFIG" --no-build -nologo -v:q --logger "console;verbosity=normal" 2>&1 | tee "$out" \
+    | grep -E "^\s+(Failed|Passed|Skipped) |Error Message|Assert|^\s+at Lab|Total tests|Passed!|Failed!" | head -300
+  rc=${PIPESTATUS[0]}
+  # "Passed!  - Failed:     0, Passed:    12, Skipped:     0, Total:    12"
+  line=$(grep -E "(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+" "$out" | tail -1)
+  if [ -z "$line" ]; then
+    echo "!! $p: no test summary (exit $rc)"; broken=$((broken+1))
+  else
+    f=$(sed -E 's/.*Failed: +([0-9]+).*/\1/' <<<"$line"); s=$(sed -E 's/.*Passed: +([0-9]+).*/\1/' <<<"$line")
+    passed=$((passed+s)); failed=$((failed+f))
+    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && { echo "!! $p: dotnet test exited $rc"; broken=$((broken+1)); }
+  fi
+  rm -f "$out"
+done
+failed=$((failed+broken))
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

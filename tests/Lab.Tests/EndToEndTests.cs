@@ -1,0 +1,238 @@
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Lab.Tests;
+
+/// <summary>Real mounts, real userfaultfd, unmodified programs under `lab run`.</summary>
+public sealed class EndToEndTests(ITestOutputHelper output)
+{
+    const int Page = 4096;
+
+    static byte[] Pattern(int mul, int add, int length = 4 * Page)
+    {
+        var b = new byte[length];
+        for (int i = 0; i < length; i++) b[i] = (byte)(i * mul + add);
+        return b;
+    }
+
+    static void AssertOk(RunResult r, ITestOutputHelper output, LabMount m)
+    {
+        output.WriteLine(r.ToString());
+        if (r.ExitCode != 0) output.WriteLine("--- daemon\n" + m.DaemonLog);
+        Assert.True(r.ExitCode == 0, r.ToString());
+    }
+
+    [KernelFact]
+    public void CProgramMapsPrivateAndSharedReadsWritesForks()
+    {
+        using var m = new LabMount();
+        var priv = Pattern(7, 3);
+        var shared = Pattern(13, 5);
+        File.WriteAllBytes(m.B("priv.dat"), priv);
+        File.WriteAllBytes(m.B("shared.dat"), shared);
+
+        var (r, c) = m.RunCounted(Repo.Prog("mmapcheck"), m.M("priv.dat"), m.M("shared.dat"));
+        AssertOk(r, output, m);
+        Assert.Contains("p_read=ok", r.Stdout);
+        Assert.Contains("fork=ok", r.Stdout);
+        Assert.Contains("done=ok", r.Stdout);
+
+        // Private writes never reach the file.
+        Assert.Equal(priv, File.ReadAllBytes(m.B("priv.dat")));
+        // Shared writes do, after msync/munmap: parent's "shared-write" on page 2, the child's 'c' on page 3.
+        var expect = (byte[])shared.Clone();
+        "shared-write"u8.CopyTo(expect.AsSpan(2 * Page));
+        expect[3 * Page] = (byte)'c';
+        Assert.Equal(expect, File.ReadAllBytes(m.B("shared.dat")));
+        // And the mount shows the same bytes as the backing file.
+        Assert.Equal(expect, File.ReadAllBytes(m.M("shared.dat")));
+
+        // What must have happened, fault by fault (FreeBSD design, 4-page files):
+        //  1 read of p page 0: pager I/O reads the file's pages (read-ahead) into the vnode
+        //    object; page 0 installed read-only (copy-on-write pending), neighbours prefaulted
+        //    read-only, so the read of page 2 takes no fault;
+        //  2 write p page 1, 3 write p page 2: write-protect faults, copy-up into the new shadow;
+        //  4 read s page 0: pager I/O into the file's page cache; the rest is mapped by the kernel;
+        //  5 child write p page 1: copy (the shadow is shared by parent and child);
+        //  6 parent write p page 2 after the child was reaped: the shadow has one reference
+        //    left, so the page is moved, not copied (v_cow_optim).
+        output.WriteLine(string.Join("\n", c.Select(kv => $"{kv.Key} {kv.Value}")));
+        Assert.Equal(6, LabMount.Get(c, "v_vm_faults"));
+        Assert.Equal(2, LabMount.Get(c, "v_io_faults"));
+        Assert.Equal(4, LabMount.Get(c, "v_cow_faults"));
+        Assert.Equal(1, LabMount.Get(c, "v_cow_optim"));
+        Assert.Equal(0, LabMount.Get(c, "v_zfod"));
+        Assert.Equal(2, LabMount.Get(c, "processes"));
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+        Assert.Equal(0, LabMount.Get(c, "internal_errors"));
+    }
+
+    [KernelFact]
+    public void AnonymousMemoryIsZeroFilledByTheLab()
+    {
+        using var m = new LabMount();
+        var (r, c) = m.RunCounted(Repo.Prog("mmapcheck"), "--anon", "64");
+        AssertOk(r, output, m);
+        Assert.Contains("anon=ok", r.Stdout);
+        // Each of the 64 pages: one read fault (zero-fill), then the write of the index.
+        Assert.Equal(64, LabMount.Get(c, "v_zfod"));
+        Assert.Equal(0, LabMount.Get(c, "v_io_faults"));
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+    }
+
+    const string PythonScript = """
+        import mmap, os, sys
+        priv, shared = sys.argv[1], sys.argv[2]
+        with open(priv, "rb") as f:
+            p = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        with open(shared, "r+b") as f:
+            s = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        before = bytes(p[0:16])
+        assert before == open(priv, "rb").read(16), "private read differs from the file"
+        p[0:5] = b"PRIVX"
+        s[100:106] = b"SHARED"
+        pid = os.fork()
+        if pid == 0:
+            p[0:5] = b"CHILD"
+            s[200:205] = b"CHILD"
+            assert bytes(s[100:106]) == b"SHARED"
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        assert bytes(p[0:5]) == b"PRIVX", "the child's private write leaked into the parent"
+        assert bytes(s[200:205]) == b"CHILD", "the child's shared write is not visible"
+        with open(shared, "rb") as f:
+            assert f.read()[100:106] == b"SHARED", "read(2) through the mount does not see the mapping"
+        s.flush()
+        s.close(); p.close()
+        print("python=ok")
+        """;
+
+    [KernelFact]
+    public void PythonMapsReadsWritesAndForks()
+    {
+        using var m = new LabMount();
+        var priv = Pattern(7, 3, 3 * Page + 100);
+        var shared = Pattern(13, 5, 2 * Page);
+        File.WriteAllBytes(m.B("p.bin"), priv);
+        File.WriteAllBytes(m.B("s.bin"), shared);
+        File.WriteAllText(m.B("check.py"), PythonScript.Replace("\n        ", "\n"));
+        var (r, c) = m.RunCounted("python3", m.M("check.py"), m.M("p.bin"), m.M("s.bin"));
+        AssertOk(r, output, m);
+        Assert.Contains("python=ok", r.Stdout);
+        Assert.Equal(priv, File.ReadAllBytes(m.B("p.bin")));
+        var expect = (byte[])shared.Clone();
+        "SHARED"u8.CopyTo(expect.AsSpan(100));
+        "CHILD"u8.CopyTo(expect.AsSpan(200));
+        Assert.Equal(expect, File.ReadAllBytes(m.B("s.bin")));
+        Assert.True(LabMount.Get(c, "v_cow_faults") >= 2, "parent and child private writes are copy-on-write faults");
+        Assert.Equal(2, LabMount.Get(c, "processes"));
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+        Assert.Equal(0, LabMount.Get(c, "internal_errors"));
+    }
+
+    [KernelFact]
+    public void KilledDaemonEndsAWaitingProgramWithAMessage()
+    {
+        using var m = new LabMount();
+        File.WriteAllBytes(m.B("f.dat"), Pattern(3, 1));
+        var psi = new System.Diagnostics.ProcessStartInfo(Repo.Lab)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        foreach (var a in new[] { "run", "--mount", m.Mount, "--", Repo.Prog("mmapcheck"), "--wait-fault", m.M("f.dat") })
+            psi.ArgumentList.Add(a);
+        psi.Environment["LAB_PRELOAD"] = Repo.Shim;
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        try
+        {
+            var err = p.StandardError.ReadToEndAsync();
+            Assert.Equal("waiting", p.StandardOutput.ReadLine());
+            m.KillDaemon();
+            Assert.True(p.WaitForExit(20_000), "the program hung after the daemon died");
+            var rest = p.StandardOutput.ReadToEnd();
+            output.WriteLine($"exit {p.ExitCode} stdout-rest '{rest}' stderr '{err.Result}'");
+            Assert.Equal("", rest.Trim());                     // it never printed the byte
+            Assert.NotEqual(0, p.ExitCode);
+            Assert.Contains("lab: the lab daemon went away", err.Result);
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+        }
+        // The dead daemon left a stale mount: `lab unmount` clears it.
+        var u = Sh.Lab("unmount", m.Mount);
+        Assert.True(u.ExitCode == 0, u.ToString());
+        Assert.DoesNotContain(" " + m.Mount + " ", File.ReadAllText("/proc/self/mountinfo"));
+    }
+
+    [KernelFact]
+    public void EverydayToolsWorkOnTheMountAndStatsAreThere()
+    {
+        using var m = new LabMount();
+        var r = Sh.Bash($"""
+            set -e
+            cd '{m.Mount}'
+            echo hello > a.txt
+            echo world >> a.txt
+            mkdir d
+            cp a.txt d/b.txt
+            mv d/b.txt d/c.txt
+            truncate -s 3 d/c.txt
+            cat a.txt d/c.txt
+            ls -l d | grep -c c.txt
+            stat -c %s a.txt
+            rm d/c.txt
+            rmdir d
+            df . > /dev/null
+            """);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal("hello\nworld\nhel1\n12\n", r.Stdout);
+        Assert.Equal("hello\nworld\n", File.ReadAllText(m.B("a.txt")));
+        Assert.False(Directory.Exists(m.B("d")));
+        var stats = File.ReadAllText(m.M(".lab/stats"));
+        Assert.Contains("v_vm_faults ", stats);
+        var s = Sh.Lab("stat", "--mount", m.Mount, "--raw");
+        Assert.True(s.ExitCode == 0, s.ToString());
+        Assert.Contains("v_cow_faults ", s.Stdout);
+    }
+
+    [KernelFact]
+    public void UnmountWritesSharedPagesBack()
+    {
+        using var m = new LabMount();
+        File.WriteAllBytes(m.B("s.bin"), new byte[Page]);
+        // The program writes through a shared mapping and exits without msync or munmap.
+        var r = m.Run("python3", "-c",
+            $"import mmap; f=open('{m.M("s.bin")}','r+b'); s=mmap.mmap(f.fileno(),0); s[0:4]=b'DONE'; print('wrote')");
+        AssertOk(r, output, m);
+        var u = Sh.Lab("unmount", m.Mount);
+        Assert.True(u.ExitCode == 0, u.ToString());
+        Assert.True(m.Daemon.WaitForExit(20_000));
+        Assert.Equal("DONE"u8.ToArray(), File.ReadAllBytes(m.B("s.bin"))[..4]);
+    }
+
+    [KernelFact]
+    public void BadInputGetsOneLineAndNonZeroExit()
+    {
+        using var m = new LabMount();
+        var notMount = m.Dir;
+        foreach (var (args, expect) in new (string[], string)[]
+        {
+            (new[] { "run", "--mount", notMount, "--", "true" }, "is not a lab mount"),
+            (new[] { "run", "--mount", m.Mount, "--", "no-such-program-xyz" }, "command not found"),
+            (new[] { "mount", Path.Combine(m.Dir, "nope"), m.Mount }, "does not exist"),
+            (new[] { "mount", m.Backing, m.Mount }, "already"),
+            (new[] { "run", "--mount", m.Mount, "--vm", "nosuch", "--", "true" }, "unknown --vm"),
+            (new[] { "unmount", notMount }, "is not a lab mount"),
+        })
+        {
+            var r = Sh.Lab(args);
+            output.WriteLine($"lab {string.Join(' ', args)} -> {r}");
+            Assert.NotEqual(0, r.ExitCode);
+            Assert.Contains(expect, r.Stderr);
+            Assert.DoesNotContain("   at ", r.Stderr);            // no stack trace
+            Assert.Single(r.Stderr.Trim().Split('\n'));
+        }
+    }
+}
