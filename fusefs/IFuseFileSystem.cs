@@ -1,0 +1,56 @@
+namespace Lab.Fusefs;
+
+/// <summary>Linux errno values used by fusefs (results are 0 or a positive errno).</summary>
+public static class Errno
+{
+    public const int EPERM = 1, ENOENT = 2, EINTR = 4, EIO = 5, EBADF = 9, EAGAIN = 11, EACCES = 13;
+    public const int EFAULT = 14, EEXIST = 17, EXDEV = 18, ENODEV = 19, ENOTDIR = 20, EISDIR = 21;
+    public const int EINVAL = 22, EFBIG = 27, ENOSPC = 28, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38;
+    public const int ENOTEMPTY = 39, ENODATA = 61, EOPNOTSUPP = 95, ENOTCONN = 107;
+}
+
+/// <summary>
+/// The file-system side of a FUSE session. The transport decodes and validates each request, calls
+/// one of these methods on one of its threads (several at a time), and encodes the answer. Every
+/// method returns 0 or a positive errno. Names are the raw bytes of one path component (no NUL, no
+/// '/' guaranteed by nothing: implementations check). Defaults answer ENOSYS.
+/// </summary>
+public interface IFuseFileSystem
+{
+    /// <summary>Called once the session has ended (after the last request), e.g. to flush caches.</summary>
+    void Destroy() { }
+
+    int Lookup(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, out FuseEntryOut entry);
+    void Forget(ulong node, ulong nlookup) { }
+    int GetAttr(in FuseContext c, ulong node, ulong? fh, out FuseAttrOut attr);
+    int SetAttr(in FuseContext c, ulong node, in FuseSetAttrIn set, out FuseAttrOut attr) { attr = default; return Errno.ENOSYS; }
+    int ReadLink(in FuseContext c, ulong node, Span<byte> dest, out int length) { length = 0; return Errno.ENOSYS; }
+    int Symlink(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, ReadOnlySpan<byte> target, out FuseEntryOut entry) { entry = default; return Errno.ENOSYS; }
+    int Mknod(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint mode, uint rdev, out FuseEntryOut entry) { entry = default; return Errno.ENOSYS; }
+    int Mkdir(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint mode, out FuseEntryOut entry) { entry = default; return Errno.ENOSYS; }
+    int Unlink(in FuseContext c, ulong parent, ReadOnlySpan<byte> name) => Errno.ENOSYS;
+    int Rmdir(in FuseContext c, ulong parent, ReadOnlySpan<byte> name) => Errno.ENOSYS;
+    int Rename(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, ulong newParent, ReadOnlySpan<byte> newName, uint flags) => Errno.ENOSYS;
+    int Link(in FuseContext c, ulong node, ulong newParent, ReadOnlySpan<byte> newName, out FuseEntryOut entry) { entry = default; return Errno.ENOSYS; }
+    int Open(in FuseContext c, ulong node, uint flags, out FuseOpenOut open) { open = default; return Errno.ENOSYS; }
+    int Create(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint flags, uint mode, out FuseEntryOut entry, out FuseOpenOut open) { entry = default; open = default; return Errno.ENOSYS; }
+    int Read(in FuseContext c, ulong node, ulong fh, long offset, Span<byte> dest, out int read) { read = 0; return Errno.ENOSYS; }
+    int Write(in FuseContext c, ulong node, ulong fh, long offset, ReadOnlySpan<byte> data, out int written) { written = 0; return Errno.ENOSYS; }
+    int Flush(in FuseContext c, ulong node, ulong fh) => 0;
+    void Release(in FuseContext c, ulong node, ulong fh) { }
+    int Fsync(in FuseContext c, ulong node, ulong fh, bool dataOnly) => 0;
+    int OpenDir(in FuseContext c, ulong node, uint flags, out FuseOpenOut open) { open = default; return 0; }
+    int ReadDir(in FuseContext c, ulong node, ulong fh, long offset, ref FuseDirWriter writer);
+    void ReleaseDir(in FuseContext c, ulong node, ulong fh) { }
+    int FsyncDir(in FuseContext c, ulong node, ulong fh, bool dataOnly) => 0;
+    int StatFs(in FuseContext c, ulong node, out FuseStatfsOut statfs) { statfs = default; statfs.Bsize = 4096; statfs.NameLen = 255; statfs.Frsize = 4096; return 0; }
+    int Access(in FuseContext c, ulong node, int mask) => Errno.ENOSYS;
+    /// <summary>dest empty means "tell the size"; a too small dest gives ERANGE.</summary>
+    int GetXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name, Span<byte> dest, out int size) { size = 0; return Errno.ENOSYS; }
+    int SetXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name, ReadOnlySpan<byte> value, int flags) => Errno.ENOSYS;
+    /// <summary>dest empty means "tell the size"; a too small dest gives ERANGE.</summary>
+    int ListXattr(in FuseContext c, ulong node, Span<byte> dest, out int size) { size = 0; return Errno.ENOSYS; }
+    int RemoveXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name) => Errno.ENOSYS;
+    int Fallocate(in FuseContext c, ulong node, ulong fh, int mode, long offset, long length) => Errno.ENOSYS;
+    int Lseek(in FuseContext c, ulong node, ulong fh, long offset, int whence, out long result) { result = 0; return Errno.ENOSYS; }
+}

@@ -1,0 +1,136 @@
+using System.Diagnostics;
+using System.Text;
+using Lab.Fusefs;
+using Xunit;
+
+namespace Lab.Tests.Fusefs;
+
+/// <summary>Whether this machine can mount FUSE here (a /dev/fuse and root). With LAB_REQUIRE_KERNEL=1
+/// a missing kernel makes the tests fail instead of skipping.</summary>
+internal static class Kernel
+{
+    public static readonly bool Required = Environment.GetEnvironmentVariable("LAB_REQUIRE_KERNEL") == "1";
+
+    public static string? Missing =>
+        !File.Exists("/dev/fuse") ? "/dev/fuse is missing"
+        : !Environment.IsPrivilegedProcess ? "mounting FUSE with mount(2) needs root"
+        : null;
+
+    public static void Require()
+    {
+        if (Missing is { } why) throw new InvalidOperationException($"LAB_REQUIRE_KERNEL=1 but {why}");
+    }
+}
+
+/// <summary>A fact that needs a kernel FUSE mount: skipped with the reason when the machine cannot
+/// mount, unless LAB_REQUIRE_KERNEL=1, where it runs and fails.</summary>
+public sealed class KernelFactAttribute : FactAttribute
+{
+    public KernelFactAttribute()
+    {
+        if (Kernel.Missing is { } why && !Kernel.Required)
+            Skip = $"needs a kernel FUSE mount: {why} (set LAB_REQUIRE_KERNEL=1 to make this a failure)";
+    }
+}
+
+internal sealed class FakeLab : ILabDirectory
+{
+    public string ControlSocketPath { get; set; } = "/run/lab/control.sock";
+    public IReadOnlyList<string> FileNames { get; set; } = ["stats", "maps"];
+    public int Renders;
+    public byte[] Render(string name)
+    {
+        Interlocked.Increment(ref Renders);
+        return Encoding.UTF8.GetBytes($"{name}: v_vm_faults 42\nrender {Renders}\n");
+    }
+}
+
+/// <summary>A LabFileSystem over a temp backing dir, mounted at a temp mount point in this process.
+/// Dispose unmounts and removes both directories, also after a failure.</summary>
+internal sealed class TestMount : IDisposable
+{
+    public string Root { get; }
+    public string Backing { get; }
+    public string MountPoint { get; }
+    public LabFileSystem Fs { get; }
+    public FuseServer Server { get; }
+    public FakeLab Lab { get; }
+
+    public TestMount(bool start = true, int threads = 4)
+    {
+        Kernel.Require();
+        Root = Path.Combine(Path.GetTempPath(), "fusefs-test-" + Guid.NewGuid().ToString("N")[..12]);
+        Backing = Path.Combine(Root, "backing");
+        MountPoint = Path.Combine(Root, "mnt");
+        Directory.CreateDirectory(Backing);
+        Directory.CreateDirectory(MountPoint);
+        Lab = new FakeLab();
+        Fs = new LabFileSystem(Backing, Lab);
+        try
+        {
+            Server = FuseServer.Mount(MountPoint, Fs);
+            if (start) Server.Start(threads);
+        }
+        catch
+        {
+            Server?.Dispose();
+            Fs.Dispose();
+            RemoveDirs();
+            throw;
+        }
+    }
+
+    public string M(string rel) => Path.Combine(MountPoint, rel);
+    public string B(string rel) => Path.Combine(Backing, rel);
+
+    public void Dispose()
+    {
+        try { Server.Dispose(); }
+        finally
+        {
+            Fs.Dispose();
+            RemoveDirs();
+        }
+    }
+
+    private void RemoveDirs()
+    {
+        // The mount point is removed non-recursively: if the unmount failed, never walk into a mount.
+        try { Directory.Delete(MountPoint, false); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        try { Directory.Delete(Backing, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        try { Directory.Delete(Root, false); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}
+
+internal static class Sh
+{
+    public sealed record Result(int Exit, string Out, string Err);
+
+    /// <summary>Runs bash -c in <paramref name="cwd"/>; the process is killed (by its own pid) after 120 s.</summary>
+    public static Result Run(string script, string cwd)
+    {
+        var psi = new ProcessStartInfo("/bin/bash") { WorkingDirectory = cwd, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add(script);
+        psi.Environment["LC_ALL"] = "C";
+        psi.Environment["GIT_AUTHOR_NAME"] = psi.Environment["GIT_COMMITTER_NAME"] = "lab";
+        psi.Environment["GIT_AUTHOR_EMAIL"] = psi.Environment["GIT_COMMITTER_EMAIL"] = "lab@example.invalid";
+        psi.Environment["HOME"] = cwd;
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000))
+        {
+            p.Kill(true);
+            throw new TimeoutException($"`{script}` did not finish");
+        }
+        return new Result(p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    public static string Ok(string script, string cwd)
+    {
+        var r = Run(script, cwd);
+        Assert.True(r.Exit == 0, $"`{script}` exited {r.Exit}: {r.Err}{r.Out}");
+        return r.Out;
+    }
+}
