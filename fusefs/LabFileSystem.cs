@@ -488,7 +488,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         if (n.Type == S_IFDIR) return Errno.EISDIR;
         byte* path = stackalloc byte[32];
         Native.FdPath(n.Fd, new Span<byte>(path, 32));
-        int fd = Native.Open(path, ((int)flags & ~StripFlags) | Native.O_CLOEXEC, 0);
+        // O_NOFOLLOW was checked by the kernel already; on the /proc magic link it would give ELOOP.
+        int fd = Native.Open(path, ((int)flags & ~(StripFlags | Native.O_NOFOLLOW)) | Native.O_CLOEXEC, 0);
         if (fd < 0) return Err();
         if (((int)flags & Native.O_TRUNC) != 0) Volatile.Read(ref n.Cache)?.ApplyTruncate(0);
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
