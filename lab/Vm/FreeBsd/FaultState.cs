@@ -1,0 +1,52 @@
+namespace Lab.Vm.FreeBsd;
+
+/// <summary>
+/// Per-fault state (struct faultstate): a struct on the faulting thread's stack, so a
+/// fault allocates nothing. Names follow the seed where the concept is its own.
+/// </summary>
+internal struct FaultState
+{
+    public AddressSpace space;
+    public VmCounters counters;
+    public ulong va;
+    public FaultAccess access;
+    public bool write;                 // Write or WriteProtect
+
+#pragma warning disable IDE1006 // BSD names on purpose
+    // From the lookup.
+    public VmMapEntry entry;
+    public VmObject first_object;
+    public long first_pindex;
+    public Prot prot;                  // what the install may grant
+    public ulong map_generation;
+    public bool lookup_still_valid;    // false once the map lock was dropped
+
+    // The walk: where the page was found (object, pindex, its state).
+    public VmObject obj;
+    public long pindex;
+    public PageState m;
+    public VmObject? src;              // where the bytes come from (differs from obj after a COW)
+    public long src_pindex;
+    public bool first_m;               // we own a busy slot in first_object at first_pindex
+    public bool referenced;            // we hold a reference on first_object
+    public bool zerofill;
+    public bool hardfault;             // the pager was called
+    public int behind, ahead;          // the pager's window
+    public int faultcount;             // 0: no I/O; 1: zero fill or a one-page read; else the window
+#pragma warning restore IDE1006
+
+    public FaultResult result;
+
+    public void Reset()
+    {
+        obj = null!;
+        pindex = 0;
+        m = default;
+        src = null;
+        src_pindex = 0;
+        zerofill = false;
+        hardfault = false;
+        behind = ahead = faultcount = 0;
+        result = default;
+    }
+}

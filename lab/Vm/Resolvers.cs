@@ -1,0 +1,29 @@
+using Lab.Vm.FreeBsd;
+
+namespace Lab.Vm;
+
+/// <summary>
+/// One seed design's fault handler. Stateless across spaces: all state is in the
+/// address space, its entries and the objects.
+/// </summary>
+public interface IResolver
+{
+    string Name { get; }
+
+    /// <summary>Resolve a fault at the page-aligned <paramref name="va"/>. <see cref="AddressSpace.Fault"/> has counted it.</summary>
+    FaultResult Fault(AddressSpace space, ulong va, FaultAccess access);
+}
+
+public static class Resolvers
+{
+    static readonly string[] names = ["freebsd"];
+
+    public static IReadOnlyList<string> Names => names;
+
+    public static IResolver Create(string name) => name switch
+    {
+        "freebsd" => new FreeBsdResolver(),
+        _ => throw new ArgumentException(
+            $"unknown resolver '{name}'; valid resolvers: {string.Join(", ", names)}", nameof(name)),
+    };
+}

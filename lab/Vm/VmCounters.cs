@@ -1,0 +1,94 @@
+namespace Lab.Vm;
+
+/// <summary>
+/// Fault counters of one address space. The v_* fields keep the FreeBSD names
+/// (struct vmmeter); the others are the lab's. Every increment is Interlocked
+/// because several uffd threads may fault in one space at once.
+/// </summary>
+public sealed class VmCounters
+{
+#pragma warning disable IDE1006 // BSD names on purpose
+    public long v_vm_faults;      // every fault, counted once
+    public long v_zfod;           // zero-filled pages
+    public long v_ozfod;          // zero-fills that needed no zeroing by us (EnterZero)
+    public long v_cow_faults;     // copy-on-write resolved by copy or move
+    public long v_cow_optim;      // copy-on-write resolved by moving the page
+    public long v_io_faults;      // faults that called the pager
+    public long v_intrans;        // waits for a busy page
+    public long pages_installed;  // pages entered into the pmap (fault and prefault)
+    public long pages_prefaulted; // of which neighbours mapped by prefault
+    public long read_ahead_pages; // pages asked of the pager after the faulting one
+    public long read_behind_pages; // pages asked of the pager before the faulting one
+    public long pager_pages;      // pages in pager requests, faulting page included
+    public long pager_errors;     // pager calls that failed (the page is poisoned)
+    public long eof_faults;       // accesses at or past the end of a vnode object
+    public long fastpath_hits;    // resolved from the first object without the chain walk
+    public long shadows_created;  // shadow objects made by needs_copy resolution
+    public long wp_resolved;      // write-protect faults resolved by unprotecting
+    public long superseded;       // faults that found nothing to do
+    public long sigsegv;          // lookups that failed
+    public long sigbus;           // faults that poisoned the page
+    public long fault_retries;    // RetryFault loops (busy page, changed map)
+    public long internal_errors;  // the model could not supply bytes it should have
+#pragma warning restore IDE1006
+
+    delegate ref long Field(VmCounters c);
+
+    // One table instead of reflection: Interlocked needs a ref to the real field.
+    static readonly (string Name, Field Get)[] Fields =
+    [
+        ("v_vm_faults", c => ref c.v_vm_faults),
+        ("v_zfod", c => ref c.v_zfod),
+        ("v_ozfod", c => ref c.v_ozfod),
+        ("v_cow_faults", c => ref c.v_cow_faults),
+        ("v_cow_optim", c => ref c.v_cow_optim),
+        ("v_io_faults", c => ref c.v_io_faults),
+        ("v_intrans", c => ref c.v_intrans),
+        ("pages_installed", c => ref c.pages_installed),
+        ("pages_prefaulted", c => ref c.pages_prefaulted),
+        ("read_ahead_pages", c => ref c.read_ahead_pages),
+        ("read_behind_pages", c => ref c.read_behind_pages),
+        ("pager_pages", c => ref c.pager_pages),
+        ("pager_errors", c => ref c.pager_errors),
+        ("eof_faults", c => ref c.eof_faults),
+        ("fastpath_hits", c => ref c.fastpath_hits),
+        ("shadows_created", c => ref c.shadows_created),
+        ("wp_resolved", c => ref c.wp_resolved),
+        ("superseded", c => ref c.superseded),
+        ("sigsegv", c => ref c.sigsegv),
+        ("sigbus", c => ref c.sigbus),
+        ("fault_retries", c => ref c.fault_retries),
+        ("internal_errors", c => ref c.internal_errors),
+    ];
+
+    /// <summary>Add this space's counters into <paramref name="total"/> (e.g. at exit).</summary>
+    public void AddTo(VmCounters total)
+    {
+        ArgumentNullException.ThrowIfNull(total);
+        foreach (var (_, get) in Fields)
+        {
+            long v = Interlocked.Read(ref get(this));
+            if (v != 0) Interlocked.Add(ref get(total), v);
+        }
+    }
+
+    /// <summary>Name/value pairs of every counter, in declaration order.</summary>
+    public IEnumerable<KeyValuePair<string, long>> Snapshot()
+    {
+        var list = new List<KeyValuePair<string, long>>(Fields.Length);
+        foreach (var (name, get) in Fields)
+            list.Add(new(name, Interlocked.Read(ref get(this))));
+        return list;
+    }
+
+    /// <summary>One counter by name (tests, `lab stat`).</summary>
+    public long this[string name]
+    {
+        get
+        {
+            foreach (var (n, get) in Fields)
+                if (n == name) return Interlocked.Read(ref get(this));
+            throw new ArgumentException($"no counter named '{name}'", nameof(name));
+        }
+    }
+}

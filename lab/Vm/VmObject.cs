@@ -1,0 +1,155 @@
+namespace Lab.Vm;
+
+/// <summary>
+/// Where the bytes of a resident page are. The lab keeps metadata, not a second
+/// copy: each page's content has exactly one authoritative home.
+/// </summary>
+internal enum PageContent : byte
+{
+    /// <summary>A busy placeholder (first_m) with no content yet.</summary>
+    None = 0,
+    /// <summary>In the memory of the address spaces that have the page installed.</summary>
+    InSpaces,
+    /// <summary>Known to be zero; not yet writable anywhere (a read-only zero fill, or a hole left by Remove).</summary>
+    Zero,
+    /// <summary>Equal to the page of the vnode at the bottom of this object's chain (left by Remove on a private file mapping).</summary>
+    File,
+    /// <summary>A vnode object's page: valid in the file's page cache.</summary>
+    Cache,
+}
+
+/// <summary>Per-page metadata: two bytes in a per-object table, no object per page.</summary>
+internal struct PageState
+{
+    public PageContent Content;
+    public bool Busy;
+
+    public PageState(PageContent content, bool busy = false) { Content = content; Busy = busy; }
+}
+
+internal enum PageLookup { Absent, Busy, Found }
+
+/// <summary>
+/// A VM object (struct vm_object): a set of pages by pindex, optionally shadowing a
+/// backing object. Anonymous objects hold page metadata in <see cref="pages"/>;
+/// vnode objects defer residency to the file's page cache (<see cref="IVnode.IsResident"/>)
+/// and use <see cref="pages"/> only for busy entries while a pager call is in flight.
+/// All mutable state is guarded by <see cref="Lock"/>; lock order is from a
+/// first object down its chain, never upwards (use TryEnter to go up).
+/// </summary>
+public sealed class VmObject
+{
+    internal readonly object Lock = new();
+    internal readonly Dictionary<long, PageState> pages = new();
+#pragma warning disable IDE1006 // BSD names on purpose
+    internal long size;                        // pages (anonymous objects)
+    internal VmObject? backing_object;
+    internal long backing_object_offset;       // pages: pindex here + offset = pindex in backing_object
+    internal int ref_count;                    // entries and shadows that point here
+    internal int shadow_count;                 // objects whose backing_object is this one
+#pragma warning restore IDE1006
+    internal bool dead;                        // OBJ_DEAD: terminated, must not be used
+    int waiters;                               // threads sleeping for a busy page
+
+    internal VmObject(long id, VmObjectKind kind, long size, IVnode? vnode)
+    {
+        Id = id;
+        Kind = kind;
+        this.size = size;
+        Vnode = vnode;
+    }
+
+    /// <summary>Unique within the <see cref="Vm"/>; shown by DescribeMaps.</summary>
+    public long Id { get; }
+
+    public VmObjectKind Kind { get; }
+
+    /// <summary>The file under a vnode object; null for anonymous objects.</summary>
+    public IVnode? Vnode { get; }
+
+    /// <summary>Size in pages; a vnode object follows the file size.</summary>
+    public long Size => Vnode is { } v ? (v.Size + Vm.PageSize - 1) / Vm.PageSize : size;
+
+    public VmObject? BackingObject { get { lock (Lock) return backing_object; } }
+    public long BackingObjectOffset { get { lock (Lock) return backing_object_offset; } }
+    public int RefCount { get { lock (Lock) return ref_count; } }
+    public int ShadowCount { get { lock (Lock) return shadow_count; } }
+    public bool IsDead { get { lock (Lock) return dead; } }
+
+    /// <summary>Resident pages held by this object in the model (anonymous objects; 0 for vnode objects, whose pages are the file's).</summary>
+    public int ResidentCount
+    {
+        get
+        {
+            lock (Lock)
+            {
+                if (Kind == VmObjectKind.Vnode) return 0;
+                int n = 0;
+                foreach (var kv in pages) if (kv.Value.Content != PageContent.None) n++;
+                return n;
+            }
+        }
+    }
+
+    /// <summary>Whether the object holds a (non-placeholder) page at <paramref name="pindex"/>.</summary>
+    public bool HasPage(long pindex)
+    {
+        lock (Lock) return Lookup(pindex, out _) == PageLookup.Found;
+    }
+
+    /// <summary>Objects from this one down to the end of its chain.</summary>
+    public int ChainDepth
+    {
+        get
+        {
+            int n = 0;
+            for (var o = this; o != null; o = o.BackingObject) n++;
+            return n;
+        }
+    }
+
+    /// <summary>vm_page_lookup. Caller holds <see cref="Lock"/>.</summary>
+    internal PageLookup Lookup(long pindex, out PageState st)
+    {
+        if (pages.TryGetValue(pindex, out st))
+            return st.Busy ? PageLookup.Busy : PageLookup.Found;
+        if (Vnode is { } v && pindex < Size && v.IsResident(pindex))
+        {
+            st = new PageState(PageContent.Cache);
+            return PageLookup.Found;
+        }
+        return PageLookup.Absent;
+    }
+
+    /// <summary>Sleep until the page at <paramref name="pindex"/> is not busy. Caller holds <see cref="Lock"/> (released while waiting).</summary>
+    internal void SleepWhileBusy(long pindex)
+    {
+        waiters++;
+        try
+        {
+            while (pages.TryGetValue(pindex, out var st) && st.Busy)
+                Monitor.Wait(Lock);
+        }
+        finally { waiters--; }
+    }
+
+    /// <summary>Wake sleepers after a page stopped being busy. Caller holds <see cref="Lock"/>.</summary>
+    internal void WakeupBusy()
+    {
+        if (waiters > 0) Monitor.PulseAll(Lock);
+    }
+
+    /// <summary>Clear the busy bit (or drop a bare placeholder). Caller holds <see cref="Lock"/>.</summary>
+    internal void Unbusy(long pindex)
+    {
+        if (pages.TryGetValue(pindex, out var st) && st.Busy)
+        {
+            if (st.Content == PageContent.None) pages.Remove(pindex);
+            else pages[pindex] = new PageState(st.Content);
+            WakeupBusy();
+        }
+    }
+
+    public override string ToString() =>
+        $"obj({Id}, {(Kind == VmObjectKind.Vnode ? "vnode" : "anon")}, {Size})";
+}
