@@ -97,7 +97,7 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         lock (_nodesLock) return _byId.GetValueOrDefault(id);
     }
 
-    private static bool IsVirtual(ulong id) => id is LabDirId or ControlId || (id >= LabFileBase && id < FirstRealId);
+    private bool IsVirtual(ulong id) => _lab != null && (id is LabDirId or ControlId || LabFileName(id) != null);
 
     private bool IsLabName(ulong parent, ReadOnlySpan<byte> name) =>
         _lab != null && parent == RootId && name.SequenceEqual(LabName);
