@@ -89,7 +89,8 @@ public sealed unsafe class FuseServer : IDisposable
 
     /// <summary>
     /// If <paramref name="mountpoint"/> is a FUSE mount whose server is gone ("Transport endpoint is not
-    /// connected"), detaches it and returns true; otherwise false.
+    /// connected"), detaches it and returns true; otherwise false. The probe (stat, then statfs for a
+    /// listed FUSE mount) goes to the server, so on a live but hung server it waits like any caller.
     /// </summary>
     public static bool ClearStale(string mountpoint)
     {
@@ -281,6 +282,7 @@ public sealed unsafe class FuseServer : IDisposable
         if (!_started) Finish();
     }
 
+    /// <summary>Same as <see cref="Unmount"/>; the file system object stays the caller's to dispose.</summary>
     public void Dispose() => Unmount();
 
     /// <summary>Test hook: closes the device without unmounting, leaving a dead mount behind.</summary>

@@ -827,7 +827,7 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
     {
         result = 0;
         if (!_handles.TryGetValue(fh, out var h) || h.Fd < 0) return Errno.EBADF;
-        Volatile.Read(ref h.Node!.Cache)?.Flush(); // data/hole positions are the file's
+        if (h.Node != null) Volatile.Read(ref h.Node.Cache)?.Flush(); // data/hole positions are the file's
         result = Native.LSeek(h.Fd, offset, whence);
         return result < 0 ? Err() : 0;
     }
