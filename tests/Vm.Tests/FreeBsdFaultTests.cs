@@ -489,6 +489,18 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
+    public void WriteProtectFault_OnAPageTheModelLacks_KeepsTheBytes()
+    {
+        var p = new SimProcess(vm);
+        p.MapAnon(A, P);
+        Assert.Equal(FaultResult.Resolved, p.Space.Fault(A, FaultAccess.WriteProtect));
+        Assert.Equal(1, p.C.internal_errors);
+        Assert.Equal(0, p.C.v_zfod);
+        Assert.Equal(1, p.C.wp_resolved);
+        Assert.Equal(0, p.Pmap.Enters);                // nothing was overwritten
+    }
+
+    [Fact]
     public void ConcurrentFaults_OnePagerReadPerPage()
     {
         var v = new MemVnode(16 * (long)P) { LoadDelayMs = 50 };

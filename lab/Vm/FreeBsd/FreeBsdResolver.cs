@@ -191,6 +191,13 @@ public sealed class FreeBsdResolver : IResolver
                 fs.m = new PageState(PageContent.Zero);
                 fs.zerofill = true;
                 fs.faultcount = 1;   // no prefault after a zero fill
+                if (fs.access == FaultAccess.WriteProtect)
+                {
+                    // The kernel has a page the model does not: keep the process's bytes
+                    // (Enter unprotects), but say the model was wrong.
+                    Interlocked.Increment(ref fs.counters.internal_errors);
+                    return Step.Continue;
+                }
                 Interlocked.Increment(ref fs.counters.v_zfod);
                 return Step.Continue;
             }

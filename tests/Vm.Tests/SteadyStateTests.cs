@@ -1,0 +1,103 @@
+using Lab.Vm;
+using Xunit;
+
+namespace Lab.Tests.Vm;
+
+public sealed class SteadyStateTests
+{
+    const ulong P = 4096;
+    const ulong A = 0x1000_0000;
+
+    /// <summary>A pmap that allocates nothing and is safe for concurrent spaces.</summary>
+    sealed class NullPmap : IPmap
+    {
+        readonly byte[] staging = new byte[4096 * 4];
+        public long Installs;
+        public int PageSize => 4096;
+        public Span<byte> Staging(int pages) => staging.AsSpan(0, pages * 4096);
+        public bool EnterCopy(ulong va, int pages, bool writable) { Interlocked.Increment(ref Installs); return true; }
+        public bool EnterZero(ulong va, bool writable) { Interlocked.Increment(ref Installs); return true; }
+        public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable) { Interlocked.Increment(ref Installs); return true; }
+        public void Protect(ulong va, ulong length, bool writeProtect) { }
+        public void Poison(ulong va) { }
+        public void Wake(ulong va, ulong length) { }
+    }
+
+    static long FaultAll(AddressSpace s, ulong start, int pages, FaultAccess access)
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < pages; i++) s.Fault(start + (ulong)i * P, access);
+        return GC.GetAllocatedBytesForCurrentThread() - before;
+    }
+
+    [Fact]
+    public void ZeroFillFaults_AllocateNothingOnceTablesAreWarm()
+    {
+        var vm = new Lab.Vm.Vm();
+        var s = vm.CreateSpace(new NullPmap(), Resolvers.Create("freebsd"));
+        s.MapAnon(A, 1024 * P, Prot.Read | Prot.Write);
+        Assert.True(FaultAll(s, A, 1024, FaultAccess.Write) > 0);   // warm: tables grow (and the probe works)
+        s.Remove(A, 1024 * P);
+        long bytes = FaultAll(s, A, 1024, FaultAccess.Write);
+        Assert.Equal(2048, s.Counters.v_zfod);
+        Assert.Equal(0, bytes);
+    }
+
+    [Fact]
+    public void FilePageFaults_AllocateNothingOnceTablesAreWarm()
+    {
+        var vm = new Lab.Vm.Vm();
+        var v = new MemVnode(256 * (long)P);
+        v.LoadPages(0, 256);
+        var s = vm.CreateSpace(new NullPmap(), Resolvers.Create("freebsd"));
+        s.MapFile(A, 256 * P, Prot.Read | Prot.Write, v, 0, shared: false);
+        FaultAll(s, A, 256, FaultAccess.Read);          // read-only copies from the cache
+        FaultAll(s, A, 256, FaultAccess.WriteProtect);  // copy-up into the shadow
+        s.Remove(A, 256 * P);
+        long bytes = FaultAll(s, A, 256, FaultAccess.Read)
+                   + FaultAll(s, A, 256, FaultAccess.WriteProtect);
+        Assert.Equal(512, s.Counters.v_cow_faults);
+        Assert.Equal(0, s.Counters.internal_errors);
+        Assert.Equal(0, bytes);
+    }
+
+    [Fact]
+    public void ManyThreads_ManySpaces_ForksAndFaults_StayConsistent()
+    {
+        var vm = new Lab.Vm.Vm();
+        var v = new MemVnode(64 * (long)P) { LoadDelayMs = 1 };
+        var roots = new AddressSpace[4];
+        for (int r = 0; r < roots.Length; r++)
+        {
+            roots[r] = vm.CreateSpace(new NullPmap(), Resolvers.Create("freebsd"));
+            roots[r].MapAnon(A, 64 * P, Prot.Read | Prot.Write);
+            roots[r].MapFile(A + 64 * P, 64 * P, Prot.Read | Prot.Write, v, 0, shared: false);
+            roots[r].MapFile(A + 128 * P, 64 * P, Prot.Read | Prot.Write, v, 0, shared: true);
+        }
+        var all = new System.Collections.Concurrent.ConcurrentBag<AddressSpace>(roots);
+        Parallel.For(0, 16, t =>
+        {
+            var rnd = new Random(t);
+            var space = roots[t % roots.Length];
+            for (int i = 0; i < 400; i++)
+            {
+                ulong va = A + (ulong)rnd.Next(192) * P;
+                var access = (FaultAccess)rnd.Next(3);
+                var r = space.Fault(va, access);
+                Assert.NotEqual(FaultResult.SigSegv, r);
+                if (i % 100 == 50)
+                {
+                    // Each fork's child faults a little on its own thread, then exits.
+                    space.ForkProtect();
+                    var child = space.Fork(new NullPmap());
+                    all.Add(child);
+                    for (int j = 0; j < 20; j++) child.Fault(A + (ulong)rnd.Next(192) * P, FaultAccess.Write);
+                    child.Destroy();
+                }
+            }
+        });
+        foreach (var s in all) Assert.Equal(0, s.Counters.sigbus);
+        foreach (var s in roots) s.Destroy();
+        Assert.Equal(0, vm.ObjectsAlive);
+    }
+}
