@@ -157,3 +157,26 @@ public class SafetyTests
         });
     }
 }
+
+// Allocation is counted process-wide, so this runs alone, after the parallel tests.
+[CollectionDefinition("alone", DisableParallelization = true)]
+public sealed class AloneCollection { }
+
+[Collection("alone")]
+public class SteadyStateTests
+{
+    [KernelFact]
+    public void Reads_and_writes_do_not_allocate_per_request()
+    {
+        using var m = new TestMount(threads: 1);
+        File.WriteAllBytes(m.M("f"), new byte[8192]);
+        using var fs = new FileStream(m.M("f"), FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, 0);
+        var buf = new byte[4096];
+        void Round() { for (int i = 0; i < 500; i++) { fs.Position = 0; fs.ReadExactly(buf); fs.Position = 4096; fs.Write(buf); } }
+        Round(); // warm up: JIT, handles, pools
+        long before = GC.GetTotalAllocatedBytes(true);
+        Round();
+        long perRequest = (GC.GetTotalAllocatedBytes(true) - before) / 1000;
+        Assert.True(perRequest < 64, $"{perRequest} bytes allocated per read/write request");
+    }
+}
