@@ -95,6 +95,7 @@ public sealed class Vm
                 next = o.backing_object;
                 o.backing_object = null;
                 o.pages.Clear();
+                o.WakeupBusy();   // nobody should sleep here (a busy page's owner holds a reference), but never strand one
             }
             if (next != null)
                 lock (next.Lock) next.shadow_count--;
