@@ -26,19 +26,20 @@ deps:
 
 native: $(BUILD)/liblabpreload.so $(PROGS)
 
-$(BUILD):
-	mkdir -p $(BUILD)
-
-$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h | $(BUILD)
+$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h
+	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
 
-$(BUILD)/mmapcheck: tests/progs/mmapcheck.c | $(BUILD)
+$(BUILD)/mmapcheck: tests/progs/mmapcheck.c
+	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 
-$(BUILD)/touch: lab/bench/touch.c | $(BUILD)
+$(BUILD)/touch: lab/bench/touch.c
+	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 
-$(BUILD)/uffd-floor: lab/bench/uffd-floor.c | $(BUILD)
+$(BUILD)/uffd-floor: lab/bench/uffd-floor.c
+	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $< -lpthread
 
 dotnet:

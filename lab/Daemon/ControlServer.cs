@@ -15,7 +15,7 @@ public sealed unsafe class ControlServer : IDisposable
 {
     const ulong Features = Native.UFFD_FEATURE_PAGEFAULT_FLAG_WP | Native.UFFD_FEATURE_EVENT_FORK
         | Native.UFFD_FEATURE_EVENT_REMAP | Native.UFFD_FEATURE_EVENT_REMOVE | Native.UFFD_FEATURE_EVENT_UNMAP
-        | Native.UFFD_FEATURE_MISSING_SHMEM | Native.UFFD_FEATURE_THREAD_ID;
+        | Native.UFFD_FEATURE_MISSING_SHMEM | Native.UFFD_FEATURE_THREAD_ID | Native.UFFD_FEATURE_POISON;
 
     readonly LabDaemon _daemon;
     readonly string _path;
@@ -49,6 +49,12 @@ public sealed unsafe class ControlServer : IDisposable
     }
 
     void AcceptLoop()
+    {
+        try { AcceptConnections(); }
+        catch (Exception e) { Log.Error($"control socket: {e.GetType().Name}: {e.Message}"); }
+    }
+
+    void AcceptConnections()
     {
         while (!_stopping)
         {
@@ -100,7 +106,8 @@ public sealed unsafe class ControlServer : IDisposable
         {
             lock (_conns) _conns.Remove(conn);
             conn.Dispose();
-            if (proc != null) _daemon.ProcessGone(proc);
+            try { if (proc != null) _daemon.ProcessGone(proc); }
+            catch (Exception e) { Log.Error($"teardown of pid {peerPid}: {e.GetType().Name}: {e.Message}"); }
         }
     }
 
@@ -165,6 +172,13 @@ public sealed unsafe class ControlServer : IDisposable
                 proc.Space.ForkProtect();
                 return Reply(conn, m, 0);
             case Proto.ForkDone when proc != null:
+                return Reply(conn, m, 0);
+            case Proto.Reaped when proc != null && p.Length >= 4:
+                _daemon.Reaped(Rd32(p, 0));
+                return Reply(conn, m, 0);
+            case Proto.Remap when proc != null && p.Length >= 32:
+                proc.Barrier();   // a move arrives as a uffd REMAP event: applied before we grow
+                proc.Space.Grow(Rd64(p, 16), Rd64(p, 8), Rd64(p, 24));
                 return Reply(conn, m, 0);
             default:
                 Log.Info($"closing the control connection of pid {peerPid}: malformed message (type {m.Type}, {m.Length} bytes)");

@@ -64,7 +64,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     void Shutdown()
     {
         if (Interlocked.Exchange(ref _shutdown, 1) != 0) return;
-        foreach (var p in Registry.Live()) MarkShared(p, 0, ulong.MaxValue);
+        foreach (var p in Registry.Live()) Guard(() => p.MarkShared(0, UserTop), "write-back at unmount");
         try { _fs?.FlushAll(); } catch (Exception e) { Log.Error($"write-back at unmount: {e.Message}"); }
         _server?.Unmount();
         _control?.Dispose();
@@ -87,14 +87,31 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     public void ProcessGone(LabProcess p)
     {
         if (!p.MarkGone()) return;
-        // Its shared pages may have been written: they reach the file, as Linux would write them back.
-        MarkShared(p, 0, ulong.MaxValue);
         p.Stop();
-        p.Space.Destroy();
+        // Its shared pages may have been written: they reach the file, as Linux would write them back.
+        Guard(() => { p.MarkShared(0, UserTop); p.FlushPending(); }, $"write-back for pid {p.Pid}");
+        Guard(p.Space.Destroy, $"teardown of pid {p.Pid}");
         Registry.Retire(p);
         p.Pmap.Dispose();
         // Children from FORK events that never connected (a fork outside the shim's wrapper) go too.
         while (p.ClaimChild(TimeSpan.Zero) is { } orphan) ProcessGone(orphan);
+    }
+
+    /// <summary>The top of x86-64 user space: "the whole address space" as a range.</summary>
+    public const ulong UserTop = 1UL << 47;
+
+    /// <summary>Run a step of teardown; a failure is logged and the daemon goes on.</summary>
+    static void Guard(Action step, string what)
+    {
+        try { step(); }
+        catch (Exception e) { Log.Error($"{what}: {e.GetType().Name}: {e.Message}"); }
+    }
+
+    /// <summary>A parent reaped this child: every image of that pid is gone.</summary>
+    public void Reaped(int pid)
+    {
+        foreach (var p in Registry.Live())
+            if (p.Pid == pid) ProcessGone(p);
     }
 
     public CachedFile? File(ulong ino) => _fs?.GetCachedFile(ino);
@@ -127,32 +144,18 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         }
     }
 
-    /// <summary>Pages a program may have written through shared mappings are dirty as far as we know.</summary>
-    static List<IVnode> MarkShared(LabProcess p, ulong addr, ulong len)
-    {
-        var touched = new List<IVnode>();
-        foreach (var (vnode, first, count) in p.Space.SharedRanges(addr, len))
-        {
-            vnode.MarkDirty(first, count);
-            if (!touched.Contains(vnode)) touched.Add(vnode);
-        }
-        return touched;
-    }
-
     public int Msync(LabProcess p, ulong addr, ulong len)
     {
-        int rc = 0;
-        foreach (var v in MarkShared(p, addr, len)) { int e = v.Flush(); if (e != 0) rc = e; }
-        return rc;
+        p.MarkShared(addr, len);
+        return p.FlushPending();
     }
 
     public int Unmap(LabProcess p, ulong addr, ulong len)
     {
-        var touched = MarkShared(p, addr, len);
+        p.Barrier();                 // the kernel's UNMAP event, if any, is applied (and marked) first
+        p.MarkShared(addr, len);
         p.Space.Unmap(addr, len);
-        int rc = 0;
-        foreach (var v in touched) { int e = v.Flush(); if (e != 0) rc = e; }
-        return rc;
+        return p.FlushPending();
     }
 
     public void Dispose()

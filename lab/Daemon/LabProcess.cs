@@ -24,6 +24,10 @@ public sealed unsafe class LabProcess
     readonly int _stopFd;
     Thread? _thread;
     int _stopped, _gone;
+    // Held while a batch of uffd messages is read and applied. The kernel releases a
+    // program's munmap/mremap once its event is *read*; a control request that follows
+    // takes this lock to know the event has also been *applied* (see Barrier).
+    readonly object _handling = new();
 
     /// <summary>True once: the caller tears the process down.</summary>
     public bool MarkGone() => Interlocked.Exchange(ref _gone, 1) == 0;
@@ -52,6 +56,12 @@ public sealed unsafe class LabProcess
 
     void Loop()
     {
+        try { ReadEvents(); }
+        catch (Exception e) { Log.Error($"uffd thread of pid {Pid}: {e.GetType().Name}: {e.Message}"); }
+    }
+
+    void ReadEvents()
+    {
         const int Batch = 16;
         var msgs = (Native.UffdMsg*)NativeMemory.Alloc((nuint)(Batch * sizeof(Native.UffdMsg)));
         var fds = stackalloc Native.PollFd[2];
@@ -65,15 +75,18 @@ public sealed unsafe class LabProcess
                 if (rc < 0) { if (Native.Errno == Native.EINTR) continue; break; }
                 if (fds[1].Revents != 0) break;
                 if ((fds[0].Revents & (Native.POLLERR | Native.POLLNVAL)) != 0) break;
-                nint n = Native.read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
-                if (n < 0)
+                lock (_handling)
                 {
-                    int e = Native.Errno;
-                    if (e is Native.EAGAIN or Native.EINTR) continue;
-                    break;
+                    nint n = Native.read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
+                    if (n < 0)
+                    {
+                        int e = Native.Errno;
+                        if (e is Native.EAGAIN or Native.EINTR) continue;
+                        break;
+                    }
+                    int count = (int)(n / sizeof(Native.UffdMsg));
+                    for (int i = 0; i < count; i++) Handle(ref msgs[i]);
                 }
-                int count = (int)(n / sizeof(Native.UffdMsg));
-                for (int i = 0; i < count; i++) Handle(ref msgs[i]);
             }
         }
         finally { NativeMemory.Free(msgs); }
@@ -89,7 +102,11 @@ public sealed unsafe class LabProcess
                 case Native.UFFD_EVENT_FORK: Forked((int)(uint)m.Arg0); break;
                 case Native.UFFD_EVENT_REMAP: Interlocked.Increment(ref Events); Space.Remap(m.Arg0, m.Arg1, m.Arg2); break;
                 case Native.UFFD_EVENT_REMOVE: Interlocked.Increment(ref Events); Space.Remove(m.Arg0, m.Arg1 - m.Arg0); break;
-                case Native.UFFD_EVENT_UNMAP: Interlocked.Increment(ref Events); Space.Unmap(m.Arg0, m.Arg1 - m.Arg0); break;
+                case Native.UFFD_EVENT_UNMAP:
+                    Interlocked.Increment(ref Events);
+                    MarkShared(m.Arg0, m.Arg1 - m.Arg0);   // written back by the shim's LAB_UNMAP, or at exit
+                    Space.Unmap(m.Arg0, m.Arg1 - m.Arg0);
+                    break;
             }
         }
         catch (Exception e)
@@ -133,6 +150,34 @@ public sealed unsafe class LabProcess
             Monitor.PulseAll(PendingChildren);
         }
     }
+
+    readonly List<IVnode> _pendingFlush = new();
+
+    /// <summary>
+    /// Pages of writable shared mappings in the range may have been written by the program
+    /// (no dirty bit reaches us): mark them dirty and remember their files for the next flush.
+    /// </summary>
+    public void MarkShared(ulong addr, ulong len)
+    {
+        foreach (var (vnode, first, count) in Space.SharedRanges(addr, len))
+        {
+            vnode.MarkDirty(first, count);
+            lock (_pendingFlush) if (!_pendingFlush.Contains(vnode)) _pendingFlush.Add(vnode);
+        }
+    }
+
+    /// <summary>Write back the files marked by MarkShared. Returns 0 or the first errno.</summary>
+    public int FlushPending()
+    {
+        IVnode[] files;
+        lock (_pendingFlush) { files = _pendingFlush.ToArray(); _pendingFlush.Clear(); }
+        int rc = 0;
+        foreach (var v in files) { int e = v.Flush(); if (e != 0 && rc == 0) rc = e; }
+        return rc;
+    }
+
+    /// <summary>Wait until every uffd event already read has been applied to the map.</summary>
+    public void Barrier() { lock (_handling) { } }
 
     /// <summary>Take the oldest child from a FORK event, waiting a little for the event to be processed.</summary>
     public LabProcess? ClaimChild(TimeSpan wait)

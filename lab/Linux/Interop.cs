@@ -7,7 +7,7 @@ namespace Lab.Linux;
 /// socket, signals-free process checks). x86-64 Linux only; ioctl numbers were measured
 /// on this kernel (shared/notes/LINUX-FACTS.md §0).
 /// </summary>
-internal static unsafe partial class Native
+public static unsafe partial class Native
 {
     public const int EINTR = 4, EAGAIN = 11, ENOENT = 2, ESRCH = 3, EEXIST = 17, EINVAL = 22, EBADF = 9, EPIPE = 32;
     public const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, SOL_SOCKET = 1, SO_PEERCRED = 17, SCM_RIGHTS = 1;

@@ -76,7 +76,7 @@ public sealed class AddressSpace
             {
                 Start = start, End = end, Protection = prot,
                 Object = Vm.ReferenceVnode(vnode), Offset = pindex,
-                Shared = shared, IsFile = true, needs_copy = !shared,
+                Shared = shared, IsFile = true, needs_copy = !shared, EverWritable = (prot & Prot.Write) != 0,
                 next_read = pindex, read_ahead = VmMapEntry.ReadAheadInit,
             };
             Insert(e);
@@ -151,6 +151,47 @@ public sealed class AddressSpace
         }
     }
 
+    /// <summary>
+    /// mremap growing a mapping (in place, or at its new address after the move): the
+    /// entry that ends at start+oldLength is followed by more of the same mapping — the
+    /// same file further on (private: copy-on-write again; shared: the same object), or
+    /// fresh anonymous memory.
+    /// </summary>
+    public void Grow(ulong start, ulong oldLength, ulong newLength)
+    {
+        ulong oldEnd = CheckRange(start, oldLength), newEnd = CheckRange(start, newLength);
+        if (newEnd <= oldEnd || oldEnd == start) return;
+        lock (MapLock)
+        {
+            ThrowIfDestroyed();
+            var e = FindEntry(oldEnd - PageSize);
+            if (e == null || e.End != oldEnd) return;
+            UnmapLocked(oldEnd, newEnd);
+            var g = new VmMapEntry
+            {
+                Start = oldEnd, End = newEnd, Protection = e.Protection, Shared = e.Shared, IsFile = e.IsFile,
+                EverWritable = e.EverWritable, read_ahead = VmMapEntry.ReadAheadInit,
+            };
+            if (e.Shared)
+            {
+                g.Object = e.Object; g.Offset = e.PindexOf(oldEnd);
+                Vm.Reference(e.Object);
+            }
+            else if (e.IsFile)
+            {
+                // The file under the (possibly shadowed) object, at the page after the old end.
+                var o = e.Object;
+                long p = e.PindexOf(oldEnd);
+                while (o.Vnode == null && o.BackingObject is { } b) { p += o.BackingObjectOffset; o = b; }
+                g.Object = Vm.ReferenceVnode(o.Vnode!); g.Offset = p; g.needs_copy = true; g.next_read = p;
+            }
+            else
+                g.Object = Vm.AllocateAnonymous((long)((newEnd - oldEnd) >> Vm.PageShift));
+            Insert(g);
+            Bump();
+        }
+    }
+
     /// <summary>mprotect: the kernel enforces it; the model records it for lookups.</summary>
     public void Protect(ulong start, ulong length, Prot prot)
     {
@@ -160,7 +201,11 @@ public sealed class AddressSpace
         {
             ThrowIfDestroyed();
             var (i, j) = ClipRange(start, end);
-            for (int k = i; k < j; k++) entries[k].Protection = prot;
+            for (int k = i; k < j; k++)
+            {
+                entries[k].Protection = prot;
+                if ((prot & Prot.Write) != 0) entries[k].EverWritable = true;
+            }
             Bump();
         }
     }
@@ -241,7 +286,7 @@ public sealed class AddressSpace
         {
             foreach (var e in entries)
             {
-                if (!e.Shared || e.End <= start || e.Start >= end) continue;
+                if (!e.Shared || !e.EverWritable || e.End <= start || e.Start >= end) continue;
                 ulong s = Math.Max(start, e.Start), t = Math.Min(end, e.End);
                 long p = e.PindexOf(s);
                 long n = (long)((t - s) >> Vm.PageShift);

@@ -15,6 +15,7 @@ internal sealed class VmMapEntry
     public long Offset;            // pindex in Object of Start
     public bool Shared;            // MAP_SHARED: faults go to the object itself, fork shares it
     public bool IsFile;            // made by MapFile (for DescribeMaps)
+    public bool EverWritable;      // shared: mapped or mprotected writable at some point (write-back needs it)
 #pragma warning disable IDE1006 // BSD names on purpose
     public bool needs_copy;        // MAP_ENTRY_NEEDS_COPY: Object is shared copy-on-write; shadow it before writing
     public long next_read;         // pindex where a sequential fault would land next

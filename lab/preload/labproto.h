@@ -33,6 +33,11 @@ enum lab_msg_type {
     LAB_FORK_PREPARE = 8, /* empty: write-protect private lab pages (pmap_protect of vmspace_fork) */
     LAB_FORK_DONE = 9,    /* lab_fork_done: the real fork returned in the parent */
 
+    LAB_REAPED = 11,      /* lab_reaped: wait*() reaped this child; the daemon tears its space
+                             down now (BSD frees a vmspace at exit, before wait returns) */
+    LAB_REMAP = 12,       /* lab_remap: after a real mremap of a lab range (growth extends
+                             the mapping; a move itself arrives as UFFD_EVENT_REMAP) */
+
     /* lab CLI -> daemon (no uffd; the `lab` command itself) */
     LAB_STAT = 10,        /* lab_stat; reply payload: text lines "name value\n" (up to 64 KiB) */
 
@@ -93,6 +98,18 @@ struct lab_range {
     uint64_t len;
     int32_t prot;       /* LAB_PROTECT only */
     int32_t flags;      /* LAB_MSYNC: MS_* */
+};
+
+struct lab_reaped {
+    int32_t pid;
+    int32_t pad;
+};
+
+struct lab_remap {
+    uint64_t old_addr;
+    uint64_t old_len;
+    uint64_t new_addr;
+    uint64_t new_len;
 };
 
 struct lab_stat {

@@ -427,6 +427,34 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
+    public void Grow_ExtendsPrivateFileSharedFileAndAnonymousMappings()
+    {
+        var v = new MemVnode(8 * (long)P, i => (byte)(i / 4096 + 1));   // page k holds k+1
+        var p = new SimProcess(vm);
+        p.MapFile(A, 2 * P, v);                       // private, two pages of the file
+        p.Write(Pg(1), 99);                           // shadowed now
+        p.Space.Grow(A, 2 * P, 4 * P);                // mremap grows it in place
+        Assert.Equal(99, p.Read(Pg(1)));
+        Assert.Equal(3, p.Read(Pg(2)));               // the file continues: page 2 of the file
+        Assert.Equal(4, p.Read(Pg(3)));
+        p.Write(Pg(3), 7);
+        Assert.Equal(4, v.Data[3 * P]);               // still private
+
+        var s = new SimProcess(vm);
+        s.MapFile(B, P, v, shared: true);
+        s.Space.Grow(B, P, 2 * P);
+        s.Write(B + P, 42);                           // shared: the file's page 1
+        Assert.Equal(42, v.CachePage(1)[0]);
+
+        var a = new SimProcess(vm);
+        a.MapAnon(A, P);
+        a.Space.Grow(A, P, 3 * P);
+        Assert.Equal(0, a.Read(A + 2 * P));
+        Assert.Equal(0, p.C.internal_errors + s.C.internal_errors + a.C.internal_errors);
+        Assert.Equal(0, p.C.sigsegv + s.C.sigsegv + a.C.sigsegv);
+    }
+
+    [Fact]
     public void Prefault_NeverOutsideTheEntry()
     {
         var v = new MemVnode(8 * (long)P);
