@@ -504,6 +504,26 @@ static void fill_hello(struct lab_hello *h, uint32_t flags)
 
 /* ---------- start-up ---------- */
 
+static int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode);
+
+/* The kernel hands the daemon a child uffd on fork only if the parent has at least one
+ * registered range. A process that has mapped no lab memory yet (a shell, say) would fork
+ * a child the daemon cannot serve, so every process keeps one registered, inaccessible
+ * page. It is never touched (no faults) and never announced with LAB_MAP. */
+static int register_anchor(void)
+{
+    void *a = real_mmap(NULL, g_page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED)
+        return errno;
+    int r = uffd_register((uintptr_t)a, g_page, UFFDIO_REGISTER_MODE_MISSING);
+    if (r < 0) {
+        real_munmap(a, g_page);
+        return -r;
+    }
+    dbg("fork anchor page at %p", a);
+    return 0;
+}
+
 static void copy_str(char *dst, size_t cap, const char *src)
 {
     size_t n = src ? strlen(src) : 0;
@@ -582,7 +602,9 @@ __attribute__((constructor(101))) static void lab_init(void)
     if (status != 0)
         die_refused(status);
     g_features = rep.features;
-    r = start_watcher();
+    r = register_anchor();
+    if (r == 0)
+        r = start_watcher();
     if (r != 0)
         die_connect(r);
     g_on = 1;
