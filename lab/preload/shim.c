@@ -6,6 +6,9 @@
  * a daemon crash would turn blocked faults into silent zero pages. A watcher
  * thread ends the process with a clear message as soon as the daemon's socket
  * closes. Without LAB_CONTROL every wrapper passes straight through.
+ *
+ * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, fork, and the wait
+ * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED.
  */
 #include "labproto.h"
 
@@ -28,6 +31,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* The machine runs 6.18 but the installed headers are 6.1: define what may be missing. */
@@ -85,6 +89,8 @@ static char g_comm[32];
 static char g_vm[16];
 static uint64_t g_run_id;
 static pid_t (*g_real_fork)(void);
+static pid_t (*g_real_wait4)(pid_t, int *, int, struct rusage *);
+static int (*g_real_waitid)(idtype_t, id_t, siginfo_t *, int);
 
 /* Recursive: fork holds the connection across the real fork, and atfork handlers or
  * nested wrappers on the same thread must not deadlock on it. */
@@ -569,6 +575,8 @@ __attribute__((constructor(101))) static void lab_init(void)
         g_page = (size_t)ps;
     init_locks();
     g_real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+    g_real_wait4 = (pid_t(*)(pid_t, int *, int, struct rusage *))dlsym(RTLD_NEXT, "wait4");
+    g_real_waitid = (int (*)(idtype_t, id_t, siginfo_t *, int))dlsym(RTLD_NEXT, "waitid");
 
     if (strlen(ctl) >= sizeof g_ctl_path)
         die_connect(ENAMETOOLONG);
@@ -905,30 +913,87 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
         want = va_arg(ap, void *);
         va_end(ap);
     }
-    void *res = real_mremap(old, old_size, new_size, flags, want);
-    if (res == MAP_FAILED || !g_on)
-        return res;
-    int err = errno;
-    /* The daemon learns moves from the uffd REMAP/UNMAP events; only our table changes. */
-    uintptr_t o = (uintptr_t)old, n = (uintptr_t)res;
+    uintptr_t o = (uintptr_t)old;
     struct lab_ent ent;
-    int was_lab = tab_find(o, &ent);
-    pthread_mutex_lock(&g_tab_lock);
-    if (was_lab && old_size && !(flags & MREMAP_DONTUNMAP))
-        tab_cut(o, o + page_up(old_size));
-    if (flags & MREMAP_FIXED)
-        tab_cut(n, n + page_up(new_size));
-    if (was_lab) {
+    int was_lab = g_on && __atomic_load_n(&g_ntab, __ATOMIC_RELAXED) && tab_find(o, &ent);
+    if (!was_lab) {
+        void *res = real_mremap(old, old_size, new_size, flags, want);
+        if (res != MAP_FAILED && g_on && (flags & MREMAP_FIXED) &&
+            tab_cut((uintptr_t)res, (uintptr_t)res + page_up(new_size)))
+            dbg("mremap onto lab memory at %p: forgotten", res);
+        return res;
+    }
+    /* Held across the real call: the LAB_REMAP below must follow the kernel's events in order. */
+    pthread_mutex_lock(&g_conn_lock);
+    void *res = real_mremap(old, old_size, new_size, flags, want);
+    int err = errno;
+    if (res != MAP_FAILED) {
+        uintptr_t n = (uintptr_t)res;
+        pthread_mutex_lock(&g_tab_lock);
+        if (old_size && !(flags & MREMAP_DONTUNMAP))
+            tab_cut(o, o + page_up(old_size));
+        if (flags & MREMAP_FIXED)
+            tab_cut(n, n + page_up(new_size));
         struct lab_ent moved = ent;
         moved.offset = ent.offset + (o - ent.start);
         moved.start = n;
         moved.end = n + page_up(new_size);
         if (!tab_add(&moved))
             dbg("range table full: forgetting the moved range %#lx", (unsigned long)n);
+        pthread_mutex_unlock(&g_tab_lock);
+        /* A move reaches the daemon as a uffd REMAP event; growth in place has no event. */
+        struct lab_remap rm = {o, page_up(old_size), n, page_up(new_size)};
+        int32_t st = lab_req(LAB_REMAP, &rm, sizeof rm, NULL, 0, NULL);
+        if (st)
+            dbg("LAB_REMAP %#lx -> %#lx: %s", (unsigned long)o, (unsigned long)n, strerror(st));
     }
-    pthread_mutex_unlock(&g_tab_lock);
+    pthread_mutex_unlock(&g_conn_lock);
     errno = err;
     return res;
+}
+
+/* ---------- wait: the daemon frees a reaped child's space before wait returns, as BSD does ---------- */
+
+static void reaped(pid_t pid)
+{
+    int err = errno;
+    struct lab_reaped r = {(int32_t)pid, 0};
+    int32_t st = lab_req(LAB_REAPED, &r, sizeof r, NULL, 0, NULL);
+    if (st)
+        dbg("LAB_REAPED %d: %s", (int)pid, strerror(st));
+    errno = err;
+}
+
+pid_t wait4(pid_t pid, int *status, int options, struct rusage *ru)
+{
+    if (!g_real_wait4)
+        g_real_wait4 = (pid_t(*)(pid_t, int *, int, struct rusage *))dlsym(RTLD_NEXT, "wait4");
+    int st = 0;
+    pid_t r = g_real_wait4(pid, &st, options, ru);
+    if (r > 0 && status)
+        *status = st;
+    /* stopped or continued children are not reaped */
+    if (r > 0 && g_on && (WIFEXITED(st) || WIFSIGNALED(st)))
+        reaped(r);
+    return r;
+}
+
+pid_t waitpid(pid_t pid, int *status, int options) { return wait4(pid, status, options, NULL); }
+pid_t wait(int *status) { return wait4(-1, status, 0, NULL); }
+pid_t wait3(int *status, int options, struct rusage *ru) { return wait4(-1, status, options, ru); }
+
+int waitid(idtype_t idtype, id_t id, siginfo_t *info, int options)
+{
+    if (!g_real_waitid)
+        g_real_waitid = (int (*)(idtype_t, id_t, siginfo_t *, int))dlsym(RTLD_NEXT, "waitid");
+    siginfo_t local;
+    siginfo_t *si = info ? info : &local;
+    si->si_pid = 0; /* WNOHANG with nothing to report may leave it untouched */
+    int r = g_real_waitid(idtype, id, si, options);
+    if (r == 0 && g_on && !(options & WNOWAIT) && si->si_pid > 0 &&
+        (si->si_code == CLD_EXITED || si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED))
+        reaped(si->si_pid);
+    return r;
 }
 
 /* ---------- fork ---------- */
@@ -957,7 +1022,8 @@ static void child_reconnect(void)
     if (fd < 0)
         die_connect(EPROTO);
     g_uffd = fd;
-    g_features = rep.features;
+    if (rep.features) /* the reply may be empty: the child's uffd inherits the parent's features */
+        g_features = rep.features;
     r = start_watcher();
     if (r != 0)
         die_connect(r);
