@@ -56,6 +56,7 @@ public sealed unsafe class LabProcess
 
     void Loop()
     {
+        Pmap.ReaderThreadId = Environment.CurrentManagedThreadId;
         try { ReadEvents(); }
         catch (Exception e) { Log.Error($"uffd thread of pid {Pid}: {e.GetType().Name}: {e.Message}"); }
     }

@@ -22,6 +22,9 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     public long InstallErrors;
     public long Superseded;
 
+    /// <summary>The managed thread that reads this uffd (set by its loop).</summary>
+    public int ReaderThreadId;
+
     public UffdPmap(int uffd)
     {
         _uffd = uffd;
@@ -100,11 +103,21 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
             Range = new Native.UffdioRange { Start = va, Len = length },
             Mode = writeProtect ? Native.UFFDIO_WRITEPROTECT_MODE_WP : 0,
         };
-        if (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) != 0)
+        int tries = 0;
+        while (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) != 0)
         {
             int e = Native.Errno;
+            // EAGAIN: a fork/unmap/remap event is still unread. Another thread (fork's
+            // write-protect from the control socket) waits for the reader to take it;
+            // the reader itself must not wait on itself.
+            if (e == Native.EAGAIN && Environment.CurrentManagedThreadId != ReaderThreadId && ++tries < 10_000)
+            {
+                Thread.Sleep(tries < 100 ? 0 : 1);
+                continue;
+            }
             if (!Benign(e)) Interlocked.Increment(ref InstallErrors);
             if (!writeProtect) Wake(va, length);
+            return;
         }
     }
 

@@ -12,14 +12,14 @@ for p in "${projects[@]}"; do
   out=$(mktemp)
   echo "== $p"
   dotnet test "$p" -c "$CONFIG" --no-build -nologo -v:q --logger "console;verbosity=normal" 2>&1 | tee "$out" \
-    | grep -E "^\s+(Failed|Passed|Skipped) |Error Message|Assert|^\s+at Lab|Total tests|Passed!|Failed!" | head -300
+    | grep -E "^\s+(Failed|Skipped) |Error Message|Expected|Actual|^\s+at Lab|Total tests|^ +(Passed|Failed|Skipped): " | head -300
   rc=${PIPESTATUS[0]}
-  # "Passed!  - Failed:     0, Passed:    12, Skipped:     0, Total:    12"
-  line=$(grep -E "(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+" "$out" | tail -1)
-  if [ -z "$line" ]; then
+  # The block after "Total tests: N": "     Passed: N", "     Failed: N" (absent when 0).
+  if ! grep -qE "^Total tests: [0-9]+" "$out"; then
     echo "!! $p: no test summary (exit $rc)"; broken=$((broken+1))
   else
-    f=$(sed -E 's/.*Failed: +([0-9]+).*/\1/' <<<"$line"); s=$(sed -E 's/.*Passed: +([0-9]+).*/\1/' <<<"$line")
+    f=$(sed -nE 's/^ +Failed: ([0-9]+)$/\1/p' "$out" | tail -1); s=$(sed -nE 's/^ +Passed: ([0-9]+)$/\1/p' "$out" | tail -1)
+    f=${f:-0}; s=${s:-0}
     passed=$((passed+s)); failed=$((failed+f))
     [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && { echo "!! $p: dotnet test exited $rc"; broken=$((broken+1)); }
   fi

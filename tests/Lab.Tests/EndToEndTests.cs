@@ -48,18 +48,22 @@ public sealed class EndToEndTests(ITestOutputHelper output)
         Assert.Equal(expect, File.ReadAllBytes(m.M("shared.dat")));
 
         // What must have happened, fault by fault (FreeBSD design, 4-page files):
-        //  1 read of p page 0: pager I/O reads the file's pages (read-ahead) into the vnode
-        //    object; page 0 installed read-only (copy-on-write pending), neighbours prefaulted
-        //    read-only, so the read of page 2 takes no fault;
-        //  2 write p page 1, 3 write p page 2: write-protect faults, copy-up into the new shadow;
-        //  4 read s page 0: pager I/O into the file's page cache; the rest is mapped by the kernel;
-        //  5 child write p page 1: copy (the shadow is shared by parent and child);
-        //  6 parent write p page 2 after the child was reaped: the shadow has one reference
-        //    left, so the page is moved, not copied (v_cow_optim).
+        //  1 read p page 0: pager I/O brings the file's pages into the vnode object
+        //    (read-ahead); page 0 installed read-only (copy-on-write pending) and pages 1-3
+        //    prefaulted read-only, so the read of page 2 takes no fault;
+        //  2 write p page 1, 3 write p page 2: write-protect faults; the first makes the
+        //    shadow S, both copy up from the vnode object (2 COW);
+        //  4 read s page 0: pager I/O into the file's page cache (memfd); the kernel maps
+        //    the other pages itself, shared writes take no fault;
+        //  fork: the shim write-protects p's pages first, so each side's first write faults;
+        //  5 child write p page 1: the child's shadow over S, which is shared: copy (COW 3);
+        //  6 parent write p page 2 while the child lives: the parent's shadow, copy (COW 4);
+        //  7 parent write p page 1 after reaping the child: S now has one reference and one
+        //    shadow, so page 1 moves into the parent's shadow (COW 5, v_cow_optim 1).
         output.WriteLine(string.Join("\n", c.Select(kv => $"{kv.Key} {kv.Value}")));
-        Assert.Equal(6, LabMount.Get(c, "v_vm_faults"));
+        Assert.Equal(7, LabMount.Get(c, "v_vm_faults"));
         Assert.Equal(2, LabMount.Get(c, "v_io_faults"));
-        Assert.Equal(4, LabMount.Get(c, "v_cow_faults"));
+        Assert.Equal(5, LabMount.Get(c, "v_cow_faults"));
         Assert.Equal(1, LabMount.Get(c, "v_cow_optim"));
         Assert.Equal(0, LabMount.Get(c, "v_zfod"));
         Assert.Equal(2, LabMount.Get(c, "processes"));
@@ -117,7 +121,7 @@ public sealed class EndToEndTests(ITestOutputHelper output)
         File.WriteAllBytes(m.B("p.bin"), priv);
         File.WriteAllBytes(m.B("s.bin"), shared);
         File.WriteAllText(m.B("check.py"), PythonScript.Replace("\n        ", "\n"));
-        var (r, c) = m.RunCounted("python3", m.M("check.py"), m.M("p.bin"), m.M("s.bin"));
+        var (r, c) = m.RunCounted(Repo.Python, m.M("check.py"), m.M("p.bin"), m.M("s.bin"));
         AssertOk(r, output, m);
         Assert.Contains("python=ok", r.Stdout);
         Assert.Equal(priv, File.ReadAllBytes(m.B("p.bin")));
@@ -203,7 +207,7 @@ public sealed class EndToEndTests(ITestOutputHelper output)
         using var m = new LabMount();
         File.WriteAllBytes(m.B("s.bin"), new byte[Page]);
         // The program writes through a shared mapping and exits without msync or munmap.
-        var r = m.Run("python3", "-c",
+        var r = m.Run(Repo.Python, "-c",
             $"import mmap; f=open('{m.M("s.bin")}','r+b'); s=mmap.mmap(f.fileno(),0); s[0:4]=b'DONE'; print('wrote')");
         AssertOk(r, output, m);
         var u = Sh.Lab("unmount", m.Mount);

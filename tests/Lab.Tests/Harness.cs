@@ -27,6 +27,22 @@ public static class Repo
     public static string Shim => Path.Combine(Root, "build", "liblabpreload.so");
     public static string Prog(string name) => Path.Combine(Root, "build", name);
 
+    /// <summary>The python3 binary itself (not a version manager's wrapper script), so a run is one process.</summary>
+    public static string Python { get; } = FindPython();
+
+    static string FindPython()
+    {
+        try
+        {
+            var psi = new ProcessStartInfo("python3", "-c \"import sys; print(sys.executable)\"") { RedirectStandardOutput = true };
+            using var p = Process.Start(psi)!;
+            var path = p.StandardOutput.ReadToEnd().Trim();
+            p.WaitForExit();
+            return File.Exists(path) ? path : "python3";
+        }
+        catch (System.ComponentModel.Win32Exception) { return "python3"; }
+    }
+
     static string FindRoot()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)

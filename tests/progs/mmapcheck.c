@@ -77,6 +77,13 @@ static int run_files(const char *privpath, const char *sharedpath)
 
     /* 4. fork: private pages are isolated, shared ones are one page */
     fflush(stdout); /* so the child cannot repeat buffered output */
+    /* Two pipes order the processes so the copy-on-write history is exact: the child
+     * writes, the parent writes while the child still lives, the child exits, the
+     * parent writes again once it has reaped it. */
+    int c2p[2], p2c[2];
+    if (pipe(c2p) != 0 || pipe(p2c) != 0)
+        return fail("pipe");
+    char tok = 0;
     pid_t pid = fork();
     if (pid < 0)
         return fail("fork");
@@ -85,8 +92,16 @@ static int run_files(const char *privpath, const char *sharedpath)
         p[1 * PG + 1] = 'C';
         s[3 * PG] = 'c';
         ok = ok && p[1 * PG + 1] == 'C';
+        if (write(c2p[1], "w", 1) != 1 || read(p2c[0], &tok, 1) != 1)
+            _exit(2);
+        ok = ok && p[2 * PG + 1] == priv_byte(2 * PG + 1);   /* the parent's later write is not ours */
         _exit(ok ? 0 : 1);
     }
+    if (read(c2p[0], &tok, 1) != 1)
+        return fail("child did not report");
+    p[2 * PG + 1] = 'Q';                 /* parent write while the child lives: a copy */
+    if (write(p2c[1], "x", 1) != 1)
+        return fail("pipe write");
     int wst;
     while (waitpid(pid, &wst, 0) < 0) {
         if (errno != EINTR)
@@ -98,7 +113,9 @@ static int run_files(const char *privpath, const char *sharedpath)
         return fail("fork isolation: parent sees the child's private write");
     if (s[3 * PG] != 'c')
         return fail("shared coherence: parent misses the child's shared write");
-    p[1 * PG + 2] = 'P';
+    p[1 * PG + 2] = 'P';                 /* after the reap: the old shadow is ours alone */
+    if (p[2 * PG + 1] != 'Q' || p[1 * PG + 2] != 'P' || p[1 * PG] != 'X')
+        return fail("parent's own writes after fork");
     printf("fork=ok\n");
 
     /* 5. write back and unmap */
