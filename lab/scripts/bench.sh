@@ -21,22 +21,26 @@ head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom > "$BACK/big.dat"
 "$LAB" mount "$BACK" "$MNT" >/dev/null
 
 declare -A NAME CMD
-order=(native fuse floor labpriv labshared)
+order=(native fuse floor floorpin labpriv labshared)
 NAME[native]="native file, kernel page cache (mmap, no lab)"
 NAME[fuse]="lab mount without lab run (kernel's FUSE mmap path)"
 NAME[floor]="minimal C uffd handler (in-process thread, the floor)"
+NAME[floorpin]="minimal C uffd handler, pinned to one vCPU"
 NAME[labpriv]="lab run, MAP_PRIVATE (freebsd resolver)"
 NAME[labshared]="lab run, MAP_SHARED (memfd page cache)"
 CMD[native]="$TOUCH $BACK/big.dat"
 CMD[fuse]="$TOUCH $MNT/big.dat"
 CMD[floor]="$FLOOR $BACK/big.dat"
-CMD[labpriv]="$LAB run --mount $MNT -- $TOUCH $MNT/big.dat"
-CMD[labshared]="$LAB run --mount $MNT -- $TOUCH $MNT/big.dat --shared"
+CMD[floorpin]="taskset -c 0 $FLOOR $BACK/big.dat"
+CMD[labpriv]="$LAB run --mount $MNT --stats -- $TOUCH $MNT/big.dat"
+CMD[labshared]="$LAB run --mount $MNT --stats -- $TOUCH $MNT/big.dat --shared"
 
-declare -A RES SUM
+declare -A RES SUM FAULTS
 for ((i = 1; i <= RUNS; i++)); do
   for k in "${order[@]}"; do
-    out=$(${CMD[$k]})
+    out=$(${CMD[$k]} 2>"$WORK/stats")
+    f=$(awk '$1 == "v_vm_faults" {print $2}' "$WORK/stats")
+    grep -q "^lab stats" "$WORK/stats" && FAULTS[$k]=${f:-0}
     us=$(sed -nE 's/.*us_per_page=([0-9.]+).*/\1/p' <<<"$out")
     sum=$(sed -nE 's/.*sum=([0-9]+).*/\1/p' <<<"$out")
     RES[$k]="${RES[$k]:-} $us"
@@ -47,16 +51,18 @@ done
 
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "touch, one byte per page, ${SIZE_MB} MiB ($((SIZE_MB * 256)) pages), median of $RUNS interleaved runs; checksums equal in every run"
-printf '%-58s %12s   %s\n' "configuration" "us/page" "runs"
+printf '%-58s %10s %8s   %s\n' "configuration" "us/page" "faults" "runs"
 declare -A MED
 for k in "${order[@]}"; do
   MED[$k]=$(median "${RES[$k]}")
-  printf '%-58s %12s  %s\n' "${NAME[$k]}" "${MED[$k]}" "${RES[$k]}"
+  printf '%-58s %10s %8s  %s\n' "${NAME[$k]}" "${MED[$k]}" "${FAULTS[$k]:-}" "${RES[$k]}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 echo
+echo "faults: uffd faults the lab served in the last run (fewer than pages: read-ahead and prefault install"
+echo "neighbours; the shared mapping's pages already sit in the lab's page cache and the kernel maps them)."
 echo "ratios (same run):"
-echo "  lab run private / minimal C handler : $(ratio "${MED[labpriv]}" "${MED[floor]}")"
+echo "  lab run private / minimal C handler : $(ratio "${MED[labpriv]}" "${MED[floor]}")   (pinned handler: $(ratio "${MED[labpriv]}" "${MED[floorpin]}"))"
 echo "  lab run private / kernel FUSE mmap  : $(ratio "${MED[labpriv]}" "${MED[fuse]}")"
 echo "  lab run private / native            : $(ratio "${MED[labpriv]}" "${MED[native]}")"
 echo "  lab run shared  / kernel FUSE mmap  : $(ratio "${MED[labshared]}" "${MED[fuse]}")"

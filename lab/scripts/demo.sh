@@ -4,6 +4,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LAB="$ROOT/build/lab"
+# The interpreter itself, not a version manager's wrapper script (one process, clear counters).
+PY=$(python3 -c "import sys; print(sys.executable)")
 export LAB_PRELOAD="$ROOT/build/liblabpreload.so"
 WORK=$(mktemp -d /tmp/lab-demo.XXXXXX)
 BACK="$WORK/backing" MNT="$WORK/mnt"
@@ -56,7 +58,7 @@ say "1. lab mount: the lab file system over $BACK"
 ls -l "$MNT" | sed 's/^/  /'
 
 say "2. python3 under lab run: private map (copy-on-write), shared map, fork"
-OUT=$("$LAB" run --mount "$MNT" --stats -- python3 "$MNT/wordcount.py" "$MNT/corpus.txt" "$MNT/records.bin" 2>"$WORK/py.stats")
+OUT=$("$LAB" run --mount "$MNT" --stats -- "$PY" "$MNT/wordcount.py" "$MNT/corpus.txt" "$MNT/records.bin" 2>"$WORK/py.stats")
 EXPECT=$(python3 -c "
 import collections; c=collections.Counter(open('$BACK/corpus.txt','rb').read().split()); print(sum(c.values()), c[b'shadow'], 'child')")
 check "$OUT" "$EXPECT" "python3 counted the words and saw the child's shared write ($OUT)"
