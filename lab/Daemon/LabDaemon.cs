@@ -86,15 +86,21 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
 
     public void ProcessGone(LabProcess p)
     {
-        if (!p.MarkGone()) return;
+        if (!p.MarkGone()) { p.WaitTornDown(); return; }
+        try { TearDown(p); }
+        finally { p.TornDown(); }
+        // Children from FORK events that never connected (a fork outside the shim's wrapper) go too.
+        while (p.ClaimChild(TimeSpan.Zero) is { } orphan) ProcessGone(orphan);
+    }
+
+    void TearDown(LabProcess p)
+    {
         p.Stop();
         // Its shared pages may have been written: they reach the file, as Linux would write them back.
         Guard(() => { p.MarkShared(0, UserTop); p.FlushPending(); }, $"write-back for pid {p.Pid}");
         Guard(p.Space.Destroy, $"teardown of pid {p.Pid}");
         Registry.Retire(p);
         p.Pmap.Dispose();
-        // Children from FORK events that never connected (a fork outside the shim's wrapper) go too.
-        while (p.ClaimChild(TimeSpan.Zero) is { } orphan) ProcessGone(orphan);
     }
 
     /// <summary>The top of x86-64 user space: "the whole address space" as a range.</summary>

@@ -29,8 +29,15 @@ public sealed unsafe class LabProcess
     // takes this lock to know the event has also been *applied* (see Barrier).
     readonly object _handling = new();
 
-    /// <summary>True once: the caller tears the process down.</summary>
+    readonly ManualResetEventSlim _torndown = new();
+
+    /// <summary>True once: the caller tears the process down, then calls <see cref="TornDown"/>.</summary>
     public bool MarkGone() => Interlocked.Exchange(ref _gone, 1) == 0;
+
+    public void TornDown() => _torndown.Set();
+
+    /// <summary>Another thread is tearing it down: wait for that to finish (bounded).</summary>
+    public void WaitTornDown() => _torndown.Wait(TimeSpan.FromSeconds(30));
 
     public LabProcess(Registry registry, int pid, ulong runId, string comm, AddressSpace space, UffdPmap pmap)
     {
