@@ -53,6 +53,8 @@ public static class Cli
         {
             string b = Path.GetFullPath(r.GetValue(backing)!), m = Path.GetFullPath(r.GetValue(mountpoint)!);
             if (!Directory.Exists(b)) throw new LabException($"backing directory {b} does not exist");
+            // A mount left by a killed daemon answers every stat with ENOTCONN: clear it first.
+            if (FuseServer.ClearStale(m)) Console.Error.WriteLine($"lab: cleared a stale mount at {m}");
             if (!Directory.Exists(m)) throw new LabException($"mount point {m} does not exist");
             if (r.GetValue(foreground)) return Foreground(b, m, r.GetValue(vm)!, r.GetValue(threads), r.GetValue(log));
             return Background(b, m, r.GetValue(vm)!, r.GetValue(threads));

@@ -171,6 +171,44 @@ public sealed class EndToEndTests(ITestOutputHelper output)
     }
 
     [KernelFact]
+    public void MountOverAStaleMountClearsIt()
+    {
+        using var m = new LabMount();
+        File.WriteAllText(m.B("x.txt"), "still here\n");
+        m.KillDaemon();                                    // leaves a dead FUSE mount behind
+        var r = Sh.Lab("mount", m.Backing, m.Mount);       // background daemon this time
+        int pid = 0;
+        try
+        {
+            Assert.True(r.ExitCode == 0, r.ToString());
+            pid = int.Parse(System.Text.RegularExpressions.Regex.Match(r.Stdout, @"daemon pid (\d+)").Groups[1].Value);
+            Assert.Contains("cleared a stale mount", r.Stderr);
+            Assert.Equal("still here\n", File.ReadAllText(m.M("x.txt")));
+            var u = Sh.Lab("unmount", m.Mount);
+            Assert.True(u.ExitCode == 0, u.ToString());
+        }
+        finally
+        {
+            if (pid > 0) { try { System.Diagnostics.Process.GetProcessById(pid).Kill(); } catch (ArgumentException) { } }
+        }
+    }
+
+    [KernelFact]
+    public void SigintUnmountsCleanlyAndWritesBack()
+    {
+        using var m = new LabMount();
+        File.WriteAllBytes(m.B("s.bin"), new byte[4096]);
+        var r = m.Run(Repo.Python, "-c",
+            $"import mmap; f=open('{m.M("s.bin")}','r+b'); s=mmap.mmap(f.fileno(),0); s[0:3]=b'INT'; print('ok')");
+        AssertOk(r, output, m);
+        LabMount.Signal(m.Daemon.Id, 2);
+        Assert.True(m.Daemon.WaitForExit(20_000), "the daemon did not stop on SIGINT");
+        Assert.Equal(0, m.Daemon.ExitCode);
+        Assert.DoesNotContain(" " + m.Mount + " ", File.ReadAllText("/proc/self/mountinfo"));
+        Assert.Equal("INT"u8.ToArray(), File.ReadAllBytes(m.B("s.bin"))[..3]);
+    }
+
+    [KernelFact]
     public void EverydayToolsWorkOnTheMountAndStatsAreThere()
     {
         using var m = new LabMount();

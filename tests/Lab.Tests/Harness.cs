@@ -3,6 +3,8 @@ using System.Runtime.InteropServices;
 using System.Text;
 using Xunit;
 
+[assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
+
 namespace Lab.Tests;
 
 /// <summary>
@@ -169,6 +171,8 @@ public sealed class LabMount : IDisposable
     static extern int kill(int pid, int sig);
     [DllImport("libc", SetLastError = true)]
     static extern int umount2(string target, int flags);
+
+    public static void Signal(int pid, int sig) => kill(pid, sig);
 
     public void KillDaemon()
     {

@@ -1,0 +1,139 @@
+using System.Text;
+using Lab.Linux;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Lab.Tests;
+
+/// <summary>More unmodified programs under `lab run`, and the control socket's defences.</summary>
+public sealed class ProgramsAndControlTests(ITestOutputHelper output)
+{
+    [KernelFact]
+    public void Sqlite3WithMmapSizeMatchesANativeRun()
+    {
+        using var m = new LabMount();
+        const string sql = """
+            PRAGMA mmap_size=268435456;
+            CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+            WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<30000)
+              INSERT INTO t SELECT x, printf('%08d-%s', x, substr('abcdefghijklmnop', 1 + x % 16)) FROM c;
+            CREATE INDEX tv ON t(v);
+            SELECT count(*), sum(length(v)), max(v) FROM t;
+            PRAGMA integrity_check;
+            """;
+        var native = Sh.Run("sqlite3", new[] { Path.Combine(m.Dir, "native.db"), sql });
+        Assert.True(native.ExitCode == 0, native.ToString());
+        var (r, c) = m.RunCounted("sqlite3", m.M("lab.db"), sql);
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal(native.Stdout, r.Stdout);
+        Assert.EndsWith("ok\n", r.Stdout);
+        // sqlite3 read its database through the shared mapping: the lab served those faults.
+        Assert.True(LabMount.Get(c, "v_io_faults") > 0, "no page of the mapped database was faulted through the lab");
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+        // The file on the backing directory is a valid database with every row.
+        var check = Sh.Run("sqlite3", new[] { m.B("lab.db"), "PRAGMA integrity_check; SELECT count(*) FROM t;" });
+        Assert.Equal("ok\n30000\n", check.Stdout);
+    }
+
+    [KernelFact]
+    public void RipgrepWithMmapMatchesANativeRun()
+    {
+        using var m = new LabMount();
+        var rnd = new Random(5);
+        for (int d = 0; d < 4; d++)
+        {
+            Directory.CreateDirectory(m.B($"d{d}"));
+            for (int f = 0; f < 6; f++)
+            {
+                var sb = new StringBuilder();
+                for (int line = 0; line < 2000 + rnd.Next(2000); line++)
+                    sb.Append(rnd.Next(40) == 0 ? $"needle {d} {f} {line}\n" : $"hay {rnd.Next()} {line}\n");
+                File.WriteAllText(m.B($"d{d}/f{f}.txt"), sb.ToString());
+            }
+        }
+        string[] Args(string dir) => new[] { "--mmap", "--sort", "path", "-n", "needle", dir };
+        var native = Sh.Run("rg", Args(m.Backing), cwd: m.Backing);
+        var (r, c) = m.RunCounted(new[] { "rg" }.Concat(Args(m.Mount)).ToArray());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal(native.Stdout.Replace(m.Backing, "X"), r.Stdout.Replace(m.Mount, "X"));
+        Assert.Contains("needle", r.Stdout);
+        Assert.True(LabMount.Get(c, "v_io_faults") > 0, "rg's mmaps of lab files were not served by the lab");
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+    }
+
+    [KernelFact]
+    public void ExecdChildrenConnectAgain()
+    {
+        using var m = new LabMount();
+        // bash forks twice; each child execs the test program, which connects on its own.
+        var (r, c) = m.RunCounted("/bin/bash", "-c", $"{Repo.Prog("mmapcheck")} --anon 5 && {Repo.Prog("mmapcheck")} --anon 7");
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal("anon=ok\nanon=ok\n", r.Stdout);
+        Assert.Equal(12, LabMount.Get(c, "v_zfod"));       // 5 + 7 pages, each zero-filled once by the lab
+        Assert.True(LabMount.Get(c, "processes") >= 3, "bash and both exec'd programs are lab processes");
+    }
+
+    [KernelFact]
+    public void MalformedControlMessageClosesOnlyThatConnection()
+    {
+        using var m = new LabMount();
+        var sock = m.M(".lab/control");
+        // Garbage: an unknown type, then a frame that claims more payload than allowed.
+        foreach (var frame in new[] { Frame(999, 4), Frame(Proto.Map, 4), Frame(Proto.Hello, 200_000) })
+        {
+            using var conn = ControlConnection.Connect(sock, out int e) ?? throw new InvalidOperationException($"connect: errno {e}");
+            Assert.True(SendRaw(conn, frame));
+            Assert.Null(conn.Receive());   // the daemon closed this connection
+        }
+        // A stat request still works, and so does a program.
+        using (var conn = ControlConnection.Connect(sock, out _)!)
+        {
+            Assert.True(conn.Send(Proto.Stat, 7, 0, new byte[8]));
+            var reply = conn.Receive();
+            Assert.NotNull(reply);
+            Assert.Equal(Proto.Stat | Proto.Reply, reply!.Value.Type);
+        }
+        var r = m.Run(Repo.Prog("mmapcheck"), "--anon", "3");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.False(m.Daemon.HasExited);
+    }
+
+    [KernelFact]
+    public void ControlSocketRefusesOtherUsers()
+    {
+        using var m = new LabMount();
+        var socket = new FileInfo(m.M(".lab/control")).LinkTarget!;
+        // As nobody: connect, ask for stats; the daemon closes the connection without a reply.
+        var script = $$"""
+            import socket, struct
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect("{{socket}}")
+            try:
+                s.sendall(struct.pack("<IIIi", {{Proto.Stat}}, 8, 1, 0) + bytes(8))
+                print("reply" if s.recv(64) else "closed")
+            except (ConnectionResetError, BrokenPipeError):
+                print("closed")
+            """;
+        var r = Sh.Run("setpriv", new[] { "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script });
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal("closed\n", r.Stdout);
+        Assert.Contains("refused a control connection from uid 65534", m.DaemonLog);
+    }
+
+    static byte[] Frame(uint type, int len)
+    {
+        var b = new byte[16 + Math.Min(len, 64)];
+        BitConverter.TryWriteBytes(b.AsSpan(0), type);
+        BitConverter.TryWriteBytes(b.AsSpan(4), (uint)len);
+        BitConverter.TryWriteBytes(b.AsSpan(8), 1u);
+        return b;
+    }
+
+    static unsafe bool SendRaw(ControlConnection conn, byte[] bytes)
+    {
+        fixed (byte* p = bytes)
+            return Native.write(conn.Fd, p, (nuint)bytes.Length) == bytes.Length;
+    }
+}
