@@ -64,7 +64,6 @@ import collections; c=collections.Counter(open('$BACK/corpus.txt','rb').read().s
 check "$OUT" "$EXPECT" "python3 counted the words and saw the child's shared write ($OUT)"
 check "$(head -c 4 "$BACK/corpus.txt")" "$(head -c 4 "$MNT/corpus.txt")" "the private write did not reach the file"
 check "$(head -c 6 "$BACK/records.bin")" "parent" "the shared write reached the backing file"
-sed 's/^/  /' "$WORK/py.stats"
 
 say "3. sqlite3 under lab run, with PRAGMA mmap_size (the database file is mapped shared)"
 OUT=$("$LAB" run --mount "$MNT" --stats -- sqlite3 "$MNT/demo.db" "PRAGMA mmap_size=268435456;
@@ -73,10 +72,17 @@ WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20000) INSE
 SELECT count(*), sum(length(v)) FROM t;
 PRAGMA integrity_check;" 2>"$WORK/sq.stats" | tail -2 | tr '\n' ' ')
 check "$OUT" "20000|640000 ok " "sqlite3 wrote 20000 rows and the database checks out"
-sed 's/^/  /' "$WORK/sq.stats"
 
-say "4. the mount's counters (lab stat; also in $MNT/.lab/stats)"
-"$LAB" stat --mount "$MNT" | sed 's/^/  /'
+say "4. what the lab did for each program (lab run --stats; the whole mount: lab stat, or $MNT/.lab/stats)"
+awk '
+  FNR == 1 { f++ }
+  NF == 2 && $2 ~ /^[0-9.]+$/ { v[f, $1] = $2 }
+  END {
+    n = split("v_vm_faults v_io_faults read_ahead_pages pages_prefaulted v_zfod v_cow_faults v_cow_optim shadows_created processes fault_latency_us_p50", k, " ")
+    split("uffd faults served|faults that read the file (pager I/O)|pages read ahead with them|neighbour pages mapped ahead (prefault)|zero-filled pages|copy-on-write faults|  of which moved, not copied|shadow objects made|processes (fork children too)|median fault service time, us", d, "|")
+    printf "  %-22s %9s %9s   %s\n", "counter", "python3", "sqlite3", "meaning"
+    for (i = 1; i <= n; i++) printf "  %-22s %9s %9s   %s\n", k[i], (1, k[i]) in v ? v[1, k[i]] : 0, (2, k[i]) in v ? v[2, k[i]] : 0, d[i]
+  }' "$WORK/py.stats" "$WORK/sq.stats"
 
 say "5. lab unmount: dirty pages written back, daemon stopped"
 "$LAB" unmount "$MNT"
