@@ -717,6 +717,21 @@ static void *map_anon(void *addr, size_t len, int prot, int flags)
     return res;
 }
 
+/* Register a freshly mapped lab file range and tell the daemon; a range the kernel will
+ * not register is unmapped again, since unregistered it would bypass the lab. */
+static void *register_file_range(void *res, size_t len, int prot, int flags, uint64_t modes, int kind,
+                                 const struct stat *st, off_t off)
+{
+    int r = uffd_register((uintptr_t)res, page_up(len), modes);
+    if (r < 0) {
+        dbg("register file range (kind %d) failed: %s", kind, strerror(-r));
+        real_munmap(res, len);
+        errno = -r;
+        return MAP_FAILED;
+    }
+    return announce(res, len, prot, flags, kind, st->st_ino, (uint64_t)off);
+}
+
 static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, off_t off, const struct stat *st)
 {
     int type = flags & LAB_MAP_TYPE;
@@ -758,15 +773,7 @@ static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, o
             goto out;
         if (flags & MAP_FIXED)
             forget_replaced((uintptr_t)res, len);
-        int r = uffd_register((uintptr_t)res, page_up(len), private_modes());
-        if (r < 0) {
-            dbg("register private file range failed: %s", strerror(-r));
-            real_munmap(res, len);
-            errno = -r;
-            res = MAP_FAILED;
-            goto out;
-        }
-        res = announce(res, len, prot, flags, LAB_MAP_FILE_PRIVATE, st->st_ino, (uint64_t)off);
+        res = register_file_range(res, len, prot, flags, private_modes(), LAB_MAP_FILE_PRIVATE, st, off);
     } else {
         struct lab_open_shared os = {st->st_ino};
         struct lab_open_shared_reply osr;
@@ -790,15 +797,7 @@ static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, o
         close(memfd); /* the mapping holds the object */
         if (flags & MAP_FIXED)
             forget_replaced((uintptr_t)res, len);
-        int r = uffd_register((uintptr_t)res, page_up(len), UFFDIO_REGISTER_MODE_MISSING);
-        if (r < 0) {
-            dbg("register shared file range failed: %s", strerror(-r));
-            real_munmap(res, len);
-            errno = -r;
-            res = MAP_FAILED;
-            goto out;
-        }
-        res = announce(res, len, prot, flags, LAB_MAP_FILE_SHARED, st->st_ino, (uint64_t)off);
+        res = register_file_range(res, len, prot, flags, UFFDIO_REGISTER_MODE_MISSING, LAB_MAP_FILE_SHARED, st, off);
     }
 out:
     e = errno;

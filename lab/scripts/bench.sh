@@ -3,19 +3,10 @@
 # build/touch, in several configurations, interleaved, RUNS times each; medians and ratios
 # from this one invocation (the machines are noisy: compare only within a run).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-LAB="$ROOT/build/lab" TOUCH="$ROOT/build/touch" FLOOR="$ROOT/build/uffd-floor"
-export LAB_PRELOAD="$ROOT/build/liblabpreload.so"
+source "$(dirname "$0")/scratch.sh" bench
+TOUCH="$ROOT/build/touch" FLOOR="$ROOT/build/uffd-floor"
 RUNS=${RUNS:-5}
 SIZE_MB=${SIZE_MB:-256}
-WORK=$(mktemp -d /tmp/lab-bench.XXXXXX)
-BACK="$WORK/backing" MNT="$WORK/mnt"
-mkdir -p "$BACK" "$MNT"
-cleanup() {
-  if grep -q " $MNT " /proc/self/mountinfo 2>/dev/null; then "$LAB" unmount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom > "$BACK/big.dat"
 "$LAB" mount "$BACK" "$MNT" >/dev/null

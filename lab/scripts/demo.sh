@@ -2,19 +2,9 @@
 # make demo: mount the lab over sample data, run two unmodified programs under `lab run`,
 # check what they printed, show the counters, unmount. Cleans up whatever happens.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-LAB="$ROOT/build/lab"
+source "$(dirname "$0")/scratch.sh" demo
 # The interpreter itself, not a version manager's wrapper script (one process, clear counters).
 PY=$(python3 -c "import sys; print(sys.executable)")
-export LAB_PRELOAD="$ROOT/build/liblabpreload.so"
-WORK=$(mktemp -d /tmp/lab-demo.XXXXXX)
-BACK="$WORK/backing" MNT="$WORK/mnt"
-mkdir -p "$BACK" "$MNT"
-cleanup() {
-  if grep -q " $MNT " /proc/self/mountinfo 2>/dev/null; then "$LAB" unmount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 check() { if [ "$1" = "$2" ]; then echo "  ✓ $3"; else echo "  ✗ $3: expected '$2', got '$1'"; exit 1; fi; }
