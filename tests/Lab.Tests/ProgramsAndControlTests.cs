@@ -75,6 +75,41 @@ public sealed class ProgramsAndControlTests(ITestOutputHelper output)
     }
 
     [KernelFact]
+    public void LabMemoryPassedToReadAndWriteOnLabFiles()
+    {
+        using var m = new LabMount();
+        var a = new byte[5 * 4096];
+        new Random(3).NextBytes(a);
+        File.WriteAllBytes(m.B("a.bin"), a);
+        File.WriteAllBytes(m.B("same.bin"), a);
+        // The kernel copies from and into pages nobody has touched yet: each copy faults on lab
+        // memory inside the syscall, while the FUSE request waits for that copy.
+        var script = $$"""
+            import mmap, os
+            fa = os.open("{{m.M("a.bin")}}", os.O_RDONLY)
+            pa = mmap.mmap(fa, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+            fb = os.open("{{m.M("b.bin")}}", os.O_RDWR | os.O_CREAT, 0o644)
+            assert os.write(fb, pa) == len(pa)                        # write(2) from a private file mapping
+            anon = mmap.mmap(-1, len(pa))                              # lab anonymous memory, untouched
+            os.lseek(fa, 0, 0)
+            assert os.readv(fa, [anon]) == len(pa)                     # read(2) into it
+            fs = os.open("{{m.M("same.bin")}}", os.O_RDWR)
+            ps = mmap.mmap(fs, 0)                                      # shared, untouched
+            os.lseek(fs, 4096, 0)
+            assert os.write(fs, memoryview(ps)[:4096]) == 4096         # write(2) of page 0 over page 1 of the same file
+            print(bytes(anon) == bytes(pa), os.pread(fs, 8, 4096) == bytes(ps[:8]))
+            """;
+        var (r, c) = m.RunCounted(Repo.Python, "-c", script);
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal("True True\n", r.Stdout);
+        Assert.Equal(a, File.ReadAllBytes(m.B("b.bin")));
+        var same = File.ReadAllBytes(m.B("same.bin"));
+        Assert.Equal(a.AsSpan(0, 4096).ToArray(), same.AsSpan(4096, 4096).ToArray());
+        Assert.True(LabMount.Get(c, "v_io_faults") >= 2, "the kernel's copies faulted through the lab");
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+    }
+
+    [KernelFact]
     public void MalformedControlMessageClosesOnlyThatConnection()
     {
         using var m = new LabMount();
