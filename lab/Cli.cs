@@ -17,6 +17,7 @@ public static class Cli
         root.Add(UnmountCommand());
         root.Add(RunCommand());
         root.Add(StatCommand());
+        root.Add(CompareCommand());
         try
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
@@ -178,22 +179,8 @@ public static class Cli
         {
             var m = FindMount(r.GetValue(mount));
             using var conn = ConnectDaemon(m, out var socket);
-            var argv = r.GetValue(program)!;
-            var exe = ResolveProgram(argv[0]) ?? throw new LabException($"{argv[0]}: command not found");
-            var shim = FindShim();
-            ulong run = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
-            var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
-            foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
-            psi.Environment["LAB_CONTROL"] = socket;
-            psi.Environment["LAB_MOUNT"] = m;
-            psi.Environment["LAB_RUN_ID"] = run.ToString();
-            var v = r.GetValue(vm);
-            if (!string.IsNullOrEmpty(v)) psi.Environment["LAB_VM"] = v;
-            var pre = Environment.GetEnvironmentVariable("LD_PRELOAD");
-            psi.Environment["LD_PRELOAD"] = string.IsNullOrEmpty(pre) ? shim : shim + ":" + pre;
-            Process child;
-            try { child = Process.Start(psi)!; }
-            catch (System.ComponentModel.Win32Exception e) { throw new LabException($"{argv[0]}: {e.Message}"); }
+            var (psi, run) = LabProgram(m, socket, r.GetValue(program)!, r.GetValue(vm));
+            var child = Start(psi);
             // Ctrl-C reaches the program through the terminal; the lab command just waits for it.
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
                 System.Runtime.InteropServices.PosixSignal.SIGINT, c => c.Cancel = true);
@@ -202,6 +189,99 @@ public static class Cli
             return child.ExitCode;
         });
         return cmd;
+    }
+
+    /// <summary>How to start PROGRAM under the lab: the shim preloaded, the daemon's socket, a fresh run id.</summary>
+    static (ProcessStartInfo Psi, ulong Run) LabProgram(string mount, string socket, string[] argv, string? vm)
+    {
+        var exe = ResolveProgram(argv[0]) ?? throw new LabException($"{argv[0]}: command not found");
+        var shim = FindShim();
+        ulong run = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+        var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
+        foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
+        psi.Environment["LAB_CONTROL"] = socket;
+        psi.Environment["LAB_MOUNT"] = mount;
+        psi.Environment["LAB_RUN_ID"] = run.ToString();
+        if (!string.IsNullOrEmpty(vm)) psi.Environment["LAB_VM"] = vm;
+        var pre = Environment.GetEnvironmentVariable("LD_PRELOAD");
+        psi.Environment["LD_PRELOAD"] = string.IsNullOrEmpty(pre) ? shim : shim + ":" + pre;
+        return (psi, run);
+    }
+
+    static Process Start(ProcessStartInfo psi)
+    {
+        try { return Process.Start(psi)!; }
+        catch (System.ComponentModel.Win32Exception e) { throw new LabException($"{psi.FileName}: {e.Message}"); }
+    }
+
+    static Command CompareCommand()
+    {
+        var mount = MountOption();
+        var program = new Argument<string[]>("PROGRAM") { Description = "the program and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
+        var all = new Option<bool>("--all") { Description = "show every counter, zeros too" };
+        var cmd = new Command("compare", "run a program once per fault handler design and show their counters side by side") { mount, all, program };
+        cmd.SetAction(r =>
+        {
+            var m = FindMount(r.GetValue(mount));
+            using var conn = ConnectDaemon(m, out var socket);
+            var argv = r.GetValue(program)!;
+            var columns = new List<(string Vm, Dictionary<string, string> Counters)>();
+            string? firstOut = null;
+            foreach (var vm in Resolvers.Names)
+            {
+                var (psi, run) = LabProgram(m, socket, argv, vm);
+                psi.RedirectStandardOutput = true;
+                psi.RedirectStandardInput = true;
+                var child = Start(psi);
+                child.StandardInput.Close();
+                var output = child.StandardOutput.ReadToEnd();
+                child.WaitForExit();
+                if (child.ExitCode != 0)
+                    throw new LabException($"{argv[0]} exited with status {child.ExitCode} under --vm {vm}");
+                firstOut ??= output;
+                if (output != firstOut)
+                    throw new LabException($"{argv[0]} printed different output under --vm {vm} than under --vm {Resolvers.Names[0]}");
+                columns.Add((vm, ParseStats(Stat(conn, run))));
+            }
+            Console.Out.Write(CompareTable(columns, r.GetValue(all)));
+            Console.Out.WriteLine($"output: identical under all {columns.Count} designs ({firstOut!.Length} bytes)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    static Dictionary<string, string> ParseStats(string text)
+    {
+        var d = new Dictionary<string, string>();
+        foreach (var line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (line.StartsWith('#')) continue;
+            var parts = line.Split(' ', 2);
+            if (parts.Length == 2) d[parts[0]] = parts[1];
+        }
+        return d;
+    }
+
+    /// <summary>Counter rows, one column per design; rows zero in every design are left out unless asked.</summary>
+    public static string CompareTable(IReadOnlyList<(string Vm, Dictionary<string, string> Counters)> columns, bool all)
+    {
+        var names = new List<string>();
+        foreach (var (_, c) in columns)
+            foreach (var k in c.Keys)
+                if (!names.Contains(k)) names.Add(k);
+        var sb = new System.Text.StringBuilder();
+        sb.Append("counter".PadRight(26));
+        foreach (var (vm, _) in columns) sb.Append(vm.PadLeft(12));
+        sb.Append('\n');
+        foreach (var name in names)
+        {
+            var cells = columns.Select(col => col.Counters.TryGetValue(name, out var v) ? v : "-").ToList();
+            if (!all && cells.All(v => v is "0" or "0.0" or "-")) continue;
+            sb.Append(name.PadRight(26));
+            foreach (var v in cells) sb.Append(v.PadLeft(12));
+            sb.Append('\n');
+        }
+        return sb.ToString();
     }
 
     static Command StatCommand()

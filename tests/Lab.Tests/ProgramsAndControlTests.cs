@@ -110,6 +110,32 @@ public sealed class ProgramsAndControlTests(ITestOutputHelper output)
     }
 
     [KernelFact]
+    public void CompareRunsEveryDesignSideBySide()
+    {
+        using var m = new LabMount();
+        File.WriteAllBytes(m.B("p.dat"), Enumerable.Range(0, 4 * 4096).Select(i => (byte)(i * 7 + 3)).ToArray());
+        File.WriteAllBytes(m.B("s.dat"), Enumerable.Range(0, 4 * 4096).Select(i => (byte)(i * 13 + 5)).ToArray());
+        var r = Sh.Lab("compare", "--mount", m.Mount, "--", Repo.Prog("mmapcheck"), m.M("p.dat"), m.M("s.dat"));
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        var lines = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(new[] { "counter" }.Concat(Lab.Vm.Resolvers.Names), lines[0].Split(' ', StringSplitOptions.RemoveEmptyEntries));
+        // Every design ran the program's two processes and served its faults.
+        var procs = lines.Single(l => l.StartsWith("processes ")).Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1);
+        Assert.All(procs, v => Assert.Equal("2", v));
+        Assert.Contains($"output: identical under all {Lab.Vm.Resolvers.Names.Count} designs", r.Stdout);
+
+        // A program whose output differs from run to run is refused when there is more than one design.
+        var d = Sh.Lab("compare", "--mount", m.Mount, "--", "/bin/sh", "-c", "echo $$");
+        if (Lab.Vm.Resolvers.Names.Count > 1)
+        {
+            Assert.NotEqual(0, d.ExitCode);
+            Assert.Contains("printed different output", d.Stderr);
+        }
+        else Assert.Equal(0, d.ExitCode);
+    }
+
+    [KernelFact]
     public void MalformedControlMessageClosesOnlyThatConnection()
     {
         using var m = new LabMount();
