@@ -5,8 +5,8 @@ set -uo pipefail
 CONFIG=${1:-Release}
 cd "$(dirname "$0")/../.."
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-projects=(tests/Vm.Tests/Vm.Tests.csproj tests/Fusefs.Tests/Fusefs.Tests.csproj tests/Lab.Tests/Lab.Tests.csproj)
-[ -f props/Props.csproj ] && projects=(props/Props.csproj "${projects[@]}")
+# Every test project: the property tests, then tests/* (unit first, the end-to-end Lab.Tests last).
+mapfile -t projects < <(ls props/*.csproj 2>/dev/null; ls tests/*/*.csproj | grep -v '/Lab.Tests/'; ls tests/Lab.Tests/*.csproj)
 passed=0; failed=0; broken=0
 for p in "${projects[@]}"; do
   out=$(mktemp)
