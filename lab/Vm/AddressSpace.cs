@@ -1,4 +1,5 @@
 using System.Text;
+using Lab.Vm.Uvm;
 
 namespace Lab.Vm;
 
@@ -7,6 +8,8 @@ namespace Lab.Vm;
 /// the counters and the set of pages installed in the pmap. One lock per space
 /// (<see cref="MapLock"/>) guards the map and the installed set; every pmap call is
 /// made with it held, so a pmap never sees two calls of one space at once.
+/// The map layer follows the resolver's lineage: Mach (FreeBSD, DragonFly) entries
+/// point at an object chain; UVM entries have an optional amap over an optional uobj.
 /// </summary>
 public sealed class AddressSpace
 {
@@ -19,13 +22,21 @@ public sealed class AddressSpace
     readonly HashSet<ulong> installed = new();
     ulong version;
     bool destroyed;
+    // Freed anons kept for reuse, so promotions allocate nothing in steady state.
+    Anon? anonFree;
+    int anonFreeCount;
+    const int AnonCacheMax = 4096;
 
     internal AddressSpace(Vm vm, IPmap pmap, IResolver resolver)
     {
         Vm = vm;
         Pmap = pmap;
         Resolver = resolver;
+        Uvm = resolver is IAmapDesign;
     }
+
+    /// <summary>UVM map layer (amap over uobj) rather than Mach object chains.</summary>
+    internal readonly bool Uvm;
 
     public Vm Vm { get; }
     public VmCounters Counters { get; } = new();
@@ -45,10 +56,12 @@ public sealed class AddressSpace
         {
             ThrowIfDestroyed();
             UnmapLocked(start, end);
+            // UVM: no uobj, and needs_copy so the first fault makes the amap (as mmap does).
             var e = new VmMapEntry
             {
                 Start = start, End = end, Protection = prot,
-                Object = Vm.AllocateAnonymous((long)((end - start) >> Vm.PageShift)),
+                Object = Uvm ? null : Vm.AllocateAnonymous((long)((end - start) >> Vm.PageShift)),
+                needs_copy = Uvm,
                 read_ahead = VmMapEntry.ReadAheadInit,
             };
             Insert(e);
@@ -114,7 +127,7 @@ public sealed class AddressSpace
                 if (e.End <= start || e.Start >= end) continue;
                 if (e.Shared) continue;
                 ulong s = Math.Max(start, e.Start), t = Math.Min(end, e.End);
-                Forget(e, s, t);
+                if (Uvm) ForgetAnons(e, s, t); else Forget(e, s, t);
             }
             DropInstalled(start, end);
             Bump();
@@ -174,17 +187,19 @@ public sealed class AddressSpace
             };
             if (e.Shared)
             {
-                g.Object = e.Object; g.Offset = e.PindexOf(oldEnd);
-                Vm.Reference(e.Object);
+                g.Object = e.Object!; g.Offset = e.PindexOf(oldEnd);
+                Vm.Reference(e.Object!);
             }
             else if (e.IsFile)
             {
                 // The file under the (possibly shadowed) object, at the page after the old end.
-                var o = e.Object;
+                var o = e.Object!;
                 long p = e.PindexOf(oldEnd);
                 while (o.Vnode == null && o.BackingObject is { } b) { p += o.BackingObjectOffset; o = b; }
                 g.Object = Vm.ReferenceVnode(o.Vnode!); g.Offset = p; g.needs_copy = true; g.next_read = p;
             }
+            else if (Uvm)
+                g.needs_copy = true;
             else
                 g.Object = Vm.AllocateAnonymous((long)((newEnd - oldEnd) >> Vm.PageShift));
             Insert(g);
@@ -206,6 +221,24 @@ public sealed class AddressSpace
                 entries[k].Protection = prot;
                 if ((prot & Prot.Write) != 0) entries[k].EverWritable = true;
             }
+            Bump();
+        }
+    }
+
+    /// <summary>
+    /// madvise(MADV_NORMAL / MADV_RANDOM / MADV_SEQUENTIAL): the entries in the range get
+    /// the advice (split where needed). Linux sends no event for it; the daemon or a
+    /// lab client calls this.
+    /// </summary>
+    public void Advise(ulong start, ulong length, Advice advice)
+    {
+        ulong end = CheckRange(start, length);
+        if (end == start) return;
+        lock (MapLock)
+        {
+            ThrowIfDestroyed();
+            var (i, j) = ClipRange(start, end);
+            for (int k = i; k < j; k++) entries[k].Advice = advice;
             Bump();
         }
     }
@@ -253,7 +286,9 @@ public sealed class AddressSpace
             foreach (var e in entries)
             {
                 var c = e.Clone();
-                Vm.Reference(e.Object);
+                if (e.Object != null) Vm.Reference(e.Object);
+                if (e.aref_amap is { } amap)
+                    lock (amap.am_lock) amap.Ref(e.aref_pageoff, (int)e.Pages);   // both entries share it until amap_copy
                 if (!e.Shared)
                 {
                     e.needs_copy = true;
@@ -290,7 +325,7 @@ public sealed class AddressSpace
                 ulong s = Math.Max(start, e.Start), t = Math.Min(end, e.End);
                 long p = e.PindexOf(s);
                 long n = (long)((t - s) >> Vm.PageShift);
-                long eof = e.Object.Size;
+                long eof = e.Object!.Size;
                 if (p + n > eof) n = eof - p;
                 if (n > 0) list.Add((e.Object.Vnode!, p, n));
             }
@@ -304,7 +339,7 @@ public sealed class AddressSpace
         lock (MapLock)
         {
             if (destroyed) return;
-            foreach (var e in entries) Vm.Deallocate(e.Object);
+            foreach (var e in entries) ReleaseEntry(e);
             entries.Clear();
             installed.Clear();
             destroyed = true;
@@ -312,7 +347,10 @@ public sealed class AddressSpace
         }
     }
 
-    /// <summary>One line per entry: start-end prot kind object offset needs_copy chain-depth.</summary>
+    /// <summary>
+    /// One line per entry: start-end prot kind object offset needs_copy, then the chain
+    /// depth (Mach) or the amap's used slots, size and references (UVM).
+    /// </summary>
     public string DescribeMaps()
     {
         var sb = new StringBuilder();
@@ -323,20 +361,40 @@ public sealed class AddressSpace
                 char r = (e.Protection & Prot.Read) != 0 ? 'r' : '-';
                 char w = (e.Protection & Prot.Write) != 0 ? 'w' : '-';
                 char x = (e.Protection & Prot.Exec) != 0 ? 'x' : '-';
-                sb.Append($"{e.Start:x12}-{e.End:x12} {r}{w}{x} {e.KindName} {e.Object} ")
-                  .Append($"offset {e.Offset} needs_copy {(e.needs_copy ? 1 : 0)} depth {e.Object.ChainDepth}\n");
+                sb.Append($"{e.Start:x12}-{e.End:x12} {r}{w}{x} {e.KindName} {(object?)e.Object ?? "none"} ")
+                  .Append($"offset {e.Offset} needs_copy {(e.needs_copy ? 1 : 0)}");
+                if (!Uvm) sb.Append($" depth {e.Object!.ChainDepth}");
+                else if (e.aref_amap is { } a)
+                    lock (a.am_lock) sb.Append($" amap {a.am_nused}/{a.Slots} ref {a.am_ref}");
+                else sb.Append(" amap none");
+                sb.Append('\n');
             }
         }
         return sb.ToString();
     }
 
-    /// <summary>The first object and pindex the map gives for <paramref name="va"/> (inspection and tests).</summary>
+    /// <summary>
+    /// The first object (Mach) or uobj (UVM) and pindex the map gives for
+    /// <paramref name="va"/>; null without an entry, or for UVM anonymous memory, which
+    /// has no object (inspection and tests).
+    /// </summary>
     public (VmObject Object, long Pindex)? ObjectAt(ulong va)
     {
         lock (MapLock)
         {
             var e = FindEntry(va);
-            return e == null ? null : (e.Object, e.PindexOf(va & ~PageMask));
+            return e?.Object == null ? null : (e.Object, e.PindexOf(va & ~PageMask));
+        }
+    }
+
+    /// <summary>UVM: the anon's reference count at <paramref name="va"/> (0: no amap or no anon there).</summary>
+    public int AnonRefAt(ulong va)
+    {
+        lock (MapLock)
+        {
+            var e = FindEntry(va);
+            if (e?.aref_amap is not { } a) return 0;
+            lock (a.am_lock) return a.am_anon[e.SlotOf(va & ~PageMask)]?.an_ref ?? 0;
         }
     }
 
@@ -413,8 +471,14 @@ public sealed class AddressSpace
         var tail = e.Clone();
         tail.Start = at;
         tail.Offset = e.PindexOf(at);
+        if (e.aref_amap is { } amap)
+        {
+            // amap_splitref: both pieces use the amap, each for its own slots.
+            tail.aref_pageoff = e.SlotOf(at);
+            lock (amap.am_lock) amap.am_ref++;
+        }
         e.End = at;
-        Vm.Reference(e.Object);
+        if (e.Object != null) Vm.Reference(e.Object);
         Insert(tail);
     }
 
@@ -433,9 +497,20 @@ public sealed class AddressSpace
     void UnmapLocked(ulong start, ulong end)
     {
         var (i, j) = ClipRange(start, end);
-        for (int k = i; k < j; k++) Vm.Deallocate(entries[k].Object);
+        for (int k = i; k < j; k++) ReleaseEntry(entries[k]);
         entries.RemoveRange(i, j - i);
         DropInstalled(start, end);
+    }
+
+    /// <summary>An entry leaves the map: its object reference and its amap reference go.</summary>
+    void ReleaseEntry(VmMapEntry e)
+    {
+        Vm.Deallocate(e.Object);
+        if (e.aref_amap is { } amap)
+        {
+            lock (amap.am_lock) amap.Unref(e.aref_pageoff, (int)e.Pages, this);
+            e.aref_amap = null;
+        }
     }
 
     void DropInstalled(ulong start, ulong end)
@@ -475,10 +550,10 @@ public sealed class AddressSpace
         if (e.needs_copy)
         {
             // The first object is shared with another space: hiding needs a private shadow.
-            if (!AnonymousBelow(e.Object, e.Offset + rel0, n)) return;
+            if (!AnonymousBelow(e.Object!, e.Offset + rel0, n)) return;
             if (Vm.Shadow(e)) Interlocked.Increment(ref Counters.shadows_created);
         }
-        var first = e.Object;
+        var first = e.Object!;
         if (first.Kind == VmObjectKind.Vnode) return;
         long p0 = e.Offset + rel0;
         lock (first.Lock)
@@ -534,5 +609,116 @@ public sealed class AddressSpace
     {
         while (o.BackingObject is { } b) o = b;
         return o.Kind == VmObjectKind.Vnode;
+    }
+
+    // ---- UVM map layer (caller holds MapLock) ----
+
+    /// <summary>
+    /// amap_copy as uvmfault_amapcopy asks for it (the page at <paramref name="va"/>):
+    /// without an amap, a new empty one, for just a chunk of the entry around the fault
+    /// when the entry is large and <paramref name="canchunk"/>; with an amap this entry
+    /// alone uses, just clear needs_copy; otherwise a private copy of the slots, each
+    /// anon gaining a reference. Returns whether an amap was made.
+    /// </summary>
+    internal bool AmapCopy(VmMapEntry e, ulong va, bool canchunk)
+    {
+        Bump();
+        var src = e.aref_amap;
+        if (src == null)
+        {
+            if (canchunk && e.Pages >= Amap.Large)
+            {
+                const ulong chunk = (ulong)Amap.Chunk * PageSize;
+                ulong s = va / chunk * chunk, t = s + chunk;
+                if (s > e.Start) Clip(s);
+                if (t < e.End) Clip(t);
+                e = FindEntry(va)!;
+            }
+            var amap = new Amap((int)e.Pages, null);
+            amap.Ref(0, (int)e.Pages);
+            e.aref_amap = amap;
+            e.aref_pageoff = 0;
+            e.needs_copy = false;
+            return true;
+        }
+        lock (src.am_lock)
+        {
+            if (src.am_ref == 1)
+            {
+                e.needs_copy = false;
+                return false;
+            }
+            int n = (int)e.Pages, off = e.aref_pageoff;
+            var amap = new Amap(n, src.am_lock);
+            for (int i = 0; i < n; i++)
+            {
+                var anon = src.am_anon[off + i];
+                if (anon == null) continue;
+                anon.an_ref++;
+                amap.Add(i, anon, replace: false);
+            }
+            amap.Ref(0, n);
+            src.Unref(off, n, this);
+            e.aref_amap = amap;
+            e.aref_pageoff = 0;
+            e.needs_copy = false;
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Remove's UVM side: this space's anons in [s, t) leave its amap (copying a shared
+    /// amap first), so the uobj (the file) or zero fill shows through again.
+    /// </summary>
+    void ForgetAnons(VmMapEntry e, ulong s, ulong t)
+    {
+        if (e.aref_amap is not { } amap) return;
+        int slot = e.SlotOf(s), n = (int)((t - s) >> Vm.PageShift);
+        lock (amap.am_lock)
+            if (!amap.Any(slot, n)) return;
+        if (e.needs_copy) AmapCopy(e, s, canchunk: false);
+        amap = e.aref_amap!;
+        slot = e.SlotOf(s);
+        lock (amap.am_lock)
+        {
+            for (int i = slot; i < slot + n; i++)
+            {
+                var anon = amap.am_anon[i];
+                if (anon == null) continue;
+                amap.am_anon[i] = null;
+                amap.am_nused--;
+                AnonUnref(anon);
+            }
+        }
+    }
+
+    /// <summary>uvm_analloc: a fresh anon with one reference, from this space's free list when it can.</summary>
+    internal Anon AnonAlloc(PageContent content)
+    {
+        var a = anonFree;
+        if (a != null)
+        {
+            anonFree = a.NextFree;
+            a.NextFree = null;
+            anonFreeCount--;
+        }
+        else a = new Anon();
+        a.an_ref = 1;
+        a.Content = content;
+        Vm.AnonAllocated();
+        return a;
+    }
+
+    /// <summary>Drop one reference; the last one frees the anon (uvm_anfree). Caller holds the anon's amap lock.</summary>
+    internal void AnonUnref(Anon anon)
+    {
+        if (--anon.an_ref > 0) return;
+        if (anon.an_ref < 0) throw new InvalidOperationException("anon reference count below zero");
+        Vm.AnonFreed();
+        anon.Content = PageContent.None;
+        if (anonFreeCount >= AnonCacheMax) return;
+        anon.NextFree = anonFree;
+        anonFree = anon;
+        anonFreeCount++;
     }
 }

@@ -1,3 +1,4 @@
+using Lab.Vm.DragonFly;
 using Lab.Vm.FreeBsd;
 
 namespace Lab.Vm;
@@ -16,13 +17,14 @@ public interface IResolver
 
 public static class Resolvers
 {
-    static readonly string[] names = ["freebsd"];
+    static readonly string[] names = ["freebsd", "dragonfly"];
 
     public static IReadOnlyList<string> Names => names;
 
     public static IResolver Create(string name) => name switch
     {
         "freebsd" => new FreeBsdResolver(),
+        "dragonfly" => new DragonFlyResolver(),
         _ => throw new ArgumentException(
             $"unknown resolver '{name}'; valid resolvers: {string.Join(", ", names)}", nameof(name)),
     };

@@ -36,3 +36,10 @@ public enum VmObjectKind
     /// <summary>OBJT_VNODE: pages come from a file through <see cref="IVnode"/>.</summary>
     Vnode,
 }
+
+/// <summary>
+/// madvise access advice for a range (MADV_NORMAL / MADV_RANDOM / MADV_SEQUENTIAL).
+/// Linux reports no event for it, so it reaches the model through <see cref="AddressSpace.Advise"/>.
+/// Each design turns it into its own read-ahead and neighbour windows.
+/// </summary>
+public enum Advice { Normal, Random, Sequential }

@@ -15,6 +15,7 @@ public sealed class Vm
     readonly Dictionary<ulong, VmObject> vnodeObjects = new();
     long nextId;
     int objectsAlive;
+    long anonsAlive;
 
     /// <summary>The vnode object of <paramref name="vnode"/>, created on first use (with no reference).</summary>
     public VmObject VnodeObject(IVnode vnode)
@@ -44,6 +45,12 @@ public sealed class Vm
 
     /// <summary>Objects with at least one reference (entries, shadows, faults in progress).</summary>
     public int ObjectsAlive => Volatile.Read(ref objectsAlive);
+
+    /// <summary>UVM anons with at least one reference (amap slots, faults in progress).</summary>
+    public long AnonsAlive => Interlocked.Read(ref anonsAlive);
+
+    internal void AnonAllocated() => Interlocked.Increment(ref anonsAlive);
+    internal void AnonFreed() => Interlocked.Decrement(ref anonsAlive);
 
     /// <summary>A new anonymous (OBJT_DEFAULT) object with one reference.</summary>
     internal VmObject AllocateAnonymous(long sizePages)
@@ -122,7 +129,7 @@ public sealed class Vm
     /// </summary>
     internal bool Shadow(VmMapEntry entry)
     {
-        var source = entry.Object;
+        var source = entry.Object!;
         lock (source.Lock)
         {
             if (source.Kind == VmObjectKind.Anonymous && source.ref_count == 1)

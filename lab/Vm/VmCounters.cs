@@ -1,8 +1,9 @@
 namespace Lab.Vm;
 
 /// <summary>
-/// Fault counters of one address space. The v_* fields keep the FreeBSD names
-/// (struct vmmeter); the others are the lab's. Every increment is Interlocked
+/// Fault counters of one address space. The v_* fields keep the FreeBSD/DragonFly
+/// names (struct vmmeter), the flt* ones NetBSD's (uvmexp); the others are the lab's.
+/// A design leaves the others' counters at zero. Every increment is Interlocked
 /// because several uffd threads may fault in one space at once.
 /// </summary>
 public sealed class VmCounters
@@ -30,6 +31,25 @@ public sealed class VmCounters
     public long sigbus;           // faults that poisoned the page
     public long fault_retries;    // RetryFault loops (busy page, changed map)
     public long internal_errors;  // the model could not supply bytes it should have
+    public long revalidate_retries; // retries because the map changed while the fault had it unlocked
+    public long behind_deactivated; // pages deactivated/cached behind a sequential fault (model only: no page queues yet)
+    // NetBSD UVM (uvmexp.*); zero for the Mach-lineage designs.
+    public long faults;           // every UVM fault, counted once (uvmexp.faults / cpu_nfault)
+    public long fltanget;         // uvmfault_anonget calls
+    public long fltpgwait;        // waits for a busy page
+    public long fltnoram;         // waits for memory (restart)
+    public long pageins;          // anon swap-ins (no swap store yet: always 0)
+    public long fltamcopy;        // needs_copy cleared by amap_copy
+    public long fltnamap;         // neighbour anon pages mapped
+    public long fltlget;          // non-blocking (PGO_LOCKED) object lookups
+    public long fltnomap;         // neighbour object pages mapped
+    public long flt_acow;         // case 1B: anon copy-on-write
+    public long flt_anon;         // case 1A: anon mapped directly
+    public long fltget;           // blocking (PGO_SYNCIO) object gets
+    public long flt_obj;          // case 2A: object page mapped directly
+    public long flt_prcopy;       // case 2B: object page promoted by copy
+    public long flt_przero;       // case 2B: zero-filled anon
+    public long spare_anon_reuse; // uvm2019: a promote used the anon kept from a restarted pass
 #pragma warning restore IDE1006
 
     delegate ref long Field(VmCounters c);
@@ -59,6 +79,24 @@ public sealed class VmCounters
         ("sigbus", c => ref c.sigbus),
         ("fault_retries", c => ref c.fault_retries),
         ("internal_errors", c => ref c.internal_errors),
+        ("revalidate_retries", c => ref c.revalidate_retries),
+        ("behind_deactivated", c => ref c.behind_deactivated),
+        ("faults", c => ref c.faults),
+        ("fltanget", c => ref c.fltanget),
+        ("fltpgwait", c => ref c.fltpgwait),
+        ("fltnoram", c => ref c.fltnoram),
+        ("pageins", c => ref c.pageins),
+        ("fltamcopy", c => ref c.fltamcopy),
+        ("fltnamap", c => ref c.fltnamap),
+        ("fltlget", c => ref c.fltlget),
+        ("fltnomap", c => ref c.fltnomap),
+        ("flt_acow", c => ref c.flt_acow),
+        ("flt_anon", c => ref c.flt_anon),
+        ("fltget", c => ref c.fltget),
+        ("flt_obj", c => ref c.flt_obj),
+        ("flt_prcopy", c => ref c.flt_prcopy),
+        ("flt_przero", c => ref c.flt_przero),
+        ("spare_anon_reuse", c => ref c.spare_anon_reuse),
     ];
 
     /// <summary>Add this space's counters into <paramref name="total"/> (e.g. at exit).</summary>

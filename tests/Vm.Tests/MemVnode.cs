@@ -34,6 +34,8 @@ public sealed class MemVnode : IVnode
     public long? ErrorAt { get; set; }
     /// <summary>Sleep inside LoadPages (concurrency tests).</summary>
     public int LoadDelayMs { get; set; }
+    /// <summary>Runs at the start of every pager call (LoadPages), while the fault has the map unlocked.</summary>
+    public Action<long, int>? OnLoad { get; set; }
 
     public int ReadCalls, LoadCalls, IoCalls;
     public long PagesLoaded, PagesCopied;
@@ -50,7 +52,11 @@ public sealed class MemVnode : IVnode
         return 0;
     }
 
-    public int LoadPages(long pindex, int count) => LoadPages(pindex, count, countCall: true);
+    public int LoadPages(long pindex, int count)
+    {
+        OnLoad?.Invoke(pindex, count);
+        return LoadPages(pindex, count, countCall: true);
+    }
 
     int LoadPages(long pindex, int count, bool countCall)
     {

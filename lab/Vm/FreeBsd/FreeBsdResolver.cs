@@ -1,17 +1,18 @@
+using Lab.Vm.Mach;
+
 namespace Lab.Vm.FreeBsd;
 
 /// <summary>
 /// The FreeBSD fault handler (vm_fault_hold, c. 2016, seed 000) over the lab's
 /// objects: shadow-chain walk, first-object placeholder, vnode pager with
 /// read-behind/ahead and sequential detection, zero fill, copy-on-write by copy or
-/// by moving the page, and prefault of resident neighbours. Split into one method
-/// per step (lookup, fast path, walk, pager, cow, revalidate, enter, prefault),
-/// after NetBSD uvm_fault.c 1.208's layout.
+/// by moving the page, and prefault of resident neighbours. The steps it shares
+/// with DragonFly are in <see cref="ChainFault"/>; what is FreeBSD's own is here:
+/// the soft fast path, the read window (next_read / read_ahead, advice) and the
+/// re-lookup after I/O.
 /// </summary>
-public sealed class FreeBsdResolver : IResolver
+public sealed class FreeBsdResolver : IResolver, IChainDesign
 {
-    // Prefault window around a fault (PFBAK/PFFOR).
-    internal const int PFBAK = 4, PFFOR = 4;
     // Read clustering (VM_FAULT_READ_AHEAD_MIN/MAX, VM_FAULT_READ_DEFAULT), in pages.
     internal const int ReadAheadMin = 7, ReadAheadMax = 31;
     internal const int ReadDefault = 1 + VmMapEntry.ReadAheadInit;
@@ -20,99 +21,34 @@ public sealed class FreeBsdResolver : IResolver
 
     public string Name => "freebsd";
 
-    enum Step { Continue, Done, Retry }
-
-    public FaultResult Fault(AddressSpace space, ulong va, FaultAccess access)
-    {
-        ArgumentNullException.ThrowIfNull(space);
-        var fs = new FaultState
-        {
-            space = space,
-            counters = space.Counters,
-            va = va & ~(ulong)(PageSize - 1),
-            access = access,
-            write = access != FaultAccess.Read,
-        };
-        Monitor.Enter(space.MapLock);
-        try
-        {
-            while (true)
-            {
-                var step = Run(ref fs);
-                Release(ref fs);
-                if (step != Step.Retry) return fs.result;
-                Interlocked.Increment(ref fs.counters.fault_retries);
-            }
-        }
-        finally
-        {
-            Release(ref fs);
-            Monitor.Exit(space.MapLock);
-        }
-    }
+    public FaultResult Fault(AddressSpace space, ulong va, FaultAccess access) =>
+        ChainFault.Drive<FreeBsdResolver>(space, va, access);
 
     /// <summary>One pass from RetryFault to the end. The map lock is held on entry and on return.</summary>
-    static Step Run(ref FaultState fs)
+    static Step IChainDesign.Run(ref FaultState fs)
     {
         fs.Reset();
-        var step = Lookup(ref fs);
+        var step = ChainFault.Lookup(ref fs);
         if (step != Step.Continue) return step;
         if (FastPath(ref fs)) return Step.Done;
-        step = Walk(ref fs);
+        step = ChainFault.Walk(ref fs);
+        if (step == Step.Pager) step = PagerGet(ref fs);
         if (step != Step.Continue) return step;
-        step = Cow(ref fs);
+        step = ChainFault.Cow(ref fs, moveAllowed: true);
         if (step != Step.Continue) return step;
         if (fs.hardfault)
             fs.entry.next_read = fs.pindex + fs.ahead + 1;  // as the seed: fs.pindex after the COW step
-        fs.result = Enter(ref fs);
-        if (fs.result == FaultResult.Resolved && fs.faultcount != 1)
+        fs.result = ChainFault.Enter(ref fs);
+        if (fs.result == FaultResult.Resolved && fs.faultcount != 1)   // no prefault after a zero fill
         {
-            Prefault(ref fs,
-                fs.faultcount > 0 ? fs.behind : PFBAK,
-                fs.faultcount > 0 ? fs.ahead : PFFOR);
+            ChainFault.Prefault(ref fs,
+                fs.faultcount > 0 ? fs.behind : ChainFault.PFBAK,
+                fs.faultcount > 0 ? fs.ahead : ChainFault.PFFOR);
         }
         return Step.Done;
     }
 
-    // ---- step 1: map lookup (vm_map_lookup), needs_copy included ----
-
-    static Step Lookup(ref FaultState fs)
-    {
-        var space = fs.space;
-        var e = space.Destroyed ? null : space.FindEntry(fs.va);
-        if (e == null || !Permits(e.Protection, fs.write))
-        {
-            Interlocked.Increment(ref fs.counters.sigsegv);
-            fs.result = FaultResult.SigSegv;
-            return Step.Done;
-        }
-        var prot = e.Protection;
-        if (e.needs_copy)
-        {
-            if (fs.write)
-            {
-                // A private copy is needed now: put a shadow in front (vm_object_shadow).
-                if (space.Vm.Shadow(e)) Interlocked.Increment(ref fs.counters.shadows_created);
-                space.Bump();
-            }
-            else
-            {
-                prot &= ~Prot.Write;   // still shared copy-on-write: map read-only
-            }
-        }
-        fs.entry = e;
-        fs.first_object = e.Object;
-        fs.first_pindex = e.PindexOf(fs.va);
-        fs.prot = prot;
-        fs.map_generation = space.Version;
-        fs.lookup_still_valid = true;
-        return Step.Continue;
-    }
-
-    static bool Permits(Prot prot, bool write) =>
-        write ? (prot & Prot.Write) != 0 : (prot & (Prot.Read | Prot.Write | Prot.Exec)) != 0;
-
-    // ---- step 2: soft fast path, page resident in the first object ----
+    // ---- soft fast path, page resident in the first object ----
 
     static bool FastPath(ref FaultState fs)
     {
@@ -126,155 +62,30 @@ public sealed class FreeBsdResolver : IResolver
         fs.m = m;
         fs.src = first;
         fs.src_pindex = fs.first_pindex;
-        fs.result = Enter(ref fs);
-        if (fs.result == FaultResult.Resolved) Prefault(ref fs, PFBAK, PFFOR);
+        fs.result = ChainFault.Enter(ref fs);
+        if (fs.result == FaultResult.Resolved) ChainFault.Prefault(ref fs, ChainFault.PFBAK, ChainFault.PFFOR);
         return true;
     }
 
-    // ---- step 3: walk the shadow chain ----
-
-    static Step Walk(ref FaultState fs)
-    {
-        fs.obj = fs.first_object;
-        fs.pindex = fs.first_pindex;
-        while (true)
-        {
-            var obj = fs.obj;
-            PageLookup look;
-            PageState m;
-            bool eof = false, pager = false;
-            VmObject? next;
-            long nextOffset;
-            lock (obj.Lock)
-            {
-                look = obj.Lookup(fs.pindex, out m);
-                if (look == PageLookup.Absent)
-                {
-                    if (obj.Kind == VmObjectKind.Vnode)
-                    {
-                        // The pager may have it; busy the slot so one thread reads it.
-                        if (fs.pindex >= obj.Size) eof = true;
-                        else
-                        {
-                            obj.pages[fs.pindex] = new PageState(PageContent.None, busy: true);
-                            pager = true;
-                        }
-                    }
-                    else if (obj == fs.first_object)
-                    {
-                        // Placeholder (first_m): holds the slot while deeper objects are searched.
-                        obj.pages[fs.pindex] = new PageState(PageContent.None, busy: true);
-                        fs.first_m = true;
-                    }
-                }
-                next = obj.backing_object;
-                nextOffset = obj.backing_object_offset;
-            }
-
-            if (look == PageLookup.Busy) return SleepOnBusy(ref fs, obj, fs.pindex);
-            if (look == PageLookup.Found)
-            {
-                fs.m = m;
-                return Step.Continue;
-            }
-            if (eof)
-            {
-                Interlocked.Increment(ref fs.counters.eof_faults);
-                return Fail(ref fs);
-            }
-            if (pager) return PagerGet(ref fs);
-            if (next == null)
-            {
-                // End of the chain: the placeholder in the first object becomes a zero page.
-                fs.obj = fs.first_object;
-                fs.pindex = fs.first_pindex;
-                fs.m = new PageState(PageContent.Zero);
-                fs.zerofill = true;
-                fs.faultcount = 1;   // no prefault after a zero fill
-                if (fs.access == FaultAccess.WriteProtect)
-                {
-                    // The kernel has a page the model does not: keep the process's bytes
-                    // (Enter unprotects), but say the model was wrong.
-                    Interlocked.Increment(ref fs.counters.internal_errors);
-                    return Step.Continue;
-                }
-                Interlocked.Increment(ref fs.counters.v_zfod);
-                return Step.Continue;
-            }
-            fs.pindex += nextOffset;
-            fs.obj = next;
-        }
-    }
-
-    /// <summary>The page is busy in another fault: give back the placeholder, sleep, retry (v_intrans).</summary>
-    static Step SleepOnBusy(ref FaultState fs, VmObject obj, long pindex)
-    {
-        DropFirstBusy(ref fs);
-        UnlockMap(ref fs);
-        lock (obj.Lock) obj.SleepWhileBusy(pindex);
-        Monitor.Enter(fs.space.MapLock);
-        Interlocked.Increment(ref fs.counters.v_intrans);
-        return Step.Retry;
-    }
-
-    // ---- step 4: pager I/O with read-behind/ahead ----
+    // ---- pager I/O: window, call, re-lookup ----
 
     static Step PagerGet(ref FaultState fs)
     {
-        var obj = fs.obj;
-        var vnode = obj.Vnode!;
-        long pindex = fs.pindex;
         ReadWindow(ref fs);
-        // The pager clips to the object and stops at pages already valid.
-        long size = obj.Size;
-        int behind = (int)Math.Min(fs.behind, pindex);
-        int ahead = (int)Math.Max(0, Math.Min(fs.ahead, size - 1 - pindex));
-        for (int i = 1; i <= behind; i++)
-            if (vnode.IsResident(pindex - i)) { behind = i - 1; break; }
-        for (int i = 1; i <= ahead; i++)
-            if (vnode.IsResident(pindex + i)) { ahead = i - 1; break; }
-
-        // Keep first_object alive while the map is unlocked.
-        ReferenceFirst(ref fs);
-        UnlockMap(ref fs);
-        int error;
-        try
+        var step = ChainFault.PagerIo(ref fs, out int error);
+        if (!Revalidate(ref fs))
         {
-            error = vnode.LoadPages(pindex - behind, behind + 1 + ahead);
-            if (error != 0 && behind + ahead > 0)
-            {
-                // The cluster is a hint: a failure must hit only the page that fails.
-                behind = ahead = 0;
-                error = vnode.LoadPages(pindex, 1);
-            }
+            Interlocked.Increment(ref fs.counters.revalidate_retries);
+            return Step.Retry;
         }
-        finally
-        {
-            lock (obj.Lock) obj.Unbusy(pindex);
-            Monitor.Enter(fs.space.MapLock);
-        }
-        if (!Revalidate(ref fs)) return Step.Retry;
-        if (error != 0)
-        {
-            Interlocked.Increment(ref fs.counters.pager_errors);
-            return Fail(ref fs);
-        }
-        fs.behind = behind;
-        fs.ahead = ahead;
-        fs.hardfault = true;
-        fs.faultcount = behind + 1 + ahead;
-        Interlocked.Increment(ref fs.counters.v_io_faults);
-        Interlocked.Add(ref fs.counters.pager_pages, behind + 1 + ahead);
-        Interlocked.Add(ref fs.counters.read_behind_pages, behind);
-        Interlocked.Add(ref fs.counters.read_ahead_pages, ahead);
-        fs.m = new PageState(PageContent.Cache);
-        return Step.Continue;
+        return error != 0 ? ChainFault.PagerFailed(ref fs) : step;
     }
 
     /// <summary>
-    /// The read window for the normal behaviour: a fault at the entry's next_read is
-    /// sequential and grows the read-ahead arithmetically up to the maximum; any other
-    /// fault reads the aligned cluster around it. Clipped to the entry.
+    /// The read window. RANDOM reads the page alone; SEQUENTIAL reads the maximum
+    /// ahead; NORMAL treats a fault at the entry's next_read as sequential and grows
+    /// the read-ahead arithmetically up to the maximum, and reads the aligned cluster
+    /// around any other fault. Clipped to the entry.
     /// </summary>
     static void ReadWindow(ref FaultState fs)
     {
@@ -282,7 +93,19 @@ public sealed class FreeBsdResolver : IResolver
         int era = e.read_ahead, nera;
         long pindex = fs.pindex;
         long behind, ahead;
-        if (pindex == e.next_read)
+        if (e.Advice == Advice.Random)
+        {
+            behind = 0;
+            nera = 0;
+            ahead = 0;
+        }
+        else if (e.Advice == Advice.Sequential)
+        {
+            behind = 0;
+            nera = ReadAheadMax;
+            ahead = nera;
+        }
+        else if (pindex == e.next_read)
         {
             behind = 0;
             nera = ReadAheadMin;
@@ -318,7 +141,7 @@ public sealed class FreeBsdResolver : IResolver
         var space = fs.space;
         if (space.Version == fs.map_generation) return true;
         var e = space.Destroyed ? null : space.FindEntry(fs.va);
-        if (e == null || !Permits(e.Protection, fs.write) || (e.needs_copy && fs.write)) return false;
+        if (e == null || !ChainFault.Permits(e.Protection, fs.write) || (e.needs_copy && fs.write)) return false;
         if (e.Object != fs.first_object || e.PindexOf(fs.va) != fs.first_pindex) return false;
         var prot = e.Protection;
         if (e.needs_copy) prot &= ~Prot.Write;
@@ -326,358 +149,5 @@ public sealed class FreeBsdResolver : IResolver
         fs.entry = e;
         fs.map_generation = space.Version;
         return true;
-    }
-
-    // ---- step 5: copy-on-write ----
-
-    /// <summary>
-    /// The page was found below the first object. A read maps it read-only. A write
-    /// makes it the first object's: by moving it when the backing object is the
-    /// first object's direct, anonymous, otherwise unreferenced backing object
-    /// (v_cow_optim), else by copying (v_cow_faults either way).
-    /// </summary>
-    static Step Cow(ref FaultState fs)
-    {
-        if (fs.obj == fs.first_object)
-        {
-            fs.src = fs.obj;
-            fs.src_pindex = fs.pindex;
-            return Step.Continue;
-        }
-        fs.src = fs.obj;
-        fs.src_pindex = fs.pindex;
-        if (!fs.write)
-        {
-            fs.prot &= ~Prot.Write;
-            return Step.Continue;
-        }
-        // A write fault (not write-protect) needs the bytes; make sure we can supply them
-        // before changing the model.
-        if (fs.m.Content == PageContent.InSpaces && fs.access != FaultAccess.WriteProtect
-            && !fs.space.Installed(fs.va))
-            return InternalError(ref fs);
-
-        var obj = fs.obj;
-        var first = fs.first_object;
-        bool moved = false;
-        // The new first-object page's content: the bytes are in this space for a
-        // write-protect fault, else still where the source says until Enter installs them.
-        var content = fs.access == FaultAccess.WriteProtect ? PageContent.InSpaces
-            : fs.m.Content == PageContent.Cache ? PageContent.File : fs.m.Content;
-        lock (obj.Lock)
-        {
-            var look = obj.Lookup(fs.pindex, out var m);
-            if (look != PageLookup.Found) return Step.Retry;   // changed while unlocked: start over
-            fs.m = m;
-            if (obj.Kind == VmObjectKind.Anonymous && obj.shadow_count == 1 && obj.ref_count == 1
-                && Monitor.TryEnter(first.Lock))
-            {
-                try
-                {
-                    if (first.backing_object == obj)
-                    {
-                        obj.pages.Remove(fs.pindex);
-                        first.pages[fs.first_pindex] = new PageState(content, busy: true);
-                        moved = true;
-                    }
-                }
-                finally { Monitor.Exit(first.Lock); }
-            }
-        }
-        if (!moved)
-            lock (first.Lock) first.pages[fs.first_pindex] = new PageState(content, busy: true);
-        fs.first_m = true;   // the busy slot now holds the real page
-        if (moved) Interlocked.Increment(ref fs.counters.v_cow_optim);
-        Interlocked.Increment(ref fs.counters.v_cow_faults);
-        fs.obj = first;
-        fs.pindex = fs.first_pindex;
-        return Step.Continue;
-    }
-
-    // ---- step 6: enter the page into the pmap ----
-
-    /// <summary>
-    /// Install the page. Counters are incremented before the pmap call: the real pmap
-    /// wakes the faulting thread, and the program may exit before we return.
-    /// </summary>
-    static FaultResult Enter(ref FaultState fs)
-    {
-        var space = fs.space;
-        var pmap = space.Pmap;
-        ulong va = fs.va;
-        bool inFirst = fs.obj == fs.first_object;
-        bool writable = inFirst && (fs.prot & Prot.Write) != 0;
-
-        if (fs.access == FaultAccess.WriteProtect)
-        {
-            // The bytes are already in the space: the model's COW is done, unprotect.
-            if (!writable)
-            {
-                Interlocked.Increment(ref fs.counters.superseded);
-                pmap.Wake(va, PageSize);
-                return FaultResult.Superseded;
-            }
-            SetFirstContent(ref fs, PageContent.InSpaces);
-            Interlocked.Increment(ref fs.counters.wp_resolved);
-            space.MarkInstalled(va);
-            pmap.Protect(va, PageSize, false);
-            return FaultResult.Resolved;
-        }
-
-        var src = fs.src!;
-        bool ok;
-        switch (fs.zerofill ? PageContent.Zero : SourceContent(ref fs))
-        {
-            case PageContent.Cache:
-            {
-                var vnode = src.Vnode!;
-                if (fs.entry.Shared && inFirst)
-                {
-                    int err = vnode.LoadPages(fs.src_pindex, 1);
-                    if (err != 0) return PagerError(ref fs);
-                    CountInstall(ref fs);
-                    ok = pmap.EnterShared(va, vnode, fs.src_pindex, writable);
-                }
-                else
-                {
-                    int err = vnode.ReadPages(fs.src_pindex, 1, pmap.Staging(1));
-                    if (err != 0) return PagerError(ref fs);
-                    SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.File);
-                    CountInstall(ref fs);
-                    ok = pmap.EnterCopy(va, 1, writable);
-                }
-                break;
-            }
-            case PageContent.Zero:
-                SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.Zero);
-                if (fs.zerofill) Interlocked.Increment(ref fs.counters.v_ozfod);
-                CountInstall(ref fs);
-                ok = pmap.EnterZero(va, writable);
-                break;
-            case PageContent.File:
-            {
-                var (vobj, vpindex) = Bottom(src, fs.src_pindex);
-                if (vpindex >= vobj.Size)
-                {
-                    Interlocked.Increment(ref fs.counters.eof_faults);
-                    Fail(ref fs);
-                    return FaultResult.SigBus;
-                }
-                int err = vobj.Vnode!.ReadPages(vpindex, 1, pmap.Staging(1));
-                if (err != 0) return PagerError(ref fs);
-                SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.File);
-                CountInstall(ref fs);
-                ok = pmap.EnterCopy(va, 1, writable);
-                break;
-            }
-            default:
-                // Anonymous bytes live only in the spaces that have the page installed.
-                if (!space.Installed(va))
-                {
-                    InternalError(ref fs);
-                    return FaultResult.SigBus;
-                }
-                Interlocked.Increment(ref fs.counters.superseded);
-                pmap.Wake(va, PageSize);
-                return FaultResult.Superseded;
-        }
-        space.MarkInstalled(va);   // false means present already (or gone: the unmap event will say)
-        if (ok) return FaultResult.Resolved;
-        Interlocked.Increment(ref fs.counters.superseded);
-        return FaultResult.Superseded;
-    }
-
-    /// <summary>Where the bytes come from: the source page (after a COW copy the first object's page says the same).</summary>
-    static PageContent SourceContent(ref FaultState fs)
-    {
-        if (fs.src != fs.obj)
-            return fs.m.Content;   // read of a backing page: fs.m describes it
-        if (fs.obj.Kind == VmObjectKind.Vnode) return PageContent.Cache;
-        lock (fs.obj.Lock)
-            return fs.obj.pages.TryGetValue(fs.pindex, out var st) ? st.Content : PageContent.None;
-    }
-
-    static void SetFirstContent(ref FaultState fs, PageContent content)
-    {
-        var first = fs.first_object;
-        if (fs.obj != first || first.Kind != VmObjectKind.Anonymous) return;
-        lock (first.Lock)
-            if (first.pages.TryGetValue(fs.first_pindex, out var st))
-                first.pages[fs.first_pindex] = new PageState(content, st.Busy);
-    }
-
-    static void CountInstall(ref FaultState fs) => Interlocked.Increment(ref fs.counters.pages_installed);
-
-    /// <summary>The vnode object at the bottom of <paramref name="o"/>'s chain and the pindex there.</summary>
-    static (VmObject, long) Bottom(VmObject o, long pindex)
-    {
-        while (true)
-        {
-            VmObject? b;
-            long off;
-            lock (o.Lock) { b = o.backing_object; off = o.backing_object_offset; }
-            if (b == null) return (o, pindex);
-            pindex += off;
-            o = b;
-        }
-    }
-
-    // ---- step 7: prefault resident neighbours ----
-
-    /// <summary>
-    /// Map already-resident neighbours read-only (as pmap_enter_quick), in the outward
-    /// spiral -1, +1, -2, +2 ..., within the entry, skipping pages already installed and
-    /// stopping at the first neighbour no object in the chain holds.
-    /// </summary>
-    static void Prefault(ref FaultState fs, int backward, int forward)
-    {
-        var e = fs.entry;
-        var space = fs.space;
-        var pmap = space.Pmap;
-        ulong va = fs.va;
-        ulong starta = va >= (ulong)backward * PageSize ? va - (ulong)backward * PageSize : 0;
-        if (starta < e.Start) starta = e.Start;
-        int n = 2 * Math.Max(backward, forward);
-        for (int i = 0; i < n; i++)
-        {
-            ulong k = (ulong)((i >> 1) + 1);
-            ulong addr;
-            if ((i & 1) == 0)
-            {
-                if (va < k * PageSize) continue;
-                addr = va - k * PageSize;
-            }
-            else
-            {
-                if (k > (ulong)forward) continue;
-                addr = va + k * PageSize;
-            }
-            if (addr < starta || addr >= e.End) continue;
-            if (space.Installed(addr)) continue;
-
-            long pindex = e.PindexOf(addr);
-            var lobject = e.Object;
-            PageLookup look;
-            PageState m;
-            while (true)
-            {
-                VmObject? b;
-                long off;
-                lock (lobject.Lock)
-                {
-                    look = lobject.Lookup(pindex, out m);
-                    b = lobject.backing_object;
-                    off = lobject.backing_object_offset;
-                }
-                if (look != PageLookup.Absent || lobject.Kind != VmObjectKind.Anonymous || b == null) break;
-                pindex += off;
-                lobject = b;
-            }
-            if (look == PageLookup.Absent) break;   // a hole ends the prefault
-            if (look == PageLookup.Busy) continue;  // not valid yet
-            PrefaultOne(ref fs, addr, lobject, pindex, m.Content);
-        }
-    }
-
-    static void PrefaultOne(ref FaultState fs, ulong addr, VmObject lobject, long pindex, PageContent content)
-    {
-        var space = fs.space;
-        var pmap = space.Pmap;
-        switch (content)
-        {
-            case PageContent.Cache:
-                if (fs.entry.Shared)
-                {
-                    CountPrefault(ref fs);
-                    pmap.EnterShared(addr, lobject.Vnode!, pindex, false);
-                }
-                else
-                {
-                    if (lobject.Vnode!.ReadPages(pindex, 1, pmap.Staging(1)) != 0) return;
-                    CountPrefault(ref fs);
-                    pmap.EnterCopy(addr, 1, false);
-                }
-                break;
-            case PageContent.Zero:
-                CountPrefault(ref fs);
-                pmap.EnterZero(addr, false);
-                break;
-            case PageContent.File:
-            {
-                var (vobj, vpindex) = Bottom(lobject, pindex);
-                if (vpindex >= vobj.Size) return;
-                if (vobj.Vnode!.ReadPages(vpindex, 1, pmap.Staging(1)) != 0) return;
-                CountPrefault(ref fs);
-                pmap.EnterCopy(addr, 1, false);
-                break;
-            }
-            default:
-                return;   // anonymous bytes we do not have here: nothing to map
-        }
-        space.MarkInstalled(addr);
-    }
-
-    static void CountPrefault(ref FaultState fs)
-    {
-        Interlocked.Increment(ref fs.counters.pages_prefaulted);
-        Interlocked.Increment(ref fs.counters.pages_installed);
-    }
-
-    // ---- failures and cleanup ----
-
-    /// <summary>Poison the page: the access raises SIGBUS.</summary>
-    static Step Fail(ref FaultState fs)
-    {
-        Interlocked.Increment(ref fs.counters.sigbus);
-        fs.result = FaultResult.SigBus;
-        fs.space.Pmap.Poison(fs.va);
-        return Step.Done;
-    }
-
-    static FaultResult PagerError(ref FaultState fs)
-    {
-        Interlocked.Increment(ref fs.counters.pager_errors);
-        Fail(ref fs);
-        return FaultResult.SigBus;
-    }
-
-    /// <summary>The model needed bytes it does not have: never answer with silent zeros.</summary>
-    static Step InternalError(ref FaultState fs)
-    {
-        Interlocked.Increment(ref fs.counters.internal_errors);
-        return Fail(ref fs);
-    }
-
-    /// <summary>Drop the map lock (for I/O or a sleep); the caller takes it back before going on.</summary>
-    static void UnlockMap(ref FaultState fs)
-    {
-        fs.lookup_still_valid = false;
-        Monitor.Exit(fs.space.MapLock);
-    }
-
-    static void ReferenceFirst(ref FaultState fs)
-    {
-        if (fs.referenced) return;
-        fs.space.Vm.Reference(fs.first_object);
-        fs.referenced = true;
-    }
-
-    static void DropFirstBusy(ref FaultState fs)
-    {
-        if (!fs.first_m) return;
-        fs.first_m = false;
-        var first = fs.first_object;
-        lock (first.Lock) first.Unbusy(fs.first_pindex);
-    }
-
-    /// <summary>End of a pass: unbusy the first object's slot and drop the fault's reference.</summary>
-    static void Release(ref FaultState fs)
-    {
-        DropFirstBusy(ref fs);
-        if (fs.referenced)
-        {
-            fs.referenced = false;
-            fs.space.Vm.Deallocate(fs.first_object);
-        }
     }
 }

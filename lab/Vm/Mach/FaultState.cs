@@ -1,8 +1,9 @@
-namespace Lab.Vm.FreeBsd;
+namespace Lab.Vm.Mach;
 
 /// <summary>
 /// Per-fault state (struct faultstate): a struct on the faulting thread's stack, so a
-/// fault allocates nothing. Names follow the seed where the concept is its own.
+/// fault allocates nothing. Shared by the FreeBSD and DragonFly resolvers. Names
+/// follow the seeds where the concept is theirs.
 /// </summary>
 internal struct FaultState
 {
