@@ -29,6 +29,9 @@ public sealed unsafe class CachedFile : IDisposable
     /// <summary>The memfd holding the pages; programs that map the file MAP_SHARED map this.</summary>
     public int MemfdFd => _memfd;
     public long Size { get { lock (_lock) return _size; } }
+    /// <summary>Called (outside the lock) when bytes change other than by a FUSE request: pages marked
+    /// dirty by the lab's mappings. Arguments: offset and length.</summary>
+    internal Action<long, long>? Changed { get; set; }
 
     private CachedFile(ulong ino, string name, int backingFd, bool writable, int memfd, long size)
     {
@@ -199,6 +202,7 @@ public sealed unsafe class CachedFile : IDisposable
             for (long p = Math.Max(0, pindex); p < pindex + count && p * PageSize < _size; p++)
                 if (Get(_valid, p)) Set(_dirty, p);
         }
+        if (count > 0) Changed?.Invoke(Math.Max(0, pindex) * PageSize, count * PageSize);
     }
 
     /// <summary>Writes the dirty pages back to the backing file (the last one only up to EOF).</summary>

@@ -1,8 +1,13 @@
 namespace Lab.Fusefs;
 
+/// <summary>Who makes the mount: mount(2) ourselves (root), or the setuid helper fusermount3.</summary>
+public enum FuseMountMethod { Auto, Syscall, Fusermount }
+
 /// <summary>How <see cref="FuseServer.Mount"/> mounts.</summary>
 public sealed class FuseMountOptions
 {
+    /// <summary>Auto: mount(2) as root, fusermount3 otherwise.</summary>
+    public FuseMountMethod Method { get; init; } = FuseMountMethod.Auto;
     /// <summary>Let users other than the mounter use the mount (mount option allow_other).</summary>
     public bool AllowOther { get; init; } = true;
     /// <summary>Let the kernel check permissions from the attributes (mount option default_permissions).</summary>
@@ -13,6 +18,111 @@ public sealed class FuseMountOptions
 public sealed class FuseMountException : Exception
 {
     public FuseMountException(string message) : base(message) { }
+}
+
+/// <summary>
+/// Mounting and unmounting through fusermount3 (libfuse's protocol): it gets one end of a socket pair in
+/// _FUSE_COMMFD, opens /dev/fuse, mounts, and sends the device fd back with SCM_RIGHTS.
+/// </summary>
+internal static unsafe class Fusermount
+{
+    public static string Path =>
+        new[] { "/usr/bin/fusermount3", "/bin/fusermount3", "/usr/local/bin/fusermount3" }.FirstOrDefault(File.Exists)
+        ?? throw new FuseMountException("fusermount3 is not installed (Debian package fuse3); mounting without root needs it");
+
+    /// <summary>Options as fusermount3 takes them (it adds fd, rootmode, user_id, group_id itself).</summary>
+    public static string Options(FuseMountOptions opts, uint euid)
+    {
+        var o = new List<string> { "fsname=lab", "subtype=lab" };
+        // Without user_allow_other in /etc/fuse.conf fusermount3 refuses allow_other from a user: such a
+        // mount serves its owner only.
+        if (opts.AllowOther && (euid == 0 || UserAllowOther())) o.Add("allow_other");
+        if (opts.DefaultPermissions) o.Add("default_permissions");
+        return string.Join(',', o);
+    }
+
+    private static bool UserAllowOther()
+    {
+        try { return File.ReadLines("/etc/fuse.conf").Any(l => l.Trim() == "user_allow_other"); }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
+    public static int Mount(string mp, FuseMountOptions opts)
+    {
+        string exe = Path;
+        int* sv = stackalloc int[2];
+        if (Native.SocketPair(Native.AF_UNIX, Native.SOCK_STREAM, 0, sv) != 0)
+            throw new FuseMountException($"socketpair: {Native.StrError(Native.Errno)}");
+        // Only the helper's end is inherited; ours closes on exec of anything else started meanwhile.
+        Native.Fcntl(sv[0], Native.F_SETFD, Native.FD_CLOEXEC);
+        int dev = -1;
+        try
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo(exe)
+            {
+                RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false,
+            };
+            psi.ArgumentList.Add("-o");
+            psi.ArgumentList.Add(Options(opts, Native.GetEuid()));
+            psi.ArgumentList.Add("--");
+            psi.ArgumentList.Add(mp);
+            psi.Environment["_FUSE_COMMFD"] = sv[1].ToString(System.Globalization.CultureInfo.InvariantCulture);
+            using var p = System.Diagnostics.Process.Start(psi) ?? throw new FuseMountException($"{exe} did not start");
+            Native.Close(sv[1]);
+            sv[1] = -1;
+            var err = p.StandardError.ReadToEndAsync();
+            dev = ReceiveFd(sv[0]); // -1 when the helper ends without sending one
+            if (!p.WaitForExit(30_000)) { p.Kill(); throw new FuseMountException($"{exe} did not finish"); }
+            p.WaitForExit();
+            if (p.ExitCode != 0 || dev < 0)
+                throw new FuseMountException($"mount of {mp} by fusermount3 failed: {err.Result.Trim()}");
+            Native.Fcntl(dev, Native.F_SETFD, Native.FD_CLOEXEC);
+            Native.Fcntl(dev, Native.F_SETFL, Native.O_RDWR | Native.O_NONBLOCK);
+            int result = dev;
+            dev = -1;
+            return result;
+        }
+        finally
+        {
+            Native.CloseQuiet(dev);
+            Native.CloseQuiet(sv[1]);
+            Native.Close(sv[0]);
+        }
+    }
+
+    private static int ReceiveFd(int sock)
+    {
+        byte b;
+        var iov = new Native.IoVec { Base = &b, Len = 1 };
+        byte* control = stackalloc byte[64];
+        var msg = new Native.MsgHdr { Iov = &iov, IovLen = 1, Control = control, ControlLen = 64 };
+        while (true)
+        {
+            nint n = Native.RecvMsg(sock, &msg, 0);
+            if (n < 0 && Native.Errno == Errno.EINTR) { msg.ControlLen = 64; continue; }
+            if (n <= 0) return -1;
+            break;
+        }
+        // struct cmsghdr { size_t len; int level; int type; } then the data, at 16.
+        if (msg.ControlLen < 20) return -1;
+        ulong len = *(ulong*)control;
+        int level = *(int*)(control + 8), type = *(int*)(control + 12);
+        if (len < 20 || level != Native.SOL_SOCKET || type != Native.SCM_RIGHTS) return -1;
+        return *(int*)(control + 16);
+    }
+
+    /// <summary>fusermount3 -u -z: how a user takes down a mount fusermount3 made.</summary>
+    public static void Unmount(string mp)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(Path)
+        {
+            RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false,
+        };
+        foreach (var a in new[] { "-u", "-z", "--", mp }) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi);
+        if (p != null && !p.WaitForExit(30_000)) p.Kill();
+    }
 }
 
 /// <summary>Reads /proc/self/mountinfo.</summary>

@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -8,7 +10,7 @@ namespace Lab.Fusefs;
 /// One FUSE session on /dev/fuse: mount(2), INIT negotiation, a pool of request threads (each with
 /// its own cloned device fd and its own native request/reply buffers), and unmount.
 /// </summary>
-public sealed unsafe class FuseServer : IDisposable
+public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
 {
     private const int ReqBufSize = FuseConst.MaxWrite + 4096;
     private const int ReplyBufSize = FuseConst.MaxWrite + 4096;
@@ -23,6 +25,17 @@ public sealed unsafe class FuseServer : IDisposable
     private bool _mounted, _started, _unmounted;
     private int _running;
     private int _destroyed;
+    private bool _viaFusermount;
+    // Notifications: queued by any thread, written by one thread of their own (a write of
+    // INVAL_INODE waits for the kernel's page locks, which a request in flight may hold).
+    private readonly ConcurrentQueue<Note> _notes = new();
+    private readonly SemaphoreSlim _noteSignal = new(0);
+    private Thread? _noteThread;
+    private volatile bool _noteStop;
+    private long _notesPending, _notesSent;
+    private readonly ConcurrentDictionary<ulong, int> _inodeQueued = new(); // node -> 1 when widened
+
+    private readonly record struct Note(FuseNotifyCode Code, ulong Node, long Offset, long Length, byte[]? Name);
 
     public string MountPoint { get; }
     /// <summary>Protocol minor the kernel offered, and the one we answered with.</summary>
@@ -38,7 +51,9 @@ public sealed unsafe class FuseServer : IDisposable
         _devFd = devFd;
     }
 
-    /// <summary>Mounts an empty session at <paramref name="mountpoint"/>; call <see cref="Start"/> to serve it.</summary>
+    /// <summary>Mounts an empty session at <paramref name="mountpoint"/>; call <see cref="Start"/> to serve it.
+    /// As root (or with <see cref="FuseMountMethod.Syscall"/>) by mount(2); otherwise through the setuid
+    /// helper fusermount3, which opens /dev/fuse, mounts, and hands the device fd back over a socket.</summary>
     public static FuseServer Mount(string mountpoint, IFuseFileSystem fs, FuseMountOptions? opts = null)
     {
         ArgumentNullException.ThrowIfNull(fs);
@@ -47,23 +62,37 @@ public sealed unsafe class FuseServer : IDisposable
         string mp = Path.GetFullPath(mountpoint).TrimEnd('/');
         if (mp.Length == 0) mp = "/";
         CheckMountPoint(mp);
-
-        int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
-        if (fd < 0)
-            throw new FuseMountException($"/dev/fuse cannot be opened: {Native.StrError(Native.Errno)}");
-        string data = $"fd={fd},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
-        if (opts.AllowOther) data += ",allow_other";
-        if (opts.DefaultPermissions) data += ",default_permissions";
-        if (Native.Mount("lab", mp, "fuse.lab", Native.MS_NOSUID | Native.MS_NODEV, data) != 0)
+        var method = opts.Method;
+        if (method == FuseMountMethod.Auto) method = Native.GetEuid() == 0 ? FuseMountMethod.Syscall : FuseMountMethod.Fusermount;
+        FuseServer server;
+        if (method == FuseMountMethod.Fusermount)
         {
-            int e = Native.Errno;
-            Native.Close(fd);
-            throw new FuseMountException($"mount of {mp} failed: {Native.StrError(e)}");
+            int dev = Fusermount.Mount(mp, opts);
+            server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = true };
         }
-        var server = new FuseServer(mp, fs, fd) { _mounted = true };
-        server._fds.Add(fd);
+        else
+        {
+            int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
+            if (fd < 0)
+                throw new FuseMountException($"/dev/fuse cannot be opened: {Native.StrError(Native.Errno)}");
+            string data = $"fd={fd},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
+            if (opts.AllowOther) data += ",allow_other";
+            if (opts.DefaultPermissions) data += ",default_permissions";
+            if (Native.Mount("lab", mp, "fuse.lab", Native.MS_NOSUID | Native.MS_NODEV, data) != 0)
+            {
+                int e = Native.Errno;
+                Native.Close(fd);
+                throw new FuseMountException($"mount of {mp} failed: {Native.StrError(e)}");
+            }
+            server = new FuseServer(mp, fs, fd) { _mounted = true };
+        }
+        server._fds.Add(server._devFd);
+        fs.Attach(server);
         return server;
     }
+
+    /// <summary>Whether the mount was made by fusermount3 (and is undone by it when we are not root).</summary>
+    public bool ViaFusermount => _viaFusermount;
 
     private static void CheckMountPoint(string mp)
     {
@@ -129,6 +158,8 @@ public sealed unsafe class FuseServer : IDisposable
             _stopFd = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
             if (_stopFd < 0) throw new IOException($"eventfd: {Native.StrError(Native.Errno)}");
             _running = threads;
+            _noteThread = new Thread(NoteLoop) { IsBackground = true, Name = "fuse-notify" };
+            _noteThread.Start();
             for (int i = 0; i < threads; i++)
             {
                 int fd = i == 0 ? _devFd : CloneDevFd();
@@ -191,7 +222,8 @@ public sealed unsafe class FuseServer : IDisposable
                     Minor = Minor,
                     MaxReadahead = init.MaxReadahead,
                     Flags = init.Flags & (FuseConst.AsyncRead | FuseConst.BigWrites | FuseConst.ParallelDirops
-                                          | FuseConst.MaxPagesFlag | FuseConst.InitExt),
+                                          | FuseConst.MaxPagesFlag | FuseConst.InitExt
+                                          | (_fs.SupportsReadDirPlus ? FuseConst.DoReaddirplus | FuseConst.ReaddirplusAuto : 0)),
                     Flags2 = flags2 & FuseConst.DirectIoAllowMmap2,
                     MaxBackground = 64,
                     CongestionThreshold = 48,
@@ -263,7 +295,10 @@ public sealed unsafe class FuseServer : IDisposable
             if (_unmounted) return;
             _unmounted = true;
         }
-        if (_mounted) Native.Umount2(MountPoint, Native.MNT_DETACH); // EINVAL: someone else already unmounted
+        if (_mounted && Native.Umount2(MountPoint, Native.MNT_DETACH) != 0 // EINVAL: someone else already unmounted
+            && Native.Errno == Errno.EPERM && _viaFusermount)
+            Fusermount.Unmount(MountPoint);
+        StopNotes();
         if (_started)
         {
             // With nothing open on it the super block dies now and the threads read ENODEV; if some
@@ -284,6 +319,104 @@ public sealed unsafe class FuseServer : IDisposable
 
     /// <summary>Same as <see cref="Unmount"/>; the file system object stays the caller's to dispose.</summary>
     public void Dispose() => Unmount();
+
+    // ---------------- notifications ----------------
+
+    public bool InvalidateInode(ulong node, long offset, long length)
+    {
+        // One queued note per node: a second one while the first waits widens it to the whole file.
+        if (!_inodeQueued.TryAdd(node, 0))
+        {
+            _inodeQueued.TryUpdate(node, 1, 0);
+            if (_inodeQueued.ContainsKey(node)) return true;
+            _inodeQueued.TryAdd(node, 0); // it was just written: queue anew
+        }
+        if (Queue(new Note(FuseNotifyCode.InvalInode, node, offset, length, null))) return true;
+        _inodeQueued.TryRemove(node, out _);
+        return false;
+    }
+
+    public bool InvalidateEntry(ulong parent, ReadOnlySpan<byte> name)
+    {
+        if (name.Length == 0 || name.Length > 255 || name.IndexOfAny((byte)0, (byte)'/') >= 0) return false;
+        return Queue(new Note(FuseNotifyCode.InvalEntry, parent, 0, 0, name.ToArray()));
+    }
+
+    /// <summary>Notifications written to the kernel so far (including those it answered ENOENT: not cached).</summary>
+    public long NotificationsSent => Interlocked.Read(ref _notesSent);
+
+    private bool Queue(in Note n)
+    {
+        if (_noteStop || _noteThread == null || Minor < 12) return false;
+        Interlocked.Increment(ref _notesPending);
+        _notes.Enqueue(n);
+        _noteSignal.Release();
+        return true;
+    }
+
+    /// <summary>Waits until every queued notification has been written; false on timeout.</summary>
+    public bool WaitNotifications(int timeoutMs)
+    {
+        long until = Environment.TickCount64 + timeoutMs;
+        while (Interlocked.Read(ref _notesPending) > 0)
+        {
+            if (Environment.TickCount64 > until) return false;
+            Thread.Sleep(1);
+        }
+        return true;
+    }
+
+    private void NoteLoop()
+    {
+        byte* buf = stackalloc byte[FuseConst.OutHeaderSize + 24 + 256];
+        while (true)
+        {
+            _noteSignal.Wait();
+            if (_noteStop) break;
+            if (!_notes.TryDequeue(out var n)) continue;
+            try
+            {
+                int len;
+                var span = new Span<byte>(buf, FuseConst.OutHeaderSize + 24 + 256);
+                if (n.Code == FuseNotifyCode.InvalInode)
+                {
+                    bool widened = _inodeQueued.TryRemove(n.Node, out int w) && w == 1;
+                    var o = widened ? new FuseNotifyInvalInodeOut { Ino = n.Node, Off = 0, Len = 0 }
+                                    : new FuseNotifyInvalInodeOut { Ino = n.Node, Off = n.Offset, Len = n.Length };
+                    MemoryMarshal.Write(span[FuseConst.OutHeaderSize..], in o);
+                    len = FuseConst.OutHeaderSize + sizeof(FuseNotifyInvalInodeOut);
+                }
+                else
+                {
+                    var name = n.Name!;
+                    var o = new FuseNotifyInvalEntryOut { Parent = n.Node, NameLen = (uint)name.Length };
+                    MemoryMarshal.Write(span[FuseConst.OutHeaderSize..], in o);
+                    int at = FuseConst.OutHeaderSize + sizeof(FuseNotifyInvalEntryOut);
+                    name.CopyTo(span[at..]);
+                    span[at + name.Length] = 0;
+                    len = at + name.Length + 1;
+                }
+                // unique 0 and the code in the error field mark a notification.
+                var h = new FuseOutHeader { Len = (uint)len, Error = (int)n.Code, Unique = 0 };
+                MemoryMarshal.Write(span, in h);
+                int fd = _devFd;
+                // ENOENT: the kernel does not have that node or name cached: nothing to drop.
+                if (fd >= 0) Native.Write(fd, buf, (nuint)len);
+                Interlocked.Increment(ref _notesSent);
+            }
+            finally { Interlocked.Decrement(ref _notesPending); }
+        }
+    }
+
+    private void StopNotes()
+    {
+        var t = _noteThread;
+        if (t == null) return;
+        _noteStop = true;
+        _noteSignal.Release();
+        t.Join(5000);
+        while (_notes.TryDequeue(out _)) Interlocked.Decrement(ref _notesPending);
+    }
 
     /// <summary>Test hook: closes the device without unmounting, leaving a dead mount behind.</summary>
     internal void AbandonForTest()
@@ -571,13 +704,39 @@ public sealed unsafe class FuseServer : IDisposable
                 if (!TakeName(ref body, out name)) break;
                 return Error(reply, u, _fs.RemoveXattr(in c, node, name));
             case FuseOpcode.ReadDir:
+            case FuseOpcode.ReadDirPlus:
             {
                 if (!Need(body, out FuseReadIn ri)) break;
                 if (ri.Offset > long.MaxValue) return Error(reply, u, Errno.EINVAL);
-                var w = new FuseDirWriter(payload[..(int)Math.Min(ri.Size, (uint)payload.Length)]);
-                err = _fs.ReadDir(in c, node, ri.Fh, (long)ri.Offset, ref w);
+                bool plus = op == FuseOpcode.ReadDirPlus;
+                var w = new FuseDirWriter(payload[..(int)Math.Min(ri.Size, (uint)payload.Length)], plus);
+                err = plus ? _fs.ReadDirPlus(in c, node, ri.Fh, (long)ri.Offset, ref w)
+                           : _fs.ReadDir(in c, node, ri.Fh, (long)ri.Offset, ref w);
                 return err != 0 ? Error(reply, u, err) : WriteHeader(reply, FuseConst.OutHeaderSize + w.Used, 0, u);
             }
+            case FuseOpcode.CopyFileRange:
+            {
+                if (!Need(body, out FuseCopyFileRangeIn ci)) break;
+                if (ci.OffIn > long.MaxValue || ci.OffOut > long.MaxValue) return Error(reply, u, Errno.EINVAL);
+                // The reply holds a 32-bit count; a short copy makes the caller ask again.
+                long len = (long)Math.Min(ci.Len, 1UL << 30);
+                err = _fs.CopyFileRange(in c, node, ci.FhIn, (long)ci.OffIn, ci.NodeIdOut, ci.FhOut, (long)ci.OffOut,
+                                        len, ci.Flags, out long copied);
+                var wo = new FuseWriteOut { Size = (uint)Math.Clamp(copied, 0, len) };
+                return Result(reply, u, err, in wo);
+            }
+            case FuseOpcode.Tmpfile:
+            {
+                // The name the kernel sends with it is a placeholder ("/"): not used.
+                if (!Need(body, out FuseCreateIn ci)) break;
+                err = _fs.Tmpfile(in c, node, ci.Flags, ci.Mode, out entry, out var oo);
+                if (err != 0) return Error(reply, u, err);
+                MemoryMarshal.Write(payload, in entry);
+                MemoryMarshal.Write(payload[sizeof(FuseEntryOut)..], in oo);
+                return WriteHeader(reply, FuseConst.OutHeaderSize + sizeof(FuseEntryOut) + sizeof(FuseOpenOut), 0, u);
+            }
+            case FuseOpcode.SyncFs:
+                return Error(reply, u, _fs.SyncFs(in c));
             case FuseOpcode.Access:
                 if (!Need(body, out FuseAccessIn ai)) break;
                 return Error(reply, u, _fs.Access(in c, node, (int)ai.Mask));

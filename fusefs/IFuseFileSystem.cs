@@ -6,7 +6,7 @@ public static class Errno
     public const int EPERM = 1, ENOENT = 2, EINTR = 4, EIO = 5, EBADF = 9, EAGAIN = 11, EACCES = 13;
     public const int EFAULT = 14, EEXIST = 17, EXDEV = 18, ENODEV = 19, ENOTDIR = 20, EISDIR = 21;
     public const int EINVAL = 22, EFBIG = 27, ENOSPC = 28, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38;
-    public const int ENOTEMPTY = 39, ENODATA = 61, EOPNOTSUPP = 95, ENOTCONN = 107;
+    public const int ENOTEMPTY = 39, ELOOP = 40, ENODATA = 61, EOPNOTSUPP = 95, ENOTCONN = 107;
 }
 
 /// <summary>
@@ -19,6 +19,13 @@ public interface IFuseFileSystem
 {
     /// <summary>Called once the session has ended (after the last request), e.g. to flush caches.</summary>
     void Destroy() { }
+
+    /// <summary>Called by <see cref="FuseServer.Mount"/>: the session to send notifications (cache
+    /// invalidations) through.</summary>
+    void Attach(IFuseNotifier notifier) { }
+
+    /// <summary>Whether <see cref="ReadDirPlus"/> is implemented (READDIRPLUS is negotiated only then).</summary>
+    bool SupportsReadDirPlus => false;
 
     int Lookup(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, out FuseEntryOut entry);
     void Forget(ulong node, ulong nlookup) { }
@@ -41,8 +48,13 @@ public interface IFuseFileSystem
     int Fsync(in FuseContext c, ulong node, ulong fh, bool dataOnly) => 0;
     int OpenDir(in FuseContext c, ulong node, uint flags, out FuseOpenOut open) { open = default; return 0; }
     int ReadDir(in FuseContext c, ulong node, ulong fh, long offset, ref FuseDirWriter writer);
+    /// <summary>READDIRPLUS: like ReadDir, with an entry per record (writer.Plus); every record with a
+    /// non-zero node id counts one lookup of that node, so add it only when it fits (writer.Fits).</summary>
+    int ReadDirPlus(in FuseContext c, ulong node, ulong fh, long offset, ref FuseDirWriter writer) => Errno.ENOSYS;
     void ReleaseDir(in FuseContext c, ulong node, ulong fh) { }
     int FsyncDir(in FuseContext c, ulong node, ulong fh, bool dataOnly) => 0;
+    /// <summary>syncfs(2) on the mount.</summary>
+    int SyncFs(in FuseContext c) => Errno.ENOSYS;
     int StatFs(in FuseContext c, ulong node, out FuseStatfsOut statfs) { statfs = default; statfs.Bsize = 4096; statfs.NameLen = 255; statfs.Frsize = 4096; return 0; }
     int Access(in FuseContext c, ulong node, int mask) => Errno.ENOSYS;
     /// <summary>dest empty means "tell the size"; a too small dest gives ERANGE.</summary>
@@ -53,4 +65,20 @@ public interface IFuseFileSystem
     int RemoveXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name) => Errno.ENOSYS;
     int Fallocate(in FuseContext c, ulong node, ulong fh, int mode, long offset, long length) => Errno.ENOSYS;
     int Lseek(in FuseContext c, ulong node, ulong fh, long offset, int whence, out long result) { result = 0; return Errno.ENOSYS; }
+    int CopyFileRange(in FuseContext c, ulong nodeIn, ulong fhIn, long offIn, ulong nodeOut, ulong fhOut, long offOut,
+                      long length, ulong flags, out long copied) { copied = 0; return Errno.ENOSYS; }
+    /// <summary>O_TMPFILE: an unnamed regular file in directory <paramref name="parent"/>, opened.</summary>
+    int Tmpfile(in FuseContext c, ulong parent, uint flags, uint mode, out FuseEntryOut entry, out FuseOpenOut open) { entry = default; open = default; return Errno.ENOSYS; }
+}
+
+/// <summary>Notifications a file system sends the kernel about changes made behind its back. Calls only
+/// queue the message (a dedicated thread writes it), so they never block, also on a request thread.</summary>
+public interface IFuseNotifier
+{
+    /// <summary>FUSE_NOTIFY_INVAL_INODE: drop cached attributes and the page-cache range of a node
+    /// (offset 0, length 0: the whole file; a negative offset: attributes only). False when not queued
+    /// (the session is not running).</summary>
+    bool InvalidateInode(ulong node, long offset, long length);
+    /// <summary>FUSE_NOTIFY_INVAL_ENTRY: drop the cached lookup of (parent, name).</summary>
+    bool InvalidateEntry(ulong parent, ReadOnlySpan<byte> name);
 }

@@ -24,6 +24,24 @@ internal static unsafe partial class Native
     // _IOR(229, 0, uint32_t)
     public const ulong FUSE_DEV_IOC_CLONE = 0x8004E500;
 
+    public const int AF_UNIX = 1, SOCK_STREAM = 1, SOL_SOCKET = 1, SCM_RIGHTS = 1;
+    public const int F_SETFD = 2, F_SETFL = 4, FD_CLOEXEC = 1;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVec { public void* Base; public nuint Len; }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct MsgHdr
+    {
+        public void* Name;
+        public uint NameLen;
+        public IoVec* Iov;
+        public nuint IovLen;
+        public void* Control;
+        public nuint ControlLen;
+        public int Flags;
+    }
+
     [StructLayout(LayoutKind.Sequential)]
     public struct Timespec { public long Sec; public long Nsec; }
 
@@ -149,6 +167,8 @@ internal static unsafe partial class Native
     public static partial int UtimensAt(int dirfd, byte* path, Timespec* times, int flags);
     [LibraryImport(Libc, EntryPoint = "fsync", SetLastError = true)]
     public static partial int FSync(int fd);
+    [LibraryImport(Libc, EntryPoint = "syncfs", SetLastError = true)]
+    public static partial int SyncFs(int fd);
     [LibraryImport(Libc, EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FDataSync(int fd);
     [LibraryImport(Libc, EntryPoint = "fallocate", SetLastError = true)]
@@ -165,6 +185,14 @@ internal static unsafe partial class Native
     public static partial nint ListXattr(byte* path, byte* list, nuint size);
     [LibraryImport(Libc, EntryPoint = "removexattr", SetLastError = true)]
     public static partial int RemoveXattr(byte* path, byte* name);
+    [LibraryImport(Libc, EntryPoint = "socketpair", SetLastError = true)]
+    public static partial int SocketPair(int domain, int type, int protocol, int* sv);
+    [LibraryImport(Libc, EntryPoint = "recvmsg", SetLastError = true)]
+    public static partial nint RecvMsg(int sock, MsgHdr* msg, int flags);
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int Fcntl(int fd, int cmd, int arg);
+    [LibraryImport(Libc, EntryPoint = "copy_file_range", SetLastError = true)]
+    public static partial nint CopyFileRange(int fdIn, long* offIn, int fdOut, long* offOut, nuint len, uint flags);
     [LibraryImport(Libc, EntryPoint = "getdents64", SetLastError = true)]
     public static partial nint GetDents64(int fd, byte* buf, nuint count);
 

@@ -52,6 +52,7 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
     private readonly ConcurrentDictionary<ulong, Handle> _handles = new();
     private readonly Node _root;
     private readonly uint _uid = Native.GetEuid(), _gid = Native.GetEgid();
+    private IFuseNotifier? _notifier;
     private ulong _nextId = FirstRealId;
     private long _nextFh = 1;
     private bool _disposed;
@@ -456,7 +457,14 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         if (err != 0) return err;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
-        if (Native.LinkAt(n.Fd, Native.EmptyPath, p!.Fd, cn, Native.AT_EMPTY_PATH) != 0) return Err();
+        if (Native.LinkAt(n.Fd, Native.EmptyPath, p!.Fd, cn, Native.AT_EMPTY_PATH) != 0)
+        {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through the /proc magic link.
+            if (Err() != Errno.ENOENT && Err() != Errno.EPERM || n.Type == S_IFLNK) return Err();
+            byte* path = stackalloc byte[32];
+            Native.FdPath(n.Fd, new Span<byte>(path, 32));
+            if (Native.LinkAt(Native.AT_FDCWD, path, p.Fd, cn, Native.AT_SYMLINK_FOLLOW) != 0) return Err();
+        }
         return LookupReal(p, cn, newName, out entry);
     }
 
@@ -486,6 +494,7 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         if (n.Type == S_IFDIR) return Errno.EISDIR;
+        if (n.Type == S_IFLNK) return Errno.ELOOP; // the kernel follows links itself; never open one here
         byte* path = stackalloc byte[32];
         Native.FdPath(n.Fd, new Span<byte>(path, 32));
         // O_NOFOLLOW was checked by the kernel already; on the /proc magic link it would give ELOOP.
@@ -642,6 +651,40 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
             {
                 var d = list[(int)i];
                 if (!writer.Add(h.Names.AsSpan(d.NameStart, d.NameLen), d.Ino, d.Type, (ulong)(i + 1))) break;
+            }
+        }
+        return 0;
+    }
+
+    public bool SupportsReadDirPlus => true;
+
+    public int ReadDirPlus(in FuseContext c, ulong node, ulong fh, long offset, ref FuseDirWriter writer)
+    {
+        if (!_handles.TryGetValue(fh, out var h)) return Errno.EBADF;
+        byte* cn = stackalloc byte[256];
+        lock (h.Gate)
+        {
+            bool root = node == RootId && _lab != null;
+            if (h.Entries == null || offset == 0)
+            {
+                int err = node == LabDirId ? SnapshotLab(h) : Snapshot(h, root);
+                if (err != 0) return err;
+            }
+            var list = h.Entries!;
+            for (long i = offset; i < list.Count; i++)
+            {
+                var d = list[(int)i];
+                var name = h.Names.AsSpan(d.NameStart, d.NameLen);
+                if (!writer.Fits(name.Length)) break;
+                // . , .. and .lab go without an entry (node id 0: the kernel counts no lookup for them).
+                if (h.Node == null || name.SequenceEqual("."u8) || name.SequenceEqual(".."u8)
+                    || (root && name.SequenceEqual(LabName)) || CName(name, cn) != 0
+                    || LookupReal(h.Node, cn, name, out var e) != 0) // gone meanwhile: a plain record
+                {
+                    writer.Add(name, d.Ino, d.Type, (ulong)(i + 1));
+                    continue;
+                }
+                writer.AddPlus(in e, name, d.Type, (ulong)(i + 1));
             }
         }
         return 0;
@@ -832,6 +875,119 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         return result < 0 ? Err() : 0;
     }
 
+    public int CopyFileRange(in FuseContext c, ulong nodeIn, ulong fhIn, long offIn, ulong nodeOut, ulong fhOut, long offOut,
+                             long length, ulong flags, out long copied)
+    {
+        copied = 0;
+        if (flags != 0) return Errno.EINVAL;
+        if (!_handles.TryGetValue(fhIn, out var hi) || hi.Fd < 0 || hi.Node == null) return Errno.EBADF;
+        if (!_handles.TryGetValue(fhOut, out var ho) || ho.Fd < 0 || ho.Node == null) return Errno.EBADF;
+        var src = Volatile.Read(ref hi.Node.Cache);
+        var dst = Volatile.Read(ref ho.Node.Cache);
+        if (dst == null)
+        {
+            src?.Flush(); // the backing copy must see the source's newest bytes
+            while (copied < length)
+            {
+                long i = offIn + copied, o = offOut + copied;
+                nint r = Native.CopyFileRange(hi.Fd, &i, ho.Fd, &o, (nuint)(length - copied), 0);
+                if (r < 0) { int e = Err(); if (e == Errno.EINTR) continue; return copied > 0 ? 0 : e; }
+                if (r == 0) break;
+                copied += r;
+            }
+            // A cache made meanwhile may hold the old bytes of the range.
+            if (copied > 0) Volatile.Read(ref ho.Node.Cache)?.Invalidate(offOut, copied);
+            return 0;
+        }
+        // The destination's pages may be mapped: its bytes go through the cache, like a WRITE.
+        var buf = System.Buffers.ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            while (copied < length)
+            {
+                int chunk = (int)Math.Min(buf.Length, length - copied);
+                int e = Read(in c, nodeIn, fhIn, offIn + copied, buf.AsSpan(0, chunk), out int got);
+                if (e != 0) return copied > 0 ? 0 : e;
+                if (got == 0) break;
+                e = dst.Write(ho.Fd, offOut + copied, buf.AsSpan(0, got));
+                if (e != 0) return copied > 0 ? 0 : e;
+                copied += got;
+                if (got < chunk) break;
+            }
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(buf); }
+        return 0;
+    }
+
+    private const int O_TMPFILE = 0x400000 | Native.O_DIRECTORY;
+
+    public int Tmpfile(in FuseContext c, ulong parent, uint flags, uint mode, out FuseEntryOut entry, out FuseOpenOut open)
+    {
+        entry = default;
+        open = default;
+        if (IsVirtual(parent)) return Errno.EACCES;
+        var p = Get(parent);
+        if (p == null) return Errno.ENOENT;
+        if (p.Type != S_IFDIR) return Errno.ENOTDIR;
+        int f = ((int)flags & ~(StripFlags | O_TMPFILE | Native.O_NOFOLLOW)) | O_TMPFILE | Native.O_CLOEXEC;
+        int fd = Native.OpenAt(p.Fd, Dot, f, mode & 0xFFF);
+        if (fd < 0) return Err();
+        Native.FChmod(fd, mode & 0xFFF);
+        byte* path = stackalloc byte[32];
+        Native.FdPath(fd, new Span<byte>(path, 32));
+        int pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
+        if (pathFd < 0) { int e = Err(); Native.Close(fd); return e; }
+        ChownToCaller(pathFd, in c);
+        int err = Register(pathFd, ""u8, out entry);
+        var n = err == 0 ? Get(entry.NodeId) : null;
+        if (n == null) { Native.Close(fd); return err != 0 ? err : Errno.ENOENT; }
+        open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
+        open.OpenFlags = FuseOpenOut.DirectIo;
+        return 0;
+    }
+
+    public int SyncFs(in FuseContext c)
+    {
+        int e = FlushAll();
+        if (e != 0) return e;
+        return Native.SyncFs(_root.Fd) == 0 ? 0 : Err();
+    }
+
+    // ---------------- notifications ----------------
+
+    void IFuseFileSystem.Attach(IFuseNotifier notifier) => _notifier = notifier;
+
+    /// <summary>
+    /// Tells the kernel that bytes [offset, offset+length) of the file whose backing st_ino is
+    /// <paramref name="ino"/> changed behind its back (length 0: to the end), so it drops its cached
+    /// attributes and pages of that range (those of programs that map the file on the mount without the
+    /// lab). Only queues the message: never blocks, callable from any thread, a request thread included.
+    /// False when the node is unknown (nothing cached) or the session is not running.
+    /// </summary>
+    public bool NotifyInvalidate(ulong ino, long offset, long length)
+    {
+        ulong id;
+        lock (_nodesLock)
+        {
+            if (!_byIno.TryGetValue(ino, out var n)) return false;
+            id = n.Id;
+        }
+        return _notifier?.InvalidateInode(id, offset, length) ?? false;
+    }
+
+    /// <summary>Tells the kernel that the name <paramref name="name"/> in the directory whose backing st_ino
+    /// is <paramref name="parentIno"/> changed behind its back (created, removed, renamed). Never blocks.</summary>
+    public bool NotifyInvalidateEntry(ulong parentIno, string name)
+    {
+        ulong id;
+        lock (_nodesLock)
+        {
+            if (!_byIno.TryGetValue(parentIno, out var n)) return false;
+            id = n.Id;
+        }
+        return _notifier?.InvalidateEntry(id, Encoding.UTF8.GetBytes(name)) ?? false;
+    }
+
     // ---------------- page cache ----------------
 
     /// <summary>The page cache of the regular file whose backing st_ino is <paramref name="ino"/>, made on
@@ -847,6 +1003,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         // Made outside the table lock (it does I/O); the first one published wins.
         var made = CachedFile.Create(n.Fd, ino, n.Name, out _);
         if (made == null) return null;
+        // Pages written through mappings change the file behind the kernel's back.
+        made.Changed = (offset, length) => NotifyInvalidate(ino, offset, length);
         lock (_nodesLock)
         {
             if (n.Cache == null && !_disposed) { Volatile.Write(ref n.Cache, made); return made; }

@@ -12,14 +12,20 @@ internal enum FuseOpcode : uint
     Init = 26, OpenDir = 27, ReadDir = 28, ReleaseDir = 29, FsyncDir = 30, GetLk = 31, SetLk = 32,
     SetLkW = 33, Access = 34, Create = 35, Interrupt = 36, Bmap = 37, Destroy = 38, Ioctl = 39, Poll = 40,
     NotifyReply = 41, BatchForget = 42, Fallocate = 43, ReadDirPlus = 44, Rename2 = 45, Lseek = 46,
-    CopyFileRange = 47,
+    CopyFileRange = 47, SetupMapping = 48, RemoveMapping = 49, SyncFs = 50, Tmpfile = 51,
+}
+
+/// <summary>Codes of messages the server sends unasked (unique 0, the code in the error field).</summary>
+internal enum FuseNotifyCode
+{
+    InvalInode = 2, InvalEntry = 3,
 }
 
 internal static class FuseConst
 {
     public const uint KernelVersion = 7;
     public const uint HighestMinor = 39; // DIRECT_IO_ALLOW_MMAP is the newest thing we use
-    public const uint AsyncRead = 1u << 0, BigWrites = 1u << 5, DoReaddirplus = 1u << 13;
+    public const uint AsyncRead = 1u << 0, BigWrites = 1u << 5, DoReaddirplus = 1u << 13, ReaddirplusAuto = 1u << 14;
     public const uint ParallelDirops = 1u << 18, MaxPagesFlag = 1u << 22, InitExt = 1u << 30;
     public const uint DirectIoAllowMmap2 = 1u << 4; // in flags2: 1UL << 36 overall
     public const int MaxWrite = 1 << 20;
@@ -169,6 +175,12 @@ internal struct FuseFallocateIn { public ulong Fh, Offset, Length; public uint M
 internal struct FuseLseekIn { public ulong Fh, Offset; public uint Whence, Padding; }
 [StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseLseekOut { public ulong Offset; }
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct FuseCopyFileRangeIn { public ulong FhIn, OffIn, NodeIdOut, FhOut, OffOut, Len, Flags; }
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct FuseNotifyInvalInodeOut { public ulong Ino; public long Off, Len; }
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct FuseNotifyInvalEntryOut { public ulong Parent; public uint NameLen, Flags; }
 
 /// <summary>Caller identity of a request.</summary>
 public readonly record struct FuseContext(ulong Unique, uint Uid, uint Gid, uint Pid);
@@ -179,13 +191,44 @@ public ref struct FuseDirWriter
     private readonly Span<byte> _dest;
     private int _used;
 
-    public FuseDirWriter(Span<byte> dest) { _dest = dest; _used = 0; }
+    public FuseDirWriter(Span<byte> dest, bool plus = false) { _dest = dest; _used = 0; Plus = plus; }
 
     public readonly int Used => _used;
+    /// <summary>READDIRPLUS: each record starts with a struct fuse_entry_out (use <see cref="AddPlus"/>).</summary>
+    public bool Plus { get; }
+
+    /// <summary>Whether a record with a name of <paramref name="nameLength"/> bytes still fits; a READDIRPLUS
+    /// caller asks before it counts a lookup for the entry.</summary>
+    public readonly bool Fits(int nameLength) =>
+        _used + (((Plus ? 128 : 0) + 24 + nameLength + 7) & ~7) <= _dest.Length;
+
+    /// <summary>Adds a READDIRPLUS record; entry.NodeId 0 means "no lookup counted" (for . and ..).</summary>
+    public bool AddPlus(in FuseEntryOut entry, ReadOnlySpan<byte> name, uint type, ulong nextOffset)
+    {
+        int recLen = (128 + 24 + name.Length + 7) & ~7;
+        if (_used + recLen > _dest.Length) return false;
+        System.Runtime.InteropServices.MemoryMarshal.Write(_dest[_used..], in entry);
+        _used += 128;
+        bool ok = AddRecord(name, entry.Attr.Ino, type, nextOffset);
+        System.Diagnostics.Debug.Assert(ok);
+        return true;
+    }
 
     /// <summary>Adds an entry; false when it does not fit (the caller stops; the kernel asks again from
     /// <paramref name="nextOffset"/> of the last entry added).</summary>
     public bool Add(ReadOnlySpan<byte> name, ulong ino, uint type, ulong nextOffset)
+    {
+        if (Plus) // a plain record would be misparsed; send an entry without a lookup
+        {
+            var e = default(FuseEntryOut);
+            e.Attr.Ino = ino;
+            e.Attr.Mode = type << 12;
+            return AddPlus(in e, name, type, nextOffset);
+        }
+        return AddRecord(name, ino, type, nextOffset);
+    }
+
+    private bool AddRecord(ReadOnlySpan<byte> name, ulong ino, uint type, ulong nextOffset)
     {
         int recLen = (24 + name.Length + 7) & ~7;
         if (_used + recLen > _dest.Length) return false;
