@@ -629,9 +629,9 @@ public sealed class AddressSpace
             if (canchunk && e.Pages >= Amap.Large)
             {
                 const ulong chunk = (ulong)Amap.Chunk * PageSize;
-                ulong s = va / chunk * chunk, t = s + chunk;
-                if (s > e.Start) Clip(s);
-                if (t < e.End) Clip(t);
+                ulong s = va / chunk * chunk, t = s + chunk, end = e.End;
+                if (s > e.Start) Clip(s);   // e keeps the head; the chunk starts a new entry
+                if (t < end) Clip(t);
                 e = FindEntry(va)!;
             }
             var amap = new Amap((int)e.Pages, null);

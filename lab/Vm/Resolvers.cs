@@ -1,5 +1,6 @@
 using Lab.Vm.DragonFly;
 using Lab.Vm.FreeBsd;
+using Lab.Vm.Uvm;
 
 namespace Lab.Vm;
 
@@ -17,7 +18,7 @@ public interface IResolver
 
 public static class Resolvers
 {
-    static readonly string[] names = ["freebsd", "dragonfly"];
+    static readonly string[] names = ["freebsd", "dragonfly", "uvm2000", "uvm2019"];
 
     public static IReadOnlyList<string> Names => names;
 
@@ -25,6 +26,8 @@ public static class Resolvers
     {
         "freebsd" => new FreeBsdResolver(),
         "dragonfly" => new DragonFlyResolver(),
+        "uvm2000" => new Uvm2000Resolver(),
+        "uvm2019" => new Uvm2019Resolver(),
         _ => throw new ArgumentException(
             $"unknown resolver '{name}'; valid resolvers: {string.Join(", ", names)}", nameof(name)),
     };

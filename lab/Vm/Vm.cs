@@ -17,6 +17,9 @@ public sealed class Vm
     int objectsAlive;
     long anonsAlive;
 
+    /// <summary>Tests: the next this-many page allocations for anons fail (a RAM shortage; UVM designs wait and restart).</summary>
+    internal int FailPageAllocs;
+
     /// <summary>The vnode object of <paramref name="vnode"/>, created on first use (with no reference).</summary>
     public VmObject VnodeObject(IVnode vnode)
     {

@@ -6,6 +6,13 @@ namespace Lab.Tests.Vm;
 public sealed class ApiTests
 {
     [Fact]
+    public void Resolvers_AreTheFourDesigns_EachCreatedByName()
+    {
+        Assert.Equal(new[] { "freebsd", "dragonfly", "uvm2000", "uvm2019" }, Resolvers.Names);
+        foreach (var n in Resolvers.Names) Assert.Equal(n, Resolvers.Create(n).Name);
+    }
+
+    [Fact]
     public void Resolvers_KnowFreeBsd_AndNameTheValidOnesOtherwise()
     {
         Assert.Contains("freebsd", Resolvers.Names);
@@ -29,6 +36,9 @@ public sealed class ApiTests
         Assert.Equal(6, snap["v_zfod"]);
         Assert.Contains("v_cow_optim", snap.Keys);
         Assert.Contains("internal_errors", snap.Keys);
+        foreach (var k in new[] { "faults", "flt_anon", "flt_acow", "flt_obj", "flt_prcopy", "flt_przero", "fltamcopy",
+                                  "fltnamap", "fltnomap", "fltlget", "fltget", "fltanget", "pageins", "revalidate_retries" })
+            Assert.Contains(k, snap.Keys);
         Assert.Equal("v_vm_faults", total.Snapshot().First().Key);
     }
 

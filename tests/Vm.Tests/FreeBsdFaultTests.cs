@@ -3,6 +3,7 @@ using Xunit;
 
 namespace Lab.Tests.Vm;
 
+/// <summary>FreeBSD's own counters and windows (the generic behaviour is in <see cref="GenericFaultTests"/>).</summary>
 public sealed class FreeBsdFaultTests
 {
     const ulong P = 4096;
@@ -201,27 +202,6 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
-    public void Fork_PrivateFile_BothSidesKeepTheirWrites()
-    {
-        var v = new MemVnode(2 * (long)P);
-        var parent = new SimProcess(vm);
-        parent.MapFile(A, 2 * P, v);
-        parent.Write(Pg(0), 7);                       // parent's shadow gets page 0
-        var child = parent.Fork();
-        child.Write(Pg(0), 8);
-        parent.Write(Pg(1), 9);
-        Assert.Equal(7, parent.Read(Pg(0)));
-        Assert.Equal(8, child.Read(Pg(0)));
-        Assert.Equal(9, parent.Read(Pg(1)));
-        AssertPageIsFile(child, Pg(1), v, 1);
-        Assert.Equal(MemVnode.Pattern(0), v.Data[0]);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-    }
-
-    [Fact]
     public void ForkTree_ThreeDeep_WalksTwoShadowsToTheFile()
     {
         var v = new MemVnode(4 * (long)P);
@@ -255,35 +235,6 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
-    public void SharedMapping_IsCoherentAcrossSpaces_AndReportedForWriteBack()
-    {
-        var v = new MemVnode(4 * (long)P);
-        var a = new SimProcess(vm);
-        var b = new SimProcess(vm);
-        a.MapFile(A, 4 * P, v, shared: true);
-        b.MapFile(B, 4 * P, v, shared: true);
-
-        a.Write(A + P + 3, 0x77);
-        Assert.Equal(1, a.C.v_io_faults);
-        Assert.Equal(0, a.C.v_cow_faults);
-        Assert.True(a.Pmap.Writable(A + P));
-        Assert.Equal(0x77, b.Read(B + P + 3));
-        Assert.Equal(0, b.C.v_io_faults);             // already in the page cache
-        Assert.Equal(1, b.C.fastpath_hits);
-
-        var ranges = a.Space.SharedRanges(A, 4 * P);
-        var r = Assert.Single(ranges);
-        Assert.Same(v, r.Vnode);
-        Assert.Equal(0, r.FirstPindex);
-        Assert.Equal(4, r.Count);
-        Assert.Empty(a.Space.SharedRanges(A + 4 * P, P));
-
-        foreach (var (vn, first, count) in ranges) vn.MarkDirty(first, count);
-        v.Flush();
-        Assert.Equal(0x77, v.Data[P + 3]);
-    }
-
-    [Fact]
     public void SharedMapping_PrefaultedPageIsReadOnlyUntilWritten()
     {
         var v = new MemVnode(4 * (long)P);
@@ -294,92 +245,6 @@ public sealed class FreeBsdFaultTests
         a.Write(Pg(2), 5);
         Assert.Equal(FaultAccess.WriteProtect, a.Pmap.Faults[^1]);
         Assert.Equal(5, v.CachePage(2)[0]);
-    }
-
-    [Fact]
-    public void Eof_SigBusPastTheEnd_TailOfLastPageIsZero()
-    {
-        var v = new MemVnode(2 * (long)P + (long)P / 2);
-        var p = new SimProcess(vm);
-        p.MapFile(A, 4 * P, v, prot: Prot.Read);
-
-        Assert.Equal(v.Data[2 * P + 100], p.Read(Pg(2) + 100));
-        Assert.Equal(0, p.Read(Pg(2) + P / 2));
-        Assert.Equal(0, p.Read(Pg(2) + P - 1));
-        var e = Assert.Throws<SimSignalException>(() => p.Read(Pg(3)));
-        Assert.Equal("SIGBUS", e.Signal);
-        Assert.Equal(1, p.C.eof_faults);
-        Assert.Equal(1, p.C.sigbus);
-        Assert.Equal(0, p.C.v_zfod);
-    }
-
-    [Fact]
-    public void PagerError_SigBusOnThatPageOnly()
-    {
-        var v = new MemVnode(8 * (long)P) { ErrorAt = 5 };
-        var p = new SimProcess(vm);
-        p.MapFile(A, 8 * P, v, prot: Prot.Read);
-
-        AssertPageIsFile(p, Pg(4), v, 4);             // its cluster held page 5: retried alone
-        var e = Assert.Throws<SimSignalException>(() => p.Read(Pg(5)));
-        Assert.Equal("SIGBUS", e.Signal);
-        AssertPageIsFile(p, Pg(6), v, 6);
-        AssertPageIsFile(p, Pg(3), v, 3);
-        Assert.Equal(1, p.C.pager_errors);
-        Assert.Equal(1, p.C.sigbus);
-        Assert.False(p.Pmap.Present(Pg(5)));
-    }
-
-    [Fact]
-    public void Remove_PrivateAnon_ReadsZeroAfter()
-    {
-        var p = new SimProcess(vm);
-        p.MapAnon(A, 2 * P);
-        p.Write(Pg(0), 9);
-        p.Write(Pg(1), 8);
-        p.DontNeed(Pg(0), P);
-        Assert.False(p.Space.IsInstalled(Pg(0)));
-        Assert.Equal(0, p.Read(Pg(0)));
-        Assert.Equal(8, p.Read(Pg(1)));
-        Assert.Equal(3, p.C.v_zfod);
-        Assert.Equal(0, p.C.internal_errors);
-    }
-
-    [Fact]
-    public void Remove_PrivateFile_ReadsTheFileAgain()
-    {
-        var v = new MemVnode(2 * (long)P);
-        var p = new SimProcess(vm);
-        p.MapFile(A, 2 * P, v);
-        p.Write(Pg(1) + 1, 0xAB);
-        Assert.Equal(0xAB, p.Read(Pg(1) + 1));
-        p.DontNeed(A, 2 * P);
-        AssertPageIsFile(p, Pg(1), v, 1);
-        AssertPageIsFile(p, Pg(0), v, 0);
-    }
-
-    [Fact]
-    public void Remove_AfterFork_HidesTheSharedOlderContent()
-    {
-        var parent = new SimProcess(vm);
-        parent.MapAnon(A, 2 * P);
-        parent.Write(Pg(0), 5);
-        var child = parent.Fork();
-        child.DontNeed(A, 2 * P);
-        Assert.Equal(0, child.Read(Pg(0)));           // Linux: discarded, reads zero
-        Assert.Equal(5, parent.Read(Pg(0)));
-        child.Write(Pg(0), 6);
-        Assert.Equal(6, child.Read(Pg(0)));
-        Assert.Equal(5, parent.Read(Pg(0)));
-
-        var v = new MemVnode((long)P);
-        parent.MapFile(B, P, v);
-        parent.Write(B, 1);
-        var child2 = parent.Fork();
-        child2.DontNeed(B, P);
-        AssertPageIsFile(child2, B, v, 0);            // the file, not the parent's copy
-        Assert.Equal(1, parent.Read(B));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors + child2.C.internal_errors);
     }
 
     [Fact]
@@ -407,72 +272,6 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
-    public void Remap_MovesTheContent()
-    {
-        var p = new SimProcess(vm);
-        p.MapAnon(A, 2 * P);
-        p.Write(Pg(0), 3);
-        p.Write(Pg(1), 4);
-        long faults = p.C.v_vm_faults;
-        p.Mremap(A, B, 2 * P);
-        Assert.Equal(3, p.Read(B));
-        Assert.Equal(4, p.Read(B + P));
-        Assert.Equal(faults, p.C.v_vm_faults);        // the pages moved with the mapping
-        Assert.Equal("SIGSEGV", Assert.Throws<SimSignalException>(() => p.Read(A)).Signal);
-        Assert.True(p.Space.IsInstalled(B));
-        Assert.False(p.Space.IsInstalled(A));
-
-        // A page not yet touched follows too: it is zero at the new place.
-        Assert.Equal(0, p.C.internal_errors);
-    }
-
-    [Fact]
-    public void Grow_ExtendsPrivateFileSharedFileAndAnonymousMappings()
-    {
-        var v = new MemVnode(8 * (long)P, i => (byte)(i / 4096 + 1));   // page k holds k+1
-        var p = new SimProcess(vm);
-        p.MapFile(A, 2 * P, v);                       // private, two pages of the file
-        p.Write(Pg(1), 99);                           // shadowed now
-        p.Space.Grow(A, 2 * P, 4 * P);                // mremap grows it in place
-        Assert.Equal(99, p.Read(Pg(1)));
-        Assert.Equal(3, p.Read(Pg(2)));               // the file continues: page 2 of the file
-        Assert.Equal(4, p.Read(Pg(3)));
-        p.Write(Pg(3), 7);
-        Assert.Equal(4, v.Data[3 * P]);               // still private
-
-        var s = new SimProcess(vm);
-        s.MapFile(B, P, v, shared: true);
-        s.Space.Grow(B, P, 2 * P);
-        s.Write(B + P, 42);                           // shared: the file's page 1
-        Assert.Equal(42, v.CachePage(1)[0]);
-
-        var a = new SimProcess(vm);
-        a.MapAnon(A, P);
-        a.Space.Grow(A, P, 3 * P);
-        Assert.Equal(0, a.Read(A + 2 * P));
-        Assert.Equal(0, p.C.internal_errors + s.C.internal_errors + a.C.internal_errors);
-        Assert.Equal(0, p.C.sigsegv + s.C.sigsegv + a.C.sigsegv);
-    }
-
-    [Fact]
-    public void Prefault_NeverOutsideTheEntry()
-    {
-        var v = new MemVnode(8 * (long)P);
-        var p = new SimProcess(vm);
-        // Two entries over one file, back to back: [0,4) and [4,8).
-        p.MapFile(A, 4 * P, v, offset: 0, prot: Prot.Read);
-        p.MapFile(Pg(4), 4 * P, v, offset: 4 * (long)P, prot: Prot.Read);
-        v.LoadPages(0, 8);                            // everything resident
-
-        p.Read(Pg(3));                                // fast path: prefault 4 back, 4 forward
-        Assert.Equal(3, p.C.pages_prefaulted);        // pages 2, 1, 0 only
-        for (int i = 4; i < 8; i++) Assert.False(p.Pmap.Present(Pg(i)));
-        p.Read(Pg(4));
-        Assert.Equal(6, p.C.pages_prefaulted);        // 5, 6, 7: nothing below the entry's start
-        Assert.Equal(2, p.C.v_vm_faults);
-    }
-
-    [Fact]
     public void Prefault_StopsAtAHole()
     {
         var v = new MemVnode(8 * (long)P);
@@ -489,67 +288,6 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
-    public void Protection_WriteToReadOnlyIsSigSegv_NotCow()
-    {
-        var v = new MemVnode((long)P);
-        var p = new SimProcess(vm);
-        p.MapFile(A, P, v, prot: Prot.Read);
-        Assert.Equal(FaultResult.SigSegv, p.Space.Fault(A, FaultAccess.Write));
-        Assert.Equal(FaultResult.SigSegv, p.Space.Fault(B, FaultAccess.Read));
-        Assert.Equal(0, p.C.v_cow_faults);
-        Assert.Equal(2, p.C.sigsegv);
-        Assert.Equal(2, p.C.v_vm_faults);
-    }
-
-    [Fact]
-    public void Destroy_AllSpaces_ReturnsObjectsToBaseline()
-    {
-        var v = new MemVnode(4 * (long)P);
-        var a = new SimProcess(vm);
-        a.MapAnon(A, 4 * P);
-        a.MapFile(B, 4 * P, v);
-        a.MapFile(B + 8 * P, 4 * P, v, shared: true);
-        a.Write(A, 1);
-        a.Write(B, 2);
-        a.Write(B + 8 * P, 3);
-        var b = a.Fork();
-        b.Write(A, 4);
-        b.Write(B + P, 5);
-        var c = b.Fork();
-        c.Write(A + P, 6);
-        c.Munmap(A + P, P);
-        Assert.True(vm.ObjectsAlive > 0);
-        a.Exit();
-        b.Exit();
-        c.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-    }
-
-    [Fact]
-    public void Duplicate_FaultOnAnInstalledPage_IsSuperseded()
-    {
-        var p = new SimProcess(vm);
-        p.MapAnon(A, P);
-        p.Write(A, 1);
-        Assert.Equal(FaultResult.Superseded, p.Space.Fault(A, FaultAccess.Write));
-        Assert.Equal(1, p.Read(A));
-        Assert.Equal(0, p.C.internal_errors);
-        Assert.Equal(1, p.C.superseded);
-    }
-
-    [Fact]
-    public void AnonymousBytesTheSpaceDoesNotHave_AreAnInternalError()
-    {
-        var p = new SimProcess(vm);
-        p.MapAnon(A, P);
-        p.Write(A, 1);
-        p.Pmap.Zap(A, P);                              // the kernel lost the page behind our back
-        p.Space.ForgetInstalled(A);
-        Assert.Equal("SIGBUS", Assert.Throws<SimSignalException>(() => p.Read(A)).Signal);
-        Assert.Equal(1, p.C.internal_errors);
-    }
-
-    [Fact]
     public void WriteProtectFault_OnAPageTheModelLacks_KeepsTheBytes()
     {
         var p = new SimProcess(vm);
@@ -559,42 +297,5 @@ public sealed class FreeBsdFaultTests
         Assert.Equal(0, p.C.v_zfod);
         Assert.Equal(1, p.C.wp_resolved);
         Assert.Equal(0, p.Pmap.Enters);                // nothing was overwritten
-    }
-
-    [Fact]
-    public void ConcurrentFaults_OnePagerReadPerPage()
-    {
-        var v = new MemVnode(16 * (long)P) { LoadDelayMs = 50 };
-        var spaces = new AddressSpace[8];
-        var pmaps = new CountingPmap[8];
-        for (int i = 0; i < spaces.Length; i++)
-        {
-            pmaps[i] = new CountingPmap();
-            spaces[i] = vm.CreateSpace(pmaps[i], Resolvers.Create("freebsd"));
-            spaces[i].MapFile(A, 16 * P, Prot.Read, v, 0, shared: true);
-        }
-        var results = new FaultResult[spaces.Length];
-        Parallel.For(0, spaces.Length, i => results[i] = spaces[i].Fault(Pg(3), FaultAccess.Read));
-        Assert.All(results, r => Assert.Equal(FaultResult.Resolved, r));
-        Assert.Equal(1, v.IoCalls);
-        long io = spaces.Sum(s => s.Counters.v_io_faults);
-        Assert.Equal(1, io);
-        foreach (var s in spaces) s.Destroy();
-        Assert.Equal(0, vm.ObjectsAlive);
-    }
-
-    /// <summary>A thread-safe pmap that only records installs (for the concurrency test).</summary>
-    sealed class CountingPmap : IPmap
-    {
-        public int PageSize => 4096;
-        public int Installed;
-        readonly byte[] staging = new byte[4096 * 4];
-        public Span<byte> Staging(int pages) => staging.AsSpan(0, pages * 4096);
-        public bool EnterCopy(ulong va, int pages, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public bool EnterZero(ulong va, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public void Protect(ulong va, ulong length, bool writeProtect) { }
-        public void Poison(ulong va) { }
-        public void Wake(ulong va, ulong length) { }
     }
 }

@@ -1,0 +1,529 @@
+namespace Lab.Vm.Uvm;
+
+/// <summary>How a UVM step ended (the seeds' 0 / ERESTART / error).</summary>
+internal enum UvmStep
+{
+    /// <summary>Go on (0).</summary>
+    Ok,
+    /// <summary>Start over from the lookup (ERESTART / goto ReFault).</summary>
+    Restart,
+    /// <summary>The fault is over; <see cref="UvmCtx.result"/> says how.</summary>
+    Done,
+}
+
+/// <summary>
+/// Per-fault state (struct uvm_faultinfo + struct uvm_faultctx): a struct on the
+/// faulting thread's stack. The neighbourhood is at most UVM_MAXRANGE pages, so the
+/// "don't care" marks (pages[lcv] == PGO_DONTCARE) fit in a bit mask.
+/// </summary>
+internal struct UvmCtx
+{
+    public AddressSpace space;
+    public VmCounters counters;
+    public ulong va;                   // orig_rvaddr
+    public FaultAccess access;
+    public bool write;                 // access_type has VM_PROT_WRITE
+
+#pragma warning disable IDE1006 // BSD names on purpose
+    public VmMapEntry entry;
+    public Amap? amap;
+    public VmObject? uobj;
+    public Prot enter_prot;
+    public bool narrow;                // no neighbourhood (after the first pass)
+    public bool cow_now;
+    public bool promote;
+    public ulong startva;
+    public int npages, centeridx;
+    public uint dontcare;              // bit lcv: mapped already, or an anon is there
+    public bool shadowed;              // the centre has an anon: case 1
+    public ulong mapv;                 // map version at the lookup (uvmfault_relock compares it)
+    public bool amap_locked;
+    public Anon? anon_spare;           // 2019: kept across restarts
+#pragma warning restore IDE1006
+
+    public FaultResult result;
+
+    public readonly ulong VaOf(int lcv) => startva + (ulong)lcv * Vm.PageSize;
+    public readonly bool DontCare(int lcv) => (dontcare & (1u << lcv)) != 0;
+}
+
+/// <summary>
+/// The UVM steps that are the same in NetBSD 2000 (seed 001) and 2019 (seed 003):
+/// the check (lookup, protection, needs_copy, window, amap lookups, sequential flush),
+/// the neighbour mappings, the blocking object get, and the lab's installs (what the
+/// seeds' pmap_enter is here). Each resolver composes them in its seed's structure.
+/// Lock order: map lock, then the amap lock, then the uobj's lock.
+/// </summary>
+internal static class UvmFault
+{
+    /// <summary>UVM_MAXRANGE: the widest neighbourhood.</summary>
+    internal const int MaxRange = 16;
+    const int PageSize = Vm.PageSize;
+
+    /// <summary>uvmadvice[]: pages back and forward per advice.</summary>
+    internal static (int Back, int Forw) AdviceWindow(Advice a) => a switch
+    {
+        Advice.Random => (0, 0),
+        Advice.Sequential => (8, 7),
+        _ => (3, 4),
+    };
+
+    public static UvmCtx Begin(AddressSpace space, ulong va, FaultAccess access)
+    {
+        ArgumentNullException.ThrowIfNull(space);
+        var ctx = new UvmCtx
+        {
+            space = space,
+            counters = space.Counters,
+            va = va & ~(ulong)(PageSize - 1),
+            access = access,
+            write = access != FaultAccess.Read,
+        };
+        Interlocked.Increment(ref ctx.counters.faults);
+        return ctx;
+    }
+
+    // ---- check: lookup, protection, needs_copy, window, amap lookups, sequential flush ----
+
+    /// <summary>
+    /// uvm_fault_check. Returns Restart after clearing needs_copy (the amap copy is a map
+    /// change, and the next pass is narrow), Done on a failed lookup, else Ok with the
+    /// amap locked and the window set.
+    /// </summary>
+    public static UvmStep Check(ref UvmCtx ctx)
+    {
+        var space = ctx.space;
+        var e = space.Destroyed ? null : space.FindEntry(ctx.va);
+        if (e == null || !Mach.ChainFault.Permits(e.Protection, ctx.write))
+        {
+            Interlocked.Increment(ref ctx.counters.sigsegv);
+            ctx.result = FaultResult.SigSegv;
+            return UvmStep.Done;
+        }
+        ctx.entry = e;
+        ctx.enter_prot = e.Protection;
+        ctx.cow_now = ctx.write;
+        ctx.promote = false;
+        if (e.needs_copy)
+        {
+            if (ctx.cow_now || e.Object == null)
+            {
+                // uvmfault_amapcopy: only the faulting page is asked for, so a large
+                // entry is copied a chunk at a time.
+                space.AmapCopy(e, ctx.va, canchunk: true);
+                Interlocked.Increment(ref ctx.counters.fltamcopy);
+                return UvmStep.Restart;
+            }
+            ctx.enter_prot &= ~Prot.Write;   // still needs_copy: read-only
+        }
+        ctx.amap = e.aref_amap;
+        ctx.uobj = e.Object;
+        if (ctx.amap == null && ctx.uobj == null)
+        {
+            // Case 0: nothing behind the entry. The lab never builds one.
+            Interlocked.Increment(ref ctx.counters.internal_errors);
+            Interlocked.Increment(ref ctx.counters.sigsegv);
+            ctx.result = FaultResult.SigSegv;
+            return UvmStep.Done;
+        }
+
+        int nback = 0;
+        if (!ctx.narrow)
+        {
+            var (back, forw) = AdviceWindow(e.Advice);
+            nback = (int)Math.Min(back, (long)((ctx.va - e.Start) >> Vm.PageShift));
+            int nforw = (int)Math.Min(forw, (long)((e.End - ctx.va) >> Vm.PageShift) - 1);
+            ctx.startva = ctx.va - (ulong)nback * PageSize;
+            ctx.npages = nback + nforw + 1;
+            ctx.centeridx = nback;
+            ctx.narrow = true;   // a restarted pass looks at the faulting page only
+        }
+        else
+        {
+            ctx.startva = ctx.va;
+            ctx.npages = 1;
+            ctx.centeridx = 0;
+        }
+        ctx.mapv = space.Version;
+        if (ctx.amap != null) LockAmap(ref ctx);
+
+        if (e.Advice == Advice.Sequential && nback != 0)
+        {
+            FlushBehind(ref ctx, nback);
+            ctx.startva += (ulong)nback * PageSize;
+            ctx.npages -= nback;
+            ctx.centeridx = 0;
+        }
+        return UvmStep.Ok;
+    }
+
+    /// <summary>
+    /// MADV_SEQUENTIAL: the anons and object pages behind the fault would be
+    /// deactivated (uvmfault_anonflush, pgo_put/pgo_flush with PGO_DEACTIVATE). No page
+    /// queues in the lab yet: counted in behind_deactivated.
+    /// </summary>
+    static void FlushBehind(ref UvmCtx ctx, int nback)
+    {
+        int n = 0;
+        var e = ctx.entry;
+        for (int lcv = 0; lcv < nback; lcv++)
+        {
+            ulong va = ctx.VaOf(lcv);
+            if (ctx.amap is { } amap && amap.am_anon[e.SlotOf(va)] is { Content: not PageContent.None }) n++;
+            else if (ctx.uobj is { } uobj)
+            {
+                lock (uobj.Lock)
+                    if (uobj.Lookup(e.PindexOf(va), out _) == PageLookup.Found) n++;
+            }
+        }
+        if (n > 0) Interlocked.Add(ref ctx.counters.behind_deactivated, n);
+    }
+
+    // ---- upper neighbours (uvm_fault_upper_lookup / _neighbor) ----
+
+    /// <summary>
+    /// Scan the window: addresses already mapped are "don't care", the centre with an
+    /// anon is case 1 (shadowed), other anons are mapped now (read-only when shared).
+    /// Caller holds the amap lock.
+    /// </summary>
+    public static void UpperLookup(ref UvmCtx ctx)
+    {
+        ctx.dontcare = 0;
+        ctx.shadowed = false;
+        var e = ctx.entry;
+        for (int lcv = 0; lcv < ctx.npages; lcv++)
+        {
+            ulong va = ctx.VaOf(lcv);
+            if (lcv != ctx.centeridx && ctx.space.Installed(va))
+            {
+                ctx.dontcare |= 1u << lcv;
+                continue;
+            }
+            var anon = ctx.amap?.am_anon[e.SlotOf(va)];
+            if (anon == null) continue;
+            ctx.dontcare |= 1u << lcv;
+            if (lcv == ctx.centeridx)
+            {
+                ctx.shadowed = true;
+                continue;
+            }
+            UpperNeighbor(ref ctx, va, anon);
+        }
+    }
+
+    /// <summary>
+    /// Map one resident neighbour anon. The lab can supply an anon's bytes only when
+    /// they are known (zero); an anon whose bytes are in other spaces is left alone.
+    /// </summary>
+    static void UpperNeighbor(ref UvmCtx ctx, ulong va, Anon anon)
+    {
+        if (anon.Content != PageContent.Zero) return;
+        bool writable = anon.an_ref == 1 && (ctx.enter_prot & Prot.Write) != 0;
+        Interlocked.Increment(ref ctx.counters.fltnamap);
+        CountNeighbor(ref ctx);
+        if (writable) anon.Content = PageContent.InSpaces;
+        ctx.space.Pmap.EnterZero(va, writable);
+        ctx.space.MarkInstalled(va);
+    }
+
+    // ---- lower neighbours (uvm_fault_lower_lookup / _neighbor) ----
+
+    /// <summary>
+    /// pgo_get(PGO_LOCKED): the resident, non-busy object pages of the window. The
+    /// centre's is returned (true when resident); the others are mapped, read-only for
+    /// a copy-on-write entry. Skips don't-care slots.
+    /// </summary>
+    public static bool LowerLookup(ref UvmCtx ctx)
+    {
+        var uobj = ctx.uobj!;
+        var e = ctx.entry;
+        Interlocked.Increment(ref ctx.counters.fltlget);
+        bool centre = false;
+        for (int lcv = 0; lcv < ctx.npages; lcv++)
+        {
+            if (ctx.DontCare(lcv)) continue;
+            ulong va = ctx.VaOf(lcv);
+            long pindex = e.PindexOf(va);
+            PageLookup look;
+            lock (uobj.Lock) look = uobj.Lookup(pindex, out _);
+            if (look != PageLookup.Found) continue;
+            if (lcv == ctx.centeridx)
+            {
+                centre = true;
+                continue;
+            }
+            LowerNeighbor(ref ctx, va, pindex);
+        }
+        return centre;
+    }
+
+    static void LowerNeighbor(ref UvmCtx ctx, ulong va, long pindex)
+    {
+        var e = ctx.entry;
+        var vnode = ctx.uobj!.Vnode!;
+        var pmap = ctx.space.Pmap;
+        bool writable = !CopyOnWrite(e) && (ctx.enter_prot & Prot.Write) != 0;   // enter_prot & MASK(entry)
+        if (e.Shared)
+        {
+            Interlocked.Increment(ref ctx.counters.fltnomap);
+            CountNeighbor(ref ctx);
+            pmap.EnterShared(va, vnode, pindex, writable);
+        }
+        else
+        {
+            if (vnode.ReadPages(pindex, 1, pmap.Staging(1)) != 0) return;
+            Interlocked.Increment(ref ctx.counters.fltnomap);
+            CountNeighbor(ref ctx);
+            pmap.EnterCopy(va, 1, false);
+        }
+        ctx.space.MarkInstalled(va);
+    }
+
+    /// <summary>UVM_ET_ISCOPYONWRITE: every private mapping.</summary>
+    public static bool CopyOnWrite(VmMapEntry e) => !e.Shared;
+
+    static void CountNeighbor(ref UvmCtx ctx)
+    {
+        Interlocked.Increment(ref ctx.counters.pages_prefaulted);
+        Interlocked.Increment(ref ctx.counters.pages_installed);
+    }
+
+    // ---- blocking object get (uvm_fault_lower_io) ----
+
+    /// <summary>
+    /// Read the centre page from the uobj with everything unlocked (pgo_get PGO_SYNCIO,
+    /// one page: the seeds leave clustering to the pager). Afterwards relock: a changed
+    /// map, or an anon that appeared in the slot meanwhile, means restart.
+    /// </summary>
+    public static UvmStep LowerIo(ref UvmCtx ctx)
+    {
+        var space = ctx.space;
+        var uobj = ctx.uobj!;
+        var e = ctx.entry;
+        long pindex = e.PindexOf(ctx.va);
+        if (pindex >= uobj.Size)
+        {
+            Interlocked.Increment(ref ctx.counters.eof_faults);
+            return Fail(ref ctx);
+        }
+        bool busy;
+        lock (uobj.Lock)
+        {
+            busy = uobj.Lookup(pindex, out _) == PageLookup.Busy;
+            if (!busy) uobj.pages[pindex] = new PageState(PageContent.None, busy: true);
+        }
+        UnlockAmap(ref ctx);
+        space.Vm.Reference(uobj);   // keeps the object while the map is unlocked
+        Monitor.Exit(space.MapLock);
+        int error = 0;
+        try
+        {
+            if (busy)
+            {
+                // Another fault is reading it: wait, then start over.
+                lock (uobj.Lock) uobj.SleepWhileBusy(pindex);
+            }
+            else
+            {
+                Interlocked.Increment(ref ctx.counters.fltget);
+                try { error = uobj.Vnode!.LoadPages(pindex, 1); }
+                finally { lock (uobj.Lock) uobj.Unbusy(pindex); }
+            }
+        }
+        finally
+        {
+            Monitor.Enter(space.MapLock);
+            space.Vm.Deallocate(uobj);
+        }
+        if (busy)
+        {
+            Interlocked.Increment(ref ctx.counters.fltpgwait);
+            return UvmStep.Restart;
+        }
+        if (space.Version != ctx.mapv)
+        {
+            // uvmfault_relock failed. An error is retried too, so the signal is never
+            // sent for an address the map no longer has.
+            Interlocked.Increment(ref ctx.counters.revalidate_retries);
+            return UvmStep.Restart;
+        }
+        if (error != 0)
+        {
+            Interlocked.Increment(ref ctx.counters.pager_errors);
+            return Fail(ref ctx);
+        }
+        Interlocked.Increment(ref ctx.counters.v_io_faults);
+        Interlocked.Increment(ref ctx.counters.pager_pages);
+        if (ctx.amap is { } amap)
+        {
+            LockAmap(ref ctx);
+            if (amap.am_anon[e.SlotOf(ctx.va)] != null) return UvmStep.Restart;   // filled meanwhile
+        }
+        return UvmStep.Ok;
+    }
+
+    // ---- installs (the lab's pmap_enter) ----
+
+    /// <summary>
+    /// Whether the bytes for an anon's page can be supplied to this space: known zero,
+    /// or already here. Else the model has lost them: internal error, SIGBUS.
+    /// </summary>
+    public static bool AnonBytesAvailable(ref UvmCtx ctx, Anon anon) =>
+        anon.Content == PageContent.Zero || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va);
+
+    /// <summary>
+    /// Install an anon's page (cases 1A, 1B and 2B). <paramref name="from"/> says where the
+    /// new page's bytes come from: the old anon (1B), the uobj page (2B copy), or none
+    /// (zero fill or 1A). Counters first: the real pmap wakes the faulting thread.
+    /// </summary>
+    public static FaultResult EnterAnon(ref UvmCtx ctx, Anon anon, PageContent from, long uobjPindex)
+    {
+        var space = ctx.space;
+        var pmap = space.Pmap;
+        ulong va = ctx.va;
+        bool writable = (ctx.enter_prot & Prot.Write) != 0;
+        if (ctx.access == FaultAccess.WriteProtect)
+        {
+            // The bytes are in the space (installed read-only): the model's part is done.
+            if (!writable) return Superseded(ref ctx);
+            anon.Content = PageContent.InSpaces;
+            Interlocked.Increment(ref ctx.counters.wp_resolved);
+            space.MarkInstalled(va);
+            pmap.Protect(va, PageSize, false);
+            return FaultResult.Resolved;
+        }
+        if (space.Installed(va)) return Superseded(ref ctx);   // a duplicate message
+        if (from == PageContent.InSpaces)
+        {
+            InternalError(ref ctx);   // callers check AnonBytesAvailable first; never zeros instead
+            return FaultResult.SigBus;
+        }
+        bool ok;
+        if (from == PageContent.Cache)
+        {
+            if (ctx.uobj!.Vnode!.ReadPages(uobjPindex, 1, pmap.Staging(1)) != 0)
+            {
+                // The promoted anon has no bytes: take it out again.
+                int slot = ctx.entry.SlotOf(va);
+                if (ctx.amap!.am_anon[slot] == anon)
+                {
+                    ctx.amap.am_anon[slot] = null;
+                    ctx.amap.am_nused--;
+                    space.AnonUnref(anon);
+                }
+                Interlocked.Increment(ref ctx.counters.pager_errors);
+                Fail(ref ctx);
+                return FaultResult.SigBus;
+            }
+            anon.Content = PageContent.InSpaces;   // a copy is made for a write, so it is installed writable
+            Interlocked.Increment(ref ctx.counters.pages_installed);
+            ok = pmap.EnterCopy(va, 1, writable);
+        }
+        else
+        {
+            // Zero fill, or an anon whose page is known zero.
+            anon.Content = writable ? PageContent.InSpaces : PageContent.Zero;
+            Interlocked.Increment(ref ctx.counters.pages_installed);
+            ok = pmap.EnterZero(va, writable);
+        }
+        space.MarkInstalled(va);
+        return ok ? FaultResult.Resolved : Superseded(ref ctx);
+    }
+
+    /// <summary>Install the uobj's own page (case 2A).</summary>
+    public static FaultResult EnterObject(ref UvmCtx ctx)
+    {
+        var space = ctx.space;
+        var pmap = space.Pmap;
+        ulong va = ctx.va;
+        var e = ctx.entry;
+        var vnode = ctx.uobj!.Vnode!;
+        long pindex = e.PindexOf(va);
+        bool writable = (ctx.enter_prot & Prot.Write) != 0;
+        if (ctx.access == FaultAccess.WriteProtect)
+        {
+            if (!writable) return Superseded(ref ctx);
+            Interlocked.Increment(ref ctx.counters.wp_resolved);
+            space.MarkInstalled(va);
+            pmap.Protect(va, PageSize, false);
+            return FaultResult.Resolved;
+        }
+        bool ok;
+        if (e.Shared)
+        {
+            if (vnode.LoadPages(pindex, 1) != 0) return PagerError(ref ctx);
+            Interlocked.Increment(ref ctx.counters.pages_installed);
+            ok = pmap.EnterShared(va, vnode, pindex, writable);
+        }
+        else
+        {
+            if (vnode.ReadPages(pindex, 1, pmap.Staging(1)) != 0) return PagerError(ref ctx);
+            Interlocked.Increment(ref ctx.counters.pages_installed);
+            ok = pmap.EnterCopy(va, 1, writable);
+        }
+        space.MarkInstalled(va);
+        return ok ? FaultResult.Resolved : Superseded(ref ctx);
+    }
+
+    static FaultResult PagerError(ref UvmCtx ctx)
+    {
+        Interlocked.Increment(ref ctx.counters.pager_errors);
+        Fail(ref ctx);
+        return FaultResult.SigBus;
+    }
+
+    static FaultResult Superseded(ref UvmCtx ctx)
+    {
+        Interlocked.Increment(ref ctx.counters.superseded);
+        ctx.space.Pmap.Wake(ctx.va, PageSize);
+        return FaultResult.Superseded;
+    }
+
+    // ---- allocation, failure, locks ----
+
+    /// <summary>
+    /// The page for a new anon. The lab never runs out, except when a test asks it to
+    /// (<see cref="Vm.FailPageAllocs"/>): then the caller unlocks, counts fltnoram and restarts.
+    /// </summary>
+    public static bool PageAlloc(ref UvmCtx ctx)
+    {
+        var vm = ctx.space.Vm;
+        while (true)
+        {
+            int n = Volatile.Read(ref vm.FailPageAllocs);
+            if (n <= 0) return true;
+            if (Interlocked.CompareExchange(ref vm.FailPageAllocs, n - 1, n) == n) return false;
+        }
+    }
+
+    /// <summary>Poison the page: the access raises SIGBUS.</summary>
+    public static UvmStep Fail(ref UvmCtx ctx)
+    {
+        Interlocked.Increment(ref ctx.counters.sigbus);
+        ctx.result = FaultResult.SigBus;
+        ctx.space.Pmap.Poison(ctx.va);
+        return UvmStep.Done;
+    }
+
+    /// <summary>The model needed bytes it does not have: never answer with silent zeros.</summary>
+    public static UvmStep InternalError(ref UvmCtx ctx)
+    {
+        Interlocked.Increment(ref ctx.counters.internal_errors);
+        return Fail(ref ctx);
+    }
+
+    static void LockAmap(ref UvmCtx ctx)
+    {
+        if (ctx.amap_locked) return;
+        Monitor.Enter(ctx.amap!.am_lock);
+        ctx.amap_locked = true;
+    }
+
+    /// <summary>uvmfault_unlockall's amap part (the map lock stays with the driver).</summary>
+    public static void UnlockAmap(ref UvmCtx ctx)
+    {
+        if (!ctx.amap_locked) return;
+        ctx.amap_locked = false;
+        Monitor.Exit(ctx.amap!.am_lock);
+    }
+}
