@@ -318,22 +318,35 @@ public sealed unsafe class CachedFile : IDisposable
         lock (_lock) { if (!_disposed && size != _size) ResizeLocked(size); }
     }
 
-    /// <summary>After fallocate/punch-hole: drop the pages of the range and re-read the size.</summary>
+    /// <summary>After the backing file changed under the range (fallocate, punch hole, a copy): the size is
+    /// re-read and the valid pages of the range are re-read from the file. They stay valid: a page present
+    /// in the memfd is mapped by programs without a fault (the lab registers shared mappings for missing
+    /// pages only), so the memfd must never hold a page whose bytes are not the file's.</summary>
     internal void Invalidate(long offset, long length)
     {
         lock (_lock)
         {
             if (_disposed) return;
-            for (long p = offset / PageSize; p * PageSize < offset + length && p * PageSize < _size; p++)
-            {
-                Clear(_valid, p);
-                Clear(_dirty, p);
-            }
             Native.Statx st;
             if (Native.StatxAt(_backingFd, Native.EmptyPath, Native.AT_EMPTY_PATH, Native.STATX_BASIC_STATS, &st) == 0
                 && (long)st.Size != _size)
                 ResizeLocked((long)st.Size);
+            for (long p = offset / PageSize; p * PageSize < offset + length && p * PageSize < _size; p++)
+            {
+                if (!Get(_valid, p)) continue;
+                Clear(_valid, p);
+                Clear(_dirty, p);
+                if (LoadLocked(p) != 0) DropLocked(p);
+            }
         }
+    }
+
+    // Under _lock: page p leaves the memfd, so the next access through a mapping faults to the lab.
+    private void DropLocked(long p)
+    {
+        Clear(_valid, p);
+        Clear(_dirty, p);
+        Native.FAllocate(_memfd, Native.FALLOC_FL_PUNCH_HOLE | Native.FALLOC_FL_KEEP_SIZE, p * PageSize, PageSize);
     }
 
     private void ResizeLocked(long size)

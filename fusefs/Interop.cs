@@ -19,6 +19,7 @@ internal static unsafe partial class Native
     public const ulong MS_NOSUID = 2, MS_NODEV = 4;
     public const int MNT_DETACH = 2;
     public const uint MFD_CLOEXEC = 1;
+    public const int FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
     public const short POLLIN = 1, POLLERR = 8, POLLHUP = 0x10, POLLNVAL = 0x20;
     public const int EFD_CLOEXEC = 0x80000, EFD_NONBLOCK = 0x800;
     // _IOR(229, 0, uint32_t)
