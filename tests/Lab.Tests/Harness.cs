@@ -21,8 +21,22 @@ public sealed class KernelFactAttribute : FactAttribute
     }
 }
 
+/// <summary>A <see cref="KernelFactAttribute"/> with data: one case per design, say.</summary>
+public sealed class KernelTheoryAttribute : TheoryAttribute
+{
+    public KernelTheoryAttribute()
+    {
+        if (Environment.GetEnvironmentVariable("LAB_REQUIRE_KERNEL") == "1") return;
+        var missing = Repo.MissingKernelFeature();
+        if (missing != null) Skip = $"needs {missing} (set LAB_REQUIRE_KERNEL=1 to fail instead)";
+    }
+}
+
 public static class Repo
 {
+    /// <summary>Every fault handler design, as xunit theory data.</summary>
+    public static IEnumerable<object[]> Designs => global::Lab.Vm.Resolvers.Names.Select(n => new object[] { n });
+
     public static string Root { get; } = FindRoot();
     public static string Config => AppContext.BaseDirectory.Contains("/Debug/") ? "Debug" : "Release";
     public static string Lab => Path.Combine(Root, "lab", "bin", Config, "net10.0", "lab");
