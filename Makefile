@@ -7,9 +7,9 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx
 
-.PHONY: all build deps native dotnet test demo bench clean props-long
+.PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
 all: build
 
@@ -31,6 +31,10 @@ $(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h
 	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
 
 $(BUILD)/mmapcheck: tests/progs/mmapcheck.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/fsx: tests/progs/fsx.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 
@@ -56,8 +60,18 @@ test: build
 demo: build
 	@bash lab/scripts/demo.sh
 
+# Every benchmark: page faults end to end, then the resolvers alone, the file system, the swap store.
 bench: build
-	@bash lab/scripts/bench.sh
+	@for b in bench bench-vm bench-fs bench-swap; do \
+	  if [ -f lab/scripts/$$b.sh ]; then echo; echo "### $$b"; bash lab/scripts/$$b.sh || exit 1; fi; \
+	done
+
+# The long runs: 100,000 cases per property and design; 1,000,000 fsx operations.
+props-long: build
+	LAB_PROPS_LONG=1 $(DOTNET) test props/Props.csproj -c $(CONFIG) --no-build
+
+fsx-long: build
+	LAB_FSX_LONG=1 LAB_REQUIRE_KERNEL=1 $(DOTNET) test tests/Lab.Tests/Lab.Tests.csproj -c $(CONFIG) --no-build --filter FullyQualifiedName~Fsx
 
 clean:
 	rm -rf $(BUILD)
