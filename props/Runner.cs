@@ -1,0 +1,618 @@
+using System.Reflection;
+using System.Text;
+using Lab.Tests.Vm;
+using Lab.Vm;
+using VmCore = Lab.Vm.Vm;
+
+namespace Lab.Props;
+
+/// <summary>Which invariants a run checks besides "every access agrees with the oracle".</summary>
+[Flags]
+public enum Checks
+{
+    None = 0,
+    /// <summary>The page cache equals the oracle's file pages, the backing file its flushed bytes; pte identities.</summary>
+    Cache = 1,
+    /// <summary>A writable private pte is the only pte of its model page in all live spaces.</summary>
+    NoWritableSharing = 2,
+    /// <summary>ref_count = entries + shadows, shadow_count = shadows, no dead object reachable, ObjectsAlive exact.</summary>
+    Structure = 4,
+    /// <summary>Counter relations in every space after every operation.</summary>
+    Counters = 8,
+    /// <summary>The first fault on a never-touched anonymous page counts exactly one zero fill.</summary>
+    ZeroFill = 16,
+    /// <summary>Every access the oracle forbids is also refused by the VM (probe) and changes nothing.</summary>
+    ProtectionProbe = 32,
+    /// <summary>msync: every ever-writable shared page in the range reaches the backing file.</summary>
+    Msync = 64,
+}
+
+/// <summary>A violated property, with everything needed to read the failure.</summary>
+public sealed class PropertyFailure(string message) : Exception(message);
+
+/// <summary>One access's result, for comparing runs (clustering never changes content).</summary>
+public readonly record struct AccessRecord(int Op, ulong Va, bool Write, Outcome Outcome, bool Exact, ulong Hash);
+
+/// <summary>
+/// Runs a workload on the oracle and on the real VM (one <see cref="VmCore"/>, one
+/// <see cref="AddressSpace"/> per process over a <see cref="PropPmap"/>, one
+/// <see cref="MemVnode"/> per file shared by all processes: the lab's page cache) and
+/// compares them after every operation.
+/// </summary>
+public sealed class Runner
+{
+    public sealed class Proc
+    {
+        public required int Id;
+        public required Oracle.OProc O;
+        public PropPmap Pmap = null!;
+        public AddressSpace Space = null!;
+        public long Faults, SegvResults, BusResults;
+    }
+
+    public string Design { get; }
+    readonly Workload w;
+    readonly Checks checks;
+    readonly bool warm;
+    readonly int maxProcs;
+    readonly VmCore vm = new();
+    readonly MemVnode[] vnodes;
+    readonly Dictionary<ulong, int> fileOfIno = new();
+    readonly Oracle oracle;
+    readonly List<Proc> live = new();
+    readonly List<Proc> exited = new();
+    readonly List<string> trace = new();
+    public readonly List<AccessRecord> Accesses = new();
+    /// <summary>Every process's counters, added at its exit (workload statistics).</summary>
+    public readonly VmCounters Totals = new();
+    public int Forks, Skipped;
+    int nextPid;
+    int opIndex = -1;
+
+    // What the VM is doing right now (prefault safety: installs only into the faulting space).
+    Proc? faulting;
+    Proc? forkProtecting;
+
+    Runner(Workload w, string design, Checks checks, bool warm, int maxProcs)
+    {
+        this.w = w;
+        Design = design;
+        this.checks = checks;
+        this.warm = warm;
+        this.maxProcs = maxProcs;
+        var contents = new byte[w.Files.Length][];
+        vnodes = new MemVnode[w.Files.Length];
+        for (int f = 0; f < w.Files.Length; f++)
+        {
+            var spec = w.Files[f];
+            var bytes = new byte[spec.Size];
+            new Random(spec.Seed).NextBytes(bytes);
+            contents[f] = bytes;
+            var v = new MemVnode(spec.Size, _ => 0);
+            bytes.CopyTo(v.Data, 0);
+            if (w.Error != null && w.Error.File == f) v.ErrorAt = w.Error.Pindex;
+            vnodes[f] = v;
+            fileOfIno[v.Ino] = f;
+        }
+        oracle = new Oracle(w, contents);
+    }
+
+    /// <summary>The FreeBSD lineage (objects and shadow chains) versus UVM (amaps and anons).</summary>
+    public static bool IsUvm(string design) => design.StartsWith("uvm", StringComparison.Ordinal);
+
+    public static Runner Run(Workload w, string design, Checks checks, bool warmCache = false, int maxProcs = 5)
+    {
+        var r = new Runner(w, design, checks, warmCache, maxProcs);
+        r.Execute();
+        return r;
+    }
+
+    void Execute()
+    {
+        if (warm)
+            for (int f = 0; f < vnodes.Length; f++)
+                for (int p = 0; p < w.Files[f].Pages; p++)
+                    if (w.Error == null || w.Error.File != f || w.Error.Pindex != p)
+                        vnodes[f].LoadPages(p, 1);
+        NewProcess();
+        for (opIndex = 0; opIndex < w.Ops.Length; opIndex++)
+        {
+            if (live.Count == 0) { trace.Add($"{opIndex,2}: (no process left) {w.Ops[opIndex]}"); continue; }
+            Apply(w.Ops[opIndex]);
+            AfterOp();
+        }
+        opIndex = w.Ops.Length;
+        // Everyone exits; the VM must return to its baseline.
+        while (live.Count > 0) ExitProc(live[0], "final exit");
+        AfterOp();
+        if (vm.ObjectsAlive != 0) Fail($"after every process exited, Vm.ObjectsAlive = {vm.ObjectsAlive} (want 0)");
+        if (typeof(VmCore).GetProperty("AnonsAlive", BindingFlags.Public | BindingFlags.Instance) is { } anons
+            && Convert.ToInt64(anons.GetValue(vm)) is var a && a != 0)
+            Fail($"after every process exited, Vm.AnonsAlive = {a} (want 0)");
+        foreach (var p in exited) CheckCounters(p, final: true);
+    }
+
+    // ---- processes ----
+
+    Proc NewProcess()
+    {
+        var p = new Proc { Id = nextPid++, O = Oracle.NewProc(nextPid - 1) };
+        p.Pmap = new PropPmap(this, p);
+        p.Space = vm.CreateSpace(p.Pmap, Resolvers.Create(Design));
+        live.Add(p);
+        return p;
+    }
+
+    void Skip(string what)
+    {
+        trace.Add(what);
+        Skipped++;
+    }
+
+    Proc Pick(int i) => live[i % live.Count];
+
+    void ExitProc(Proc p, string why)
+    {
+        trace.Add($"{opIndex,2}: pid{p.Id}.exit() [{why}]");
+        p.Space.Counters.AddTo(Totals);
+        p.Space.Destroy();
+        p.Pmap.Clear();
+        live.Remove(p);
+        exited.Add(p);
+    }
+
+    // ---- operations ----
+
+    void Apply(Op op)
+    {
+        var p = Pick(op.P);
+        ulong start = Layout.Va(op.Slot, op.Page);
+        ulong len = (ulong)op.N * PropPmap.Page;
+        ulong vpn = Oracle.Vpn(start);
+        string who = $"{opIndex,2}: pid{p.Id}.";
+        switch (op.Kind)
+        {
+            case OpKind.MmapAnon:
+                trace.Add($"{who}mmap_anon(0x{start:x}, {op.N}p, {op.Prot})");
+                p.Pmap.Zap(start, len);
+                p.Space.MapAnon(start, len, op.Prot);
+                oracle.MapAnon(p.O, vpn, op.N, op.Prot);
+                break;
+            case OpKind.MmapFile:
+            {
+                int f = op.File % vnodes.Length;
+                trace.Add($"{who}mmap_file(0x{start:x}, {op.N}p, {op.Prot}, f{f} page {op.FilePage}, {(op.Shared ? "shared" : "private")})");
+                p.Pmap.Zap(start, len);
+                p.Space.MapFile(start, len, op.Prot, vnodes[f], (long)op.FilePage * PropPmap.Page, op.Shared);
+                oracle.MapFile(p.O, vpn, op.N, op.Prot, f, op.FilePage, op.Shared);
+                break;
+            }
+            case OpKind.Read:
+            case OpKind.Write:
+            {
+                ulong va = start;
+                if (op.Hit && p.O.Pages.Count > 0)
+                    va = p.O.Pages.Keys.ElementAt(op.K % p.O.Pages.Count) * (ulong)PropPmap.Page;
+                Access(p, va, op.Kind == OpKind.Write, op.Off, op.Len, op.Value);
+                break;
+            }
+            case OpKind.Fork:
+                if (live.Count >= maxProcs) { Skip($"{who}fork() [skipped: {live.Count} processes]"); break; }
+                Fork(p);
+                break;
+            case OpKind.Exit:
+                ExitProc(p, "exit");
+                break;
+            case OpKind.Munmap:
+                trace.Add($"{who}munmap(0x{start:x}, {op.N}p)");
+                p.Pmap.Zap(start, len);
+                p.Space.Unmap(start, len);
+                Oracle.Unmap(p.O, vpn, op.N);
+                break;
+            case OpKind.DontNeed:
+                trace.Add($"{who}madvise(0x{start:x}, {op.N}p, MADV_DONTNEED)");
+                p.Pmap.Zap(start, len);
+                p.Space.Remove(start, len);
+                oracle.DontNeed(p.O, vpn, op.N);
+                break;
+            case OpKind.Mprotect:
+                if (!Oracle.AllMapped(p.O, vpn, op.N)) { Skip($"{who}mprotect(0x{start:x}, {op.N}p) [skipped: ENOMEM, hole]"); break; }
+                trace.Add($"{who}mprotect(0x{start:x}, {op.N}p, {op.Prot})");
+                if ((op.Prot & Prot.Write) == 0) p.Pmap.DropWrite(start, len);
+                p.Space.Protect(start, len, op.Prot);
+                Oracle.Protect(p.O, vpn, op.N, op.Prot);
+                break;
+            case OpKind.Mremap:
+            {
+                ulong to = Layout.Va(op.ToSlot, op.ToPage);
+                ulong tvpn = Oracle.Vpn(to);
+                if (!Oracle.AllMapped(p.O, vpn, op.N) || (start < to + len && to < start + len))
+                {
+                    Skip($"{who}mremap(0x{start:x}, {op.N}p -> 0x{to:x}) [skipped: hole or overlap]");
+                    break;
+                }
+                trace.Add($"{who}mremap(0x{start:x}, {op.N}p -> 0x{to:x})");
+                p.Pmap.Move(start, to, len);
+                p.Space.Remap(start, to, len);
+                Oracle.Remap(p.O, vpn, tvpn, op.N);
+                break;
+            }
+            case OpKind.Grow:
+            {
+                int extra = op.ToPage;
+                ulong end = start + len, newEnd = end + (ulong)extra * PropPmap.Page;
+                if (op.Page + op.N + extra > Layout.SlotPages || !Oracle.AllMapped(p.O, vpn, op.N)
+                    || !Oracle.NoneMapped(p.O, Oracle.Vpn(end), extra))
+                {
+                    Skip($"{who}mremap_grow(0x{start:x}, {op.N}p, +{extra}p) [skipped: not growable]");
+                    break;
+                }
+                trace.Add($"{who}mremap_grow(0x{start:x}, {op.N}p, +{extra}p)");
+                p.Pmap.Zap(end, newEnd - end);
+                p.Space.Grow(start, len, newEnd - start);
+                oracle.Grow(p.O, Oracle.Vpn(end) - 1, extra);
+                break;
+            }
+            case OpKind.Msync:
+                Msync(p, start, len, who);
+                break;
+            case OpKind.Advise:
+                trace.Add($"{who}madvise(0x{start:x}, {op.N}p, {op.Advice})");
+                p.Space.Advise(start, len, op.Advice);
+                break;
+        }
+    }
+
+    void Fork(Proc parent)
+    {
+        var child = new Proc { Id = nextPid++, O = Oracle.Fork(parent.O, nextPid - 1) };
+        trace.Add($"{opIndex,2}: pid{parent.Id}.fork() -> pid{child.Id}");
+        child.Pmap = new PropPmap(this, child);
+        forkProtecting = parent;
+        try { parent.Space.ForkProtect(); }
+        finally { forkProtecting = null; }
+        parent.Pmap.CopyInto(child.Pmap);
+        child.Space = parent.Space.Fork(child.Pmap);
+        live.Add(child);
+        Forks++;
+    }
+
+    void Msync(Proc p, ulong start, ulong len, string who)
+    {
+        trace.Add($"{who}msync(0x{start:x}, {len / PropPmap.Page}p)");
+        var ranges = p.Space.SharedRanges(start, len);
+        var got = new HashSet<(int, long)>();
+        foreach (var (vn, first, count) in ranges)
+        {
+            if (!fileOfIno.TryGetValue(vn.Ino, out int f)) Fail($"SharedRanges returned an unknown vnode {vn.Ino}");
+            for (long q = first; q < first + count; q++) got.Add((f, q));
+            vn.MarkDirty(first, count);
+            vn.Flush();
+        }
+        // The oracle's backing file: what the VM flushed is the page cache now.
+        foreach (var (f, q) in got)
+        {
+            var file = oracle.Files[f];
+            if (q < 0 || q >= file.Pages) Fail($"SharedRanges returned f{f} page {q}, past EOF ({file.Pages} pages)");
+            int n = Math.Min(PropPmap.Page, file.Size - (int)q * PropPmap.Page);
+            Array.Copy(file.Current((int)q), 0, file.Flushed, q * PropPmap.Page, n);
+        }
+        if ((checks & Checks.Msync) == 0) return;
+        ulong vpn = Oracle.Vpn(start);
+        for (ulong i = 0; i < len / PropPmap.Page; i++)
+            if (p.O.Pages.TryGetValue(vpn + i, out var pg) && pg.Kind == PageKind.SharedFile && pg.EverWritable
+                && pg.Pindex < oracle.Files[pg.File].Pages && !got.Contains((pg.File, pg.Pindex)))
+                Fail($"msync of 0x{start:x}+{len / PropPmap.Page}p did not write back f{pg.File} page {pg.Pindex} " +
+                     $"(mapped shared and writable at 0x{(vpn + i) * PropPmap.Page:x})");
+    }
+
+    // ---- the MMU ----
+
+    void Access(Proc p, ulong va, bool write, int off, int len, byte value)
+    {
+        ulong vpn = Oracle.Vpn(va);
+        var expect = oracle.Expect(p.O, vpn, write);
+        string what = write ? $"write(0x{va:x} +{off}, {len} bytes of 0x{value:x2})" : $"read(0x{va:x})";
+        var got = Mmu(p, va, write, expect);
+        trace.Add($"{opIndex,2}: pid{p.Id}.{what} -> {got}");
+        if (got != expect)
+            Fail($"pid{p.Id} {what}: got {got}, the oracle says {expect}");
+        bool exact = got != Outcome.Ok || oracle.Exact(p.O, vpn);
+        ulong hash = 0;
+        if (got == Outcome.Ok)
+        {
+            var pte = p.Pmap.Ptes[vpn];
+            if (write)
+            {
+                pte.Bytes.AsSpan(off, len).Fill(value);
+                oracle.Write(p.O, vpn, off, len, value);
+            }
+            else
+            {
+                if (oracle.CheckRead(p.O, vpn, pte.Bytes) is { } wrong)
+                    Fail($"pid{p.Id} read(0x{va:x}): {wrong}");
+                oracle.Touch(p.O, vpn);
+                hash = Fnv(pte.Bytes);
+            }
+        }
+        Accesses.Add(new AccessRecord(opIndex, va, write, got, exact, hash));
+    }
+
+    Outcome Mmu(Proc p, ulong va, bool write, Outcome expect)
+    {
+        ulong vpn = Oracle.Vpn(va);
+        // The kernel checks the VMA itself: no mapping or a forbidden access never reaches userfaultfd.
+        if (expect == Outcome.SigSegv)
+        {
+            if ((checks & Checks.ProtectionProbe) != 0) Probe(p, va, write);
+            return Outcome.SigSegv;
+        }
+        for (int tries = 0; tries < 4; tries++)
+        {
+            if (p.Pmap.Poisoned.Contains(vpn)) return Outcome.SigBus;
+            p.Pmap.Ptes.TryGetValue(vpn, out var pte);
+            if (pte != null && (!write || pte.Writable)) return Outcome.Ok;
+            var access = pte == null ? (write ? FaultAccess.Write : FaultAccess.Read) : FaultAccess.WriteProtect;
+            var r = Fault(p, va, access);
+            if (r == FaultResult.SigSegv)
+                Fail($"pid{p.Id} {access} fault at 0x{va:x}: the VM answered SIGSEGV, the mapping allows the access");
+            if (r == FaultResult.SigBus && !p.Pmap.Poisoned.Contains(vpn))
+                Fail($"pid{p.Id} {access} fault at 0x{va:x}: SigBus without a poisoned page");
+        }
+        Fail($"pid{p.Id} access at 0x{va:x} (write {write}) still faults after 4 resolutions");
+        return Outcome.Ok;
+    }
+
+    FaultResult Fault(Proc p, ulong va, FaultAccess access)
+    {
+        ulong vpn = Oracle.Vpn(va);
+        bool zfCheck = (checks & Checks.ZeroFill) != 0 && access != FaultAccess.WriteProtect
+            && p.O.Pages.TryGetValue(vpn, out var pg) && pg.Kind == PageKind.Anon && pg.Own == null
+            && pg.AnonId >= 0 && !oracle.TouchedAnon.Contains(pg.AnonId);
+        long zf0 = zfCheck ? ZeroFills(p.Space.Counters) : 0;
+        p.Faults++;
+        faulting = p;
+        FaultResult r;
+        try { r = p.Space.Fault(va, access); }
+        finally { faulting = null; }
+        if (r == FaultResult.SigSegv) p.SegvResults++;
+        if (r == FaultResult.SigBus) p.BusResults++;
+        trace.Add($"      fault {access} 0x{va:x} -> {r}");
+        if (zfCheck)
+        {
+            long d = ZeroFills(p.Space.Counters) - zf0;
+            if (d != 1)
+                Fail($"pid{p.Id} first {access} fault on a never-touched anonymous page 0x{va:x} counted {d} zero fills " +
+                     $"({ZeroFillName(p.Space.Counters)}), want exactly 1");
+        }
+        return r;
+    }
+
+    /// <summary>The access is forbidden: the VM must refuse it too and change nothing.</summary>
+    void Probe(Proc p, ulong va, bool write)
+    {
+        ulong vpn = Oracle.Vpn(va);
+        p.Pmap.Ptes.TryGetValue(vpn, out var pte);
+        (bool Writable, byte[] Bytes)? before = pte == null ? null : (pte.Writable, (byte[])pte.Bytes.Clone());
+        int calls = p.Pmap.Calls;
+        var access = pte != null && write ? FaultAccess.WriteProtect : write ? FaultAccess.Write : FaultAccess.Read;
+        var r = Fault(p, va, access);
+        if (r != FaultResult.SigSegv)
+            Fail($"pid{p.Id} probe: a {access} fault at 0x{va:x}, which the mapping forbids, gave {r} (want SigSegv)");
+        if (p.Pmap.Calls != calls)
+            Fail($"pid{p.Id} probe: the refused {access} fault at 0x{va:x} made {p.Pmap.Calls - calls} pmap calls");
+        p.Pmap.Ptes.TryGetValue(vpn, out var after);
+        if ((before == null) != (after == null) || before is { } b && (b.Writable != after!.Writable || !b.Bytes.AsSpan().SequenceEqual(after.Bytes)))
+            Fail($"pid{p.Id} probe: the refused {access} fault at 0x{va:x} changed the page table");
+    }
+
+    // ---- pmap call checks (prefault safety) ----
+
+    public void CheckInstall(Proc owner, ulong va, bool shared, bool writable, IVnode? vnode, long pindex)
+    {
+        string what = $"install at 0x{va:x} in pid{owner.Id} ({(shared ? "shared" : "private")}, {(writable ? "writable" : "read-only")})";
+        if (faulting != owner)
+            Fail($"{what} while {(faulting == null ? "no fault is in progress" : $"pid{faulting.Id} is faulting")}");
+        ulong vpn = Oracle.Vpn(va);
+        if (!owner.O.Pages.TryGetValue(vpn, out var pg))
+            Fail($"{what}: outside every mapping of the space");
+        else
+        {
+            if (pg.Prot == Prot.None) Fail($"{what}: the mapping is PROT_NONE");
+            if (writable && (pg.Prot & Prot.Write) == 0) Fail($"{what}: the mapping is {pg.Prot}");
+            if (shared != (pg.Kind == PageKind.SharedFile))
+                Fail($"{what}: the oracle says the page is {pg.Kind}");
+            if (pg.Kind != PageKind.Anon && pg.Own == null)
+            {
+                if (pg.Pindex >= oracle.Files[pg.File].Pages)
+                    Fail($"{what}: f{pg.File} page {pg.Pindex} is past EOF ({oracle.Files[pg.File].Pages} pages)");
+                if (w.Error != null && w.Error.File == pg.File && w.Error.Pindex == pg.Pindex)
+                    Fail($"{what}: f{pg.File} page {pg.Pindex} cannot be read (injected EIO), yet bytes were installed");
+            }
+            if (shared && (vnode == null || !fileOfIno.TryGetValue(vnode.Ino, out int f) || f != pg.File || pindex != pg.Pindex))
+                Fail($"{what}: maps {(vnode == null ? "nothing" : $"ino {vnode.Ino}")} page {pindex}, the oracle says f{pg.File} page {pg.Pindex}");
+        }
+    }
+
+    public void CheckProtect(Proc owner, ulong va, ulong length, bool writeProtect)
+    {
+        string what = $"{(writeProtect ? "write-protect" : "unprotect")} 0x{va:x}+{length / PropPmap.Page}p in pid{owner.Id}";
+        if (faulting != owner && !(writeProtect && forkProtecting == owner))
+            Fail($"{what} outside a fault of that space");
+        if (!writeProtect)
+            for (ulong q = Oracle.Vpn(va); q < Oracle.Vpn(va + length); q++)
+                if (!owner.O.Pages.TryGetValue(q, out var pg) || (pg.Prot & Prot.Write) == 0)
+                    Fail($"{what}: page 0x{q * PropPmap.Page:x} is not mapped writable");
+    }
+
+    public void CheckPoison(Proc owner, ulong va)
+    {
+        if (faulting != owner) Fail($"poison 0x{va:x} in pid{owner.Id} outside a fault of that space");
+    }
+
+    // ---- invariants after each operation ----
+
+    void AfterOp()
+    {
+        if ((checks & Checks.Cache) != 0) CheckCache();
+        if ((checks & Checks.NoWritableSharing) != 0) CheckNoWritableSharing();
+        if ((checks & Checks.Structure) != 0 && !IsUvm(Design)) CheckStructure();
+        if ((checks & Checks.Counters) != 0) foreach (var p in live) CheckCounters(p, final: false);
+    }
+
+    void CheckCache()
+    {
+        var cachePages = new HashSet<byte[]>(ReferenceEqualityComparer.Instance);
+        for (int f = 0; f < vnodes.Length; f++)
+        {
+            var v = vnodes[f];
+            var file = oracle.Files[f];
+            for (int q = 0; q < file.Pages; q++)
+            {
+                if (!v.IsResident(q)) continue;
+                var page = v.CachePage(q);
+                cachePages.Add(page);
+                int i = page.AsSpan().CommonPrefixLength(file.Current(q));
+                if (i != PropPmap.Page)
+                    Fail($"page cache of f{f} page {q} differs from the file's bytes at byte {i}: 0x{page[i]:x2}, " +
+                         $"want 0x{file.Current(q)[i]:x2} (a private write went through, or a shared write was lost)");
+            }
+            int d = v.Data.AsSpan().CommonPrefixLength(file.Flushed);
+            if (d != file.Size)
+                Fail($"backing file f{f} differs at byte {d}: 0x{v.Data[d]:x2}, want 0x{file.Flushed[d]:x2}");
+        }
+        foreach (var p in live)
+            foreach (var (vpn, pte) in p.Pmap.Ptes)
+            {
+                p.O.Pages.TryGetValue(vpn, out var pg);
+                if (pte.Shared)
+                {
+                    if (pg == null || pg.Kind != PageKind.SharedFile)
+                        Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: a page-cache page is mapped where the oracle has {pg?.Kind.ToString() ?? "nothing"}");
+                    else if (!vnodes[pg.File].IsResident(pg.Pindex) || !ReferenceEquals(pte.Bytes, vnodes[pg.File].CachePage(pg.Pindex)))
+                        Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: the shared pte is not f{pg.File} page {pg.Pindex}'s cache page");
+                }
+                else if (cachePages.Contains(pte.Bytes))
+                    Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: a private pte maps a page-cache page (writes would go through)");
+            }
+    }
+
+    void CheckNoWritableSharing()
+    {
+        foreach (var p in live)
+            foreach (var (vpn, pte) in p.Pmap.Ptes)
+                if (pte.Writable && (!p.O.Pages.TryGetValue(vpn, out var pg) || (pg.Prot & Prot.Write) == 0))
+                    Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: installed writable, the mapping is not writable");
+        if (IsUvm(Design)) return;   // model pages are anons there; ObjectAt does not name them
+        // Which spaces have each model page (first object, pindex) installed, and how.
+        var holders = new Dictionary<(VmObject, long), List<(Proc, ulong, bool)>>();
+        foreach (var p in live)
+            foreach (var (vpn, pte) in p.Pmap.Ptes)
+            {
+                if (pte.Shared) continue;
+                ulong va = vpn * PropPmap.Page;
+                if (p.Space.ObjectAt(va) is not { } at) continue;
+                if (pte.Writable && at.Object.Kind != VmObjectKind.Anonymous)
+                    Fail($"pid{p.Id} 0x{va:x}: a private page installed writable while the map's first object is {at.Object} (copy-on-write not done)");
+                if (!holders.TryGetValue(at, out var list)) holders[at] = list = new();
+                list.Add((p, va, pte.Writable));
+            }
+        foreach (var (key, list) in holders)
+            if (list.Count > 1 && list.Any(h => h.Item3))
+                Fail($"{key.Item1} page {key.Item2} is installed writable in one space and present in another: " +
+                     string.Join(", ", list.Select(h => $"pid{h.Item1.Id} 0x{h.Item2:x} {(h.Item3 ? "writable" : "read-only")}")));
+    }
+
+    void CheckStructure()
+    {
+        var entries = new Dictionary<VmObject, int>(ReferenceEqualityComparer.Instance);
+        foreach (var p in live)
+            foreach (var line in p.Space.DescribeMaps().Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                ulong start = Convert.ToUInt64(line[..line.IndexOf('-')], 16);
+                var o = p.Space.ObjectAt(start)!.Value.Object;
+                entries[o] = entries.GetValueOrDefault(o) + 1;
+            }
+        var reachable = new HashSet<VmObject>(ReferenceEqualityComparer.Instance);
+        var shadows = new Dictionary<VmObject, int>(ReferenceEqualityComparer.Instance);
+        foreach (var o0 in entries.Keys)
+            for (var o = o0; o != null && reachable.Add(o); o = o.BackingObject)
+                if (o.BackingObject is { } b) shadows[b] = shadows.GetValueOrDefault(b) + 1;
+        foreach (var o in reachable)
+        {
+            if (o.IsDead) Fail($"{o} is dead but still reachable from a live map");
+            int e = entries.GetValueOrDefault(o), s = shadows.GetValueOrDefault(o);
+            if (o.RefCount != e + s)
+                Fail($"{o}: ref_count {o.RefCount}, but {e} entries and {s} shadows point at it");
+            if (o.ShadowCount != s) Fail($"{o}: shadow_count {o.ShadowCount}, but {s} objects shadow it");
+        }
+        if (vm.ObjectsAlive != reachable.Count)
+            Fail($"Vm.ObjectsAlive = {vm.ObjectsAlive}, but {reachable.Count} objects are reachable from live maps");
+    }
+
+    /// <summary>The zero-fill counter: FreeBSD lineage v_zfod, UVM flt_przero (when the counters have it).</summary>
+    string ZeroFillName(VmCounters c) =>
+        IsUvm(Design) && c.Snapshot().Any(kv => kv.Key == "flt_przero") ? "flt_przero" : "v_zfod";
+
+    long ZeroFills(VmCounters c) => c[ZeroFillName(c)];
+
+    void CheckCounters(Proc p, bool final)
+    {
+        var c = p.Space.Counters.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
+        long Get(string n) => c.GetValueOrDefault(n);
+        string who = $"pid{p.Id} counters{(final ? " at exit" : "")}";
+        void Le(string a, string b)
+        {
+            if (c.ContainsKey(a) && c.ContainsKey(b) && Get(a) > Get(b)) Fail($"{who}: {a} = {Get(a)} > {b} = {Get(b)}");
+        }
+        if (Get("v_vm_faults") != p.Faults) Fail($"{who}: v_vm_faults = {Get("v_vm_faults")}, the MMU raised {p.Faults} faults");
+        if (c.ContainsKey("sigsegv") && Get("sigsegv") != p.SegvResults)
+            Fail($"{who}: sigsegv = {Get("sigsegv")}, but {p.SegvResults} faults ended in SigSegv");
+        if (c.ContainsKey("sigbus") && Get("sigbus") != p.BusResults)
+            Fail($"{who}: sigbus = {Get("sigbus")}, but {p.BusResults} faults ended in SigBus");
+        if (Get("internal_errors") != 0) Fail($"{who}: internal_errors = {Get("internal_errors")}");
+        Le("v_cow_optim", "v_cow_faults");
+        Le("v_ozfod", "v_zfod");
+        Le("pages_prefaulted", "pages_installed");
+        Le("fastpath_hits", "v_vm_faults");
+        Le("v_io_faults", "v_vm_faults");
+        Le("pager_errors", "sigbus");
+        Le("eof_faults", "sigbus");
+        if (c.ContainsKey("read_ahead_pages") && Get("read_ahead_pages") + Get("read_behind_pages") + Get("v_io_faults") > Get("pager_pages"))
+            Fail($"{who}: read_ahead_pages + read_behind_pages + v_io_faults > pager_pages");
+        string[] uvm = ["flt_anon", "flt_acow", "flt_obj", "flt_prcopy", "flt_przero"];
+        if (uvm.Any(c.ContainsKey))
+        {
+            long sum = uvm.Sum(Get);
+            long faults = c.ContainsKey("faults") ? Get("faults") : Get("v_vm_faults");
+            if (sum > faults) Fail($"{who}: flt_anon+flt_acow+flt_obj+flt_prcopy+flt_przero = {sum} > faults = {faults}");
+        }
+        foreach (var (k, v) in c)
+            if (v < 0) Fail($"{who}: {k} = {v} is negative");
+    }
+
+    // ---- failure ----
+
+    static ulong Fnv(byte[] b)
+    {
+        ulong h = 14695981039346656037;
+        foreach (var x in b) h = (h ^ x) * 1099511628211;
+        return h;
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    void Fail(string why)
+    {
+        var sb = new StringBuilder();
+        sb.Append($"[{Design}] {why}\n  at operation {(opIndex >= w.Ops.Length ? "end (exit all)" : opIndex.ToString())}");
+        sb.Append($"\n  execution (resolved addresses; slot s = 0x{Layout.Base:x} + s*0x{Layout.SlotPages * PropPmap.Page:x}):");
+        foreach (var t in trace.TakeLast(60)) sb.Append("\n    ").Append(t);
+        foreach (var p in live)
+        {
+            sb.Append($"\n  pid{p.Id} maps:");
+            foreach (var line in p.Space.DescribeMaps().Split('\n', StringSplitOptions.RemoveEmptyEntries))
+                sb.Append("\n    ").Append(line);
+        }
+        throw new PropertyFailure(sb.ToString());
+    }
+}

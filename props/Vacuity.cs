@@ -1,0 +1,48 @@
+using FsCheck.Fluent;
+using Lab.Vm;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Lab.Props;
+
+/// <summary>
+/// The properties are only as good as their workloads: these facts make sure the generated
+/// workloads really reach the interesting paths (copy-on-write, pager I/O, prefault,
+/// SIGBUS, SIGSEGV, fork, remap), so a property cannot pass by testing nothing.
+/// </summary>
+public sealed class Vacuity(ITestOutputHelper output)
+{
+    [Theory, MemberData(nameof(Properties.Designs), MemberType = typeof(Properties))]
+    public void GeneratedWorkloads_ReachEveryPath(string design)
+    {
+        var sample = WorkloadGen.Workload(Properties.General).Sample(300, 50);
+        var total = new VmCounters();
+        int ops = 0, forks = 0, skipped = 0;
+        var outcomes = new Dictionary<(bool, Outcome), int>();
+        foreach (var w in sample)
+        {
+            var r = Runner.Run(w, design, Checks.None);
+            r.Totals.AddTo(total);
+            ops += w.Ops.Length;
+            forks += r.Forks;
+            skipped += r.Skipped;
+            foreach (var a in r.Accesses) outcomes[(a.Write, a.Outcome)] = outcomes.GetValueOrDefault((a.Write, a.Outcome)) + 1;
+        }
+        var c = total.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
+        output.WriteLine($"{design}: {sample.Length} workloads, {ops} ops, {forks} forks, {skipped} skipped");
+        foreach (var (k, v) in outcomes.OrderBy(kv => kv.Key)) output.WriteLine($"  {(k.Item1 ? "write" : "read")} {k.Item2}: {v}");
+        foreach (var (k, v) in c) if (v != 0) output.WriteLine($"  {k} = {v}");
+        int Out(bool write, Outcome o) => outcomes.GetValueOrDefault((write, o));
+        Assert.True(Out(false, Outcome.Ok) > ops / 6, "reads that succeed");
+        Assert.True(Out(true, Outcome.Ok) > ops / 12, "writes that succeed");
+        Assert.True(Out(false, Outcome.SigSegv) + Out(true, Outcome.SigSegv) > 0, "SIGSEGV");
+        Assert.True(Out(false, Outcome.SigBus) + Out(true, Outcome.SigBus) > 0, "SIGBUS");
+        Assert.True(forks > sample.Length, "forks");
+        Assert.True(skipped < ops / 10, "ops skipped as invalid");
+        foreach (var name in new[] { "v_vm_faults", "pages_prefaulted", "eof_faults", "pager_errors" })
+            if (c.ContainsKey(name)) Assert.True(c[name] > 0, name);
+        // Copy-on-write and zero fill under either lineage's names.
+        Assert.True(c.GetValueOrDefault("v_cow_faults") + c.GetValueOrDefault("flt_acow") + c.GetValueOrDefault("flt_prcopy") > 0, "copy-on-write");
+        Assert.True(c.GetValueOrDefault("v_zfod") + c.GetValueOrDefault("flt_przero") > 0, "zero fill");
+    }
+}
