@@ -244,6 +244,124 @@ public sealed class AddressSpace
     }
 
     /// <summary>
+    /// mlock / vm_map_wire: the entries in the range become wired and every page is
+    /// faulted in now with the entry's full protection, so a private writable page is
+    /// made this space's own (copy-on-write broken: the first object's page, or an anon
+    /// only this amap holds) and installed writable. Pages already present in a
+    /// read-only or shared entry need nothing. If a page fails (SIGBUS, or the map
+    /// changed under the loop), the whole range is unwired again (wire_failures) and
+    /// the result is false. Unmapped holes and PROT_NONE entries are skipped.
+    /// </summary>
+    public bool Wire(ulong start, ulong length)
+    {
+        ulong end = CheckRange(start, length);
+        if (end == start) return true;
+        lock (MapLock)
+        {
+            ThrowIfDestroyed();
+            var (i, j) = ClipRange(start, end);
+            for (int k = i; k < j; k++)
+            {
+                var e = entries[k];
+                if (e.Wired) continue;
+                e.Wired = true;
+                Interlocked.Add(ref Counters.wired_pages, e.Pages);
+            }
+            Bump();
+        }
+        for (ulong va = start; va < end; va += PageSize)
+        {
+            FaultAccess access;
+            lock (MapLock)
+            {
+                var e = Destroyed ? null : FindEntry(va);
+                if (e == null || e.Protection == Prot.None) continue;
+                if (!e.Wired) return WireFailed(start, end);   // unwired or remapped meanwhile
+                bool write = (e.Protection & Prot.Write) != 0;
+                if (Installed(va))
+                {
+                    if (!write || e.Shared) continue;
+                    access = FaultAccess.WriteProtect;   // present, maybe copy-on-write: break it
+                }
+                else access = write ? FaultAccess.Write : FaultAccess.Read;
+            }
+            var r = Fault(va, access);
+            if (r is FaultResult.SigBus or FaultResult.SigSegv) return WireFailed(start, end);
+        }
+        return true;
+    }
+
+    bool WireFailed(ulong start, ulong end)
+    {
+        Interlocked.Increment(ref Counters.wire_failures);
+        Unwire(start, end - start);
+        return false;
+    }
+
+    /// <summary>munlock / vm_map_unwire: the entries in the range are no longer wired, so their pages may be evicted again.</summary>
+    public void Unwire(ulong start, ulong length)
+    {
+        ulong end = CheckRange(start, length);
+        if (end == start) return;
+        lock (MapLock)
+        {
+            if (destroyed) return;
+            var (i, j) = ClipRange(start, end);
+            for (int k = i; k < j; k++)
+            {
+                var e = entries[k];
+                if (!e.Wired) continue;
+                e.Wired = false;
+                Interlocked.Add(ref Counters.wired_pages, -e.Pages);
+            }
+            Bump();
+        }
+    }
+
+    /// <summary>Whether the page at <paramref name="va"/> may be paged out: it is mapped and its entry is not wired. For the pageout to come.</summary>
+    public bool IsEvictable(ulong va)
+    {
+        lock (MapLock)
+        {
+            var e = destroyed ? null : FindEntry(va & ~PageMask);
+            return e != null && !e.Wired;
+        }
+    }
+
+    /// <summary>Whether the entry at <paramref name="va"/> is wired.</summary>
+    public bool IsWired(ulong va)
+    {
+        lock (MapLock) return FindEntry(va & ~PageMask)?.Wired == true;
+    }
+
+    /// <summary>
+    /// How many layers a fault at <paramref name="va"/> may have to look through: the
+    /// objects of the chain (Mach), or amap plus uobj (UVM); 0 without an entry.
+    /// </summary>
+    public int ChainDepth(ulong va)
+    {
+        lock (MapLock)
+        {
+            var e = FindEntry(va & ~PageMask);
+            return e == null ? 0 : EntryDepth(e);
+        }
+    }
+
+    /// <summary>The deepest <see cref="ChainDepth"/> over all entries: the chain-depth view of the space now.</summary>
+    public int MaxChainDepth()
+    {
+        lock (MapLock)
+        {
+            int max = 0;
+            foreach (var e in entries) max = Math.Max(max, EntryDepth(e));
+            return max;
+        }
+    }
+
+    int EntryDepth(VmMapEntry e) =>
+        Uvm ? (e.aref_amap != null ? 1 : 0) + (e.Object != null ? 1 : 0) : e.Object!.ChainDepth;
+
+    /// <summary>
     /// Before a real fork: write-protect every installed page of private writable
     /// entries (vmspace_fork's pmap_protect), so that each side's first write after
     /// the fork arrives as a write-protect fault.
@@ -285,7 +403,11 @@ public sealed class AddressSpace
             var pages = new List<ulong>();
             foreach (var e in entries)
             {
+                // vm_map_copy_entry collapses the object it is about to share, so the
+                // chains the two spaces inherit are as short as they can be.
+                if (!Uvm && !e.Shared && e.Object != null) Vm.Collapse(e.Object, Counters);
                 var c = e.Clone();
+                c.Wired = false;   // wiring is not inherited (mlock is per process)
                 if (e.Object != null) Vm.Reference(e.Object);
                 if (e.aref_amap is { } amap)
                     lock (amap.am_lock) amap.Ref(e.aref_pageoff, (int)e.Pages);   // both entries share it until amap_copy
@@ -384,6 +506,17 @@ public sealed class AddressSpace
         {
             var e = FindEntry(va);
             return e?.Object == null ? null : (e.Object, e.PindexOf(va & ~PageMask));
+        }
+    }
+
+    /// <summary>Tests and the swap store to come: the anon at <paramref name="va"/> (UVM), or null.</summary>
+    internal Anon? AnonAt(ulong va)
+    {
+        lock (MapLock)
+        {
+            var e = FindEntry(va);
+            if (e?.aref_amap is not { } a) return null;
+            lock (a.am_lock) return a.am_anon[e.SlotOf(va & ~PageMask)];
         }
     }
 
@@ -505,7 +638,8 @@ public sealed class AddressSpace
     /// <summary>An entry leaves the map: its object reference and its amap reference go.</summary>
     void ReleaseEntry(VmMapEntry e)
     {
-        Vm.Deallocate(e.Object);
+        if (e.Wired) Interlocked.Add(ref Counters.wired_pages, -e.Pages);
+        Vm.Deallocate(e.Object, Counters);
         if (e.aref_amap is { } amap)
         {
             lock (amap.am_lock) amap.Unref(e.aref_pageoff, (int)e.Pages, this);
@@ -571,36 +705,46 @@ public sealed class AddressSpace
         }
         var below = first.BackingObject;
         if (below == null) return;
-        long off = first.BackingObjectOffset;
         var marker = new PageState(BottomIsVnode(below) ? PageContent.File : PageContent.Zero);
         for (long p = p0; p < p0 + n; p++)
         {
-            if (!AnonymousBelow(below, p + off, 1)) continue;
+            if (!AnonymousBelow(first, p, 1, skipFirst: true)) continue;
             lock (first.Lock)
                 if (!first.pages.ContainsKey(p)) first.pages[p] = marker;
         }
     }
 
-    /// <summary>Whether an anonymous object in the chain from <paramref name="o"/> holds a page in [p, p+n).</summary>
-    static bool AnonymousBelow(VmObject? o, long p, long n)
+    /// <summary>
+    /// Whether an anonymous object in the chain from <paramref name="o"/> (after it, with
+    /// <paramref name="skipFirst"/>) holds a page in [p, p+n). <paramref name="o"/> is an
+    /// entry's object, which cannot be collapsed while the map is locked; an object
+    /// below it that a collapse kills meanwhile sends the walk back to the start.
+    /// </summary>
+    static bool AnonymousBelow(VmObject o, long p, long n, bool skipFirst = false)
     {
-        for (; o != null; o = o.BackingObject)
+    restart:
+        long q = p;
+        for (VmObject? x = o; x != null; )
         {
-            if (o.Kind == VmObjectKind.Anonymous)
+            VmObject? next;
+            lock (x.Lock)
             {
-                lock (o.Lock)
+                if (x.dead) goto restart;
+                if (x.Kind == VmObjectKind.Anonymous && !(skipFirst && x == o))
                 {
-                    if (n > o.pages.Count)
+                    if (n > x.pages.Count)
                     {
-                        foreach (var k in o.pages.Keys) if (k >= p && k < p + n) return true;
+                        foreach (var k in x.pages.Keys) if (k >= q && k < q + n) return true;
                     }
                     else
                     {
-                        for (long q = p; q < p + n; q++) if (o.pages.ContainsKey(q)) return true;
+                        for (long r = q; r < q + n; r++) if (x.pages.ContainsKey(r)) return true;
                     }
                 }
+                next = x.backing_object;
+                q += x.backing_object_offset;
             }
-            p += o.BackingObjectOffset;
+            x = next;
         }
         return false;
     }
@@ -704,6 +848,7 @@ public sealed class AddressSpace
         }
         else a = new Anon();
         a.an_ref = 1;
+        a.an_swslot = 0;
         a.Content = content;
         Vm.AnonAllocated();
         return a;

@@ -50,7 +50,43 @@ public sealed class VmCounters
     public long flt_prcopy;       // case 2B: object page promoted by copy
     public long flt_przero;       // case 2B: zero-filled anon
     public long spare_anon_reuse; // uvm2019: a promote used the anon kept from a restarted pass
+    // Shadow chains (freebsd, dragonfly).
+    public long collapses;        // backing objects merged into their only shadow and freed
+    public long bypasses;         // backing objects skipped by a shadow that hides all their pages
+    public long chain_depth_max;  // most objects one fault walked (a maximum, not a sum)
+    public long chain_walk_1;     // faults whose walk ended in the first object
+    public long chain_walk_2;     // ... in its backing object
+    public long chain_walk_3_4;   // ... 3 or 4 objects deep
+    public long chain_walk_5_16;  // ... 5 to 16 objects deep
+    public long chain_walk_17_up; // ... 17 or more objects deep
+    // Wiring and the swap-slot hooks (all designs).
+    public long wired_pages;      // pages in wired entries now (a gauge)
+    public long wire_failures;    // Wire calls that failed on a page and were rolled back
+    public long swap_slots_freed_on_dirty; // FreeBSD: a write fault dropped the page's swap copy
+    public long swap_slots_freed_on_wire;  // UVM: wiring dropped the anon's swap slot
 #pragma warning restore IDE1006
+
+    /// <summary>Count one fault's walk of <paramref name="depth"/> objects (histogram and maximum).</summary>
+    internal void CountWalk(int depth)
+    {
+        if (depth <= 1) Interlocked.Increment(ref chain_walk_1);
+        else if (depth == 2) Interlocked.Increment(ref chain_walk_2);
+        else if (depth <= 4) Interlocked.Increment(ref chain_walk_3_4);
+        else if (depth <= 16) Interlocked.Increment(ref chain_walk_5_16);
+        else Interlocked.Increment(ref chain_walk_17_up);
+        RaiseMax(ref chain_depth_max, depth);
+    }
+
+    static void RaiseMax(ref long field, long value)
+    {
+        long cur = Volatile.Read(ref field);
+        while (value > cur)
+        {
+            long seen = Interlocked.CompareExchange(ref field, value, cur);
+            if (seen == cur) return;
+            cur = seen;
+        }
+    }
 
     delegate ref long Field(VmCounters c);
 
@@ -97,16 +133,30 @@ public sealed class VmCounters
         ("flt_prcopy", c => ref c.flt_prcopy),
         ("flt_przero", c => ref c.flt_przero),
         ("spare_anon_reuse", c => ref c.spare_anon_reuse),
+        ("collapses", c => ref c.collapses),
+        ("bypasses", c => ref c.bypasses),
+        ("chain_depth_max", c => ref c.chain_depth_max),
+        ("chain_walk_1", c => ref c.chain_walk_1),
+        ("chain_walk_2", c => ref c.chain_walk_2),
+        ("chain_walk_3_4", c => ref c.chain_walk_3_4),
+        ("chain_walk_5_16", c => ref c.chain_walk_5_16),
+        ("chain_walk_17_up", c => ref c.chain_walk_17_up),
+        ("wired_pages", c => ref c.wired_pages),
+        ("wire_failures", c => ref c.wire_failures),
+        ("swap_slots_freed_on_dirty", c => ref c.swap_slots_freed_on_dirty),
+        ("swap_slots_freed_on_wire", c => ref c.swap_slots_freed_on_wire),
     ];
 
     /// <summary>Add this space's counters into <paramref name="total"/> (e.g. at exit).</summary>
     public void AddTo(VmCounters total)
     {
         ArgumentNullException.ThrowIfNull(total);
-        foreach (var (_, get) in Fields)
+        foreach (var (name, get) in Fields)
         {
             long v = Interlocked.Read(ref get(this));
-            if (v != 0) Interlocked.Add(ref get(total), v);
+            if (v == 0) continue;
+            if (name == "chain_depth_max") RaiseMax(ref get(total), v);   // a maximum adds as a maximum
+            else Interlocked.Add(ref get(total), v);
         }
     }
 

@@ -18,13 +18,23 @@ internal enum PageContent : byte
     Cache,
 }
 
-/// <summary>Per-page metadata: two bytes in a per-object table, no object per page.</summary>
+/// <summary>Per-page metadata: three bytes in a per-object table, no object per page.</summary>
 internal struct PageState
 {
     public PageContent Content;
     public bool Busy;
+    /// <summary>
+    /// The swap store holds a copy of this page (a swap slot). Nothing sets it yet; it is
+    /// the hook the swap store will use. FreeBSD drops the copy when the page is dirtied.
+    /// </summary>
+    public bool Swapped;
 
-    public PageState(PageContent content, bool busy = false) { Content = content; Busy = busy; }
+    public PageState(PageContent content, bool busy = false, bool swapped = false)
+    {
+        Content = content;
+        Busy = busy;
+        Swapped = swapped;
+    }
 }
 
 internal enum PageLookup { Absent, Busy, Found }
@@ -47,6 +57,11 @@ public sealed class VmObject
     internal long backing_object_offset;       // pages: pindex here + offset = pindex in backing_object
     internal int ref_count;                    // entries and shadows that point here
     internal int shadow_count;                 // objects whose backing_object is this one
+    // The shadows of this object (shadow_head), as an intrusive list so that linking
+    // allocates nothing: shadow_first here, the siblings' links in each shadow.
+    // Guarded by this object's lock (the shadows' links by their backing object's).
+    internal VmObject? shadow_first;
+    internal VmObject? shadow_next, shadow_prev;
 #pragma warning restore IDE1006
     internal bool dead;                        // OBJ_DEAD: terminated, must not be used
     int waiters;                               // threads sleeping for a busy page
@@ -145,9 +160,47 @@ public sealed class VmObject
         if (pages.TryGetValue(pindex, out var st) && st.Busy)
         {
             if (st.Content == PageContent.None) pages.Remove(pindex);
-            else pages[pindex] = new PageState(st.Content);
+            else pages[pindex] = new PageState(st.Content, swapped: st.Swapped);
             WakeupBusy();
         }
+    }
+
+    /// <summary>Link <paramref name="shadow"/> into this object's shadow list. Caller holds <see cref="Lock"/>.</summary>
+    internal void LinkShadow(VmObject shadow)
+    {
+        shadow.shadow_prev = null;
+        shadow.shadow_next = shadow_first;
+        if (shadow_first != null) shadow_first.shadow_prev = shadow;
+        shadow_first = shadow;
+        shadow_count++;
+    }
+
+    /// <summary>Unlink <paramref name="shadow"/> from this object's shadow list. Caller holds <see cref="Lock"/>.</summary>
+    internal void UnlinkShadow(VmObject shadow)
+    {
+        if (shadow.shadow_prev != null) shadow.shadow_prev.shadow_next = shadow.shadow_next;
+        else shadow_first = shadow.shadow_next;
+        if (shadow.shadow_next != null) shadow.shadow_next.shadow_prev = shadow.shadow_prev;
+        shadow.shadow_next = shadow.shadow_prev = null;
+        shadow_count--;
+    }
+
+    /// <summary>Tests and the swap store to come: mark the page at <paramref name="pindex"/> as having a swap copy.</summary>
+    internal bool SetSwapped(long pindex)
+    {
+        lock (Lock)
+        {
+            if (!pages.TryGetValue(pindex, out var st) || st.Content == PageContent.None) return false;
+            st.Swapped = true;
+            pages[pindex] = st;
+            return true;
+        }
+    }
+
+    /// <summary>Whether the page at <paramref name="pindex"/> has a swap copy (tests).</summary>
+    internal bool IsSwapped(long pindex)
+    {
+        lock (Lock) return pages.TryGetValue(pindex, out var st) && st.Swapped;
     }
 
     public override string ToString() =>

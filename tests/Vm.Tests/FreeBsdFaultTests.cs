@@ -135,9 +135,10 @@ public sealed class FreeBsdFaultTests
         Assert.Equal(MemVnode.Pattern(1), v.CachePage(0)[1]);
     }
 
-    [Fact]
-    public void Fork_EachSideSeesItsOwnWrites_MoveOnlyAfterTheOtherSideExits()
+    [Theory, InlineData(true), InlineData(false)]
+    public void Fork_EachSideSeesItsOwnWrites_CollapseOrMoveAfterTheOtherSideExits(bool collapse)
     {
+        vm.CollapseEnabled = collapse;
         var parent = new SimProcess(vm);
         parent.MapAnon(A, 4 * P);
         parent.Write(Pg(0), 1);
@@ -168,19 +169,39 @@ public sealed class FreeBsdFaultTests
         Assert.Equal(2, child.Read(Pg(1)));
         Assert.Equal(0, child.Read(Pg(2)));          // untouched before fork: zero fill in the child's shadow
         Assert.Equal(1, child.C.v_zfod);
+        var shadow = parent.Space.ObjectAt(A)!.Value.Object;
+        Assert.Equal(2, parent.Space.ChainDepth(A));
 
-        // The child exits: the old object is left with one reference and one shadow, so the
-        // parent's next write to a page it holds moves the page instead of copying it.
+        // The child exits: the old object is left with one reference and one shadow.
         child.Exit();
-        Assert.Equal(1, anon.RefCount);
-        Assert.Equal(1, anon.ShadowCount);
-        Assert.Equal(2, anon.ResidentCount);
-        parent.Write(Pg(1), 11);
-        Assert.Equal(2, parent.C.v_cow_faults);
-        Assert.Equal(1, parent.C.v_cow_optim);
-        Assert.Equal(1, anon.ResidentCount);
+        if (collapse)
+        {
+            // vm_object_deallocate collapses it into the parent's shadow: page 1 moves
+            // up (page 0 is hidden by the parent's copy), the old object is freed.
+            Assert.Equal(1, child.C.collapses);
+            Assert.True(anon.IsDead);
+            Assert.Equal(1, parent.Space.ChainDepth(A));
+            Assert.Equal(2, shadow.ResidentCount);
+            parent.Write(Pg(1), 11);                 // the first object's page: no copy-on-write
+            Assert.Equal(1, parent.C.v_cow_faults);
+            Assert.Equal(1, parent.C.fastpath_hits);
+            Assert.Equal(2, parent.C.wp_resolved);   // the copy-on-write of page 0, then this one
+        }
+        else
+        {
+            // Without collapse the parent's next write to a page the old object holds
+            // moves the page instead of copying it.
+            Assert.Equal(1, anon.RefCount);
+            Assert.Equal(1, anon.ShadowCount);
+            Assert.Equal(2, anon.ResidentCount);
+            parent.Write(Pg(1), 11);
+            Assert.Equal(2, parent.C.v_cow_faults);
+            Assert.Equal(1, parent.C.v_cow_optim);
+            Assert.Equal(1, anon.ResidentCount);
+        }
         Assert.Equal(11, parent.Read(Pg(1)));
         Assert.Equal(10, parent.Read(Pg(0)));
+        Assert.Equal(0, parent.C.internal_errors);
 
         parent.Exit();
         Assert.Equal(0, vm.ObjectsAlive);

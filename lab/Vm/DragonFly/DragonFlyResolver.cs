@@ -22,6 +22,9 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign
     public FaultResult Fault(AddressSpace space, ulong va, FaultAccess access) =>
         ChainFault.Drive<DragonFlyResolver>(space, va, access);
 
+    // Only with VM_FAULT_DIRTY, which no fault the lab sees passes.
+    static bool IChainDesign.UnswapOnDirty => false;
+
     static Step IChainDesign.Run(ref FaultState fs)
     {
         fs.Reset();

@@ -25,6 +25,9 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
         ChainFault.Drive<FreeBsdResolver>(space, va, access);
 
     /// <summary>One pass from RetryFault to the end. The map lock is held on entry and on return.</summary>
+    // vm_fault_dirty: a write fault releases the page's swap copy.
+    static bool IChainDesign.UnswapOnDirty => true;
+
     static Step IChainDesign.Run(ref FaultState fs)
     {
         fs.Reset();
@@ -57,6 +60,7 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
         lock (first.Lock)
             if (first.Lookup(fs.first_pindex, out m) != PageLookup.Found) return false;
         Interlocked.Increment(ref fs.counters.fastpath_hits);
+        fs.depth = 1;
         fs.obj = first;
         fs.pindex = fs.first_pindex;
         fs.m = m;

@@ -17,6 +17,9 @@ internal enum Step
 internal interface IChainDesign
 {
     static abstract Step Run(ref FaultState fs);
+
+    /// <summary>Whether a write fault drops the dirtied page's swap copy (FreeBSD's vm_pager_page_unswapped).</summary>
+    static abstract bool UnswapOnDirty { get; }
 }
 
 /// <summary>
@@ -45,6 +48,7 @@ internal static class ChainFault
             va = va & ~(ulong)(PageSize - 1),
             access = access,
             write = access != FaultAccess.Read,
+            unswap_on_dirty = TDesign.UnswapOnDirty,
         };
         Monitor.Enter(space.MapLock);
         try
@@ -53,9 +57,14 @@ internal static class ChainFault
             {
                 var step = TDesign.Run(ref fs);
                 Release(ref fs);
-                if (step != Step.Retry) return fs.result;
+                if (step != Step.Retry) break;
                 Interlocked.Increment(ref fs.counters.fault_retries);
             }
+            if (fs.depth > 0) fs.counters.CountWalk(fs.depth);
+            // The seeds leave collapse to the object layer; the lab also tries it after a
+            // copy-on-write, in the faulting space with its own map lock only.
+            if (fs.cowed) space.Vm.CollapseAfterCow(fs.first_object, fs.counters);
+            return fs.result;
         }
         finally
         {
@@ -77,6 +86,13 @@ internal static class ChainFault
             return Step.Done;
         }
         var prot = e.Protection;
+        if (e.Wired)
+        {
+            // A wired entry is faulted with its full protection, so copy-on-write is
+            // broken now and the page is installed writable.
+            fs.wired = true;
+            if ((prot & Prot.Write) != 0) fs.write = true;
+        }
         if (e.needs_copy)
         {
             if (fs.write)
@@ -113,6 +129,7 @@ internal static class ChainFault
     {
         fs.obj = fs.first_object;
         fs.pindex = fs.first_pindex;
+        fs.depth = 0;
         while (true)
         {
             var obj = fs.obj;
@@ -121,8 +138,11 @@ internal static class ChainFault
             bool eof = false, pager = false;
             VmObject? next;
             long nextOffset;
+            fs.depth++;
             lock (obj.Lock)
             {
+                // Collapsed under us (its pages went up into the object above): start over.
+                if (obj.dead) return Step.Retry;
                 look = obj.Lookup(fs.pindex, out m);
                 if (look == PageLookup.Absent)
                 {
@@ -299,7 +319,7 @@ internal static class ChainFault
                     if (first.backing_object == obj)
                     {
                         obj.pages.Remove(fs.pindex);
-                        first.pages[fs.first_pindex] = new PageState(content, busy: true);
+                        first.pages[fs.first_pindex] = new PageState(content, busy: true, swapped: m.Swapped);
                         moved = true;
                     }
                 }
@@ -309,6 +329,7 @@ internal static class ChainFault
         if (!moved)
             lock (first.Lock) first.pages[fs.first_pindex] = new PageState(content, busy: true);
         fs.first_m = true;   // the busy slot now holds the real page
+        fs.cowed = true;
         if (moved) Interlocked.Increment(ref fs.counters.v_cow_optim);
         Interlocked.Increment(ref fs.counters.v_cow_faults);
         fs.obj = first;
@@ -419,13 +440,29 @@ internal static class ChainFault
             return fs.obj.pages.TryGetValue(fs.pindex, out var st) ? st.Content : PageContent.None;
     }
 
+    /// <summary>
+    /// Record the first object's page content after the install. A write that leaves the
+    /// page writable dirties it: a design that unswaps on dirty drops its swap copy.
+    /// </summary>
     static void SetFirstContent(ref FaultState fs, PageContent content)
     {
         var first = fs.first_object;
         if (fs.obj != first || first.Kind != VmObjectKind.Anonymous) return;
+        bool freed = false;
         lock (first.Lock)
+        {
             if (first.pages.TryGetValue(fs.first_pindex, out var st))
-                first.pages[fs.first_pindex] = new PageState(content, st.Busy);
+            {
+                bool swapped = st.Swapped;
+                if (swapped && fs.unswap_on_dirty && fs.write && content == PageContent.InSpaces)
+                {
+                    swapped = false;
+                    freed = true;
+                }
+                first.pages[fs.first_pindex] = new PageState(content, st.Busy, swapped);
+            }
+        }
+        if (freed) Interlocked.Increment(ref fs.counters.swap_slots_freed_on_dirty);
     }
 
     static void CountInstall(ref FaultState fs) => Interlocked.Increment(ref fs.counters.pages_installed);
@@ -453,6 +490,7 @@ internal static class ChainFault
     /// </summary>
     public static void Prefault(ref FaultState fs, int backward, int forward)
     {
+        if (fs.wired) return;   // both seeds: a wired fault maps its own page only
         var e = fs.entry;
         var space = fs.space;
         ulong va = fs.va;
@@ -486,6 +524,7 @@ internal static class ChainFault
                 long off;
                 lock (lobject.Lock)
                 {
+                    if (lobject.dead) return;   // collapsed under us: what lies below may be hidden
                     look = lobject.Lookup(pindex, out m);
                     b = lobject.backing_object;
                     off = lobject.backing_object_offset;
@@ -598,7 +637,7 @@ internal static class ChainFault
         if (fs.referenced)
         {
             fs.referenced = false;
-            fs.space.Vm.Deallocate(fs.first_object);
+            fs.space.Vm.Deallocate(fs.first_object, fs.counters);
         }
     }
 }

@@ -34,6 +34,10 @@ internal struct FaultState
     public bool hardfault;             // the pager was called
     public int behind, ahead;          // the pager's window
     public int faultcount;             // 0: no I/O; 1: zero fill or a one-page read; else the window
+    public bool wired;                 // the entry is wired: full protection now, no prefault
+    public bool unswap_on_dirty;       // the design drops a page's swap copy when it is dirtied (FreeBSD)
+    public bool cowed;                 // this fault copied or moved a page up: try a collapse after it
+    public int depth;                  // objects the last walk visited (1: the first object)
 #pragma warning restore IDE1006
 
     public FaultResult result;
@@ -48,6 +52,7 @@ internal struct FaultState
         zerofill = false;
         hardfault = false;
         behind = ahead = faultcount = 0;
+        depth = 0;
         result = default;
     }
 }

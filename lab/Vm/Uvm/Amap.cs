@@ -11,6 +11,8 @@ internal sealed class Anon
 {
 #pragma warning disable IDE1006 // BSD names on purpose
     public int an_ref;
+    /// <summary>The swap slot holding a copy of the page (0: none). Nothing sets it yet: the swap store's hook. Wiring drops it.</summary>
+    public int an_swslot;
 #pragma warning restore IDE1006
     public PageContent Content;
     public Anon? NextFree;   // link in the owning space's free list (no allocation per fault)

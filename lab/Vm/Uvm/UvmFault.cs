@@ -39,6 +39,7 @@ internal struct UvmCtx
     public ulong mapv;                 // map version at the lookup (uvmfault_relock compares it)
     public bool amap_locked;
     public Anon? anon_spare;           // 2019: kept across restarts
+    public bool wired;                 // the entry is wired (wire_mapping / wire_paging)
 #pragma warning restore IDE1006
 
     public FaultResult result;
@@ -102,6 +103,14 @@ internal static class UvmFault
         }
         ctx.entry = e;
         ctx.enter_prot = e.Protection;
+        if (e.Wired)
+        {
+            // A wired entry: access = enter_prot (cow_now when writing is permitted), and
+            // no neighbourhood.
+            ctx.wired = true;
+            ctx.narrow = true;
+            if ((e.Protection & Prot.Write) != 0) ctx.write = true;
+        }
         ctx.cow_now = ctx.write;
         ctx.promote = false;
         if (e.needs_copy)
@@ -382,6 +391,12 @@ internal static class UvmFault
         var pmap = space.Pmap;
         ulong va = ctx.va;
         bool writable = (ctx.enter_prot & Prot.Write) != 0;
+        if (ctx.wired && anon.an_swslot != 0)
+        {
+            // uvm_fault_upper_done: a wired page is dirty for good, its swap copy is useless.
+            anon.an_swslot = 0;
+            Interlocked.Increment(ref ctx.counters.swap_slots_freed_on_wire);
+        }
         if (ctx.access == FaultAccess.WriteProtect)
         {
             // The bytes are in the space (installed read-only): the model's part is done.

@@ -1,0 +1,227 @@
+using Lab.Vm;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Lab.Tests.Vm;
+
+/// <summary>Wire / Unwire (invariant 19) and the swap-slot hooks (invariant 21), every design.</summary>
+public sealed class WiringTests(ITestOutputHelper output)
+{
+    const ulong P = 4096;
+    const ulong A = 0x1000_0000;
+
+    readonly Lab.Vm.Vm vm = new();
+
+    public static TheoryData<string> Designs => new(Resolvers.Names);
+
+    static ulong Pg(int i) => A + (ulong)i * P;
+
+    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
+
+    static bool IsUvm(string design) => design.StartsWith("uvm", StringComparison.Ordinal);
+
+    /// <summary>Counter deltas: exactly the named ones moved, by exactly that much.</summary>
+    sealed class Delta(VmCounters c, ITestOutputHelper output)
+    {
+        readonly Dictionary<string, long> before = c.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
+
+        public void Is(params (string Name, long By)[] expected)
+        {
+            var want = expected.ToDictionary(e => e.Name, e => e.By);
+            var got = c.Snapshot().Where(kv => kv.Value != before[kv.Key]).Select(kv => $"{kv.Key} +{kv.Value - before[kv.Key]}");
+            output.WriteLine(string.Join(", ", got));
+            foreach (var (name, value) in c.Snapshot())
+                Assert.True(want.GetValueOrDefault(name) == value - before[name],
+                    $"{name}: expected +{want.GetValueOrDefault(name)}, got +{value - before[name]}");
+        }
+    }
+
+    /// <summary>
+    /// Wire a private writable file range of which two pages were read (installed
+    /// read-only): every page becomes this space's own and writable now, so later writes
+    /// take no fault at all; the file is unchanged; unwire makes the pages evictable again.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void WirePrivateFile_EveryPagePrivate_LaterWritesRaiseNoCow(string design)
+    {
+        var v = new MemVnode(8 * (long)P);
+        var data = (byte[])v.Data.Clone();
+        var p = Proc(design);
+        p.MapFile(A, 8 * P, v);
+        p.Space.Advise(A, 8 * P, Advice.Random);   // one page per read: the counts below are about wiring
+        Assert.Equal(data[0], p.Read(Pg(0)));
+        Assert.Equal(data[P], p.Read(Pg(1)));
+        Assert.True(p.Space.IsEvictable(Pg(0)));
+
+        var d = new Delta(p.C, output);
+        Assert.True(p.Space.Wire(A, 8 * P));
+        // Two write-protect faults (pages 0 and 1 are present) and six write faults; each
+        // copies the file page up (Mach: into the shadow the first one makes; UVM: 2B
+        // promotions into the amap the first one makes).
+        if (IsUvm(design))
+            d.Is(("v_vm_faults", 8), ("faults", 8), ("fltamcopy", 1), ("fault_retries", 1), ("flt_prcopy", 8),
+                 ("fltlget", 8), ("fltget", 6), ("v_io_faults", 6), ("pager_pages", 6), ("pages_installed", 6),
+                 ("wp_resolved", 2), ("wired_pages", 8), ("chain_walk_1", 0));
+        else
+            d.Is(("v_vm_faults", 8), ("shadows_created", 1), ("v_cow_faults", 8), ("v_io_faults", 6), ("pager_pages", 6),
+                 ("pages_installed", 6), ("wp_resolved", 2), ("wired_pages", 8), ("chain_walk_2", 8),
+                 ("chain_depth_max", 1));   // from 1 (the reads, in the vnode object) to 2
+        for (int i = 0; i < 8; i++)
+        {
+            Assert.True(p.Pmap.Writable(Pg(i)), $"page {i} not writable");
+            Assert.False(p.Space.IsEvictable(Pg(i)));
+            Assert.True(p.Space.IsWired(Pg(i)));
+            if (IsUvm(design)) Assert.Equal(1, p.Space.AnonRefAt(Pg(i)));
+            else
+            {
+                var (o, pindex) = p.Space.ObjectAt(Pg(i))!.Value;
+                Assert.Equal(VmObjectKind.Anonymous, o.Kind);
+                Assert.True(o.HasPage(pindex), $"page {i} not in the first object");
+            }
+        }
+
+        d = new Delta(p.C, output);
+        for (int i = 0; i < 8; i++) p.Write(Pg(i) + 3, (byte)(50 + i));
+        d.Is();                                     // no fault at all
+        for (int i = 0; i < 8; i++)
+        {
+            Assert.Equal(50 + i, p.Read(Pg(i) + 3));
+            Assert.Equal(data[i * (int)P], p.Read(Pg(i)));
+        }
+        Assert.Equal(data, v.Data);                 // private: never written through
+
+        p.Space.Unwire(A + 2 * P, 2 * P);           // part of the range: the entry splits
+        Assert.Equal(6, p.C.wired_pages);
+        Assert.True(p.Space.IsEvictable(Pg(2)));
+        Assert.False(p.Space.IsEvictable(Pg(4)));
+        p.Space.Unwire(A, 8 * P);
+        Assert.Equal(0, p.C.wired_pages);
+        for (int i = 0; i < 8; i++) Assert.True(p.Space.IsEvictable(Pg(i)));
+        p.Exit();
+        Assert.Equal(0, vm.ObjectsAlive);
+        Assert.Equal(0, vm.AnonsAlive);
+    }
+
+    [Theory, MemberData(nameof(Designs))]
+    public void WireAnonymous_ZeroFillsWritable_NoPrefault(string design)
+    {
+        var p = Proc(design);
+        p.MapAnon(A, 4 * P);
+        var d = new Delta(p.C, output);
+        Assert.True(p.Space.Wire(A, 4 * P));
+        if (IsUvm(design))
+            d.Is(("v_vm_faults", 4), ("faults", 4), ("fltamcopy", 1), ("fault_retries", 1), ("flt_przero", 4),
+                 ("pages_installed", 4), ("wired_pages", 4));
+        else
+            d.Is(("v_vm_faults", 4), ("v_zfod", 4), ("v_ozfod", 4), ("pages_installed", 4), ("wired_pages", 4),
+                 ("chain_walk_1", 4), ("chain_depth_max", 1));
+        for (int i = 0; i < 4; i++) Assert.True(p.Pmap.Writable(Pg(i)));
+        p.Munmap(A + P, P);                          // munmap unwires what it removes
+        Assert.Equal(3, p.C.wired_pages);
+        p.Exit();
+        Assert.Equal(0, p.C.wired_pages);
+        Assert.Equal(0, vm.ObjectsAlive);
+        Assert.Equal(0, vm.AnonsAlive);
+    }
+
+    [Theory, MemberData(nameof(Designs))]
+    public void WireReadOnlyPrivateFile_MapsTheFileReadOnly_NoCopy(string design)
+    {
+        var v = new MemVnode(4 * (long)P);
+        var p = Proc(design);
+        p.MapFile(A, 4 * P, v, prot: Prot.Read);
+        Assert.True(p.Space.Wire(A, 4 * P));
+        Assert.Equal(4, p.C.v_vm_faults);            // no prefault on a wired entry
+        Assert.Equal(0, p.C.v_cow_faults + p.C.flt_prcopy + p.C.pages_prefaulted);
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.True(p.Pmap.Present(Pg(i)));
+            Assert.False(p.Pmap.Writable(Pg(i)));
+            Assert.Equal(v.Data[i * (int)P], p.Read(Pg(i)));
+        }
+        p.Exit();
+        Assert.Equal(0, vm.ObjectsAlive);
+    }
+
+    [Theory, MemberData(nameof(Designs))]
+    public void WireAfterFork_BreaksCopyOnWriteInThisSpaceOnly(string design)
+    {
+        var parent = Proc(design);
+        parent.MapAnon(A, 4 * P);
+        for (int i = 0; i < 4; i++) parent.Write(Pg(i), (byte)(i + 1));
+        var child = parent.Fork();
+        Assert.False(child.Space.IsWired(A));
+        Assert.True(child.Space.Wire(A, 4 * P));     // four write-protect faults: copies
+        Assert.Equal(4, IsUvm(design) ? child.C.flt_acow : child.C.v_cow_faults);
+        var d = new Delta(child.C, output);
+        for (int i = 0; i < 4; i++) child.Write(Pg(i), (byte)(10 + i));
+        d.Is();
+        for (int i = 0; i < 4; i++) Assert.Equal(i + 1, parent.Read(Pg(i)));
+        Assert.Equal(0, parent.C.wired_pages);
+        var grandchild = child.Fork();               // wiring is not inherited
+        Assert.False(grandchild.Space.IsWired(A));
+        Assert.True(grandchild.Space.IsEvictable(A));
+        Assert.Equal(0, grandchild.C.wired_pages);
+        grandchild.Exit(); child.Exit(); parent.Exit();
+        Assert.Equal(0, vm.ObjectsAlive);
+        Assert.Equal(0, vm.AnonsAlive);
+    }
+
+    [Theory, MemberData(nameof(Designs))]
+    public void WireFailure_RollsBack_NothingLeftWired(string design)
+    {
+        var v = new MemVnode(8 * (long)P) { ErrorAt = 5 };
+        var p = Proc(design);
+        p.MapFile(A, 8 * P, v);
+        Assert.False(p.Space.Wire(A, 8 * P));
+        Assert.Equal(1, p.C.wire_failures);
+        Assert.Equal(0, p.C.wired_pages);
+        for (int i = 0; i < 8; i++) Assert.True(p.Space.IsEvictable(Pg(i)));
+        Assert.Throws<SimSignalException>(() => p.Read(Pg(5)));
+        Assert.Equal(v.Data[4 * P], p.Read(Pg(4)));
+        p.Exit();
+        Assert.Equal(0, vm.ObjectsAlive);
+    }
+
+    /// <summary>FreeBSD drops a page's swap copy when a write fault dirties it; DragonFly (without VM_FAULT_DIRTY) keeps it.</summary>
+    [Theory, InlineData("freebsd", true), InlineData("dragonfly", false)]
+    public void WriteFault_DropsTheSwapCopy_FreeBsdOnly(string design, bool drops)
+    {
+        var p = Proc(design);
+        p.MapAnon(A, 2 * P);
+        p.Write(Pg(0), 1);
+        var (o, pindex) = p.Space.ObjectAt(A)!.Value;
+        Assert.True(o.SetSwapped(pindex));            // as the swap store will, after a page-out
+        p.Read(Pg(0));
+        Assert.True(o.IsSwapped(pindex));            // reading keeps it
+        p.Space.ForkProtect();                       // write-protect the page: the next write faults
+        p.Write(Pg(0), 2);
+        Assert.Equal(1, p.C.wp_resolved);
+        Assert.Equal(!drops, o.IsSwapped(pindex));
+        Assert.Equal(drops ? 1 : 0, p.C.swap_slots_freed_on_dirty);
+        Assert.Equal(0, p.C.swap_slots_freed_on_wire);
+        p.Exit();
+    }
+
+    /// <summary>UVM drops an anon's swap slot when the page is wired, not when it is written.</summary>
+    [Theory, InlineData("uvm2000"), InlineData("uvm2019")]
+    public void Wire_DropsTheAnonSwapSlot_Uvm(string design)
+    {
+        var p = Proc(design);
+        p.MapAnon(A, 2 * P);
+        p.Write(Pg(0), 1);
+        p.Write(Pg(1), 1);
+        p.Space.AnonAt(Pg(0))!.an_swslot = 7;
+        p.Space.AnonAt(Pg(1))!.an_swslot = 8;
+        p.Space.ForkProtect();
+        p.Write(Pg(1), 2);                           // a write: the slot stays (NetBSD)
+        Assert.Equal(8, p.Space.AnonAt(Pg(1))!.an_swslot);
+        Assert.True(p.Space.Wire(A, 2 * P));
+        Assert.Equal(0, p.Space.AnonAt(Pg(0))!.an_swslot);
+        Assert.Equal(0, p.Space.AnonAt(Pg(1))!.an_swslot);
+        Assert.Equal(2, p.C.swap_slots_freed_on_wire);
+        Assert.Equal(0, p.C.swap_slots_freed_on_dirty);
+        p.Exit();
+        Assert.Equal(0, vm.AnonsAlive);
+    }
+}
