@@ -74,6 +74,52 @@ public static class Crc32C
         return crc;
     }
 
+    // Operator "append 1024 zero bytes" on the CRC register, as four byte-indexed tables: lets a
+    // 4 KiB page be checksummed as four independent 1 KiB lanes (the CRC instruction has a latency
+    // of 3 cycles but a throughput of 1, so four lanes run ~3x faster) and combined exactly.
+    const int Lane = 1024;
+    static readonly uint[] Shift1K = BuildShift(Lane);
+
+    static uint[] BuildShift(int zeroBytes)
+    {
+        Span<byte> zeros = stackalloc byte[zeroBytes];
+        zeros.Clear();
+        var basis = new uint[32];
+        for (int bit = 0; bit < 32; bit++) basis[bit] = UpdateSoftware(1u << bit, zeros);
+        var t = new uint[4 * 256];
+        for (int b = 0; b < 4; b++)
+            for (int v = 0; v < 256; v++)
+            {
+                uint r = 0;
+                for (int k = 0; k < 8; k++) if ((v & (1 << k)) != 0) r ^= basis[b * 8 + k];
+                t[b * 256 + v] = r;
+            }
+        return t;
+    }
+
+    static uint ShiftLane(uint reg)
+    {
+        var t = Shift1K;
+        return t[reg & 0xFF] ^ t[256 + ((reg >> 8) & 0xFF)] ^ t[512 + ((reg >> 16) & 0xFF)] ^ t[768 + (reg >> 24)];
+    }
+
+    /// <summary>Register update over exactly 4096 bytes, four lanes at once (hardware CRC only).</summary>
+    static uint UpdatePage(uint crc, ReadOnlySpan<byte> page)
+    {
+        var w = MemoryMarshal.Cast<byte, ulong>(page);
+        const int n = Lane / 8;
+        ulong a = crc, b = 0, c = 0, d = 0;
+        for (int i = 0; i < n; i++)
+        {
+            a = Sse42.X64.Crc32(a, w[i]);
+            b = Sse42.X64.Crc32(b, w[n + i]);
+            c = Sse42.X64.Crc32(c, w[2 * n + i]);
+            d = Sse42.X64.Crc32(d, w[3 * n + i]);
+        }
+        // reg(A||B) = shift_len(B)(reg(A)) ^ reg(B, from 0): linearity of the CRC register.
+        return ShiftLane(ShiftLane(ShiftLane((uint)a) ^ (uint)b) ^ (uint)c) ^ (uint)d;
+    }
+
     /// <summary>
     /// The swap store's per-slot checksum: CRC-32C over the page bytes followed by the slot number
     /// (8 bytes, little-endian). Folding the slot in catches a page stored under the wrong slot,
@@ -83,6 +129,7 @@ public static class Crc32C
     {
         Span<byte> key = stackalloc byte[8];
         BinaryPrimitives.WriteInt64LittleEndian(key, slot);
-        return ~Update(Update(~0u, page), key);
+        uint reg = page.Length == 4 * Lane && Sse42.X64.IsSupported ? UpdatePage(~0u, page) : Update(~0u, page);
+        return ~Update(reg, key);
     }
 }

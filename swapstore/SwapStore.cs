@@ -65,8 +65,14 @@ public sealed class SwapStore : IDisposable
 
     // Writer-side statements, used under _writeLock.
     readonly sqlite3_stmt _begin, _commit, _rollback, _upsert, _delete, _insertBad, _reassign;
-    // Reader-side statement, used under _readLock.
-    readonly sqlite3_stmt _select;
+    // Reader-side statements, used under _readLock.
+    readonly sqlite3_stmt _select, _readBegin, _readEnd;
+    // The reader keeps one read transaction (snapshot) open across reads: starting one costs
+    // SQLite two fcntl locks and an fstat, three system calls for a read that otherwise needs none.
+    // Every write transaction ends it (before BEGIN and after COMMIT) so that reads see each
+    // commit and the snapshot never holds back a checkpoint.
+    bool _readerInTxn;
+    long _pagesSinceCheckpoint;
 
     readonly Lock _writeLock = new(), _readLock = new(), _stateLock = new();
 
@@ -127,6 +133,8 @@ public sealed class SwapStore : IDisposable
             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
         _reassign = Sql.Prepare(_wdb, "UPDATE slots SET owner_kind = ?2, owner_id = ?3, owner_index = ?4 WHERE slot = ?1");
         _select = Sql.Prepare(_rdb, "SELECT crc, data, owner_kind, owner_id, owner_index FROM slots WHERE slot = ?1");
+        _readBegin = Sql.Prepare(_rdb, "BEGIN");
+        _readEnd = Sql.Prepare(_rdb, "COMMIT");
     }
 
     /// <summary>
@@ -225,7 +233,10 @@ public sealed class SwapStore : IDisposable
         NonQuery(conn, $"PRAGMA synchronous = {o.Synchronous}");
         NonQuery(conn, $"PRAGMA mmap_size = {o.MmapSize}");
         NonQuery(conn, $"PRAGMA cache_size = {-o.CacheKiB}");
-        NonQuery(conn, $"PRAGMA wal_autocheckpoint = {o.WalAutoCheckpoint}");
+        // Checkpoints are ours (see CommitWrite): SQLite's automatic one would run inside COMMIT
+        // while the reader still holds its snapshot, could never copy the last frames, and the
+        // WAL would never restart.
+        NonQuery(conn, "PRAGMA wal_autocheckpoint = 0");
         // Another process (sqlite3, lab swap inspect) may hold a read lock briefly.
         NonQuery(conn, "PRAGMA busy_timeout = 5000");
     }
@@ -349,7 +360,7 @@ public sealed class SwapStore : IDisposable
                 }
             }
 
-            Sql.Exec(_begin, "begin");
+            BeginWrite();
             int deleted;
             try
             {
@@ -377,7 +388,7 @@ public sealed class SwapStore : IDisposable
                 RollbackQuietly();
                 throw;
             }
-            Interlocked.Increment(ref Counters.Transactions);
+            CommitDone(writes.Length + deleted);
             Interlocked.Add(ref Counters.PagesWritten, writes.Length);
 
             lock (_stateLock)
@@ -420,6 +431,43 @@ public sealed class SwapStore : IDisposable
             Sql.Exec(_delete, "free slot");
         }
         return n;
+    }
+
+    /// <summary>Starts a write transaction (under _writeLock).</summary>
+    void BeginWrite()
+    {
+        // A reader snapshot taken during the last checkpoint would stop the WAL from restarting.
+        EndReaderSnapshot();
+        Sql.Exec(_begin, "begin");
+    }
+
+    /// <summary>After COMMIT (under _writeLock): make the commit visible to reads, checkpoint when due.</summary>
+    void CommitDone(int rows)
+    {
+        Interlocked.Increment(ref Counters.Transactions);
+        EndReaderSnapshot();
+        _pagesSinceCheckpoint += rows;
+        if (_options.WalAutoCheckpoint > 0 && _pagesSinceCheckpoint >= _options.WalAutoCheckpoint)
+            CheckpointLocked();
+    }
+
+    void CheckpointLocked()
+    {
+        _pagesSinceCheckpoint = 0;
+        // PASSIVE never waits; readers that start meanwhile see the newest commit, so it copies everything.
+        raw.sqlite3_wal_checkpoint_v2(_wdb, "main", raw.SQLITE_CHECKPOINT_PASSIVE, out _, out _);
+        Interlocked.Increment(ref Counters.Checkpoints);
+    }
+
+    void EndReaderSnapshot()
+    {
+        lock (_readLock)
+        {
+            if (!_readerInTxn) return;
+            raw.sqlite3_step(_readEnd);
+            raw.sqlite3_reset(_readEnd);
+            _readerInTxn = false;
+        }
     }
 
     void RollbackQuietly()
@@ -495,7 +543,7 @@ public sealed class SwapStore : IDisposable
         lock (_writeLock)
         {
             lock (_stateLock) if (_pendingDeletes.Count == 0) return;
-            Sql.Exec(_begin, "begin");
+            BeginWrite();
             int deleted;
             try
             {
@@ -507,7 +555,7 @@ public sealed class SwapStore : IDisposable
                 RollbackQuietly();
                 throw;
             }
-            Interlocked.Increment(ref Counters.Transactions);
+            CommitDone(deleted);
             lock (_stateLock) _pendingDeletes.RemoveRange(0, deleted);
         }
     }
@@ -530,7 +578,7 @@ public sealed class SwapStore : IDisposable
                     default: throw new InvalidOperationException($"slot {slot} is {StateOf(slot)}, cannot be reassigned");
                 }
             }
-            Sql.Exec(_begin, "begin");
+            BeginWrite();
             try
             {
                 raw.sqlite3_bind_int64(_reassign, 1, slot);
@@ -545,7 +593,7 @@ public sealed class SwapStore : IDisposable
                 RollbackQuietly();
                 throw;
             }
-            Interlocked.Increment(ref Counters.Transactions);
+            CommitDone(1);
         }
     }
 
@@ -580,6 +628,11 @@ public sealed class SwapStore : IDisposable
         string reason;
         lock (_readLock)
         {
+            if (!_readerInTxn)
+            {
+                Sql.Exec(_readBegin, "begin read");
+                _readerInTxn = true;
+            }
             raw.sqlite3_bind_int64(_select, 1, slot);
             int rc = raw.sqlite3_step(_select);
             if (rc == raw.SQLITE_ROW)
@@ -609,6 +662,10 @@ public sealed class SwapStore : IDisposable
             else
             {
                 raw.sqlite3_reset(_select);
+                // Start the next read afresh after any error.
+                raw.sqlite3_step(_readEnd);
+                raw.sqlite3_reset(_readEnd);
+                _readerInTxn = false;
                 // SQLite itself found this row's pages damaged: the same verdict as a bad checksum.
                 if ((rc & 0xFF) != raw.SQLITE_CORRUPT) throw Sql.Error(_rdb, rc, $"read slot {slot}");
                 reason = "sqlite: " + raw.sqlite3_errmsg(_rdb).utf8_to_string();
@@ -637,6 +694,7 @@ public sealed class SwapStore : IDisposable
                 Counters.BadSlots++;
             }
             // Even if recording it in the file fails (the file may be damaged), the slot stays bad in memory.
+            EndReaderSnapshot();
             int rc = raw.sqlite3_step(_begin);
             raw.sqlite3_reset(_begin);
             if (rc != raw.SQLITE_DONE) return;
@@ -660,7 +718,7 @@ public sealed class SwapStore : IDisposable
                 raw.sqlite3_bind_int64(_delete, 1, slot);
                 Sql.Exec(_delete, "drop bad slot");
                 Sql.Exec(_commit, "commit");
-                Interlocked.Increment(ref Counters.Transactions);
+                CommitDone(2);
             }
             catch (SwapStoreException)
             {
@@ -675,7 +733,11 @@ public sealed class SwapStore : IDisposable
     public void Checkpoint()
     {
         ThrowIfDisposed();
-        lock (_writeLock) raw.sqlite3_wal_checkpoint_v2(_wdb, "main", raw.SQLITE_CHECKPOINT_PASSIVE, out _, out _);
+        lock (_writeLock)
+        {
+            EndReaderSnapshot();
+            CheckpointLocked();
+        }
     }
 
     void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
@@ -689,7 +751,7 @@ public sealed class SwapStore : IDisposable
         lock (_writeLock)
         lock (_readLock)
         {
-            foreach (var s in new[] { _select })
+            foreach (var s in new[] { _select, _readBegin, _readEnd })
                 raw.sqlite3_finalize(s);
             _readConn.Dispose();
             foreach (var s in new[] { _begin, _commit, _rollback, _upsert, _delete, _insertBad, _reassign })

@@ -68,6 +68,8 @@ public sealed class SwapCounters
     public long SlotsFreed;
     /// <summary>Write transactions committed (one per WriteCluster, flush, bad-slot mark...).</summary>
     public long Transactions;
+    /// <summary>WAL checkpoints run.</summary>
+    public long Checkpoints;
     /// <summary>Write transactions rolled back after a failure.</summary>
     public long Rollbacks;
 }
@@ -85,7 +87,10 @@ public sealed record SwapStoreOptions
     public string Synchronous { get; init; } = "NORMAL";
     /// <summary>PRAGMA mmap_size for both connections (bytes); reads of checkpointed pages then copy from the mapping.</summary>
     public long MmapSize { get; init; } = 1L << 30;
-    /// <summary>PRAGMA wal_autocheckpoint (WAL frames).</summary>
+    /// <summary>
+    /// Checkpoint (copy the WAL into the main file) after this many rows written or deleted; the
+    /// store does it itself after a commit, in place of SQLite's wal_autocheckpoint. 0: never (tests).
+    /// </summary>
     public int WalAutoCheckpoint { get; init; } = 1000;
     /// <summary>PRAGMA cache_size in KiB per connection.</summary>
     public int CacheKiB { get; init; } = 16 * 1024;

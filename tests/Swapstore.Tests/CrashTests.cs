@@ -9,7 +9,7 @@ public class CrashTests(ITestOutputHelper output)
 {
     /// <summary>
     /// A child process writes clusters in a loop and reports every committed page; we SIGKILL it
-    /// mid-stream, three times on the same file. After each kill the file must pass
+    /// mid-stream, three times on the same file (each round's child reopens what the last one left). After each kill the file must pass
     /// integrity_check, every reported page must read back with its checksum and its exact
     /// bytes, every reported free must stay free, and no slot in the store may read Corrupt.
     /// </summary>
@@ -19,6 +19,7 @@ public class CrashTests(ITestOutputHelper output)
         using var dir = new TempDir();
         string file = dir.File();
         var live = new Dictionary<long, (long gen, uint crc)>(); // slot -> last committed page
+        var maybe = new Dictionary<long, (long gen, uint crc)>(); // free announced, commit not reported
         var rng = new Random(7);
         for (int round = 0; round < 3; round++)
         {
@@ -27,10 +28,25 @@ public class CrashTests(ITestOutputHelper output)
             foreach (var line in lines)
             {
                 var p = line.Split(' ');
-                if (p[0] == "W") { live[long.Parse(p[1], CultureInfo.InvariantCulture)] = (long.Parse(p[2], CultureInfo.InvariantCulture), uint.Parse(p[3], CultureInfo.InvariantCulture)); w++; }
-                else if (p[0] == "F") { live.Remove(long.Parse(p[1], CultureInfo.InvariantCulture)); f++; }
+                long slot = long.Parse(p[1], CultureInfo.InvariantCulture);
+                switch (p[0])
+                {
+                    case "W":
+                        live[slot] = (long.Parse(p[2], CultureInfo.InvariantCulture), uint.Parse(p[3], CultureInfo.InvariantCulture));
+                        maybe.Remove(slot);
+                        w++;
+                        break;
+                    case "f":
+                        maybe[slot] = live[slot];
+                        live.Remove(slot);
+                        break;
+                    case "F":
+                        maybe.Remove(slot);
+                        f++;
+                        break;
+                }
             }
-            output.WriteLine($"round {round}: {w} pages and {f} frees reported, torn last line: {torn}, live {live.Count}");
+            output.WriteLine($"round {round}: {w} pages and {f} frees reported, torn last line: {torn}, live {live.Count}, free in flight {maybe.Count}");
             Assert.True(w > 1000);
 
             using (var c = Pages.Plain(file))
@@ -39,6 +55,9 @@ public class CrashTests(ITestOutputHelper output)
             using var store = SwapStore.Open(file);
             var buf = new byte[SwapStore.PageBytes];
             var expect = new byte[SwapStore.PageBytes];
+            var missing = live.Where(kv => store.GetState(kv.Key) != SwapSlotState.Used).Select(kv => kv.Key).ToList();
+            Assert.True(missing.Count == 0, $"round {round}: {missing.Count} reported slots not in the store, e.g. " +
+                string.Join(", ", missing.Take(5).Select(m => $"{m} (line {lines.FindLastIndex(l => l.StartsWith($"W {m} ", StringComparison.Ordinal))} of {lines.Count})")));
             foreach (var (slot, (gen, crc)) in live)
             {
                 Assert.Equal(SwapReadResult.Ok, store.Read(slot, buf));
@@ -46,6 +65,14 @@ public class CrashTests(ITestOutputHelper output)
                 Pages.Fill(expect, slot, gen);
                 Assert.True(expect.AsSpan().SequenceEqual(buf), $"slot {slot} gen {gen}");
             }
+            // A free in flight at the kill: the page is either gone or intact.
+            foreach (var (slot, (gen, crc)) in maybe)
+            {
+                var r = store.Read(slot, buf);
+                Assert.True(r == SwapReadResult.Missing || (r == SwapReadResult.Ok && Crc32C.SlotChecksum(slot, buf) == crc), $"slot {slot}: {r}");
+                if (r == SwapReadResult.Ok) live[slot] = (gen, crc); // survived: later children never touch it
+            }
+            maybe.Clear();
             // Pages committed but not yet reported when the kill came are allowed; they must verify too.
             for (long s = 1; s < store.HighWaterMark; s++)
                 Assert.NotEqual(SwapReadResult.Corrupt, store.Read(s, buf));

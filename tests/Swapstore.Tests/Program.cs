@@ -18,7 +18,7 @@ public static class Program
 
     /// <summary>
     /// Writes clusters for ever (until killed). After each commit it prints one line per page,
-    /// "W slot gen crc .", and after each committed free "F slot ."; a cluster's lines go out in
+    /// "W slot gen crc .", and around each free "f slot ." (about to free) and "F slot ." (committed); a cluster's lines go out in
     /// one write (under PIPE_BUF) so a kill never leaves half a cluster's report. The trailing "."
     /// lets the reader discard a torn last line.
     /// </summary>
@@ -80,6 +80,12 @@ public static class Program
                 int k = mine.Count > 1000 ? 32 : 8;
                 while (victims.Count < k) victims.Add(mine[rng.Next(mine.Count)]);
                 var arr = victims.ToArray();
+                // Announce first: a kill between the commit and the report leaves these gone
+                // but unreported, which the test must accept.
+                sb.Clear();
+                foreach (long s in arr) sb.Append(CultureInfo.InvariantCulture, $"f {s} .\n");
+                stdout.Write(sb.ToString());
+                stdout.Flush();
                 store.FreeMany(arr);
                 mine.RemoveAll(victims.Contains);
                 sb.Clear();
