@@ -19,13 +19,15 @@ public sealed class AddressSpace
     internal readonly object MapLock = new();
     readonly List<VmMapEntry> entries = new();
     // Virtual page numbers present in the pmap: what Linux has, as far as we know.
-    readonly HashSet<ulong> installed = new();
+    readonly PageSet installed = new();
     ulong version;
     bool destroyed;
     // Freed anons kept for reuse, so promotions allocate nothing in steady state.
-    Anon? anonFree;
+    // A stack in an array rather than a link in each anon: the link would cost every
+    // live anon 8 bytes. It grows to the most anons this space ever freed at once and
+    // is kept, so refaulting a range after MADV_DONTNEED allocates nothing.
+    Anon[] anonFree = [];
     int anonFreeCount;
-    const int AnonCacheMax = 4096;
 
     internal AddressSpace(Vm vm, IPmap pmap, IResolver resolver)
     {
@@ -647,29 +649,10 @@ public sealed class AddressSpace
         }
     }
 
-    void DropInstalled(ulong start, ulong end)
-    {
-        ulong first = start >> Vm.PageShift, last = end >> Vm.PageShift;
-        if (last - first <= (ulong)installed.Count)
-            for (ulong p = first; p < last; p++) installed.Remove(p);
-        else
-            installed.RemoveWhere(p => p >= first && p < last);
-    }
+    void DropInstalled(ulong start, ulong end) => installed.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
 
-    void CollectInstalled(ulong start, ulong end, List<ulong> into)
-    {
-        ulong first = start >> Vm.PageShift, last = end >> Vm.PageShift;
-        if (last - first <= (ulong)installed.Count)
-        {
-            for (ulong p = first; p < last; p++)
-                if (installed.Contains(p)) into.Add(p);
-        }
-        else
-        {
-            foreach (var p in installed)
-                if (p >= first && p < last) into.Add(p);
-        }
-    }
+    void CollectInstalled(ulong start, ulong end, List<ulong> into) =>
+        installed.CollectRange(start >> Vm.PageShift, end >> Vm.PageShift, into);
 
     /// <summary>
     /// Remove's model side for a private entry: the space's own pages in [s, t) are
@@ -839,12 +822,11 @@ public sealed class AddressSpace
     /// <summary>uvm_analloc: a fresh anon with one reference, from this space's free list when it can.</summary>
     internal Anon AnonAlloc(PageContent content)
     {
-        var a = anonFree;
-        if (a != null)
+        Anon a;
+        if (anonFreeCount > 0)
         {
-            anonFree = a.NextFree;
-            a.NextFree = null;
-            anonFreeCount--;
+            a = anonFree[--anonFreeCount];
+            anonFree[anonFreeCount] = null!;
         }
         else a = new Anon();
         a.an_ref = 1;
@@ -861,9 +843,8 @@ public sealed class AddressSpace
         if (anon.an_ref < 0) throw new InvalidOperationException("anon reference count below zero");
         Vm.AnonFreed();
         anon.Content = PageContent.None;
-        if (anonFreeCount >= AnonCacheMax) return;
-        anon.NextFree = anonFree;
-        anonFree = anon;
-        anonFreeCount++;
+        if (anonFreeCount == anonFree.Length)
+            Array.Resize(ref anonFree, Math.Max(64, anonFree.Length * 2));
+        anonFree[anonFreeCount++] = anon;
     }
 }

@@ -15,7 +15,6 @@ internal sealed class Anon
     public int an_swslot;
 #pragma warning restore IDE1006
     public PageContent Content;
-    public Anon? NextFree;   // link in the owning space's free list (no allocation per fault)
 }
 
 /// <summary>
