@@ -3,7 +3,7 @@
 # for resident, zero-fill, copy-on-write and shadow-chain walks (before and after
 # collapse), managed bytes per fault and per resident page, and the targets met or
 # missed. Arguments go to the benchmark (--quick, --pages N, --rounds N, --design NAME).
-# Exit status 1 when a target is missed.
+# With --strict the exit status is 1 when a target is missed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 exec dotnet run -c Release --project "$ROOT/lab/bench/VmBench/VmBench.csproj" -- "$@"
