@@ -72,7 +72,16 @@ public sealed class SwapStore : IDisposable
     // Every write transaction ends it (before BEGIN and after COMMIT) so that reads see each
     // commit and the snapshot never holds back a checkpoint.
     bool _readerInTxn;
-    long _pagesSinceCheckpoint;
+    long _pagesSinceCheckpoint, _walPages;
+
+    // Checkpoints (copying the WAL into the main file: a read and a write of every page, and the
+    // fsyncs) run on a thread of their own with a third connection, so that the pageout thread
+    // only appends to the WAL; the writer takes over (backpressure) when the WAL grows too big.
+    readonly SqliteConnection? _ckptConn;
+    readonly Thread? _ckptThread;
+    readonly AutoResetEvent _ckptWake = new(false);
+    readonly Lock _ckptLock = new();
+    volatile bool _stopping;
 
     readonly Lock _writeLock = new(), _readLock = new(), _stateLock = new();
 
@@ -113,6 +122,11 @@ public sealed class SwapStore : IDisposable
             _readConn = OpenConnection(path, create: false);
             Configure(_readConn, options);
             _rdb = _readConn.Handle!;
+            if (options.BackgroundCheckpoint && options.WalAutoCheckpoint > 0)
+            {
+                _ckptConn = OpenConnection(path, create: false);
+                Configure(_ckptConn, options);
+            }
         }
         catch
         {
@@ -135,6 +149,11 @@ public sealed class SwapStore : IDisposable
         _select = Sql.Prepare(_rdb, "SELECT crc, data, owner_kind, owner_id, owner_index FROM slots WHERE slot = ?1");
         _readBegin = Sql.Prepare(_rdb, "BEGIN");
         _readEnd = Sql.Prepare(_rdb, "COMMIT");
+        if (_ckptConn != null)
+        {
+            _ckptThread = new Thread(CheckpointLoop) { IsBackground = true, Name = "swapstore checkpoint" };
+            _ckptThread.Start();
+        }
     }
 
     /// <summary>
@@ -446,17 +465,49 @@ public sealed class SwapStore : IDisposable
     {
         Interlocked.Increment(ref Counters.Transactions);
         EndReaderSnapshot();
+        int every = _options.WalAutoCheckpoint;
+        if (every <= 0) return;
         _pagesSinceCheckpoint += rows;
-        if (_options.WalAutoCheckpoint > 0 && _pagesSinceCheckpoint >= _options.WalAutoCheckpoint)
-            CheckpointLocked();
+        _walPages += rows;
+        if (_walPages >= Math.Max(every, _options.MaxWalPages))
+            CheckpointLocked(); // the background one is not keeping up, or there is none
+        else if (_pagesSinceCheckpoint >= every)
+        {
+            _pagesSinceCheckpoint = 0;
+            if (_ckptThread != null) _ckptWake.Set(); else CheckpointLocked();
+        }
     }
 
+    /// <summary>A checkpoint by the writer (under _writeLock): no commit can land meanwhile, so it copies everything.</summary>
     void CheckpointLocked()
     {
-        _pagesSinceCheckpoint = 0;
-        // PASSIVE never waits; readers that start meanwhile see the newest commit, so it copies everything.
-        raw.sqlite3_wal_checkpoint_v2(_wdb, "main", raw.SQLITE_CHECKPOINT_PASSIVE, out _, out _);
-        Interlocked.Increment(ref Counters.Checkpoints);
+        lock (_ckptLock)
+        {
+            _pagesSinceCheckpoint = 0;
+            EndReaderSnapshot();
+            // PASSIVE never waits; readers that start meanwhile see the newest commit, which is all
+            // there is, so it copies every frame, and the next BEGIN finds the WAL fully copied and
+            // restarts it from the top.
+            int rc = raw.sqlite3_wal_checkpoint_v2(_wdb, "main", raw.SQLITE_CHECKPOINT_PASSIVE, out int log, out int done);
+            if (rc == raw.SQLITE_OK && log == done) _walPages = 0;
+            Interlocked.Increment(ref Counters.Checkpoints);
+        }
+    }
+
+    void CheckpointLoop()
+    {
+        var db = _ckptConn!.Handle!;
+        while (true)
+        {
+            _ckptWake.WaitOne();
+            if (_stopping) return;
+            lock (_ckptLock)
+            {
+                EndReaderSnapshot();
+                raw.sqlite3_wal_checkpoint_v2(db, "main", raw.SQLITE_CHECKPOINT_PASSIVE, out _, out _);
+                Interlocked.Increment(ref Counters.Checkpoints);
+            }
+        }
     }
 
     void EndReaderSnapshot()
@@ -748,6 +799,14 @@ public sealed class SwapStore : IDisposable
         if (_disposed) return;
         try { Flush(); } catch (SwapStoreException) { /* closing anyway; the rows stay until next open */ }
         _disposed = true;
+        if (_ckptThread != null)
+        {
+            _stopping = true;
+            _ckptWake.Set();
+            _ckptThread.Join();
+            _ckptConn!.Dispose();
+        }
+        _ckptWake.Dispose();
         lock (_writeLock)
         lock (_readLock)
         {
