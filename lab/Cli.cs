@@ -18,11 +18,12 @@ public static class Cli
         root.Add(RunCommand());
         root.Add(StatCommand());
         root.Add(CompareCommand());
+        root.Add(SwapCommand());
         try
         {
             return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception e) when (e is LabException or FuseMountException)
+        catch (Exception e) when (e is LabException or FuseMountException or Lab.Swapstore.SwapStoreException)
         {
             Console.Error.WriteLine($"lab: {e.Message}");
             return 1;
@@ -248,6 +249,19 @@ public static class Cli
             return 0;
         });
         return cmd;
+    }
+
+    static Command SwapCommand()
+    {
+        var file = new Argument<string>("FILE") { Description = "a swap store (SQLite) file" };
+        var top = new Option<int>("--top") { Description = "owners to list", DefaultValueFactory = _ => 20 };
+        var inspect = new Command("inspect", "owners, counts and bad slots of a swap store file") { file, top };
+        inspect.SetAction(r =>
+        {
+            Console.Out.Write(Lab.Swapstore.SwapInspector.Inspect(r.GetValue(file)!, r.GetValue(top)));
+            return 0;
+        });
+        return new Command("swap", "the swap store") { inspect };
     }
 
     static Dictionary<string, string> ParseStats(string text)

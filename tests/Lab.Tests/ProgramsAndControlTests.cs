@@ -136,6 +136,36 @@ public sealed class ProgramsAndControlTests(ITestOutputHelper output)
         else Assert.Equal(0, d.ExitCode);
     }
 
+    [Fact]
+    public void SwapInspectPrintsOwnersAndCounts()
+    {
+        var dir = Directory.CreateTempSubdirectory("labswap-").FullName;
+        try
+        {
+            var path = Path.Combine(dir, "swap.db");
+            using (var store = Lab.Swapstore.SwapStore.Open(path))
+            {
+                var page = new byte[4096];
+                var writes = new List<Lab.Swapstore.SlotWrite>();
+                for (int i = 0; i < 5; i++)
+                    writes.Add(new(store.Allocate(Lab.Swapstore.SwapOwner.Object(42, i)), page));
+                for (int i = 0; i < 2; i++)
+                    writes.Add(new(store.Allocate(Lab.Swapstore.SwapOwner.Anon(7 + i)), page));
+                store.WriteCluster(writes.ToArray());
+            }
+            var r = Sh.Lab("swap", "inspect", path);
+            output.WriteLine(r.ToString());
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Contains("slots: 7 used, 0 free, 0 bad (highest slot 7)", r.Stdout);
+            Assert.Matches(@"object +42 +5 ", r.Stdout);
+            Assert.Contains("bad slots: 0", r.Stdout);
+            var bad = Sh.Lab("swap", "inspect", Path.Combine(dir, "missing.db"));
+            Assert.NotEqual(0, bad.ExitCode);
+            Assert.Single(bad.Stderr.Trim().Split('\n'));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
     [KernelFact]
     public void MalformedControlMessageClosesOnlyThatConnection()
     {
