@@ -18,7 +18,9 @@ public sealed unsafe class LabProcess
     public readonly AddressSpace Space;
     public readonly UffdPmap Pmap;
     public readonly LatencyHistogram Latency = new();
-    public long LookupMisses, InternalErrors, Events;
+    public long LookupMisses, InternalErrors, Events, Resyncs;
+    ulong _lastSuperseded = ulong.MaxValue;   // fault thread only
+    int _supersededRun;
     public readonly Queue<LabProcess> PendingChildren = new();   // from UFFD_EVENT_FORK, not yet claimed
     readonly Registry _registry;
     readonly int _stopFd;
@@ -141,7 +143,20 @@ public sealed unsafe class LabProcess
             Pmap.Poison(va);
         }
         else if (result == FaultResult.Superseded)
-            Pmap.Wake(va, 4096);
+        {
+            // A duplicate fault (another thread's, already served) is answered by a wake. The
+            // same missing page again and again means the model is wrong about it: re-resolve.
+            if (access != FaultAccess.WriteProtect && va == _lastSuperseded && ++_supersededRun >= 3)
+            {
+                _supersededRun = 0;
+                Interlocked.Increment(ref Resyncs);
+                Space.ForgetInstalled(va);
+                result = Space.Fault(va, access);
+            }
+            else if (va != _lastSuperseded) { _lastSuperseded = va; _supersededRun = 1; }
+            if (result == FaultResult.Superseded) Pmap.Wake(va, 4096);
+        }
+        else _lastSuperseded = ulong.MaxValue;
         Latency.Record(Stopwatch.GetTimestamp() - t0);
     }
 

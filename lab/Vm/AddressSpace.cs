@@ -561,8 +561,12 @@ public sealed class AddressSpace
 
     internal void MarkInstalled(ulong va) => installed.Add(va >> Vm.PageShift);
 
-    /// <summary>Tests: make the model lose track of a page, as if the kernel dropped it unannounced.</summary>
-    internal void ForgetInstalled(ulong va)
+    /// <summary>
+    /// The pmap says the page at <paramref name="va"/> is absent although the model has it
+    /// installed (the kernel dropped it without an event): forget it, so the next fault
+    /// resolves it instead of being answered "superseded" for ever. Tests use it too.
+    /// </summary>
+    public void ForgetInstalled(ulong va)
     {
         lock (MapLock) installed.Remove(va >> Vm.PageShift);
     }
