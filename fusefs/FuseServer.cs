@@ -483,7 +483,9 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         var h = MemoryMarshal.Read<FuseInHeader>(req);
         if (h.Len != req.Length) return Error(reply, unique, Errno.EINVAL);
         var op = (FuseOpcode)h.Opcode;
-        // Requests without replies: never answer them, even when malformed.
+        // Requests without replies: never answer them, even when malformed. INTERRUPT is ignored on
+        // purpose: no request here waits for anything but the backing file system, so the interrupted
+        // request's own reply comes promptly and the kernel then drops the interrupt.
         if (op is FuseOpcode.Forget or FuseOpcode.BatchForget or FuseOpcode.Interrupt)
         {
             try { Forget(op, h.NodeId, req[(FuseConst.InHeaderSize + h.TotalExtlen * 8)..]); }
