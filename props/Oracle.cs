@@ -39,6 +39,7 @@ public sealed class Oracle
         public Prot Prot;
         public int File = -1, Pindex;
         public bool EverWritable;
+        public bool Wired;               // mlock: faulted in, never evicted; not inherited by fork
         public byte[]? Own;              // private: the process's own copy; null = not materialized
         public bool[]? Written;          // with Bases: which bytes the process wrote
         public List<byte[]>? Bases;      // private copy made from a file page with several versions
@@ -173,7 +174,12 @@ public sealed class Oracle
     public static OProc Fork(OProc parent, int childId)
     {
         var c = NewProc(childId);
-        foreach (var (vpn, pg) in parent.Pages) c.Pages[vpn] = pg.Clone();
+        foreach (var (vpn, pg) in parent.Pages)
+        {
+            var cp = pg.Clone();
+            cp.Wired = false;
+            c.Pages[vpn] = cp;
+        }
         return c;
     }
 

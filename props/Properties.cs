@@ -31,7 +31,8 @@ public sealed class Properties
     {
         Weights = Mix((OpKind.MmapAnon, 5), (OpKind.MmapFile, 6), (OpKind.Read, 30), (OpKind.Write, 25),
             (OpKind.Fork, 5), (OpKind.Exit, 2), (OpKind.Munmap, 2), (OpKind.DontNeed, 3), (OpKind.Mprotect, 3),
-            (OpKind.Mremap, 2), (OpKind.Grow, 2), (OpKind.Msync, 2), (OpKind.Advise, 2)),
+            (OpKind.Mremap, 2), (OpKind.Grow, 2), (OpKind.Msync, 2), (OpKind.Advise, 2),
+            (OpKind.Wire, 1), (OpKind.Unwire, 1)),
     };
 
     static readonly Profile SingleProcess = General with
@@ -184,7 +185,20 @@ public sealed class Properties
     [Theory, MemberData(nameof(Designs))]
     public void PrefaultSafety(string design) =>
         Check(design, nameof(PrefaultSafety), PrivateFiles with { SharedPercent = 40 },
-            w => Runner.Run(w, design, Checks.Cache | Checks.NoWritableSharing));
+            w => Runner.Run(w, design, Checks.Cache | Checks.NoWritableSharing | Checks.Agreement));
+
+    /// <summary>§4.19: mlock faults every page in with copy-on-write broken, IsWired and wired_pages follow it, fork does not inherit it.</summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void Wiring(string design) =>
+        Check(design, nameof(Wiring), General with
+        {
+            Weights = new(General.Weights) { [OpKind.Wire] = 6, [OpKind.Unwire] = 3 },
+        }, w => Runner.Run(w, design, Checks.Wiring | Checks.NoWritableSharing | Checks.Counters));
+
+    /// <summary>§4.24: the pages the model believes installed are exactly the pages the page table has.</summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void ModelPmapAgreement(string design) =>
+        Check(design, nameof(ModelPmapAgreement), General, w => Runner.Run(w, design, Checks.Agreement));
 
     /// <summary>§4.22: counter relations (cow_optim ≤ cow_faults, ozfod ≤ zfod, UVM cases ≤ faults, faults = MMU faults ...).</summary>
     [Theory, MemberData(nameof(Designs))]

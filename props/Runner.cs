@@ -25,6 +25,10 @@ public enum Checks
     ProtectionProbe = 32,
     /// <summary>msync: every ever-writable shared page in the range reaches the backing file.</summary>
     Msync = 64,
+    /// <summary>The model's installed set (IsInstalled) is exactly what the page table has.</summary>
+    Agreement = 128,
+    /// <summary>IsWired and wired_pages follow mlock/munlock; a wired private writable page is installed writable.</summary>
+    Wiring = 256,
 }
 
 /// <summary>A violated property, with everything needed to read the failure.</summary>
@@ -65,7 +69,7 @@ public sealed class Runner
     public readonly List<AccessRecord> Accesses = new();
     /// <summary>Every process's counters, added at its exit (workload statistics).</summary>
     public readonly VmCounters Totals = new();
-    public int Forks, Skipped;
+    public int Forks, Skipped, Wires;
     int nextPid;
     int opIndex = -1;
 
@@ -210,6 +214,11 @@ public sealed class Runner
                 Oracle.Unmap(p.O, vpn, op.N);
                 break;
             case OpKind.DontNeed:
+                if (Enumerable.Range(0, op.N).Any(i => p.O.Pages.TryGetValue(vpn + (ulong)i, out var pw) && pw.Wired))
+                {
+                    Skip($"{who}madvise(0x{start:x}, {op.N}p, MADV_DONTNEED) [skipped: EINVAL, locked pages]");
+                    break;
+                }
                 trace.Add($"{who}madvise(0x{start:x}, {op.N}p, MADV_DONTNEED)");
                 p.Pmap.Zap(start, len);
                 p.Space.Remove(start, len);
@@ -256,6 +265,15 @@ public sealed class Runner
             case OpKind.Msync:
                 Msync(p, start, len, who);
                 break;
+            case OpKind.Wire:
+                Wire(p, start, op.N, who);
+                break;
+            case OpKind.Unwire:
+                trace.Add($"{who}munlock(0x{start:x}, {op.N}p)");
+                p.Space.Unwire(start, len);
+                for (int i = 0; i < op.N; i++)
+                    if (p.O.Pages.TryGetValue(vpn + (ulong)i, out var pu)) pu.Wired = false;
+                break;
             case OpKind.Advise:
                 trace.Add($"{who}madvise(0x{start:x}, {op.N}p, {op.Advice})");
                 p.Space.Advise(start, len, op.Advice);
@@ -275,6 +293,74 @@ public sealed class Runner
         child.Space = parent.Space.Fork(child.Pmap);
         live.Add(child);
         Forks++;
+    }
+
+    /// <summary>
+    /// mlock as the VM does it: every mapped page in the range is faulted in, in address
+    /// order, private writable ones for writing (copy-on-write broken up front); the first
+    /// page that fails ends it and unwires the whole range.
+    /// </summary>
+    void Wire(Proc p, ulong start, int n, string who)
+    {
+        ulong vpn0 = Oracle.Vpn(start);
+        bool expect = true;
+        int upTo = n;
+        for (int i = 0; i < n && expect; i++)
+        {
+            if (!p.O.Pages.TryGetValue(vpn0 + (ulong)i, out var pg) || pg.Prot == Prot.None) continue;
+            bool write = (pg.Prot & Prot.Write) != 0 && pg.Kind != PageKind.SharedFile;
+            if (oracle.Expect(p.O, vpn0 + (ulong)i, write) != Outcome.Ok) { expect = false; upTo = i; break; }
+        }
+        var c = p.Space.Counters;
+        long f0 = c.v_vm_faults, segv0 = c.sigsegv, bus0 = c.sigbus;
+        faulting = p;
+        bool got;
+        try { got = p.Space.Wire(start, (ulong)n * PropPmap.Page); }
+        finally { faulting = null; }
+        p.Faults += c.v_vm_faults - f0;
+        p.SegvResults += c.sigsegv - segv0;
+        p.BusResults += c.sigbus - bus0;
+        trace.Add($"{who}mlock(0x{start:x}, {n}p) -> {got}");
+        if (got != expect) Fail($"pid{p.Id} mlock(0x{start:x}, {n}p) returned {got}, the oracle says {expect}");
+        if (got) Wires++;
+        for (int i = 0; i < upTo; i++)
+        {
+            ulong q = vpn0 + (ulong)i;
+            if (!p.O.Pages.TryGetValue(q, out var pg) || pg.Prot == Prot.None) continue;
+            oracle.Touch(p.O, q);
+            if ((pg.Prot & Prot.Write) != 0 && pg.Kind != PageKind.SharedFile)
+                oracle.Write(p.O, q, 0, 0, 0);   // a private copy now, with the same bytes
+        }
+        for (int i = 0; i < n; i++)
+            if (p.O.Pages.TryGetValue(vpn0 + (ulong)i, out var pg)) pg.Wired = got;
+        if (!got || (checks & Checks.Wiring) == 0) return;
+        for (int i = 0; i < n; i++)
+        {
+            ulong q = vpn0 + (ulong)i;
+            if (!p.O.Pages.TryGetValue(q, out var pg) || pg.Prot == Prot.None) continue;
+            if (!p.Pmap.Ptes.TryGetValue(q, out var pte))
+                Fail($"pid{p.Id} 0x{q * PropPmap.Page:x}: not present after mlock");
+            else if ((pg.Prot & Prot.Write) != 0 && pg.Kind != PageKind.SharedFile && !pte.Writable)
+                Fail($"pid{p.Id} 0x{q * PropPmap.Page:x}: a wired private writable page is still write-protected (copy-on-write not broken)");
+        }
+    }
+
+    void CheckWiring()
+    {
+        foreach (var p in live)
+        {
+            long wired = 0;
+            foreach (var (vpn, pg) in p.O.Pages)
+            {
+                if (pg.Wired) wired++;
+                if (p.Space.IsWired(vpn * PropPmap.Page) != pg.Wired)
+                    Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: IsWired {!pg.Wired}, the oracle says {pg.Wired}");
+                if (p.Space.IsEvictable(vpn * PropPmap.Page) == pg.Wired)
+                    Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: IsEvictable {!pg.Wired} on a page {(pg.Wired ? "" : "not ")}wired");
+            }
+            if (p.Space.Counters.wired_pages != wired)
+                Fail($"pid{p.Id}: wired_pages = {p.Space.Counters.wired_pages}, {wired} mapped pages are wired");
+        }
     }
 
     void Msync(Proc p, ulong start, ulong len, string who)
@@ -458,6 +544,24 @@ public sealed class Runner
         if ((checks & Checks.NoWritableSharing) != 0) CheckNoWritableSharing();
         if ((checks & Checks.Structure) != 0 && !IsUvm(Design)) CheckStructure();
         if ((checks & Checks.Counters) != 0) foreach (var p in live) CheckCounters(p, final: false);
+        if ((checks & Checks.Agreement) != 0) CheckAgreement();
+        if ((checks & Checks.Wiring) != 0) CheckWiring();
+    }
+
+    void CheckAgreement()
+    {
+        foreach (var p in live)
+        {
+            foreach (var vpn in p.O.Pages.Keys)
+            {
+                ulong va = vpn * PropPmap.Page;
+                bool model = p.Space.IsInstalled(va), real = p.Pmap.Ptes.ContainsKey(vpn);
+                if (model != real)
+                    Fail($"pid{p.Id} 0x{va:x}: the model believes the page is {(model ? "" : "not ")}installed, the page table {(real ? "has" : "lacks")} it");
+            }
+            foreach (var vpn in p.Pmap.Ptes.Keys)
+                if (!p.O.Pages.ContainsKey(vpn)) Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: a page is present outside every mapping");
+        }
     }
 
     void CheckCache()
@@ -503,7 +607,15 @@ public sealed class Runner
             foreach (var (vpn, pte) in p.Pmap.Ptes)
                 if (pte.Writable && (!p.O.Pages.TryGetValue(vpn, out var pg) || (pg.Prot & Prot.Write) == 0))
                     Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: installed writable, the mapping is not writable");
-        if (IsUvm(Design)) return;   // model pages are anons there; ObjectAt does not name them
+        if (IsUvm(Design))
+        {
+            // A private page installed writable must be an anon that only this amap slot holds.
+            foreach (var p in live)
+                foreach (var (vpn, pte) in p.Pmap.Ptes)
+                    if (pte.Writable && !pte.Shared && p.Space.AnonRefAt(vpn * PropPmap.Page) is var refs && refs != 1)
+                        Fail($"pid{p.Id} 0x{vpn * PropPmap.Page:x}: a private page installed writable whose anon has an_ref {refs} (want 1)");
+            return;
+        }
         // Which spaces have each model page (first object, pindex) installed, and how.
         var holders = new Dictionary<(VmObject, long), List<(Proc, ulong, bool)>>();
         foreach (var p in live)

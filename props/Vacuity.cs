@@ -17,7 +17,7 @@ public sealed class Vacuity(ITestOutputHelper output)
     {
         var sample = WorkloadGen.Workload(Properties.General).Sample(300, 50);
         var total = new VmCounters();
-        int ops = 0, forks = 0, skipped = 0;
+        int ops = 0, forks = 0, skipped = 0, wires = 0;
         var outcomes = new Dictionary<(bool, Outcome), int>();
         foreach (var w in sample)
         {
@@ -26,10 +26,11 @@ public sealed class Vacuity(ITestOutputHelper output)
             ops += w.Ops.Length;
             forks += r.Forks;
             skipped += r.Skipped;
+            wires += r.Wires;
             foreach (var a in r.Accesses) outcomes[(a.Write, a.Outcome)] = outcomes.GetValueOrDefault((a.Write, a.Outcome)) + 1;
         }
         var c = total.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
-        output.WriteLine($"{design}: {sample.Length} workloads, {ops} ops, {forks} forks, {skipped} skipped");
+        output.WriteLine($"{design}: {sample.Length} workloads, {ops} ops, {forks} forks, {wires} mlocks, {skipped} skipped");
         foreach (var (k, v) in outcomes.OrderBy(kv => kv.Key)) output.WriteLine($"  {(k.Item1 ? "write" : "read")} {k.Item2}: {v}");
         foreach (var (k, v) in c) if (v != 0) output.WriteLine($"  {k} = {v}");
         int Out(bool write, Outcome o) => outcomes.GetValueOrDefault((write, o));
@@ -38,6 +39,7 @@ public sealed class Vacuity(ITestOutputHelper output)
         Assert.True(Out(false, Outcome.SigSegv) + Out(true, Outcome.SigSegv) > 0, "SIGSEGV");
         Assert.True(Out(false, Outcome.SigBus) + Out(true, Outcome.SigBus) > 0, "SIGBUS");
         Assert.True(forks > sample.Length, "forks");
+        Assert.True(wires > sample.Length / 10, "successful mlocks");
         Assert.True(skipped < ops / 10, "ops skipped as invalid");
         foreach (var name in new[] { "v_vm_faults", "pages_prefaulted", "eof_faults", "pager_errors" })
             if (c.ContainsKey(name)) Assert.True(c[name] > 0, name);

@@ -9,7 +9,7 @@ namespace Lab.Props;
 /// <summary>What a workload operation does (the system calls and accesses of the programs).</summary>
 public enum OpKind
 {
-    MmapAnon, MmapFile, Read, Write, Fork, Exit, Munmap, DontNeed, Mprotect, Mremap, Grow, Msync, Advise,
+    MmapAnon, MmapFile, Read, Write, Fork, Exit, Munmap, DontNeed, Mprotect, Mremap, Grow, Msync, Advise, Wire, Unwire,
 }
 
 /// <summary>
@@ -42,6 +42,8 @@ public sealed record Op(OpKind Kind, int P, int Slot = 0, int Page = 0, int N = 
         OpKind.Mremap => $"p{P}.mremap(s{Slot}+{Page}, {N}p -> s{ToSlot}+{ToPage})",
         OpKind.Grow => $"p{P}.mremap_grow(s{Slot}+{Page}, {N}p, +{ToPage}p)",
         OpKind.Msync => $"p{P}.msync(s{Slot}+{Page}, {N}p)",
+        OpKind.Wire => $"p{P}.mlock(s{Slot}+{Page}, {N}p)",
+        OpKind.Unwire => $"p{P}.munlock(s{Slot}+{Page}, {N}p)",
         OpKind.Advise => $"p{P}.madvise(s{Slot}+{Page}, {N}p, {Advice})",
         _ => Kind.ToString(),
     };
@@ -171,6 +173,8 @@ public static class WorkloadGen
             case OpKind.Munmap:
             case OpKind.DontNeed:
             case OpKind.Msync:
+            case OpKind.Wire:
+            case OpKind.Unwire:
                 return from a in p from s in slot from g in page from c in n select new Op(kind, a, s, g, c);
             case OpKind.Mprotect:
                 return from a in p from s in slot from g in page from c in n from r in prot
