@@ -1,14 +1,12 @@
 namespace Lab.Fusefs;
-
-/// <summary>
-/// The content of the virtual <c>.lab/</c> directory at the root of the mount, provided by the daemon.
-/// </summary>
 public interface ILabDirectory
 {
-    /// <summary><c>.lab/control</c> is a symlink to this path.</summary>
+    /// <summary>`.lab/control` is a symlink to this path.</summary>
     string ControlSocketPath { get; }
-    /// <summary>Regular (read-only) files under <c>.lab</c>, e.g. "stats".</summary>
-    IReadOnlyList<string> FileNames { get; }
-    /// <summary>A file's content, rendered once per open.</summary>
-    byte[] Render(string name);
+    /// <summary>Entries of a directory under .lab: "" is .lab itself, "processes", "processes/123", "objects".
+    /// A name ending in '/' is a subdirectory (the '/' is not part of its name). Null: no such directory.
+    /// "control" is added by the file system itself at the top.</summary>
+    IReadOnlyList<string>? List(string dir);
+    /// <summary>The content of a file under .lab ("stats", "processes/123/maps", "objects/7"), made at open; null: no such file.</summary>
+    byte[]? Render(string path);
 }

@@ -13,9 +13,13 @@ namespace Lab.Fusefs;
 /// </summary>
 public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
 {
+    // Node ids: [2, FirstRealId) are the virtual .lab nodes (2 and 3 fixed, the rest allocated from
+    // LabFileBase per path), FirstRealId.. the backing nodes, so the two never meet.
     private const ulong RootId = 1, LabDirId = 2, ControlId = 3, LabFileBase = 16;
     private const ulong FirstRealId = 1UL << 32;
     private const ulong VirtualInoBase = 1UL << 62;
+    // Inos of .lab entries listed but not looked up (no node id yet): above every allocated id's ino.
+    private const ulong UnboundInoBase = VirtualInoBase + FirstRealId;
     private const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000;
     private const uint S_IFIFO = 0x1000, S_IFSOCK = 0xC000;
     private static ReadOnlySpan<byte> LabName => ".lab"u8;
@@ -32,6 +36,16 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         { Id = id; Dev = dev; Ino = ino; Type = type; Fd = fd; Name = name; }
     }
 
+    /// <summary>A virtual node under .lab: one path and type, kept while the kernel holds a lookup on it.</summary>
+    private sealed class VNode
+    {
+        public readonly ulong Id;
+        public readonly string Path; // relative to .lab, "" for .lab itself
+        public readonly uint Type;   // S_IFDIR, S_IFREG or S_IFLNK (control)
+        public long Lookups;
+        public VNode(ulong id, string path, uint type) { Id = id; Path = path; Type = type; }
+    }
+
     private struct DirEnt { public int NameStart, NameLen; public ulong Ino; public uint Type; }
 
     private sealed class Handle
@@ -39,6 +53,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         public Node? Node;
         public int Fd = -1;
         public byte[]? Virtual;          // rendered .lab file
+        public VNode? VDir;              // a directory under .lab
+        public bool Served;              // a READDIR came (the snapshot of OPENDIR is used once)
         public List<DirEnt>? Entries;    // directory snapshot
         public byte[] Names = [];
         public readonly object Gate = new();
@@ -50,6 +66,10 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
     private readonly Dictionary<(ulong Dev, ulong Ino), Node> _byKey = new();
     private readonly Dictionary<ulong, Node> _byIno = new();
     private readonly ConcurrentDictionary<ulong, Handle> _handles = new();
+    private readonly object _labLock = new(); // guards the virtual tables; never taken for backing nodes
+    private readonly Dictionary<ulong, VNode> _vById = new();
+    private readonly Dictionary<string, VNode> _vByPath = new(StringComparer.Ordinal);
+    private ulong _nextVirtualId = LabFileBase;
     private readonly Node _root;
     private readonly uint _uid = Native.GetEuid(), _gid = Native.GetEgid();
     private IFuseNotifier? _notifier;
@@ -75,6 +95,10 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         _byId[RootId] = _root;
         _byKey[(st.Dev, st.Ino)] = _root;
         _byIno[st.Ino] = _root;
+        var labDirNode = new VNode(LabDirId, "", S_IFDIR);
+        _vById[LabDirId] = labDirNode;
+        _vByPath[""] = labDirNode;
+        _vById[ControlId] = new VNode(ControlId, "control", S_IFLNK); // not by path: the provider's "control" is never asked
     }
 
     // ---------------- helpers ----------------
@@ -98,7 +122,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         lock (_nodesLock) return _byId.GetValueOrDefault(id);
     }
 
-    private bool IsVirtual(ulong id) => _lab != null && (id is LabDirId or ControlId || LabFileName(id) != null);
+    // By range only, so the backing nodes' requests take no lock here.
+    private bool IsVirtual(ulong id) => _lab != null && id >= LabDirId && id < FirstRealId;
 
     private bool IsLabName(ulong parent, ReadOnlySpan<byte> name) =>
         _lab != null && parent == RootId && name.SequenceEqual(LabName);
@@ -187,17 +212,24 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
 
     // ---------------- virtual .lab ----------------
 
-    private void VirtualAttr(ulong id, out FuseAttr a)
+    private VNode? GetV(ulong id)
+    {
+        lock (_labLock) return _vById.GetValueOrDefault(id);
+    }
+
+    private static ulong InoOf(VNode v) => VirtualInoBase + v.Id;
+
+    private void VirtualAttr(VNode v, out FuseAttr a)
     {
         a = default;
-        a.Ino = VirtualInoBase + id;
+        a.Ino = InoOf(v);
         a.Uid = _uid;
         a.Gid = _gid;
         a.BlkSize = 4096;
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         a.Atime = a.Mtime = a.Ctime = (ulong)now;
-        if (id == LabDirId) { a.Mode = S_IFDIR | 0x16D /*0555*/; a.Nlink = 2; }
-        else if (id == ControlId)
+        if (v.Type == S_IFDIR) { a.Mode = S_IFDIR | 0x16D /*0555*/; a.Nlink = 2; }
+        else if (v.Type == S_IFLNK)
         {
             a.Mode = S_IFLNK | 0x1FF; a.Nlink = 1;
             a.Size = (ulong)Encoding.UTF8.GetByteCount(_lab?.ControlSocketPath ?? "");
@@ -205,24 +237,102 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         else { a.Mode = S_IFREG | 0x124 /*0444*/; a.Nlink = 1; } // direct-io: size 0 is fine
     }
 
-    private int LabFileIndex(ReadOnlySpan<byte> name)
+    // Below .lab/ the tree changes as the daemon runs (processes come and go): the kernel keeps no
+    // names or attributes there, so a vanished path is gone at once.
+    private static ulong VirtualValid(ulong id) => id < LabFileBase ? 1UL : 0UL;
+
+    private void VirtualEntry(VNode v, out FuseEntryOut e)
     {
-        if (_lab == null) return -1;
-        var names = _lab.FileNames;
-        Span<char> chars = stackalloc char[256];
-        if (name.Length > 255 || !Encoding.UTF8.TryGetChars(name, chars, out int n)) return -1;
-        var s = chars[..n];
-        for (int i = 0; i < names.Count; i++)
-            if (s.SequenceEqual(names[i])) return i;
-        return -1;
+        VirtualAttr(v, out var a);
+        Entry(v.Id, in a, out e);
+        e.EntryValid = e.AttrValid = VirtualValid(v.Id);
     }
 
-    private string? LabFileName(ulong id)
+    /// <summary>Finds or makes the node of a path and counts one lookup. A path whose type changed gets a
+    /// new id: the kernel refuses a node whose type changes.</summary>
+    private VNode LookupV(string path, uint type)
     {
-        if (_lab == null || id < LabFileBase || id >= FirstRealId) return null;
-        var names = _lab.FileNames;
-        ulong i = id - LabFileBase;
-        return i < (ulong)names.Count ? names[(int)i] : null;
+        lock (_labLock)
+        {
+            if (_vByPath.TryGetValue(path, out var v) && v.Type == type) { v.Lookups++; return v; }
+            v = new VNode(AllocVirtualId(), path, type) { Lookups = 1 };
+            _vById[v.Id] = v;
+            _vByPath[path] = v;
+            return v;
+        }
+    }
+
+    // Wraps within the virtual range, skipping ids still held (under _labLock).
+    private ulong AllocVirtualId()
+    {
+        while (true)
+        {
+            ulong id = _nextVirtualId++;
+            if (_nextVirtualId >= FirstRealId) _nextVirtualId = LabFileBase;
+            if (!_vById.ContainsKey(id)) return id;
+        }
+    }
+
+    private void ForgetV(ulong id, ulong nlookup)
+    {
+        if (id < LabFileBase) return; // .lab and control live as long as the file system
+        lock (_labLock)
+        {
+            if (!_vById.TryGetValue(id, out var v)) return;
+            v.Lookups -= (long)Math.Min(nlookup, (ulong)long.MaxValue);
+            if (v.Lookups > 0) return;
+            _vById.Remove(id);
+            // The path may already name a newer node (it changed type); that one stays.
+            if (_vByPath.TryGetValue(v.Path, out var cur) && cur == v) _vByPath.Remove(v.Path);
+        }
+    }
+
+    /// <summary>The ino of a .lab path: its node's when looked up, else a stable hash of the path.</summary>
+    private ulong InoOfPath(string path, uint type)
+    {
+        lock (_labLock)
+            if (_vByPath.TryGetValue(path, out var v) && v.Type == type) return InoOf(v);
+        ulong h = 14695981039346656037UL; // FNV-1a
+        foreach (char ch in path) { h ^= ch; h *= 1099511628211UL; }
+        return UnboundInoBase + (h & ((1UL << 60) - 1));
+    }
+
+    private static string Child(string dir, string name) => dir.Length == 0 ? name : dir + "/" + name;
+
+    /// <summary>A name from the provider, as the one path component it must be; null when it is not one.</summary>
+    private static string? EntryName(string entry, out bool dir)
+    {
+        dir = entry.EndsWith('/');
+        var name = dir ? entry[..^1] : entry;
+        if (name.Length == 0 || name is "." or ".." || name.Contains('/') || name.Contains('\0')) return null;
+        return name;
+    }
+
+    private int LookupLab(ulong parent, ReadOnlySpan<byte> name, out FuseEntryOut entry)
+    {
+        entry = default;
+        var p = GetV(parent);
+        if (p == null) return Errno.ENOENT;
+        if (p.Type != S_IFDIR) return Errno.ENOTDIR;
+        if (parent == LabDirId && name.SequenceEqual("control"u8))
+        {
+            VirtualEntry(GetV(ControlId)!, out entry);
+            return 0;
+        }
+        Span<char> chars = stackalloc char[256];
+        if (System.Text.Unicode.Utf8.ToUtf16(name, chars, out _, out int n, replaceInvalidSequences: false)
+            != System.Buffers.OperationStatus.Done) return Errno.ENOENT; // the provider's names are strings
+        var wanted = chars[..n];
+        var list = _lab!.List(p.Path);
+        if (list == null) return Errno.ENOENT; // the directory itself vanished
+        uint type = 0;
+        foreach (var e in list)
+        {
+            if (EntryName(e, out bool dir) is { } en && wanted.SequenceEqual(en)) { type = dir ? S_IFDIR : S_IFREG; break; }
+        }
+        if (type == 0) return Errno.ENOENT;
+        VirtualEntry(LookupV(Child(p.Path, new string(wanted)), type), out entry);
+        return 0;
     }
 
     // ---------------- IFuseFileSystem ----------------
@@ -233,17 +343,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         byte* cn = stackalloc byte[256];
         int err = CName(name, cn);
         if (err != 0) return err;
-        if (parent == LabDirId)
-        {
-            if (name.SequenceEqual("control"u8)) { VirtualAttr(ControlId, out var a); Entry(ControlId, in a, out entry); return 0; }
-            int i = LabFileIndex(name);
-            if (i < 0) return Errno.ENOENT;
-            VirtualAttr(LabFileBase + (ulong)i, out var fa);
-            Entry(LabFileBase + (ulong)i, in fa, out entry);
-            return 0;
-        }
-        if (IsVirtual(parent)) return Errno.ENOTDIR;
-        if (IsLabName(parent, name)) { VirtualAttr(LabDirId, out var a); Entry(LabDirId, in a, out entry); return 0; }
+        if (IsVirtual(parent)) return LookupLab(parent, name, out entry);
+        if (IsLabName(parent, name)) { VirtualEntry(GetV(LabDirId)!, out entry); return 0; }
         var p = Get(parent);
         if (p == null) return Errno.ENOENT;
         return LookupReal(p, cn, name, out entry);
@@ -251,7 +352,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
 
     public void Forget(ulong node, ulong nlookup)
     {
-        if (node == RootId || IsVirtual(node)) return;
+        if (node == RootId) return;
+        if (IsVirtual(node)) { ForgetV(node, nlookup); return; }
         Node? drop = null;
         lock (_nodesLock)
         {
@@ -275,7 +377,14 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
     {
         attr = default;
         attr.AttrValid = 1;
-        if (IsVirtual(node)) { VirtualAttr(node, out attr.Attr); return 0; }
+        if (IsVirtual(node))
+        {
+            var v = GetV(node);
+            if (v == null) return Errno.ENOENT;
+            VirtualAttr(v, out attr.Attr);
+            attr.AttrValid = VirtualValid(node);
+            return 0;
+        }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         int err = Stat(n.Fd, out var st);
@@ -485,10 +594,13 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         open.OpenFlags = FuseOpenOut.DirectIo;
         if (IsVirtual(node))
         {
-            var fileName = LabFileName(node);
-            if (fileName == null) return node == LabDirId ? Errno.EISDIR : Errno.EINVAL;
+            var v = GetV(node);
+            if (v == null) return Errno.ENOENT;
+            if (v.Type != S_IFREG) return v.Type == S_IFDIR ? Errno.EISDIR : Errno.EINVAL;
             if (((int)flags & Native.O_ACCMODE) != Native.O_RDONLY || ((int)flags & Native.O_TRUNC) != 0) return Errno.EACCES;
-            open.Fh = AddHandle(new Handle { Virtual = _lab!.Render(fileName) });
+            var content = _lab!.Render(v.Path);
+            if (content == null) return Errno.ENOENT; // gone since the lookup
+            open.Fh = AddHandle(new Handle { Virtual = content });
             return 0;
         }
         var n = Get(node);
@@ -618,8 +730,18 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
     public int OpenDir(in FuseContext c, ulong node, uint flags, out FuseOpenOut open)
     {
         open = default;
-        if (node == LabDirId) { open.Fh = AddHandle(new Handle()); return 0; }
-        if (IsVirtual(node)) return Errno.ENOTDIR;
+        if (IsVirtual(node))
+        {
+            var v = GetV(node);
+            if (v == null) return Errno.ENOENT;
+            if (v.Type != S_IFDIR) return Errno.ENOTDIR;
+            // Listed now, so a directory gone since its lookup fails the open, not a later read.
+            var h = new Handle { VDir = v };
+            int err = SnapshotLab(h);
+            if (err != 0) return err;
+            open.Fh = AddHandle(h);
+            return 0;
+        }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         int fd = Native.OpenAt(n.Fd, Dot, Native.O_RDONLY | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
@@ -641,11 +763,12 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         if (!_handles.TryGetValue(fh, out var h)) return Errno.EBADF;
         lock (h.Gate)
         {
-            if (h.Entries == null || offset == 0)
+            if (h.Entries == null || (offset == 0 && h.Served))
             {
-                int err = node == LabDirId ? SnapshotLab(h) : Snapshot(h, node == RootId && _lab != null);
+                int err = h.VDir != null ? SnapshotLab(h) : Snapshot(h, node == RootId && _lab != null);
                 if (err != 0) return err;
             }
+            h.Served = true;
             var list = h.Entries!;
             for (long i = offset; i < list.Count; i++)
             {
@@ -665,17 +788,24 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         lock (h.Gate)
         {
             bool root = node == RootId && _lab != null;
-            if (h.Entries == null || offset == 0)
+            if (h.Entries == null || (offset == 0 && h.Served))
             {
-                int err = node == LabDirId ? SnapshotLab(h) : Snapshot(h, root);
+                int err = h.VDir != null ? SnapshotLab(h) : Snapshot(h, root);
                 if (err != 0) return err;
             }
+            h.Served = true;
             var list = h.Entries!;
             for (long i = offset; i < list.Count; i++)
             {
                 var d = list[(int)i];
                 var name = h.Names.AsSpan(d.NameStart, d.NameLen);
                 if (!writer.Fits(name.Length)) break;
+                if (h.VDir != null)
+                {
+                    if (LabDirEntry(h.VDir, name, d.Type, out var ve)) writer.AddPlus(in ve, name, d.Type, (ulong)(i + 1));
+                    else writer.Add(name, d.Ino, d.Type, (ulong)(i + 1));
+                    continue;
+                }
                 // . , .. and .lab go without an entry (node id 0: the kernel counts no lookup for them).
                 if (h.Node == null || name.SequenceEqual("."u8) || name.SequenceEqual(".."u8)
                     || (root && name.SequenceEqual(LabName)) || CName(name, cn) != 0
@@ -732,17 +862,45 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         return 0;
     }
 
+    /// <summary>A directory under .lab listed from the provider; ENOENT when it is gone.</summary>
     private int SnapshotLab(Handle h)
     {
-        h.Entries = new List<DirEnt>();
+        var dir = h.VDir!;
+        var list = _lab!.List(dir.Path);
+        if (list == null) return Errno.ENOENT;
+        h.Entries = new List<DirEnt>(list.Count + 3);
         int used = 0;
-        AddEnt(h, "."u8, VirtualInoBase + LabDirId, 4, ref used);
-        AddEnt(h, ".."u8, _root.Ino, 4, ref used);
-        AddEnt(h, "control"u8, VirtualInoBase + ControlId, 10 /*DT_LNK*/, ref used);
-        var names = _lab!.FileNames;
-        for (int i = 0; i < names.Count; i++)
-            AddEnt(h, Encoding.UTF8.GetBytes(names[i]), VirtualInoBase + LabFileBase + (ulong)i, 8 /*DT_REG*/, ref used);
+        bool top = dir.Id == LabDirId;
+        AddEnt(h, "."u8, InoOf(dir), 4 /*DT_DIR*/, ref used);
+        int slash = dir.Path.LastIndexOf('/');
+        ulong up = top ? _root.Ino : slash < 0 ? VirtualInoBase + LabDirId : InoOfPath(dir.Path[..slash], S_IFDIR);
+        AddEnt(h, ".."u8, up, 4, ref used);
+        if (top) AddEnt(h, "control"u8, VirtualInoBase + ControlId, 10 /*DT_LNK*/, ref used);
+        Span<byte> buf = stackalloc byte[256];
+        foreach (var e in list)
+        {
+            // Names that are not one component (or would shadow control) are not listable, as they are not found.
+            if (EntryName(e, out bool isDir) is not { } name || (top && name == "control")) continue;
+            if (!Encoding.UTF8.TryGetBytes(name, buf[..255], out int len)) continue; // longer than NAME_MAX
+            uint type = isDir ? S_IFDIR : S_IFREG;
+            AddEnt(h, buf[..len], InoOfPath(Child(dir.Path, name), type), isDir ? 4u : 8u /*DT_REG*/, ref used);
+        }
         return 0;
+    }
+
+    /// <summary>READDIRPLUS under .lab: the entry of a listed name, counting one lookup; false for . and ..</summary>
+    private bool LabDirEntry(VNode dir, ReadOnlySpan<byte> name, uint dtype, out FuseEntryOut e)
+    {
+        e = default;
+        if (name.SequenceEqual("."u8) || name.SequenceEqual(".."u8)) return false;
+        if (dir.Id == LabDirId && name.SequenceEqual("control"u8))
+        {
+            VirtualEntry(GetV(ControlId)!, out e); // a fixed id: its lookups are not counted
+            return true;
+        }
+        var v = LookupV(Child(dir.Path, Encoding.UTF8.GetString(name)), dtype == 4 ? S_IFDIR : S_IFREG);
+        VirtualEntry(v, out e);
+        return true;
     }
 
     public void ReleaseDir(in FuseContext c, ulong node, ulong fh)

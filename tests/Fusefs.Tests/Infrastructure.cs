@@ -33,15 +33,26 @@ public sealed class KernelFactAttribute : FactAttribute
     }
 }
 
+/// <summary>A .lab tree held as directory → entries; a file exists when its directory lists it, and its
+/// content carries a render counter, so every open sees new content.</summary>
 internal sealed class FakeLab : ILabDirectory
 {
     public string ControlSocketPath { get; set; } = "/run/lab/control.sock";
-    public IReadOnlyList<string> FileNames { get; set; } = ["stats", "maps"];
+    public readonly System.Collections.Concurrent.ConcurrentDictionary<string, string[]> Dirs = new() { [""] = ["stats", "maps"] };
     public int Renders;
-    public byte[] Render(string name)
+    /// <summary>Runs after each render with its path (e.g. to make a process exit once it was read).</summary>
+    public Action<string>? Rendered;
+
+    public IReadOnlyList<string>? List(string dir) => Dirs.TryGetValue(dir, out var e) ? e : null;
+
+    public byte[]? Render(string path)
     {
-        Interlocked.Increment(ref Renders);
-        return Encoding.UTF8.GetBytes($"{name}: v_vm_faults 42\nrender {Renders}\n");
+        int slash = path.LastIndexOf('/');
+        if (List(slash < 0 ? "" : path[..slash]) is not { } entries || !entries.Contains(path[(slash + 1)..])) return null;
+        int r = Interlocked.Increment(ref Renders);
+        var bytes = Encoding.UTF8.GetBytes($"{path}: v_vm_faults 42\nrender {r}\n");
+        Rendered?.Invoke(path);
+        return bytes;
     }
 }
 
