@@ -341,6 +341,23 @@ public sealed unsafe class CachedFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// Drop every clean page from the cache (the lab's drop_caches): the next access reads the
+    /// backing file again, and mappers fault to the lab. The caller makes sure no program holds a
+    /// writable shared mapping of the file, whose unflushed stores live only here. Returns pages dropped.
+    /// </summary>
+    public long DropClean()
+    {
+        long n = 0;
+        lock (_lock)
+        {
+            if (_disposed) return 0;
+            for (long p = 0; p * PageSize < _size; p++)
+                if (Get(_valid, p) && !Get(_dirty, p)) { DropLocked(p); n++; }
+        }
+        return n;
+    }
+
     // Under _lock: page p leaves the memfd, so the next access through a mapping faults to the lab.
     private void DropLocked(long p)
     {

@@ -230,6 +230,7 @@ public static class Cli
             string? firstOut = null;
             foreach (var vm in Resolvers.Names)
             {
+                DropCaches(conn);   // every design starts from a cold page cache
                 var (psi, run) = LabProgram(m, socket, argv, vm);
                 psi.RedirectStandardOutput = true;
                 psi.RedirectStandardInput = true;
@@ -262,6 +263,13 @@ public static class Cli
             return 0;
         });
         return new Command("swap", "the swap store") { inspect };
+    }
+
+    static void DropCaches(ControlConnection conn)
+    {
+        if (!conn.Send(Proto.DropCaches, 2, 0, ReadOnlySpan<byte>.Empty) || conn.Receive() is not Message m
+            || m.Type != (Proto.DropCaches | Proto.Reply))
+            throw new LabException("the lab daemon did not answer");
     }
 
     static Dictionary<string, string> ParseStats(string text)

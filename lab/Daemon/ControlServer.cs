@@ -146,6 +146,12 @@ public sealed unsafe class ControlServer : IDisposable
                 ulong run = BinaryPrimitives.ReadUInt64LittleEndian(p);
                 return conn.Send(m.Type | Proto.Reply, m.Seq, 0, Encoding.UTF8.GetBytes(_daemon.StatsText(run)));
             }
+            case Proto.DropCaches when proc == null:
+            {
+                Span<byte> r = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(r, (ulong)_daemon.DropCaches());
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, r);
+            }
             case Proto.Map when proc != null && p.Length >= Proto.MapSize:
             {
                 ulong addr = Rd64(p, 0), len = Rd64(p, 8);

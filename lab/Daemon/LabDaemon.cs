@@ -31,12 +31,73 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     public static string SocketDirectory =>
         Native.getuid() == 0 ? "/run/lab" : System.IO.Path.Combine(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") ?? "/tmp", "lab");
 
-    // ILabDirectory: `.lab/` in the mount.
+    // ILabDirectory: `.lab/` in the mount (read at open; never on the fault path).
     public string ControlSocketPath => _control?.Path ?? "";
-    public IReadOnlyList<string> FileNames { get; } = new[] { "stats" };
-    public byte[] Render(string name) => name == "stats" ? System.Text.Encoding.UTF8.GetBytes(StatsText(0)) : Array.Empty<byte>();
 
-    public string StatsText(ulong run) => Registry.Render(run, _mountpoint);
+    public IReadOnlyList<string>? List(string dir)
+    {
+        switch (dir)
+        {
+            case "": return new[] { "stats", "processes/", "objects/" };
+            case "processes": return Registry.Live().Where(p => p.Pid > 0).Select(p => $"{p.Pid}/").Distinct().ToArray();
+            case "objects": return LiveObjects().Select(o => o.Id.ToString()).ToArray();
+        }
+        return dir.StartsWith("processes/") && FindProcess(dir["processes/".Length..]) != null
+            ? new[] { "maps", "stats" } : null;
+    }
+
+    public byte[]? Render(string path)
+    {
+        string? text = path.Split('/') switch
+        {
+            ["stats"] => StatsText(0),
+            ["processes", var pid, "maps"] => FindProcess(pid) is { } p ? DescribeMaps(p) : null,
+            ["processes", var pid, "stats"] => FindProcess(pid) is { } p ? ProcessStats(p) : null,
+            ["objects", var id] => LiveObjects().FirstOrDefault(o => o.Id.ToString() == id) is { } o ? DescribeObject(o) : null,
+            _ => null,
+        };
+        return text == null ? null : System.Text.Encoding.UTF8.GetBytes(text);
+    }
+
+    /// <summary>The newest live image of a pid (an exec'd image replaces the old one).</summary>
+    LabProcess? FindProcess(string pid) =>
+        int.TryParse(pid, out int n) && n > 0 ? Registry.Live().LastOrDefault(p => p.Pid == n) : null;
+
+    IEnumerable<VmObject> LiveObjects() =>
+        Registry.Live().SelectMany(p => p.Space.Objects()).Distinct().OrderBy(o => o.Id);
+
+    static string DescribeMaps(LabProcess p) =>
+        $"# pid {p.Pid} {p.Comm}, vm {p.Space.Resolver.Name}: start-end prot kind object offset needs_copy depth|amap\n"
+        + p.Space.DescribeMaps();
+
+    static string ProcessStats(LabProcess p)
+    {
+        var sb = new System.Text.StringBuilder($"# pid {p.Pid} {p.Comm}, vm {p.Space.Resolver.Name}\n");
+        foreach (var kv in p.Space.Counters.Snapshot()) sb.Append(kv.Key).Append(' ').Append(kv.Value).Append('\n');
+        sb.Append("fault_latency_us_p50 ").Append(p.Latency.QuantileMicros(0.5).ToString("0.0")).Append('\n');
+        return sb.ToString();
+    }
+
+    static string DescribeObject(VmObject o)
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.Append("id ").Append(o.Id).Append('\n');
+        sb.Append("kind ").Append(o.Kind == VmObjectKind.Vnode ? "vnode" : "anonymous").Append('\n');
+        if (o.Vnode is VnodeAdapter v) sb.Append("file ").Append(v.Name).Append(" (ino ").Append(v.Ino).Append(")\n");
+        sb.Append("size_pages ").Append(o.Size).Append('\n');
+        sb.Append("resident_pages ").Append(o.ResidentCount).Append('\n');
+        if (o.Vnode is VnodeAdapter d) sb.Append("dirty_pages ").Append(d.DirtyPages()).Append('\n');
+        sb.Append("ref_count ").Append(o.RefCount).Append('\n');
+        sb.Append("shadow_count ").Append(o.ShadowCount).Append('\n');
+        sb.Append("backing_object ").Append(o.BackingObject?.Id.ToString() ?? "none").Append('\n');
+        sb.Append("backing_object_offset ").Append(o.BackingObjectOffset).Append('\n');
+        sb.Append("chain_depth ").Append(o.ChainDepth).Append('\n');
+        return sb.ToString();
+    }
+
+    public string StatsText(ulong run) =>
+        Registry.Render(run, _mountpoint)
+        + (run == 0 ? $"objects_alive {_vm.ObjectsAlive}\nanons_alive {_vm.AnonsAlive}\n" : "");
 
     /// <summary>Mount, serve until told to stop, then write back and unmount. Returns the exit code.</summary>
     public int Run(int fuseThreads, Action? ready)
@@ -120,6 +181,21 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             if (p.Pid == pid) ProcessGone(p);
     }
 
+    /// <summary>
+    /// Drop the clean cached pages of every file the lab has mapped, except files some live
+    /// program maps writable shared (their unflushed stores exist only in the cache).
+    /// </summary>
+    public long DropCaches()
+    {
+        var busy = new HashSet<IVnode>();
+        foreach (var p in Registry.Live())
+            foreach (var (vnode, _, _) in p.Space.SharedRanges(0, UserTop)) busy.Add(vnode);
+        long dropped = 0;
+        foreach (var v in _vnodes.Values)
+            if (!busy.Contains(v)) dropped += v.DropClean();
+        return dropped;
+    }
+
     public CachedFile? File(ulong ino) => _fs?.GetCachedFile(ino);
 
     VnodeAdapter? Vnode(ulong ino)
@@ -174,6 +250,18 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
 /// <summary>The VM core's view of a file: the lab file system's page cache for it.</summary>
 public sealed class VnodeAdapter(CachedFile file) : IVnode
 {
+    public string Name => file.Name;
+
+    public long DropClean() => file.DropClean();
+
+    /// <summary>Dirty pages in the file's cache (for `.lab/objects/`; a scan, not for hot paths).</summary>
+    public long DirtyPages()
+    {
+        long n = 0, pages = (file.Size + 4095) / 4096;
+        for (long i = 0; i < pages; i++) if (file.IsDirty(i)) n++;
+        return n;
+    }
+
     public ulong Ino => file.Ino;
     public long Size => file.Size;
     public int ReadPages(long pindex, int count, Span<byte> dest) => file.ReadPages(pindex, count, dest);

@@ -475,6 +475,19 @@ public sealed class AddressSpace
     /// One line per entry: start-end prot kind object offset needs_copy, then the chain
     /// depth (Mach) or the amap's used slots, size and references (UVM).
     /// </summary>
+    /// <summary>Every object the map reaches: first objects and their backing chains, once each (inspection).</summary>
+    public IReadOnlyList<VmObject> Objects()
+    {
+        var list = new List<VmObject>();
+        lock (MapLock)
+        {
+            foreach (var e in entries)
+                for (var o = e.Object; o != null && !list.Contains(o); o = o.BackingObject)
+                    list.Add(o);
+        }
+        return list;
+    }
+
     public string DescribeMaps()
     {
         var sb = new StringBuilder();

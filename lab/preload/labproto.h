@@ -40,6 +40,9 @@ enum lab_msg_type {
 
     /* lab CLI -> daemon (no uffd; the `lab` command itself) */
     LAB_STAT = 10,        /* lab_stat; reply payload: text lines "name value\n" (up to 64 KiB) */
+    LAB_DROP_CACHES = 13, /* empty; drop the clean pages of the lab's page cache (files nobody maps
+                             writable shared); reply payload: u64 pages dropped. `lab compare`
+                             starts every design from a cold cache this way. */
 
     /* daemon -> shim: replies only (type = request type | LAB_REPLY) */
     LAB_REPLY = 0x8000,

@@ -50,6 +50,13 @@ public sealed class EndToEndTests(ITestOutputHelper output)
         output.WriteLine(string.Join("\n", c.Select(kv => $"{kv.Key} {kv.Value}")));
         foreach (var (name, value) in ExpectedCounters(vm))
             Assert.True(LabMount.Get(c, name) == value, $"{vm}: {name} = {LabMount.Get(c, name)}, expected {value}");
+
+        // Both processes are gone: every object and anon the model made for them is freed.
+        var after = LabMount.ParseCounters(Sh.Lab("stat", "--mount", m.Mount, "--raw").Stdout);
+        Assert.Equal(0, LabMount.Get(after, "processes_alive"));
+        Assert.True(after.ContainsKey("objects_alive"), "stat prints objects_alive");
+        Assert.Equal(0, LabMount.Get(after, "objects_alive"));
+        Assert.Equal(0, LabMount.Get(after, "anons_alive"));
         Assert.Equal(2, LabMount.Get(c, "processes"));
         Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
         Assert.Equal(0, LabMount.Get(c, "internal_errors"));

@@ -124,6 +124,9 @@ public sealed class ProgramsAndControlTests(ITestOutputHelper output)
         // Every design ran the program's two processes and served its faults.
         var procs = lines.Single(l => l.StartsWith("processes ")).Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1);
         Assert.All(procs, v => Assert.Equal("2", v));
+        // Each design starts from a cold page cache, so each one reads the files itself.
+        var io = lines.Single(l => l.StartsWith("v_io_faults ")).Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1);
+        Assert.All(io, v => Assert.True(long.Parse(v) >= 2, $"v_io_faults {v}: a design found the cache warm"));
         Assert.Contains($"output: identical under all {Lab.Vm.Resolvers.Names.Count} designs", r.Stdout);
 
         // A program whose output differs from run to run is refused when there is more than one design.
@@ -164,6 +167,52 @@ public sealed class ProgramsAndControlTests(ITestOutputHelper output)
             Assert.Single(bad.Stderr.Trim().Split('\n'));
         }
         finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [KernelFact]
+    public void LabDirectoryShowsProcessesMapsAndObjects()
+    {
+        using var m = new LabMount();
+        File.WriteAllBytes(m.B("f.bin"), new byte[3 * 4096]);
+        var script = $$"""
+            import mmap, os, sys
+            f = open("{{m.M("f.bin")}}", "r+b")
+            p = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            s = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
+            p[0] = 1; s[4096] = 2
+            print("ready", os.getpid(), flush=True)
+            sys.stdin.readline()
+            """;
+        var psi = new System.Diagnostics.ProcessStartInfo(Repo.Lab)
+        {
+            RedirectStandardOutput = true, RedirectStandardInput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        foreach (var a in new[] { "run", "--mount", m.Mount, "--", Repo.Python, "-c", script }) psi.ArgumentList.Add(a);
+        psi.Environment["LAB_PRELOAD"] = Repo.Shim;
+        using var proc = System.Diagnostics.Process.Start(psi)!;
+        try
+        {
+            var ready = proc.StandardOutput.ReadLine() ?? throw new InvalidOperationException(proc.StandardError.ReadToEnd());
+            var pid = ready.Split(' ')[1];
+            Assert.Contains(pid, Directory.GetDirectories(m.M(".lab/processes")).Select(Path.GetFileName));
+            var maps = File.ReadAllText(m.M($".lab/processes/{pid}/maps"));
+            output.WriteLine(maps);
+            Assert.Contains("private-file", maps);
+            Assert.Contains("shared-file", maps);
+            Assert.Contains("v_vm_faults ", File.ReadAllText(m.M($".lab/processes/{pid}/stats")));
+            // The file's vnode object is listed with its size, and the private mapping's shadow too.
+            var objects = Directory.GetFiles(m.M(".lab/objects")).Select(File.ReadAllText).ToList();
+            var vnode = Assert.Single(objects, o => o.Contains("kind vnode") && o.Contains("file f.bin"));
+            output.WriteLine(vnode);
+            Assert.Contains("size_pages 3", vnode);
+            Assert.Contains(objects, o => o.Contains("kind anonymous"));   // the private mapping's shadow
+            Assert.False(File.Exists(m.M(".lab/processes/999999999/maps")));
+        }
+        finally
+        {
+            if (!proc.HasExited) { proc.StandardInput.WriteLine(); proc.WaitForExit(20_000); }
+            if (!proc.HasExited) proc.Kill(entireProcessTree: true);
+        }
     }
 
     [KernelFact]
