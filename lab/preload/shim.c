@@ -530,6 +530,23 @@ static int register_anchor(void)
     return 0;
 }
 
+/* Connect to the daemon and introduce this process: HELLO hands over our uffd, CHILD_HELLO
+ * receives the child's own. Any failure ends the process with one line (never run unserved). */
+static void say_hello(uint32_t type, uint32_t flags, int send_fd, struct lab_hello_reply *rep, int *recv_fd)
+{
+    int r = conn_open(&g_sock);
+    if (r < 0)
+        die_connect(-r);
+    struct lab_hello h;
+    int32_t status;
+    fill_hello(&h, flags);
+    r = lab_call(type, &h, sizeof h, send_fd, rep, sizeof *rep, recv_fd, &status);
+    if (r < 0)
+        die_connect(-r);
+    if (status != 0)
+        die_refused(status);
+}
+
 static void copy_str(char *dst, size_t cap, const char *src)
 {
     size_t n = src ? strlen(src) : 0;
@@ -595,20 +612,10 @@ __attribute__((constructor(101))) static void lab_init(void)
     g_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (g_uffd < 0)
         die_connect(errno);
-    int r = conn_open(&g_sock);
-    if (r < 0)
-        die_connect(-r);
-
-    struct lab_hello h;
-    struct lab_hello_reply rep;
-    int32_t status;
-    fill_hello(&h, 0);
+    struct lab_hello_reply rep = {0};
     /* The daemon calls UFFDIO_API: EVENT_FORK needs CAP_SYS_PTRACE of the caller. */
-    r = lab_call(LAB_HELLO, &h, sizeof h, g_uffd, &rep, sizeof rep, NULL, &status);
-    if (r < 0)
-        die_connect(-r);
-    if (status != 0)
-        die_refused(status);
+    say_hello(LAB_HELLO, 0, g_uffd, &rep, NULL);
+    int r;
     g_features = rep.features;
     r = register_anchor();
     if (r == 0)
@@ -1005,19 +1012,10 @@ static void child_reconnect(void)
     close(g_sock);
     close(g_uffd); /* the parent's uffd; ours comes from the daemon's FORK event */
     g_sock = g_uffd = -1;
-    int r = conn_open(&g_sock);
-    if (r < 0)
-        die_connect(-r);
-    struct lab_hello h;
-    struct lab_hello_reply rep;
-    int32_t status;
+    struct lab_hello_reply rep = {0};   /* the reply may carry no payload */
     int fd = -1;
-    fill_hello(&h, LAB_HELLO_FORK_CHILD);
-    r = lab_call(LAB_CHILD_HELLO, &h, sizeof h, -1, &rep, sizeof rep, &fd, &status);
-    if (r < 0)
-        die_connect(-r);
-    if (status != 0)
-        die_refused(status);
+    say_hello(LAB_CHILD_HELLO, LAB_HELLO_FORK_CHILD, -1, &rep, &fd);
+    int r;
     if (fd < 0)
         die_connect(EPROTO);
     g_uffd = fd;
