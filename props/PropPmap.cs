@@ -91,6 +91,20 @@ public sealed class PropPmap(Runner runner, Runner.Proc owner) : IPmap
 
     public void Wake(ulong va, ulong length) { }
 
+    public bool ReadPage(ulong va, Span<byte> dest)
+    {
+        if (!Ptes.TryGetValue(Vpn(va), out var pte)) return false;
+        pte.Bytes.CopyTo(dest);
+        return true;
+    }
+
+    /// <summary>The page-out's unmap: the pages leave the table (a later access faults).</summary>
+    public void Remove(ulong va, int pages)
+    {
+        Calls++;
+        for (ulong p = Vpn(va); p < Vpn(va) + (ulong)pages; p++) Ptes.Remove(p);
+    }
+
     // ---- what the kernel does on its own ----
 
     /// <summary>munmap, MADV_DONTNEED, mmap over a range: the pages and poison markers leave the table.</summary>

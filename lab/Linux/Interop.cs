@@ -70,6 +70,8 @@ public static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     public static partial int ioctl(int fd, ulong request, void* arg);
     [LibraryImport("libc", SetLastError = true)]
+    public static partial nint process_vm_readv(int pid, IoVec* local, nuint liovcnt, IoVec* remote, nuint riovcnt, nuint flags);
+    [LibraryImport("libc", SetLastError = true)]
     public static partial nint read(int fd, void* buf, nuint count);
     [LibraryImport("libc", SetLastError = true)]
     public static partial nint write(int fd, void* buf, nuint count);

@@ -25,6 +25,12 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     /// <summary>The managed thread that reads this uffd (set by its loop).</summary>
     public int ReaderThreadId;
 
+    /// <summary>The process's pid, for <see cref="ReadPage"/> (0: unknown, pages cannot be read).</summary>
+    public int Pid;
+
+    /// <summary>Remove calls so far. They are not carried out yet: the daemon will route them to the shim's agent thread (MADV_DONTNEED in the process).</summary>
+    public long RemoveRequests;
+
     public UffdPmap(int uffd)
     {
         _uffd = uffd;
@@ -133,6 +139,22 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         var r = new Native.UffdioRange { Start = va, Len = length };
         Native.ioctl(_uffd, Native.UFFDIO_WAKE, &r);
     }
+
+    public bool ReadPage(ulong va, Span<byte> dest)
+    {
+        if (Pid <= 0 || dest.Length < Page) return false;
+        fixed (byte* d = dest)
+        {
+            var local = new Native.IoVec { Base = d, Len = Page };
+            var remote = new Native.IoVec { Base = (void*)va, Len = Page };
+            return Native.process_vm_readv(Pid, &local, 1, &remote, 1, 0) == Page;
+        }
+    }
+
+    // Counted only: the page-out's unmap must run inside the process (the shim's agent
+    // thread), which the daemon will ask for; its REMOVE event must not reach the model as
+    // the program's own MADV_DONTNEED.
+    public void Remove(ulong va, int pages) => Interlocked.Increment(ref RemoveRequests);
 
     static bool Benign(int e) => e is Native.EEXIST or Native.ENOENT or Native.EAGAIN or Native.ESRCH or Native.EINVAL;
 

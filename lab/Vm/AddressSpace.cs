@@ -20,6 +20,11 @@ public sealed class AddressSpace
     readonly List<VmMapEntry> entries = new();
     // Virtual page numbers present in the pmap: what Linux has, as far as we know.
     readonly PageSet installed = new();
+    // Pages between BeginEvict and CompleteEvict: their removal from the process is under
+    // way, so a fault on one must wait (FaultResult.Retry) rather than resolve against a
+    // page that is about to vanish. The count keeps the check off the fault path otherwise.
+    readonly PageSet evicting = new();
+    int evictingCount;
     ulong version;
     bool destroyed;
     // Freed anons kept for reuse, so promotions allocate nothing in steady state.
@@ -320,7 +325,7 @@ public sealed class AddressSpace
         }
     }
 
-    /// <summary>Whether the page at <paramref name="va"/> may be paged out: it is mapped and its entry is not wired. For the pageout to come.</summary>
+    /// <summary>Whether the page at <paramref name="va"/> may be paged out: it is mapped and its entry is not wired.</summary>
     public bool IsEvictable(ulong va)
     {
         lock (MapLock)
@@ -328,6 +333,171 @@ public sealed class AddressSpace
             var e = destroyed ? null : FindEntry(va & ~PageMask);
             return e != null && !e.Wired;
         }
+    }
+
+    // ---- page-out (the VM half: the daemon chooses the pages and owns the store) ----
+
+    /// <summary>
+    /// Page out the page at <paramref name="va"/>: <see cref="BeginEvict"/> then
+    /// <see cref="CompleteEvict"/>, for a pmap whose Remove is synchronous.
+    /// </summary>
+    public EvictResult Evict(ulong va)
+    {
+        var r = BeginEvict(va);
+        if (r is EvictResult.Evicted or EvictResult.Clean) CompleteEvict(va);
+        return r;
+    }
+
+    /// <summary>
+    /// First half of a page-out. The page's bytes are saved where they are not already
+    /// kept: a dirty anonymous page (a shadow object's, or an anon's) is write-protected,
+    /// read from the process and written to a new swap slot, and the model then says the
+    /// slot holds it. A page equal to the file or zero, a shared file page, or one whose
+    /// swap copy is current is dropped without I/O. Then <see cref="IPmap.Remove"/> is
+    /// asked; until <see cref="CompleteEvict"/>, faults on the page get
+    /// <see cref="FaultResult.Retry"/>. Nothing changes unless the result is Evicted or Clean.
+    /// </summary>
+    public EvictResult BeginEvict(ulong va)
+    {
+        va &= ~PageMask;
+        ulong vpn = va >> Vm.PageShift;
+        lock (MapLock)
+        {
+            var e = destroyed ? null : FindEntry(va);
+            if (e == null || !installed.Contains(vpn)) return EvictResult.NotResident;
+            if (e.Wired) return EvictResult.Wired;
+            if (evictingCount > 0 && evicting.Contains(vpn)) return EvictResult.Busy;
+            var r = e.Shared ? EvictResult.Clean : Uvm ? EvictAnon(e, va) : EvictChainPage(e, va);
+            if (r is not (EvictResult.Evicted or EvictResult.Clean)) return r;
+            if (r == EvictResult.Clean) Interlocked.Increment(ref Counters.evict_clean);
+            evicting.Add(vpn);
+            evictingCount++;
+            Bump();   // a fault that had the map unlocked for I/O looks again
+            Pmap.Remove(va, 1);
+            return r;
+        }
+    }
+
+    /// <summary>The pmap has removed the page: forget it as installed and let its faults through.</summary>
+    public void CompleteEvict(ulong va)
+    {
+        ulong vpn = (va & ~PageMask) >> Vm.PageShift;
+        lock (MapLock)
+        {
+            if (!evicting.Remove(vpn)) return;
+            evictingCount--;
+            installed.Remove(vpn);
+        }
+    }
+
+    /// <summary>Whether a page-out of <paramref name="va"/> is under way. Caller holds the map lock.</summary>
+    internal bool EvictingPage(ulong va) => evictingCount > 0 && evicting.Contains(va >> Vm.PageShift);
+
+    /// <summary>Mach: the shallowest page of the chain at <paramref name="va"/> is the one installed here.</summary>
+    EvictResult EvictChainPage(VmMapEntry e, ulong va)
+    {
+        while (true)
+        {
+            var o = e.Object!;
+            long p = e.PindexOf(va);
+            bool restart = false;
+            while (!restart)
+            {
+                VmObject? next;
+                long off;
+                lock (o.Lock)
+                {
+                    if (o.dead) { restart = true; continue; }   // collapsed under us: its pages went up
+                    if (o.pages.TryGetValue(p, out var st))
+                    {
+                        if (st.Busy) return EvictResult.Busy;
+                        if (o.Kind == VmObjectKind.Anonymous) return EvictObjectPage(o, p, st, va);
+                    }
+                    // A vnode page: the installed copy equals the file.
+                    if (o.Kind == VmObjectKind.Vnode) return EvictResult.Clean;
+                    next = o.backing_object;
+                    off = o.backing_object_offset;
+                }
+                // No object holds it: a fault would give the same bytes again (zero or file).
+                if (next == null) return EvictResult.Clean;
+                p += off;
+                o = next;
+            }
+        }
+    }
+
+    /// <summary>One anonymous object's page. Caller holds the map lock and <paramref name="o"/>'s lock.</summary>
+    EvictResult EvictObjectPage(VmObject o, long p, PageState st, ulong va)
+    {
+        switch (st.Content)
+        {
+            case PageContent.Swap:
+            case PageContent.Zero:
+            case PageContent.File:
+                return EvictResult.Clean;
+            case PageContent.InSpaces:
+                break;
+            default:
+                return EvictResult.Busy;
+        }
+        long slot = PageOut(va, SwapOwnerKind.Object, o.Id, p);
+        if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
+        Vm.FreeSwapSlot(o.TakeSwapSlot(p));   // a stale copy (written since) goes
+        o.SetSwapSlot(p, slot);
+        o.pages[p] = new PageState(PageContent.Swap, swapped: true);
+        return EvictResult.Evicted;
+    }
+
+    /// <summary>UVM: the anon in this entry's amap slot, or the uobj's page (clean) when there is none.</summary>
+    EvictResult EvictAnon(VmMapEntry e, ulong va)
+    {
+        if (e.aref_amap is not { } amap) return EvictResult.Clean;
+        lock (amap.am_lock)
+        {
+            var anon = amap.am_anon[e.SlotOf(va)];
+            if (anon == null) return EvictResult.Clean;
+            switch (anon.Content)
+            {
+                case PageContent.Swap:
+                case PageContent.Zero:
+                    return EvictResult.Clean;
+                case PageContent.InSpaces:
+                    break;
+                default:
+                    return EvictResult.Busy;
+            }
+            if (anon.an_id == 0) anon.an_id = Vm.NextAnonId();
+            long slot = PageOut(va, SwapOwnerKind.Anon, anon.an_id, 0);
+            if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
+            if (slot > int.MaxValue)
+            {
+                Vm.FreeSwapSlot(slot);
+                return EvictResult.NoSwap;
+            }
+            Vm.FreeSwapSlot(anon.an_swslot);
+            anon.an_swslot = (int)slot;
+            anon.Content = PageContent.Swap;
+            return EvictResult.Evicted;
+        }
+    }
+
+    /// <summary>
+    /// Write-protect the page (a write meanwhile becomes a write-protect fault, which
+    /// waits), read its bytes from the process and write them to the swap device.
+    /// Returns the slot, 0 without a device or when it is full, -1 when the bytes could
+    /// not be read. Caller holds the map lock.
+    /// </summary>
+    long PageOut(ulong va, SwapOwnerKind kind, long ownerId, long ownerIndex)
+    {
+        if (Vm.Swap == null) return 0;
+        Pmap.Protect(va, PageSize, true);
+        var buf = Pmap.Staging(1);
+        if (!Pmap.ReadPage(va, buf)) return -1;
+        long slot = Vm.SwapWrite(kind, ownerId, ownerIndex, buf);
+        if (slot <= 0) return 0;
+        Interlocked.Increment(ref Counters.pageouts);
+        Interlocked.Increment(ref Counters.swap_slots_used);
+        return slot;
     }
 
     /// <summary>Whether the entry at <paramref name="va"/> is wired.</summary>
@@ -466,6 +636,8 @@ public sealed class AddressSpace
             foreach (var e in entries) ReleaseEntry(e);
             entries.Clear();
             installed.Clear();
+            evicting.Clear();
+            evictingCount = 0;
             destroyed = true;
             Bump();
         }
@@ -695,12 +867,12 @@ public sealed class AddressSpace
             if (n > first.pages.Count)
             {
                 foreach (var kv in first.pages)
-                    if (kv.Key >= p0 && kv.Key < p0 + n && !kv.Value.Busy) first.pages.Remove(kv.Key);
+                    if (kv.Key >= p0 && kv.Key < p0 + n && !kv.Value.Busy) DropPage(first, kv.Key, kv.Value);
             }
             else
             {
                 for (long p = p0; p < p0 + n; p++)
-                    if (first.pages.TryGetValue(p, out var st) && !st.Busy) first.pages.Remove(p);
+                    if (first.pages.TryGetValue(p, out var st) && !st.Busy) DropPage(first, p, st);
             }
         }
         var below = first.BackingObject;
@@ -712,6 +884,13 @@ public sealed class AddressSpace
             lock (first.Lock)
                 if (!first.pages.ContainsKey(p)) first.pages[p] = marker;
         }
+    }
+
+    /// <summary>A page leaves its object, and its swap slot with it. Caller holds the object's lock.</summary>
+    void DropPage(VmObject o, long p, PageState st)
+    {
+        o.pages.Remove(p);
+        if (st.Swapped) Vm.FreeSwapSlot(o.TakeSwapSlot(p));
     }
 
     /// <summary>
@@ -848,6 +1027,7 @@ public sealed class AddressSpace
         else a = new Anon();
         a.an_ref = 1;
         a.an_swslot = 0;
+        a.an_id = 0;
         a.Content = content;
         Vm.AnonAllocated();
         return a;
@@ -860,6 +1040,9 @@ public sealed class AddressSpace
         if (anon.an_ref < 0) throw new InvalidOperationException("anon reference count below zero");
         Vm.AnonFreed();
         anon.Content = PageContent.None;
+        Vm.FreeSwapSlot(anon.an_swslot);
+        anon.an_swslot = 0;
+        anon.an_id = 0;
         if (anonFreeCount == anonFree.Length)
             Array.Resize(ref anonFree, Math.Max(64, anonFree.Length * 2));
         anonFree[anonFreeCount++] = anon;

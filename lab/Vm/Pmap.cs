@@ -43,4 +43,18 @@ public interface IPmap
 
     /// <summary>Wake threads waiting on [va, va+length) without installing anything.</summary>
     void Wake(ulong va, ulong length);
+
+    /// <summary>
+    /// Copy the bytes of the page installed at <paramref name="va"/> into
+    /// <paramref name="dest"/> (one page). False when they cannot be read (not present,
+    /// the process is gone): the page-out then does not happen.
+    /// </summary>
+    bool ReadPage(ulong va, Span<byte> dest);
+
+    /// <summary>
+    /// Take <paramref name="pages"/> pages at <paramref name="va"/> out of the address space
+    /// (the page-out's unmap). May complete later; until <see cref="AddressSpace.CompleteEvict"/>
+    /// faults on those pages get <see cref="FaultResult.Retry"/>.
+    /// </summary>
+    void Remove(ulong va, int pages);
 }

@@ -26,6 +26,12 @@ public enum FaultResult
     SigBus,
     /// <summary>No entry, or the entry's protection forbids the access.</summary>
     SigSegv,
+    /// <summary>
+    /// The page is being evicted (between <see cref="AddressSpace.BeginEvict"/> and
+    /// <see cref="AddressSpace.CompleteEvict"/>): park the thread and fault again once
+    /// the removal is done. Nothing was installed or woken.
+    /// </summary>
+    Retry,
 }
 
 /// <summary>Kind of a VM object.</summary>

@@ -17,6 +17,44 @@ public sealed class Vm
     int objectsAlive;
     long anonsAlive;
 
+    long swapSlotsInUse;
+
+    /// <summary>
+    /// The swap device anonymous pages are paged out to; null: no swap (evicting a dirty
+    /// anonymous page then gives <see cref="EvictResult.NoSwap"/>). Set it before the first
+    /// eviction and leave it: slots already handed out are freed through it.
+    /// </summary>
+    public ISwapDevice? Swap { get; set; }
+
+    /// <summary>Swap slots held by pages and anons now; back to 0 when everything that paged out is gone.</summary>
+    public long SwapSlotsInUse => Interlocked.Read(ref swapSlotsInUse);
+
+    /// <summary>Write one page to the device; 0 when there is none or it is full.</summary>
+    internal long SwapWrite(SwapOwnerKind kind, long ownerId, long ownerIndex, ReadOnlySpan<byte> page)
+    {
+        if (Swap is not { } dev) return 0;
+        long slot = dev.Write(kind, ownerId, ownerIndex, page);
+        if (slot > 0) Interlocked.Increment(ref swapSlotsInUse);
+        return slot;
+    }
+
+    /// <summary>Give a slot back (0: nothing). Slots set by tests without a device are only forgotten.</summary>
+    internal void FreeSwapSlot(long slot)
+    {
+        if (slot <= 0 || Swap is not { } dev) return;
+        dev.Free(slot);
+        Interlocked.Decrement(ref swapSlotsInUse);
+    }
+
+    int nextAnonId;
+
+    /// <summary>A name for an anon's swap rows (a label only, so wrapping is harmless).</summary>
+    internal int NextAnonId()
+    {
+        int id = Interlocked.Increment(ref nextAnonId);
+        return id != 0 ? id : Interlocked.Increment(ref nextAnonId);
+    }
+
     /// <summary>Tests: the next this-many page allocations for anons fail (a RAM shortage; UVM designs wait and restart).</summary>
     internal int FailPageAllocs;
 
@@ -122,6 +160,7 @@ public sealed class Vm
                     next = o.backing_object;
                     o.backing_object = null;
                     o.pages.Clear();
+                    o.FreeAllSwap(this);
                     o.WakeupBusy();   // nobody should sleep here (a busy page's owner holds a reference), but never strand one
                 }
             }
@@ -206,17 +245,22 @@ public sealed class Vm
         foreach (var (s, st) in backing.pages)
         {
             long q = s - off;
-            if (q < 0 || q >= obj.size) continue;   // obj cannot see it
+            if (q < 0 || q >= obj.size) continue;   // obj cannot see it (its slot is freed below)
             if (obj.pages.TryGetValue(q, out var have))
             {
                 // obj's own page hides backing's, except a placeholder: the fault that
                 // owns it is walking down and will find this page here when it retries.
                 if (have.Content == PageContent.None)
+                {
                     obj.pages[q] = new PageState(st.Content, busy: true, swapped: st.Swapped);
+                    if (st.Swapped) obj.SetSwapSlot(q, backing.TakeSwapSlot(s));
+                }
                 continue;
             }
             obj.pages[q] = st;
+            if (st.Swapped) obj.SetSwapSlot(q, backing.TakeSwapSlot(s));   // the slot moves with the page
         }
+        backing.FreeAllSwap(this);   // the pages nobody can see any more
         var below = backing.backing_object;
         if (below != null)
         {

@@ -38,7 +38,7 @@ public sealed class VmCounters
     public long fltanget;         // uvmfault_anonget calls
     public long fltpgwait;        // waits for a busy page
     public long fltnoram;         // waits for memory (restart)
-    public long pageins;          // anon swap-ins (no swap store yet: always 0)
+    public long pageins;          // pages read back from the swap device (all designs; NetBSD's name)
     public long fltamcopy;        // needs_copy cleared by amap_copy
     public long fltnamap;         // neighbour anon pages mapped
     public long fltlget;          // non-blocking (PGO_LOCKED) object lookups
@@ -64,6 +64,18 @@ public sealed class VmCounters
     public long wire_failures;    // Wire calls that failed on a page and were rolled back
     public long swap_slots_freed_on_dirty; // FreeBSD: a write fault dropped the page's swap copy
     public long swap_slots_freed_on_wire;  // UVM: wiring dropped the anon's swap slot
+    // Eviction and swap (all designs).
+    public long pageouts;         // pages written to the swap device by this space's evictions
+    public long swap_slots_used;  // slots this space's page-outs took (a sum; the gauge is Vm.SwapSlotsInUse)
+    public long evict_clean;      // evictions that dropped the page without I/O
+    public long swap_bad_slots;   // swap reads that failed (corrupt or missing): the page was poisoned
+    public long evict_retries;    // faults answered Retry because their page was being evicted
+    // Read-ahead accounting (vnode pager). A page read ahead is "used" at the first later
+    // fault on it that finds it resident; it is "wasted" when the object dies or the page
+    // cache drops it first (counted when the entry that asked for it is unmapped or its
+    // space exits, for the pages of its window no fault has used).
+    public long read_ahead_used;
+    public long read_ahead_wasted;
 #pragma warning restore IDE1006
 
     /// <summary>Count one fault's walk of <paramref name="depth"/> objects (histogram and maximum).</summary>
@@ -145,6 +157,13 @@ public sealed class VmCounters
         ("wire_failures", c => ref c.wire_failures),
         ("swap_slots_freed_on_dirty", c => ref c.swap_slots_freed_on_dirty),
         ("swap_slots_freed_on_wire", c => ref c.swap_slots_freed_on_wire),
+        ("pageouts", c => ref c.pageouts),
+        ("swap_slots_used", c => ref c.swap_slots_used),
+        ("evict_clean", c => ref c.evict_clean),
+        ("swap_bad_slots", c => ref c.swap_bad_slots),
+        ("evict_retries", c => ref c.evict_retries),
+        ("read_ahead_used", c => ref c.read_ahead_used),
+        ("read_ahead_wasted", c => ref c.read_ahead_wasted),
     ];
 
     /// <summary>Add this space's counters into <paramref name="total"/> (e.g. at exit).</summary>

@@ -16,6 +16,11 @@ internal enum PageContent : byte
     File,
     /// <summary>A vnode object's page: valid in the file's page cache.</summary>
     Cache,
+    /// <summary>
+    /// The page's swap slot holds its current bytes (it was evicted, or swapped in and not
+    /// written since). Spaces may also have it installed, read-only, so a write is seen.
+    /// </summary>
+    Swap,
 }
 
 /// <summary>Per-page metadata: three bytes in a per-object table, no object per page.</summary>
@@ -24,8 +29,9 @@ internal struct PageState
     public PageContent Content;
     public bool Busy;
     /// <summary>
-    /// The swap store holds a copy of this page (a swap slot). Nothing sets it yet; it is
-    /// the hook the swap store will use. FreeBSD drops the copy when the page is dirtied.
+    /// The page holds a swap slot (in <see cref="VmObject.swapSlots"/>). Current when the
+    /// content is <see cref="PageContent.Swap"/>; stale when the page was written since
+    /// (DragonFly keeps it until the next page-out). FreeBSD frees it when the page is dirtied.
     /// </summary>
     public bool Swapped;
 
@@ -64,6 +70,9 @@ public sealed class VmObject
     internal VmObject? shadow_next, shadow_prev;
 #pragma warning restore IDE1006
     internal bool dead;                        // OBJ_DEAD: terminated, must not be used
+    // Swap slots by pindex, only for objects that ever paged out (the swap pager's swblk
+    // table): most objects never do, so they pay one null field and no per-page bytes.
+    internal Dictionary<long, long>? swapSlots;
     int waiters;                               // threads sleeping for a busy page
 
     internal VmObject(long id, VmObjectKind kind, long size, IVnode? vnode)
@@ -183,6 +192,25 @@ public sealed class VmObject
         if (shadow.shadow_next != null) shadow.shadow_next.shadow_prev = shadow.shadow_prev;
         shadow.shadow_next = shadow.shadow_prev = null;
         shadow_count--;
+    }
+
+    /// <summary>The slot of the page at <paramref name="pindex"/> (0: none). Caller holds <see cref="Lock"/>.</summary>
+    internal long SwapSlot(long pindex) =>
+        swapSlots != null && swapSlots.TryGetValue(pindex, out var s) ? s : 0;
+
+    /// <summary>Record the slot of the page at <paramref name="pindex"/>. Caller holds <see cref="Lock"/>.</summary>
+    internal void SetSwapSlot(long pindex, long slot) => (swapSlots ??= new())[pindex] = slot;
+
+    /// <summary>Forget and return the slot of the page at <paramref name="pindex"/> (0: none). Caller holds <see cref="Lock"/>.</summary>
+    internal long TakeSwapSlot(long pindex) =>
+        swapSlots != null && swapSlots.Remove(pindex, out var s) ? s : 0;
+
+    /// <summary>Free every slot (the object dies or is emptied). Caller holds <see cref="Lock"/>.</summary>
+    internal void FreeAllSwap(Vm vm)
+    {
+        if (swapSlots == null || swapSlots.Count == 0) return;
+        foreach (var s in swapSlots.Values) vm.FreeSwapSlot(s);
+        swapSlots.Clear();
     }
 
     /// <summary>Tests and the swap store to come: mark the page at <paramref name="pindex"/> as having a swap copy.</summary>

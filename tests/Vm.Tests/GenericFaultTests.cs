@@ -499,5 +499,7 @@ public sealed class GenericFaultTests
         public void Protect(ulong va, ulong length, bool writeProtect) { }
         public void Poison(ulong va) { }
         public void Wake(ulong va, ulong length) { }
+        public bool ReadPage(ulong va, Span<byte> dest) => false;
+        public void Remove(ulong va, int pages) { }
     }
 }

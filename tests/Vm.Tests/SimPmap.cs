@@ -90,6 +90,21 @@ public sealed class SimPmap : IPmap
 
     public void Wake(ulong va, ulong length) => Wakes++;
 
+    public int Removes;
+
+    public bool ReadPage(ulong va, Span<byte> dest)
+    {
+        if (!ptes.TryGetValue(Vpn(va), out var pte)) return false;
+        pte.Bytes.CopyTo(dest);
+        return true;
+    }
+
+    public void Remove(ulong va, int pages)
+    {
+        Removes++;
+        Zap(va, (ulong)pages * Page);
+    }
+
     // ---- the MMU ----
 
     public bool Present(ulong va) => ptes.ContainsKey(Vpn(va));

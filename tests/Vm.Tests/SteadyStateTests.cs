@@ -21,6 +21,8 @@ public sealed class SteadyStateTests
         public void Protect(ulong va, ulong length, bool writeProtect) { }
         public void Poison(ulong va) { }
         public void Wake(ulong va, ulong length) { }
+        public bool ReadPage(ulong va, Span<byte> dest) => false;
+        public void Remove(ulong va, int pages) { }
     }
 
     static long FaultAll(AddressSpace s, ulong start, int pages, FaultAccess access)

@@ -78,6 +78,14 @@ internal static class ChainFault
     public static Step Lookup(ref FaultState fs)
     {
         var space = fs.space;
+        if (space.EvictingPage(fs.va))
+        {
+            // The page's removal is under way: resolving now would install or unprotect a
+            // page the removal then takes away. The caller parks the thread and retries.
+            Interlocked.Increment(ref fs.counters.evict_retries);
+            fs.result = FaultResult.Retry;
+            return Step.Done;
+        }
         var e = space.Destroyed ? null : space.FindEntry(fs.va);
         if (e == null || !Permits(e.Protection, fs.write))
         {
@@ -320,6 +328,7 @@ internal static class ChainFault
                     {
                         obj.pages.Remove(fs.pindex);
                         first.pages[fs.first_pindex] = new PageState(content, busy: true, swapped: m.Swapped);
+                        if (m.Swapped) first.SetSwapSlot(fs.first_pindex, obj.TakeSwapSlot(fs.pindex));
                         moved = true;
                     }
                 }
@@ -330,7 +339,13 @@ internal static class ChainFault
             lock (first.Lock) first.pages[fs.first_pindex] = new PageState(content, busy: true);
         fs.first_m = true;   // the busy slot now holds the real page
         fs.cowed = true;
-        if (moved) Interlocked.Increment(ref fs.counters.v_cow_optim);
+        if (moved)
+        {
+            // The page (and its swap slot) is the first object's now: read it from there.
+            fs.src = first;
+            fs.src_pindex = fs.first_pindex;
+            Interlocked.Increment(ref fs.counters.v_cow_optim);
+        }
         Interlocked.Increment(ref fs.counters.v_cow_faults);
         fs.obj = first;
         fs.pindex = fs.first_pindex;
@@ -413,6 +428,35 @@ internal static class ChainFault
                 ok = pmap.EnterCopy(va, 1, writable);
                 break;
             }
+            case PageContent.Swap:
+            {
+                // The swap pager: the page's slot holds its bytes.
+                long slot;
+                lock (src.Lock) slot = src.SwapSlot(fs.src_pindex);
+                var dest = pmap.Staging(1);
+                var r = slot > 0 && space.Vm.Swap is { } dev ? dev.Read(slot, dest) : SwapReadResult.Missing;
+                if (r != SwapReadResult.Ok)
+                {
+                    Interlocked.Increment(ref fs.counters.swap_bad_slots);
+                    if (src != fs.first_object && fs.obj == fs.first_object)
+                    {
+                        // A copy-on-write copy was to be made from it: it has no bytes, drop it.
+                        var first = fs.first_object;
+                        lock (first.Lock) first.pages[fs.first_pindex] = new PageState(PageContent.None, busy: true);
+                    }
+                    Fail(ref fs);
+                    return FaultResult.SigBus;
+                }
+                Interlocked.Increment(ref fs.counters.pageins);
+                Interlocked.Increment(ref fs.counters.v_io_faults);
+                // Installed writable only for a write: a clean page stays write-protected,
+                // so the write that makes its swap copy stale is seen.
+                bool w = writable && fs.write;
+                if (w) SetFirstContent(ref fs, PageContent.InSpaces);
+                CountInstall(ref fs);
+                ok = pmap.EnterCopy(va, 1, w);
+                break;
+            }
             default:
                 // Anonymous bytes live only in the spaces that have the page installed.
                 if (!space.Installed(va))
@@ -458,6 +502,7 @@ internal static class ChainFault
                 {
                     swapped = false;
                     freed = true;
+                    fs.space.Vm.FreeSwapSlot(first.TakeSwapSlot(fs.first_pindex));
                 }
                 first.pages[fs.first_pindex] = new PageState(content, st.Busy, swapped);
             }

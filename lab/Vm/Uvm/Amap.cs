@@ -11,8 +11,15 @@ internal sealed class Anon
 {
 #pragma warning disable IDE1006 // BSD names on purpose
     public int an_ref;
-    /// <summary>The swap slot holding a copy of the page (0: none). Nothing sets it yet: the swap store's hook. Wiring drops it.</summary>
+    /// <summary>
+    /// The swap slot holding a copy of the page (0: none): current while the content is
+    /// <see cref="PageContent.Swap"/>, stale once the page was written (the next page-out
+    /// replaces it). Wiring drops it. An int, as in UVM, so an anon stays 32 bytes; the
+    /// device's slots beyond int range are refused.
+    /// </summary>
     public int an_swslot;
+    /// <summary>The anon's name for the swap store, given at its first page-out (0: never paged out).</summary>
+    public int an_id;
 #pragma warning restore IDE1006
     public PageContent Content;
 }

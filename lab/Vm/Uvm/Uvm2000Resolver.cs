@@ -38,12 +38,13 @@ public sealed class Uvm2000Resolver : IResolver, IAmapDesign
             var amap = ctx.amap!;
             int slot = ctx.entry.SlotOf(ctx.va);
             var anon = amap.am_anon[slot]!;
-            Interlocked.Increment(ref ctx.counters.fltanget);   // uvmfault_anonget: always resident here
+            Interlocked.Increment(ref ctx.counters.fltanget);   // uvmfault_anonget: resident, or swapped in here
             if (!UvmFault.AnonBytesAvailable(ref ctx, anon))
             {
                 UvmFault.InternalError(ref ctx);
                 return ctx.result;
             }
+            if (UvmFault.AnonGet(ref ctx, anon) != UvmStep.Ok) return ctx.result;
             PageContent from = anon.Content;
             if (ctx.cow_now && anon.an_ref > 1)
             {
@@ -56,7 +57,7 @@ public sealed class Uvm2000Resolver : IResolver, IAmapDesign
                     Interlocked.Increment(ref ctx.counters.fltnoram);
                     goto ReFault;
                 }
-                nanon.Content = anon.Content;
+                nanon.Content = UvmFault.CopiedContent(anon);
                 amap.Add(slot, nanon, replace: true);
                 anon.an_ref--;
                 from = anon.Content == PageContent.Zero ? PageContent.Zero : PageContent.InSpaces;

@@ -51,9 +51,10 @@ public sealed class Uvm2019Resolver : IResolver, IAmapDesign
     static UvmStep Upper(ref UvmCtx ctx)
     {
         var anon = ctx.amap!.am_anon[ctx.entry.SlotOf(ctx.va)]!;
-        // uvmfault_anonget: anon pages are always resident (no swap store yet).
+        // uvmfault_anonget: resident, or read back from its swap slot below.
         Interlocked.Increment(ref ctx.counters.fltanget);
         if (!UvmFault.AnonBytesAvailable(ref ctx, anon)) return UvmFault.InternalError(ref ctx);
+        if (UvmFault.AnonGet(ref ctx, anon) != UvmStep.Ok) return UvmStep.Done;
         if (ctx.cow_now && anon.an_ref > 1)
         {
             ctx.promote = true;
@@ -158,7 +159,7 @@ public sealed class Uvm2019Resolver : IResolver, IAmapDesign
             Interlocked.Increment(ref ctx.counters.fltnoram);
             return UvmStep.Restart;
         }
-        anon.Content = oanon?.Content ?? PageContent.Zero;
+        anon.Content = oanon != null ? UvmFault.CopiedContent(oanon) : PageContent.Zero;
         ctx.amap!.Add(ctx.entry.SlotOf(ctx.va), anon, replace: oanon != null);
         return UvmStep.Ok;
     }

@@ -40,6 +40,7 @@ internal struct UvmCtx
     public bool amap_locked;
     public Anon? anon_spare;           // 2019: kept across restarts
     public bool wired;                 // the entry is wired (wire_mapping / wire_paging)
+    public bool staged;                // anonget read the centre anon's page from swap into the staging buffer
 #pragma warning restore IDE1006
 
     public FaultResult result;
@@ -94,6 +95,14 @@ internal static class UvmFault
     public static UvmStep Check(ref UvmCtx ctx)
     {
         var space = ctx.space;
+        ctx.staged = false;
+        if (space.EvictingPage(ctx.va))
+        {
+            // Its removal is under way: the caller parks the thread and faults again after.
+            Interlocked.Increment(ref ctx.counters.evict_retries);
+            ctx.result = FaultResult.Retry;
+            return UvmStep.Done;
+        }
         var e = space.Destroyed ? null : space.FindEntry(ctx.va);
         if (e == null || !Mach.ChainFault.Permits(e.Protection, ctx.write))
         {
@@ -378,7 +387,35 @@ internal static class UvmFault
     /// or already here. Else the model has lost them: internal error, SIGBUS.
     /// </summary>
     public static bool AnonBytesAvailable(ref UvmCtx ctx, Anon anon) =>
-        anon.Content == PageContent.Zero || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va);
+        anon.Content is PageContent.Zero or PageContent.Swap
+        || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va);
+
+    /// <summary>
+    /// uvmfault_anonget's swap-in: an anon whose bytes are only in its swap slot is read
+    /// into the staging buffer (<see cref="UvmCtx.staged"/>) for the install, counted in
+    /// pageins. A failed read poisons the page (the store has marked the slot bad).
+    /// Caller holds the amap lock.
+    /// </summary>
+    public static UvmStep AnonGet(ref UvmCtx ctx, Anon anon)
+    {
+        ctx.staged = false;
+        if (anon.Content != PageContent.Swap || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va))
+            return UvmStep.Ok;
+        var dest = ctx.space.Pmap.Staging(1);
+        var r = anon.an_swslot > 0 && ctx.space.Vm.Swap is { } dev ? dev.Read(anon.an_swslot, dest) : SwapReadResult.Missing;
+        if (r != SwapReadResult.Ok)
+        {
+            Interlocked.Increment(ref ctx.counters.swap_bad_slots);
+            return Fail(ref ctx);
+        }
+        Interlocked.Increment(ref ctx.counters.pageins);
+        ctx.staged = true;
+        return UvmStep.Ok;
+    }
+
+    /// <summary>What a promoted anon copied from <paramref name="oanon"/> holds: never Swap, since it has no slot of its own.</summary>
+    public static PageContent CopiedContent(Anon oanon) =>
+        oanon.Content == PageContent.Swap ? PageContent.InSpaces : oanon.Content;
 
     /// <summary>
     /// Install an anon's page (cases 1A, 1B and 2B). <paramref name="from"/> says where the
@@ -394,26 +431,41 @@ internal static class UvmFault
         if (ctx.wired && anon.an_swslot != 0)
         {
             // uvm_fault_upper_done: a wired page is dirty for good, its swap copy is useless.
+            // Its bytes, if only there, are in the staging buffer already (anonget).
+            space.Vm.FreeSwapSlot(anon.an_swslot);
             anon.an_swslot = 0;
+            if (anon.Content == PageContent.Swap) anon.Content = PageContent.InSpaces;
             Interlocked.Increment(ref ctx.counters.swap_slots_freed_on_wire);
         }
         if (ctx.access == FaultAccess.WriteProtect)
         {
             // The bytes are in the space (installed read-only): the model's part is done.
             if (!writable) return Superseded(ref ctx);
-            anon.Content = PageContent.InSpaces;
+            anon.Content = PageContent.InSpaces;   // written: a slot it holds is stale now (kept, as UVM does)
             Interlocked.Increment(ref ctx.counters.wp_resolved);
             space.MarkInstalled(va);
             pmap.Protect(va, PageSize, false);
             return FaultResult.Resolved;
         }
         if (space.Installed(va)) return Superseded(ref ctx);   // a duplicate message
+        bool ok;
+        if (ctx.staged)
+        {
+            // Swapped in. Writable only for a write (or when no slot is left): a clean page
+            // stays write-protected so the write that makes the slot stale is seen.
+            ctx.staged = false;
+            bool w = writable && (ctx.write || anon.an_swslot == 0);
+            anon.Content = anon.an_swslot != 0 && !w ? PageContent.Swap : PageContent.InSpaces;
+            Interlocked.Increment(ref ctx.counters.pages_installed);
+            ok = pmap.EnterCopy(va, 1, w);
+            space.MarkInstalled(va);
+            return ok ? FaultResult.Resolved : Superseded(ref ctx);
+        }
         if (from == PageContent.InSpaces)
         {
             InternalError(ref ctx);   // callers check AnonBytesAvailable first; never zeros instead
             return FaultResult.SigBus;
         }
-        bool ok;
         if (from == PageContent.Cache)
         {
             if (ctx.uobj!.Vnode!.ReadPages(uobjPindex, 1, pmap.Staging(1)) != 0)

@@ -301,6 +301,8 @@ sealed class NopPmap : IPmap
     public void Protect(ulong va, ulong length, bool writeProtect) { }
     public void Poison(ulong va) { }
     public void Wake(ulong va, ulong length) { }
+    public bool ReadPage(ulong va, Span<byte> dest) => false;
+    public void Remove(ulong va, int pages) { }
 }
 
 /// <summary>A file whose pages are all in the page cache: reads are copies, loads are no-ops.</summary>
