@@ -830,6 +830,12 @@ public sealed class AddressSpace
     void ReleaseEntry(VmMapEntry e)
     {
         if (e.Wired) Interlocked.Add(ref Counters.wired_pages, -e.Pages);
+        if (e.IsFile && e.Object != null)
+        {
+            // Read-ahead pages of the range this entry mapped that no space installed: wasted.
+            var (vobj, p0) = Mach.ChainFault.Bottom(e.Object, e.Offset);
+            vobj.DropReadAhead(p0, e.Pages, Counters);
+        }
         Vm.Deallocate(e.Object, Counters);
         if (e.aref_amap is { } amap)
         {

@@ -155,7 +155,16 @@ public sealed class Vm
                 else
                 {
                     Interlocked.Decrement(ref objectsAlive);
-                    if (o.Kind == VmObjectKind.Vnode) break;
+                    if (o.Kind == VmObjectKind.Vnode)
+                    {
+                        // The object dies: read-ahead pages no space installed were wasted.
+                        if (o.readAhead is { Count: > 0 } ra)
+                        {
+                            if (counters != null) Interlocked.Add(ref counters.read_ahead_wasted, ra.Count);
+                            ra.Clear();
+                        }
+                        break;
+                    }
                     o.dead = true;
                     next = o.backing_object;
                     o.backing_object = null;

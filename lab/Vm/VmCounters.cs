@@ -70,10 +70,11 @@ public sealed class VmCounters
     public long evict_clean;      // evictions that dropped the page without I/O
     public long swap_bad_slots;   // swap reads that failed (corrupt or missing): the page was poisoned
     public long evict_retries;    // faults answered Retry because their page was being evicted
-    // Read-ahead accounting (vnode pager). A page read ahead is "used" at the first later
-    // fault on it that finds it resident; it is "wasted" when the object dies or the page
-    // cache drops it first (counted when the entry that asked for it is unmapped or its
-    // space exits, for the pages of its window no fault has used).
+    // Read-ahead accounting (vnode pager). A page the pager read after the faulting one is
+    // "used" when it is first installed in a space afterwards, by a fault or by prefault
+    // (uffd shows no accessed bit, so a mapping is the best evidence of use). It is
+    // "wasted" when, before any such install, an entry mapping it is unmapped (or its
+    // space exits) or its vnode object dies. Counted in the space that installs or unmaps.
     public long read_ahead_used;
     public long read_ahead_wasted;
 #pragma warning restore IDE1006

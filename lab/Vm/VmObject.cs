@@ -73,6 +73,10 @@ public sealed class VmObject
     // Swap slots by pindex, only for objects that ever paged out (the swap pager's swblk
     // table): most objects never do, so they pay one null field and no per-page bytes.
     internal Dictionary<long, long>? swapSlots;
+    // Vnode objects: pages the pager read ahead that no space has installed yet
+    // (read_ahead_used / read_ahead_wasted). Made at the first read-ahead; adding and
+    // removing reuse its storage, so steady-state faults allocate nothing.
+    internal HashSet<long>? readAhead;
     int waiters;                               // threads sleeping for a busy page
 
     internal VmObject(long id, VmObjectKind kind, long size, IVnode? vnode)
@@ -211,6 +215,38 @@ public sealed class VmObject
         if (swapSlots == null || swapSlots.Count == 0) return;
         foreach (var s in swapSlots.Values) vm.FreeSwapSlot(s);
         swapSlots.Clear();
+    }
+
+    /// <summary>Remember pages [first, first+n) as read ahead and not yet used. Caller holds <see cref="Lock"/>.</summary>
+    internal void NoteReadAhead(long first, int n)
+    {
+        if (n <= 0) return;
+        readAhead ??= new();
+        for (long p = first; p < first + n; p++) readAhead.Add(p);
+    }
+
+    /// <summary>A page was installed in a space: if it was read ahead, that read paid off (read_ahead_used).</summary>
+    internal void NoteInstalled(long pindex, VmCounters counters)
+    {
+        if (Volatile.Read(ref readAhead) == null) return;
+        bool used;
+        lock (Lock) used = readAhead!.Remove(pindex);
+        if (used) Interlocked.Increment(ref counters.read_ahead_used);
+    }
+
+    /// <summary>An entry mapping [first, first+n) of this vnode object goes: its read-ahead pages nobody installed were wasted.</summary>
+    internal void DropReadAhead(long first, long n, VmCounters? counters)
+    {
+        int wasted = 0;
+        lock (Lock)
+        {
+            if (readAhead == null || readAhead.Count == 0) return;
+            if (n >= readAhead.Count)
+                wasted = readAhead.RemoveWhere(p => p >= first && p < first + n);
+            else
+                for (long p = first; p < first + n; p++) if (readAhead.Remove(p)) wasted++;
+        }
+        if (wasted > 0 && counters != null) Interlocked.Add(ref counters.read_ahead_wasted, wasted);
     }
 
     /// <summary>Tests and the swap store to come: mark the page at <paramref name="pindex"/> as having a swap copy.</summary>

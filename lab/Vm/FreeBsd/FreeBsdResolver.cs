@@ -16,6 +16,9 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
     // Read clustering (VM_FAULT_READ_AHEAD_MIN/MAX, VM_FAULT_READ_DEFAULT), in pages.
     internal const int ReadAheadMin = 7, ReadAheadMax = 31;
     internal const int ReadDefault = 1 + VmMapEntry.ReadAheadInit;
+    // vm_fault_dontneed's cluster: the larger of VM_FAULT_DONTNEED_MIN (1 MiB) and the
+    // smallest superpage (2 MiB on x86-64), in pages.
+    internal const int DontneedPages = (2 << 20) / Vm.PageSize;
 
     const int PageSize = Vm.PageSize;
 
@@ -108,6 +111,7 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
             behind = 0;
             nera = ReadAheadMax;
             ahead = nera;
+            if (pindex == e.next_read) Dontneed(ref fs, (int)ahead);
         }
         else if (pindex == e.next_read)
         {
@@ -119,6 +123,7 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
                 if (nera > ReadAheadMax) nera = ReadAheadMax;
             }
             ahead = nera;
+            if (era == ReadAheadMax) Dontneed(ref fs, (int)ahead);
         }
         else
         {
@@ -131,6 +136,44 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
         if (era != nera) e.read_ahead = nera;
         fs.behind = (int)behind;
         fs.ahead = (int)ahead;
+    }
+
+    /// <summary>
+    /// vm_fault_dontneed: when this sequential read's window reaches the last
+    /// <paramref name="ahead"/>+1 pages of a DontneedPages-aligned cluster of the address
+    /// space, the whole cluster before it (clipped to the entry) would be advised away
+    /// (pmap_advise DONTNEED) and its valid, non-busy first-object pages deactivated.
+    /// The lab has no page queues and cannot zap another thread's pages, so it counts
+    /// those pages in behind_deactivated. Backing-object pages are not its concern (the
+    /// seed's fault deactivates them elsewhere). A vnode first object's valid pages are
+    /// its resident page-cache pages.
+    /// </summary>
+    static void Dontneed(ref FaultState fs, int ahead)
+    {
+        const ulong size = (ulong)DontneedPages * PageSize;
+        var e = fs.entry;
+        ulong vaddr = fs.va;
+        ulong end = vaddr / size * size;
+        if (vaddr - end < size - PageSize - (ulong)ahead * PageSize || e.Start >= end) return;
+        ulong start = end - e.Start < size ? e.Start : end - size;
+        long pstart = e.PindexOf(start), pend = e.PindexOf(end);
+        var first = fs.first_object;
+        int n = 0;
+        lock (first.Lock)
+        {
+            if (first.Kind == VmObjectKind.Vnode)
+            {
+                var vnode = first.Vnode!;
+                for (long p = pstart; p < pend; p++)
+                    if (!first.pages.ContainsKey(p) && vnode.IsResident(p)) n++;   // a busy slot is being read
+            }
+            else
+            {
+                foreach (var (p, st) in first.pages)
+                    if (p >= pstart && p < pend && !st.Busy && st.Content is not (PageContent.None or PageContent.Swap)) n++;   // evicted pages are not resident
+            }
+        }
+        if (n > 0) Interlocked.Add(ref fs.counters.behind_deactivated, n);
     }
 
     /// <summary>

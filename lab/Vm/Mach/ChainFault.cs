@@ -269,6 +269,7 @@ internal static class ChainFault
         Interlocked.Add(ref fs.counters.pager_pages, behind + 1 + ahead);
         Interlocked.Add(ref fs.counters.read_behind_pages, behind);
         Interlocked.Add(ref fs.counters.read_ahead_pages, ahead);
+        lock (obj.Lock) obj.NoteReadAhead(pindex + 1, ahead);
         fs.m = new PageState(PageContent.Cache);
         return Step.Continue;
     }
@@ -389,6 +390,7 @@ internal static class ChainFault
             case PageContent.Cache:
             {
                 var vnode = src.Vnode!;
+                src.NoteInstalled(fs.src_pindex, fs.counters);
                 if (fs.entry.Shared && inFirst)
                 {
                     int err = vnode.LoadPages(fs.src_pindex, 1);
@@ -591,6 +593,7 @@ internal static class ChainFault
         switch (content)
         {
             case PageContent.Cache:
+                lobject.NoteInstalled(pindex, fs.counters);
                 if (fs.entry.Shared)
                 {
                     CountPrefault(ref fs);

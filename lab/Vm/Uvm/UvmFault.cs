@@ -280,6 +280,7 @@ internal static class UvmFault
         var e = ctx.entry;
         var vnode = ctx.uobj!.Vnode!;
         var pmap = ctx.space.Pmap;
+        ctx.uobj.NoteInstalled(pindex, ctx.counters);
         bool writable = !CopyOnWrite(e) && (ctx.enter_prot & Prot.Write) != 0;   // enter_prot & MASK(entry)
         if (e.Shared)
         {
@@ -507,6 +508,7 @@ internal static class UvmFault
         var vnode = ctx.uobj!.Vnode!;
         long pindex = e.PindexOf(va);
         bool writable = (ctx.enter_prot & Prot.Write) != 0;
+        ctx.uobj.NoteInstalled(pindex, ctx.counters);
         if (ctx.access == FaultAccess.WriteProtect)
         {
             if (!writable) return Superseded(ref ctx);
