@@ -102,6 +102,7 @@ public sealed class PropPmap(Runner runner, Runner.Proc owner) : IPmap
     public void Remove(ulong va, int pages)
     {
         Calls++;
+        runner.CheckRemove(Owner, va);
         for (ulong p = Vpn(va); p < Vpn(va) + (ulong)pages; p++) Ptes.Remove(p);
     }
 

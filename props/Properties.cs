@@ -32,14 +32,14 @@ public sealed class Properties
         Weights = Mix((OpKind.MmapAnon, 5), (OpKind.MmapFile, 6), (OpKind.Read, 30), (OpKind.Write, 25),
             (OpKind.Fork, 5), (OpKind.Exit, 2), (OpKind.Munmap, 2), (OpKind.DontNeed, 3), (OpKind.Mprotect, 3),
             (OpKind.Mremap, 2), (OpKind.Grow, 2), (OpKind.Msync, 2), (OpKind.Advise, 2),
-            (OpKind.Wire, 1), (OpKind.Unwire, 1)),
+            (OpKind.Wire, 1), (OpKind.Unwire, 1), (OpKind.Evict, 3)),
     };
 
     static readonly Profile SingleProcess = General with
     {
         MaxProcs = 1, SharedPercent = 0,
         Weights = Mix((OpKind.MmapAnon, 5), (OpKind.MmapFile, 5), (OpKind.Read, 30), (OpKind.Write, 30),
-            (OpKind.Munmap, 2), (OpKind.DontNeed, 3), (OpKind.Mprotect, 3), (OpKind.Mremap, 3), (OpKind.Grow, 2)),
+            (OpKind.Munmap, 2), (OpKind.DontNeed, 3), (OpKind.Mprotect, 3), (OpKind.Mremap, 3), (OpKind.Grow, 2), (OpKind.Evict, 3)),
     };
 
     static readonly Profile PrivateForks = General with
@@ -47,14 +47,14 @@ public sealed class Properties
         SharedPercent = 0,
         Weights = Mix((OpKind.MmapAnon, 5), (OpKind.MmapFile, 5), (OpKind.Read, 30), (OpKind.Write, 30),
             (OpKind.Fork, 8), (OpKind.Exit, 3), (OpKind.DontNeed, 3), (OpKind.Mprotect, 2), (OpKind.Mremap, 2),
-            (OpKind.Munmap, 1)),
+            (OpKind.Munmap, 1), (OpKind.Evict, 3)),
     };
 
     static readonly Profile DeepForks = General with
     {
         SharedPercent = 0, ErrorPercent = 0,
         Weights = Mix((OpKind.MmapAnon, 3), (OpKind.MmapFile, 3), (OpKind.Read, 30), (OpKind.Write, 30),
-            (OpKind.Fork, 15), (OpKind.Exit, 6), (OpKind.DontNeed, 3), (OpKind.Mremap, 1)),
+            (OpKind.Fork, 15), (OpKind.Exit, 6), (OpKind.DontNeed, 3), (OpKind.Mremap, 1), (OpKind.Evict, 3)),
     };
 
     static readonly Profile SharedHeavy = General with
@@ -62,7 +62,7 @@ public sealed class Properties
         SharedPercent = 80,
         Weights = Mix((OpKind.MmapAnon, 2), (OpKind.MmapFile, 8), (OpKind.Read, 30), (OpKind.Write, 30),
             (OpKind.Fork, 6), (OpKind.Exit, 2), (OpKind.Msync, 6), (OpKind.Munmap, 2), (OpKind.DontNeed, 3),
-            (OpKind.Mprotect, 3), (OpKind.Mremap, 2), (OpKind.Grow, 1)),
+            (OpKind.Mprotect, 3), (OpKind.Mremap, 2), (OpKind.Grow, 1), (OpKind.Evict, 3)),
     };
 
     static readonly Profile PrivateFiles = General with
@@ -70,21 +70,21 @@ public sealed class Properties
         SharedPercent = 25,
         Weights = Mix((OpKind.MmapFile, 10), (OpKind.MmapAnon, 1), (OpKind.Read, 20), (OpKind.Write, 35),
             (OpKind.Fork, 5), (OpKind.Exit, 2), (OpKind.DontNeed, 3), (OpKind.Msync, 3), (OpKind.Mprotect, 3),
-            (OpKind.Mremap, 2), (OpKind.Grow, 2), (OpKind.Advise, 2)),
+            (OpKind.Mremap, 2), (OpKind.Grow, 2), (OpKind.Advise, 2), (OpKind.Evict, 3)),
     };
 
     static readonly Profile AnonHeavy = General with
     {
         Weights = Mix((OpKind.MmapAnon, 10), (OpKind.MmapFile, 1), (OpKind.Read, 30), (OpKind.Write, 20),
             (OpKind.Fork, 5), (OpKind.Exit, 2), (OpKind.DontNeed, 4), (OpKind.Munmap, 2), (OpKind.Mremap, 2),
-            (OpKind.Grow, 3)),
+            (OpKind.Grow, 3), (OpKind.Evict, 3)),
     };
 
     static readonly Profile Errors = General with
     {
         ErrorPercent = 100, SharedPercent = 40,
         Weights = Mix((OpKind.MmapFile, 10), (OpKind.MmapAnon, 2), (OpKind.Read, 30), (OpKind.Write, 20),
-            (OpKind.Fork, 4), (OpKind.Exit, 2), (OpKind.DontNeed, 3), (OpKind.Mremap, 2), (OpKind.Munmap, 2), (OpKind.Advise, 2)),
+            (OpKind.Fork, 4), (OpKind.Exit, 2), (OpKind.DontNeed, 3), (OpKind.Mremap, 2), (OpKind.Munmap, 2), (OpKind.Advise, 2), (OpKind.Evict, 3)),
     };
 
     static readonly Profile PastEof = General with
@@ -92,7 +92,7 @@ public sealed class Properties
         PartialPercent = 100, ErrorPercent = 0, MaxFilePages = 6,
         Weights = Mix((OpKind.MmapFile, 10), (OpKind.Read, 30), (OpKind.Write, 25), (OpKind.Fork, 3),
             (OpKind.Grow, 6), (OpKind.Mremap, 2), (OpKind.DontNeed, 3), (OpKind.Msync, 2), (OpKind.Munmap, 1),
-            (OpKind.Advise, 2)),
+            (OpKind.Advise, 2), (OpKind.Evict, 3)),
     };
 
     static readonly Profile Protections = General with
@@ -100,7 +100,7 @@ public sealed class Properties
         Prots = [Prot.Read | Prot.Write, Prot.Read, Prot.Read, Prot.None],
         Weights = Mix((OpKind.MmapAnon, 5), (OpKind.MmapFile, 6), (OpKind.Read, 25), (OpKind.Write, 30),
             (OpKind.Mprotect, 12), (OpKind.Fork, 4), (OpKind.Exit, 1), (OpKind.DontNeed, 2), (OpKind.Mremap, 2),
-            (OpKind.Grow, 1)),
+            (OpKind.Grow, 1), (OpKind.Evict, 3)),
     };
 
     // ---- the properties ----
@@ -194,6 +194,25 @@ public sealed class Properties
         {
             Weights = new(General.Weights) { [OpKind.Wire] = 6, [OpKind.Unwire] = 3 },
         }, w => Runner.Run(w, design, Checks.Wiring | Checks.NoWritableSharing | Checks.Counters));
+
+    static readonly Profile Swapping = General with
+    {
+        NoSwapPercent = 10,
+        Weights = Mix((OpKind.MmapAnon, 6), (OpKind.MmapFile, 5), (OpKind.Read, 25), (OpKind.Write, 25),
+            (OpKind.Fork, 5), (OpKind.Exit, 2), (OpKind.DontNeed, 2), (OpKind.Mremap, 2), (OpKind.Munmap, 1),
+            (OpKind.Mprotect, 2), (OpKind.Wire, 1), (OpKind.Unwire, 1), (OpKind.Evict, 20)),
+    };
+
+    /// <summary>
+    /// §4.6 (and 20, 21): a page written, paged out and faulted back reads the same bytes
+    /// (every access is checked against the oracle), through exactly one pagein and no file
+    /// I/O; evictions drop a page exactly when they say so; every swap slot is freed once
+    /// every process has exited.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void SwapRoundTrip(string design) =>
+        Check(design, nameof(SwapRoundTrip), Swapping,
+            w => Runner.Run(w, design, Checks.SwapRoundTrip | Checks.Agreement | Checks.NoWritableSharing | Checks.Counters));
 
     /// <summary>§4.24: the pages the model believes installed are exactly the pages the page table has.</summary>
     [Theory, MemberData(nameof(Designs))]

@@ -29,6 +29,8 @@ public enum Checks
     Agreement = 128,
     /// <summary>IsWired and wired_pages follow mlock/munlock; a wired private writable page is installed writable.</summary>
     Wiring = 256,
+    /// <summary>A page this process paged out to swap reads back through exactly one pagein, with no file I/O (§4.6).</summary>
+    SwapRoundTrip = 512,
 }
 
 /// <summary>A violated property, with everything needed to read the failure.</summary>
@@ -52,6 +54,8 @@ public sealed class Runner
         public PropPmap Pmap = null!;
         public AddressSpace Space = null!;
         public long Faults, SegvResults, BusResults;
+        /// <summary>Pages this process evicted to swap (Evicted) and has not accessed since.</summary>
+        public readonly HashSet<ulong> SwappedOut = new();
     }
 
     public string Design { get; }
@@ -69,13 +73,15 @@ public sealed class Runner
     public readonly List<AccessRecord> Accesses = new();
     /// <summary>Every process's counters, added at its exit (workload statistics).</summary>
     public readonly VmCounters Totals = new();
-    public int Forks, Skipped, Wires;
+    public int Forks, Skipped, Wires, Evictions, SwapRoundTrips;
+    readonly MemSwap? swap;
     int nextPid;
     int opIndex = -1;
 
     // What the VM is doing right now (prefault safety: installs only into the faulting space).
     Proc? faulting;
     Proc? forkProtecting;
+    Proc? evicting;
 
     Runner(Workload w, string design, Checks checks, bool warm, int maxProcs)
     {
@@ -99,6 +105,7 @@ public sealed class Runner
             fileOfIno[v.Ino] = f;
         }
         oracle = new Oracle(w, contents);
+        if (!w.NoSwap) vm.Swap = swap = new MemSwap();
     }
 
     /// <summary>The FreeBSD lineage (objects and shadow chains) versus UVM (amaps and anons).</summary>
@@ -133,6 +140,8 @@ public sealed class Runner
         if (typeof(VmCore).GetProperty("AnonsAlive", BindingFlags.Public | BindingFlags.Instance) is { } anons
             && Convert.ToInt64(anons.GetValue(vm)) is var a && a != 0)
             Fail($"after every process exited, Vm.AnonsAlive = {a} (want 0)");
+        if (vm.SwapSlotsInUse != 0 || swap is { InUse: not 0 })
+            Fail($"after every process exited, Vm.SwapSlotsInUse = {vm.SwapSlotsInUse}, the device holds {swap?.InUse ?? 0} (want 0)");
         foreach (var p in exited) CheckCounters(p, final: true);
     }
 
@@ -159,6 +168,7 @@ public sealed class Runner
     {
         trace.Add($"{opIndex,2}: pid{p.Id}.exit() [{why}]");
         p.Space.Counters.AddTo(Totals);
+        p.SwappedOut.Clear();
         p.Space.Destroy();
         p.Pmap.Clear();
         live.Remove(p);
@@ -174,6 +184,14 @@ public sealed class Runner
         ulong len = (ulong)op.N * PropPmap.Page;
         ulong vpn = Oracle.Vpn(start);
         string who = $"{opIndex,2}: pid{p.Id}.";
+        // Whatever maps, unmaps or moves a range ends the swap round trips of its pages.
+        if (op.Kind is OpKind.MmapAnon or OpKind.MmapFile or OpKind.Munmap or OpKind.DontNeed or OpKind.Mremap or OpKind.Wire)
+            p.SwappedOut.RemoveWhere(q => q >= vpn && q < vpn + (ulong)op.N);
+        if (op.Kind == OpKind.Mremap)
+        {
+            ulong t = Oracle.Vpn(Layout.Va(op.ToSlot, op.ToPage));
+            p.SwappedOut.RemoveWhere(q => q >= t && q < t + (ulong)op.N);
+        }
         switch (op.Kind)
         {
             case OpKind.MmapAnon:
@@ -277,6 +295,57 @@ public sealed class Runner
             case OpKind.Advise:
                 trace.Add($"{who}madvise(0x{start:x}, {op.N}p, {op.Advice})");
                 p.Space.Advise(start, len, op.Advice);
+                break;
+            case OpKind.Evict:
+                if (p.O.Pages.Count == 0) { Skip($"{who}evict() [skipped: nothing mapped]"); break; }
+                Evict(p, p.O.Pages.Keys.ElementAt(op.K % p.O.Pages.Count), who);
+                break;
+        }
+    }
+
+    /// <summary>
+    /// A page-out. It changes no byte (the oracle is not told); the page must leave the
+    /// page table exactly when the VM says Evicted or Clean, and the result must fit what
+    /// the page is.
+    /// </summary>
+    void Evict(Proc p, ulong vpn, string who)
+    {
+        ulong va = vpn * PropPmap.Page;
+        bool present = p.Pmap.Ptes.ContainsKey(vpn);
+        var pg = p.O.Pages[vpn];
+        evicting = p;
+        EvictResult r;
+        try { r = p.Space.Evict(va); }
+        finally { evicting = null; }
+        trace.Add($"{who}evict(0x{va:x}) -> {r}");
+        bool gone = !p.Pmap.Ptes.ContainsKey(vpn);
+        switch (r)
+        {
+            case EvictResult.Evicted:
+            case EvictResult.Clean:
+                if (!present) Fail($"pid{p.Id} evict(0x{va:x}) -> {r}, but the page was not present");
+                if (!gone) Fail($"pid{p.Id} evict(0x{va:x}) -> {r}, but the page is still present");
+                if (pg.Wired) Fail($"pid{p.Id} evict(0x{va:x}) -> {r} on a wired page");
+                if (r == EvictResult.Evicted)
+                {
+                    if (swap == null) Fail($"pid{p.Id} evict(0x{va:x}) -> Evicted without a swap device");
+                    if (pg.Kind == PageKind.SharedFile) Fail($"pid{p.Id} evict(0x{va:x}) wrote a shared file page to swap");
+                    p.SwappedOut.Add(vpn);
+                }
+                Evictions++;
+                break;
+            case EvictResult.NotResident:
+                if (present) Fail($"pid{p.Id} evict(0x{va:x}) -> NotResident, but the page is present");
+                break;
+            case EvictResult.Wired:
+                if (!pg.Wired) Fail($"pid{p.Id} evict(0x{va:x}) -> Wired, the page is not wired");
+                break;
+            case EvictResult.NoSwap:
+                if (swap != null) Fail($"pid{p.Id} evict(0x{va:x}) -> NoSwap with a swap device");
+                if (gone) Fail($"pid{p.Id} evict(0x{va:x}) -> NoSwap, but the page left the page table");
+                break;
+            default:
+                Fail($"pid{p.Id} evict(0x{va:x}) -> {r} with nothing else running");
                 break;
         }
     }
@@ -399,7 +468,16 @@ public sealed class Runner
         ulong vpn = Oracle.Vpn(va);
         var expect = oracle.Expect(p.O, vpn, write);
         string what = write ? $"write(0x{va:x} +{off}, {len} bytes of 0x{value:x2})" : $"read(0x{va:x})";
+        bool roundTrip = p.SwappedOut.Remove(vpn);
+        long pageins0 = p.Space.Counters.pageins, io0 = vnodes.Sum(v => (long)v.IoCalls);
         var got = Mmu(p, va, write, expect);
+        if (roundTrip && got == Outcome.Ok)
+        {
+            SwapRoundTrips++;
+            long pageins = p.Space.Counters.pageins - pageins0, io = vnodes.Sum(v => (long)v.IoCalls) - io0;
+            if ((checks & Checks.SwapRoundTrip) != 0 && (pageins != 1 || io != 0))
+                Fail($"pid{p.Id} {what} of a page it paged out: {pageins} pageins (want 1), {io} file reads (want 0)");
+        }
         trace.Add($"{opIndex,2}: pid{p.Id}.{what} -> {got}");
         if (got != expect)
             Fail($"pid{p.Id} {what}: got {got}, the oracle says {expect}");
@@ -523,12 +601,17 @@ public sealed class Runner
     public void CheckProtect(Proc owner, ulong va, ulong length, bool writeProtect)
     {
         string what = $"{(writeProtect ? "write-protect" : "unprotect")} 0x{va:x}+{length / PropPmap.Page}p in pid{owner.Id}";
-        if (faulting != owner && !(writeProtect && forkProtecting == owner))
+        if (faulting != owner && !(writeProtect && (forkProtecting == owner || evicting == owner)))
             Fail($"{what} outside a fault of that space");
         if (!writeProtect)
             for (ulong q = Oracle.Vpn(va); q < Oracle.Vpn(va + length); q++)
                 if (!owner.O.Pages.TryGetValue(q, out var pg) || (pg.Prot & Prot.Write) == 0)
                     Fail($"{what}: page 0x{q * PropPmap.Page:x} is not mapped writable");
+    }
+
+    public void CheckRemove(Proc owner, ulong va)
+    {
+        if (evicting != owner) Fail($"remove 0x{va:x} in pid{owner.Id} outside an eviction of that space");
     }
 
     public void CheckPoison(Proc owner, ulong va)
@@ -688,10 +771,13 @@ public sealed class Runner
         Le("pages_prefaulted", "pages_installed");
         Le("fastpath_hits", "v_vm_faults");
         Le("v_io_faults", "v_vm_faults");
+        Le("pageins", "v_vm_faults");
         Le("pager_errors", "sigbus");
         Le("eof_faults", "sigbus");
-        if (c.ContainsKey("read_ahead_pages") && Get("read_ahead_pages") + Get("read_behind_pages") + Get("v_io_faults") > Get("pager_pages"))
-            Fail($"{who}: read_ahead_pages + read_behind_pages + v_io_faults > pager_pages");
+        // The BSD designs count swap-ins as I/O faults too (pageins); they read no file pages.
+        long vnodeIo = Get("v_io_faults") - (IsUvm(Design) ? 0 : Get("pageins"));
+        if (c.ContainsKey("read_ahead_pages") && Get("read_ahead_pages") + Get("read_behind_pages") + vnodeIo > Get("pager_pages"))
+            Fail($"{who}: read_ahead_pages + read_behind_pages + (v_io_faults - pageins) > pager_pages");
         string[] uvm = ["flt_anon", "flt_acow", "flt_obj", "flt_prcopy", "flt_przero"];
         if (uvm.Any(c.ContainsKey))
         {

@@ -18,7 +18,7 @@ public sealed class Vacuity(ITestOutputHelper output)
         // A fixed seed: the thresholds below are about the generator, not luck.
         var sample = WorkloadGen.Workload(Properties.General).Sample(300, new FsCheck.Rnd(20251121UL, 0x9E3779B97F4A7C15UL), 50);
         var total = new VmCounters();
-        int ops = 0, forks = 0, skipped = 0, wires = 0;
+        int ops = 0, forks = 0, skipped = 0, wires = 0, evictions = 0, roundTrips = 0;
         var outcomes = new Dictionary<(bool, Outcome), int>();
         foreach (var w in sample)
         {
@@ -28,10 +28,12 @@ public sealed class Vacuity(ITestOutputHelper output)
             forks += r.Forks;
             skipped += r.Skipped;
             wires += r.Wires;
+            evictions += r.Evictions;
+            roundTrips += r.SwapRoundTrips;
             foreach (var a in r.Accesses) outcomes[(a.Write, a.Outcome)] = outcomes.GetValueOrDefault((a.Write, a.Outcome)) + 1;
         }
         var c = total.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
-        output.WriteLine($"{design}: {sample.Length} workloads, {ops} ops, {forks} forks, {wires} mlocks, {skipped} skipped");
+        output.WriteLine($"{design}: {sample.Length} workloads, {ops} ops, {forks} forks, {wires} mlocks, {evictions} evictions, {roundTrips} swap round trips, {skipped} skipped");
         foreach (var (k, v) in outcomes.OrderBy(kv => kv.Key)) output.WriteLine($"  {(k.Item1 ? "write" : "read")} {k.Item2}: {v}");
         foreach (var (k, v) in c) if (v != 0) output.WriteLine($"  {k} = {v}");
         int Out(bool write, Outcome o) => outcomes.GetValueOrDefault((write, o));
@@ -42,6 +44,9 @@ public sealed class Vacuity(ITestOutputHelper output)
         Assert.True(forks > sample.Length, "forks");
         Assert.True(wires > sample.Length / 10, "successful mlocks");
         Assert.True(skipped < ops / 10, "ops skipped as invalid");
+        Assert.True(evictions > sample.Length / 5, "evictions that dropped a page");
+        Assert.True(roundTrips > sample.Length / 20, "swap round trips");
+        Assert.True(c.GetValueOrDefault("pageouts") > 0 && c.GetValueOrDefault("pageins") > 0 && c.GetValueOrDefault("evict_clean") > 0, "pageouts, pageins, clean evictions");
         foreach (var name in new[] { "v_vm_faults", "pages_prefaulted", "eof_faults", "pager_errors" })
             if (c.ContainsKey(name)) Assert.True(c[name] > 0, name);
         // Copy-on-write and zero fill under either lineage's names.

@@ -10,6 +10,8 @@ namespace Lab.Props;
 public enum OpKind
 {
     MmapAnon, MmapFile, Read, Write, Fork, Exit, Munmap, DontNeed, Mprotect, Mremap, Grow, Msync, Advise, Wire, Unwire,
+    /// <summary>The page-out of the <see cref="Op.K"/>-th mapped page of the process (AddressSpace.Evict).</summary>
+    Evict,
 }
 
 /// <summary>
@@ -45,6 +47,7 @@ public sealed record Op(OpKind Kind, int P, int Slot = 0, int Page = 0, int N = 
         OpKind.Wire => $"p{P}.mlock(s{Slot}+{Page}, {N}p)",
         OpKind.Unwire => $"p{P}.munlock(s{Slot}+{Page}, {N}p)",
         OpKind.Advise => $"p{P}.madvise(s{Slot}+{Page}, {N}p, {Advice})",
+        OpKind.Evict => $"p{P}.evict(mapped#{K})",
         _ => Kind.ToString(),
     };
 }
@@ -62,14 +65,16 @@ public sealed record ErrorSpec(int File, int Pindex)
     public override string ToString() => $"EIO on f{File} page {Pindex}";
 }
 
-public sealed class Workload(FileSpec[] files, Op[] ops, ErrorSpec? error)
+public sealed class Workload(FileSpec[] files, Op[] ops, ErrorSpec? error, bool noSwap = false)
 {
     public FileSpec[] Files { get; } = files;
     public Op[] Ops { get; } = ops;
     public ErrorSpec? Error { get; } = error;
+    /// <summary>Run without a swap device: evicting a dirty anonymous page is refused (NoSwap).</summary>
+    public bool NoSwap { get; } = noSwap;
 
-    public Workload With(FileSpec[]? files = null, Op[]? ops = null, bool dropError = false) =>
-        new(files ?? Files, ops ?? Ops, dropError ? null : Error);
+    public Workload With(FileSpec[]? files = null, Op[]? ops = null, bool dropError = false, bool? noSwap = null) =>
+        new(files ?? Files, ops ?? Ops, dropError ? null : Error, noSwap ?? NoSwap);
 
     public override string ToString()
     {
@@ -77,6 +82,7 @@ public sealed class Workload(FileSpec[] files, Op[] ops, ErrorSpec? error)
         sb.Append($"\n  files: ");
         for (int i = 0; i < Files.Length; i++) sb.Append(i == 0 ? "" : ", ").Append($"f{i} {Files[i]}");
         if (Error != null) sb.Append($"\n  error: {Error}");
+        if (NoSwap) sb.Append("\n  no swap device");
         sb.Append($"\n  ops ({Ops.Length}):");
         for (int i = 0; i < Ops.Length; i++) sb.Append($"\n    {i,2}: {Ops[i]}");
         return sb.Append('\n').ToString();
@@ -114,6 +120,8 @@ public sealed record Profile(string Name)
     /// <summary>Prot choices for new mappings and mprotect.</summary>
     public Prot[] Prots { get; init; } = [.. Enumerable.Repeat(Prot.Read | Prot.Write, 6), Prot.Read, Prot.Read, Prot.None];
     public int MaxProcs { get; init; } = 5;
+    /// <summary>Chance (percent) that a workload runs without a swap device.</summary>
+    public int NoSwapPercent { get; init; } = 20;
 }
 
 /// <summary>FsCheck generator and shrinker of workloads.</summary>
@@ -170,6 +178,8 @@ public static class WorkloadGen
             case OpKind.Fork:
             case OpKind.Exit:
                 return from a in p select new Op(kind, a);
+            case OpKind.Evict:
+                return from a in p from k in any select new Op(kind, a, Hit: true, K: k);
             case OpKind.Munmap:
             case OpKind.DontNeed:
             case OpKind.Msync:
@@ -213,8 +223,9 @@ public static class WorkloadGen
                from e in Gen.Choose(0, 99)
                from ef in Gen.Choose(0, nf - 1)
                from ep in Gen.Choose(0, pr.MaxFilePages - 1)
+               from ns in Gen.Choose(0, 99)
                select new Workload(files, [.. open.Select(o => o with { P = 0 }), .. ops],
-                   e < pr.ErrorPercent ? new ErrorSpec(ef, ep % files[ef].Pages) : null);
+                   e < pr.ErrorPercent ? new ErrorSpec(ef, ep % files[ef].Pages) : null, ns < pr.NoSwapPercent);
     }
 
     /// <summary>
@@ -224,6 +235,7 @@ public static class WorkloadGen
     public static IEnumerable<Workload> Shrink(Workload w)
     {
         if (w.Error != null) yield return w.With(dropError: true);
+        if (w.NoSwap) yield return w.With(noSwap: false);
         var ops = w.Ops;
         for (int chunk = ops.Length / 2; chunk >= 1; chunk /= 2)
             for (int i = 0; i + chunk <= ops.Length; i += chunk)
