@@ -214,6 +214,18 @@ public sealed class Properties
         Check(design, nameof(SwapRoundTrip), Swapping,
             w => Runner.Run(w, design, Checks.SwapRoundTrip | Checks.Agreement | Checks.NoWritableSharing | Checks.Counters));
 
+    /// <summary>
+    /// Injected pager latency: while a fault has the map unlocked for file I/O, pages next to
+    /// the faulting one are unmapped or moved away (MemVnode.OnLoad). The fault must notice
+    /// (revalidation): nothing is installed at an address that is no longer mapped or now
+    /// maps something else, the installed set stays exact, and every byte read is right.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void RevalidationUnderPagerLatency(string design) =>
+        Check(design, nameof(RevalidationUnderPagerLatency), PrivateFiles with { SharedPercent = 40 },
+            w => Runner.Run(w, design, Checks.Cache | Checks.Agreement | Checks.NoWritableSharing | Checks.Counters,
+                interfere: true));
+
     /// <summary>§4.24: the pages the model believes installed are exactly the pages the page table has.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ModelPmapAgreement(string design) =>

@@ -63,6 +63,11 @@ public sealed class Runner
     readonly Checks checks;
     readonly bool warm;
     readonly int maxProcs;
+    // Injected pager latency: map changes made by "another thread" while a fault waits for I/O.
+    readonly Random? interference;
+    bool interfering;
+    ulong faultVa = ulong.MaxValue;   // the page of the fault in progress (MaxValue: none, or mlock's)
+    public int Interferences;
     readonly VmCore vm = new();
     readonly MemVnode[] vnodes;
     readonly Dictionary<ulong, int> fileOfIno = new();
@@ -83,9 +88,10 @@ public sealed class Runner
     Proc? forkProtecting;
     Proc? evicting;
 
-    Runner(Workload w, string design, Checks checks, bool warm, int maxProcs)
+    Runner(Workload w, string design, Checks checks, bool warm, int maxProcs, bool interfere = false)
     {
         this.w = w;
+        if (interfere) interference = new Random(w.Files[0].Seed ^ w.Ops.Length);
         Design = design;
         this.checks = checks;
         this.warm = warm;
@@ -101,6 +107,7 @@ public sealed class Runner
             var v = new MemVnode(spec.Size, _ => 0);
             bytes.CopyTo(v.Data, 0);
             if (w.Error != null && w.Error.File == f) v.ErrorAt = w.Error.Pindex;
+            if (interfere) v.OnLoad = (_, _) => Interfere();
             vnodes[f] = v;
             fileOfIno[v.Ino] = f;
         }
@@ -111,9 +118,10 @@ public sealed class Runner
     /// <summary>The FreeBSD lineage (objects and shadow chains) versus UVM (amaps and anons).</summary>
     public static bool IsUvm(string design) => design.StartsWith("uvm", StringComparison.Ordinal);
 
-    public static Runner Run(Workload w, string design, Checks checks, bool warmCache = false, int maxProcs = 5)
+    public static Runner Run(Workload w, string design, Checks checks, bool warmCache = false, int maxProcs = 5,
+        bool interfere = false)
     {
-        var r = new Runner(w, design, checks, warmCache, maxProcs);
+        var r = new Runner(w, design, checks, warmCache, maxProcs, interfere);
         r.Execute();
         return r;
     }
@@ -536,9 +544,10 @@ public sealed class Runner
         long zf0 = zfCheck ? ZeroFills(p.Space.Counters) : 0;
         p.Faults++;
         faulting = p;
+        faultVa = va & ~(ulong)(PropPmap.Page - 1);
         FaultResult r;
         try { r = p.Space.Fault(va, access); }
-        finally { faulting = null; }
+        finally { faulting = null; faultVa = ulong.MaxValue; }
         if (r == FaultResult.SigSegv) p.SegvResults++;
         if (r == FaultResult.SigBus) p.BusResults++;
         trace.Add($"      fault {access} 0x{va:x} -> {r}");
@@ -568,6 +577,54 @@ public sealed class Runner
         p.Pmap.Ptes.TryGetValue(vpn, out var after);
         if ((before == null) != (after == null) || before is { } b && (b.Writable != after!.Writable || !b.Bytes.AsSpan().SequenceEqual(after.Bytes)))
             Fail($"pid{p.Id} probe: the refused {access} fault at 0x{va:x} changed the page table");
+    }
+
+    /// <summary>
+    /// Runs at the start of every pager call. When the fault has dropped the map lock for
+    /// the I/O (the only time another thread could change the map), sometimes munmap or
+    /// mremap a few pages next to the faulting one in the same space, as a concurrent
+    /// thread of the program would. The faulting page stays mapped, so the access's
+    /// expected outcome holds; what the fault installs afterwards is checked as usual
+    /// (inside the mappings of the space, nothing at an address that moved away).
+    /// </summary>
+    void Interfere()
+    {
+        var p = faulting;
+        var rng = interference!;
+        if (p == null || interfering || faultVa == ulong.MaxValue || Monitor.IsEntered(p.Space.MapLock)) return;
+        if (rng.Next(3) == 0) return;
+        ulong fvpn = Oracle.Vpn(faultVa);
+        int k = rng.Next(1, 5);
+        bool after = rng.Next(2) == 0;
+        if (!after && fvpn < (ulong)k) return;
+        ulong s = after ? fvpn + 1 : fvpn - (ulong)k;
+        ulong start = s * PropPmap.Page, len = (ulong)k * PropPmap.Page;
+        interfering = true;
+        try
+        {
+            if (rng.Next(2) == 0)
+            {
+                trace.Add($"      [during I/O] pid{p.Id}.munmap(0x{start:x}, {k}p)");
+                p.SwappedOut.RemoveWhere(q => q >= s && q < s + (ulong)k);
+                p.Pmap.Zap(start, len);
+                p.Space.Unmap(start, len);
+                Oracle.Unmap(p.O, s, k);
+            }
+            else
+            {
+                ulong to = Layout.Va(rng.Next(Layout.Slots), rng.Next(8));
+                ulong t = Oracle.Vpn(to);
+                if (!Oracle.AllMapped(p.O, s, k) || (s < t + (ulong)k && t < s + (ulong)k) || (fvpn >= t && fvpn < t + (ulong)k))
+                    return;
+                trace.Add($"      [during I/O] pid{p.Id}.mremap(0x{start:x}, {k}p -> 0x{to:x})");
+                p.SwappedOut.RemoveWhere(q => (q >= s && q < s + (ulong)k) || (q >= t && q < t + (ulong)k));
+                p.Pmap.Move(start, to, len);
+                p.Space.Remap(start, to, len);
+                Oracle.Remap(p.O, s, t, k);
+            }
+            Interferences++;
+        }
+        finally { interfering = false; }
     }
 
     // ---- pmap call checks (prefault safety) ----

@@ -53,4 +53,15 @@ public sealed class Vacuity(ITestOutputHelper output)
         Assert.True(c.GetValueOrDefault("v_cow_faults") + c.GetValueOrDefault("flt_acow") + c.GetValueOrDefault("flt_prcopy") > 0, "copy-on-write");
         Assert.True(c.GetValueOrDefault("v_zfod") + c.GetValueOrDefault("flt_przero") > 0, "zero fill");
     }
+
+    /// <summary>The injected pager latency really changes maps while faults wait for I/O.</summary>
+    [Theory, MemberData(nameof(Properties.Designs), MemberType = typeof(Properties))]
+    public void PagerLatency_ChangesMapsDuringIo(string design)
+    {
+        var sample = WorkloadGen.Workload(Properties.General).Sample(100, new FsCheck.Rnd(20251121UL, 0x9E3779B97F4A7C15UL), 50);
+        int n = 0;
+        foreach (var w in sample) n += Runner.Run(w, design, Checks.None, interfere: true).Interferences;
+        output.WriteLine($"{design}: {n} map changes during pager I/O in {sample.Length} workloads");
+        Assert.True(n > sample.Length / 4, "map changes during pager I/O");
+    }
 }
