@@ -21,7 +21,7 @@ public sealed class SteadyStateTests
         public void Protect(ulong va, ulong length, bool writeProtect) { }
         public void Poison(ulong va) { }
         public void Wake(ulong va, ulong length) { }
-        public bool ReadPage(ulong va, Span<byte> dest) => false;
+        public bool ReadPage(ulong va, Span<byte> dest) => true;   // the bytes do not matter here
         public void Remove(ulong va, int pages) { }
     }
 
@@ -46,6 +46,24 @@ public sealed class SteadyStateTests
         Assert.Equal(2048, s.Counters.v_zfod + s.Counters.flt_przero);
         Assert.Equal(0, s.Counters.internal_errors);
         Assert.Equal(0, bytes);
+    }
+
+    [Theory, MemberData(nameof(Designs))]
+    public void SwapInFaults_AllocateNothingOnceTablesAreWarm(string design)
+    {
+        var vm = new Lab.Vm.Vm { Swap = new MemSwap() };
+        var s = vm.CreateSpace(new NullPmap(), Resolvers.Create(design));
+        s.MapAnon(A, 256 * P, Prot.Read | Prot.Write);
+        FaultAll(s, A, 256, FaultAccess.Write);
+        for (int i = 0; i < 256; i++) Assert.Equal(EvictResult.Evicted, s.Evict(A + (ulong)i * P));
+        FaultAll(s, A, 256, FaultAccess.Read);          // swap-in; read-only, the copies stay current
+        for (int i = 0; i < 256; i++) Assert.Equal(EvictResult.Clean, s.Evict(A + (ulong)i * P));
+        long bytes = FaultAll(s, A, 256, FaultAccess.Read);
+        Assert.Equal(512, s.Counters.pageins);
+        Assert.Equal(0, s.Counters.internal_errors + s.Counters.sigbus);
+        Assert.Equal(0, bytes);
+        s.Destroy();
+        Assert.Equal(0, vm.SwapSlotsInUse);
     }
 
     [Theory, MemberData(nameof(Designs))]
