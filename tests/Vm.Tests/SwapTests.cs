@@ -145,6 +145,49 @@ public sealed class SwapTests
         AssertBaseline();
     }
 
+    /// <summary>After fork the paged-out page is shared copy-on-write: a write fault copies it from the swap slot.</summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void CopyOnWriteFromASwappedPage(string design)
+    {
+        var parent = Proc(design);
+        parent.MapAnon(A, 2 * P);
+        Fill(parent, Pg(0), 20);
+        var child = parent.Fork();
+        Assert.Equal(EvictResult.Evicted, parent.Space.Evict(Pg(0)));
+        parent.Write(Pg(0) + 1, 0xEE);               // a write fault on a page not present: swap-in, then copy
+        Assert.Equal(0xEE, parent.Read(Pg(0) + 1));
+        Assert.Equal(20, parent.Read(Pg(0)));
+        Assert.Equal(1, parent.C.pageins);
+        AssertFilled(child, Pg(0), 20);
+        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
+        parent.Exit();
+        child.Exit();
+        AssertBaseline();
+    }
+
+    /// <summary>The copy-on-write source's slot is corrupt: SIGBUS on the write, no half-made copy left behind, the child unaffected.</summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void CopyOnWriteFromACorruptSlot_SigBus(string design)
+    {
+        var parent = Proc(design);
+        parent.MapAnon(A, 2 * P);
+        Fill(parent, Pg(0), 30);
+        Fill(parent, Pg(1), 31);
+        var child = parent.Fork();
+        Assert.Equal(EvictResult.Evicted, parent.Space.Evict(Pg(0)));
+        swap.Corrupt(swap.LastSlot);
+        Assert.Throws<SimSignalException>(() => parent.Write(Pg(0), 1));
+        Assert.Throws<SimSignalException>(() => parent.Read(Pg(0)));
+        AssertFilled(parent, Pg(1), 31);
+        AssertFilled(child, Pg(0), 30);
+        Fill(child, Pg(0), 40);
+        AssertFilled(child, Pg(0), 40);
+        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
+        parent.Exit();
+        child.Exit();
+        AssertBaseline();
+    }
+
     [Theory, MemberData(nameof(Designs))]
     public void CorruptSlot_SigBusOnThatPageOnly(string design)
     {
