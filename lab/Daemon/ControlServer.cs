@@ -138,6 +138,7 @@ public sealed unsafe class ControlServer : IDisposable
                 var child = _daemon.Registry.ForkParent(ppid)?.ClaimChild(TimeSpan.FromSeconds(10));
                 if (child == null) { Reply(conn, m, Native.ESRCH); return false; }
                 child.Pid = pid;
+                child.Pmap.Pid = pid;
                 proc = child;
                 return conn.Send(m.Type | Proto.Reply, m.Seq, 0, ReadOnlySpan<byte>.Empty, child.Pmap.Uffd);
             }

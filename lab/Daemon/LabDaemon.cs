@@ -138,7 +138,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         IResolver resolver;
         try { resolver = Resolvers.Create(vm.Length == 0 ? _defaultVm : vm); }
         catch (ArgumentException) { errno = Native.EINVAL; return null; }
-        var pmap = new UffdPmap(uffd);
+        var pmap = new UffdPmap(uffd) { Pid = pid };
         var proc = new LabProcess(Registry, pid, run, comm, _vm.CreateSpace(pmap, resolver), pmap);
         Registry.Add(proc);
         proc.Start();

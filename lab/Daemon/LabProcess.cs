@@ -156,7 +156,13 @@ public sealed unsafe class LabProcess
             else if (va != _lastSuperseded) { _lastSuperseded = va; _supersededRun = 1; }
             if (result == FaultResult.Superseded) Pmap.Wake(va, 4096);
         }
-        else _lastSuperseded = ulong.MaxValue;
+        else
+        {
+            _lastSuperseded = ulong.MaxValue;
+            // The page is being evicted: the thread retries the access once the eviction is done
+            // (a write then swaps the page back in). Nothing evicts from the daemon yet.
+            if (result == FaultResult.Retry) Pmap.Wake(va, 4096);
+        }
         Latency.Record(Stopwatch.GetTimestamp() - t0);
     }
 
