@@ -9,6 +9,15 @@ namespace Lab.Props;
 /// bit, and poison markers. Every call the VM makes is checked against the oracle by the
 /// <see cref="Runner"/> (prefault safety, protection, EOF, the faulting space).
 /// </summary>
+/// <summary>
+/// An injected install result (§4.12). The pmap contract: false means the page is present
+/// already (or gone, and an unmap event follows). So an injection installs the page and
+/// reports false, as if a duplicate fault message's resolution had got there first
+/// (UFFDIO_COPY's EEXIST): with the same bytes and protection, or write-protected (the
+/// racing resolution was a read), so that the MMU raises a write-protect fault again.
+/// </summary>
+public enum Injected { No, Present, PresentReadOnly }
+
 public sealed class PropPmap(Runner runner, Runner.Proc owner) : IPmap
 {
     public const int Page = Layout.PageSize;
@@ -43,25 +52,27 @@ public sealed class PropPmap(Runner runner, Runner.Proc owner) : IPmap
         Calls++;
         for (int i = 0; i < pages; i++)
             runner.CheckInstall(Owner, va + (ulong)(i * Page), shared: false, writable, null, 0);
+        var lie = runner.InjectInstallFailure(va, pages, writable);
         for (int i = 0; i < pages; i++)
             if (Ptes.ContainsKey(Vpn(va) + (ulong)i)) return false;
         for (int i = 0; i < pages; i++)
         {
             ulong p = Vpn(va) + (ulong)i;
-            Ptes[p] = new Pte { Bytes = staging.AsSpan(i * Page, Page).ToArray(), Writable = writable };
+            Ptes[p] = new Pte { Bytes = staging.AsSpan(i * Page, Page).ToArray(), Writable = writable && lie != Injected.PresentReadOnly };
             Poisoned.Remove(p);
         }
-        return true;
+        return lie == Injected.No;
     }
 
     public bool EnterZero(ulong va, bool writable)
     {
         Calls++;
         runner.CheckInstall(Owner, va, shared: false, writable, null, 0);
+        var lie = runner.InjectInstallFailure(va, 1, writable);
         if (Ptes.ContainsKey(Vpn(va))) return false;
-        Ptes[Vpn(va)] = new Pte { Bytes = new byte[Page], Writable = writable };
+        Ptes[Vpn(va)] = new Pte { Bytes = new byte[Page], Writable = writable && lie != Injected.PresentReadOnly };
         Poisoned.Remove(Vpn(va));
-        return true;
+        return lie == Injected.No;
     }
 
     public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable)

@@ -195,7 +195,7 @@ public sealed class Properties
             Weights = new(General.Weights) { [OpKind.Wire] = 6, [OpKind.Unwire] = 3 },
         }, w => Runner.Run(w, design, Checks.Wiring | Checks.NoWritableSharing | Checks.Counters));
 
-    static readonly Profile Swapping = General with
+    internal static readonly Profile Swapping = General with
     {
         NoSwapPercent = 10,
         Weights = Mix((OpKind.MmapAnon, 6), (OpKind.MmapFile, 5), (OpKind.Read, 25), (OpKind.Write, 25),
@@ -225,6 +225,85 @@ public sealed class Properties
         Check(design, nameof(RevalidationUnderPagerLatency), PrivateFiles with { SharedPercent = 40 },
             w => Runner.Run(w, design, Checks.Cache | Checks.Agreement | Checks.NoWritableSharing | Checks.Counters,
                 interfere: true));
+
+    /// <summary>
+    /// §4.12: retry idempotence. The same workload with injected install failures (the
+    /// faulting page's EnterCopy/EnterZero answers "already present" once, at random, and the
+    /// MMU faults again) gives the same outcome and bytes for every access and ends in the
+    /// same model state (installed set, ObjectsAlive, AnonsAlive, SwapSlotsInUse). Bytes are
+    /// compared wherever Linux specifies one content (a private file page never written may
+    /// show an older file version in the lab, and prefault decides which). Both runs end
+    /// by reading every readable page once (a superseded fault maps no neighbours, so only
+    /// the prefaulted set may differ before that).
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void RetryIdempotence(string design) =>
+        Check(design, nameof(RetryIdempotence), General with { MaxOps = 50 }, w =>
+        {
+            var plain = Runner.Run(w, design, Checks.None, sweep: true);
+            var retried = Runner.Run(w, design, Checks.Agreement, injectFailures: true);
+            Same(plain, retried, "without injection", $"with {retried.Injections} injected install failures");
+            if (plain.FinalState != retried.FinalState)
+                throw new PropertyFailure($"final model state differs.\n  without injection:\n{plain.FinalState}\n  with {retried.Injections} injections:\n{retried.FinalState}");
+        });
+
+    /// <summary>
+    /// §4.20: evicting a page never written since it was last evicted (or a file page never
+    /// written privately) writes nothing to swap and counts evict_clean, when it is installed
+    /// write-protected (userfaultfd has no dirty bit: a writable private page may have been
+    /// written without a fault, so the VM counts it dirty); a page this process
+    /// alone wrote is written to swap with its current bytes; reading a dropped page straight
+    /// back gives the same bytes.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void DirtyClean(string design) =>
+        Check(design, nameof(DirtyClean), Swapping with { NoSwapPercent = 0, MaxOps = 60 },
+            w => Runner.Run(w, design, Checks.DirtyClean | Checks.Agreement));
+
+    /// <summary>
+    /// §4.21: swap-slot release per design. The first write to a page this process alone
+    /// paged out: FreeBSD frees the swap copy in that write fault (swap_slots_freed_on_dirty),
+    /// DragonFly and UVM keep the stale slot. mlock over such pages: FreeBSD frees them (the
+    /// wiring write fault), UVM drops the anons' slots (swap_slots_freed_on_wire). No other
+    /// design ever counts either. Every later page-out writes the page's current bytes.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void SwapSlotReleasePolicy(string design) =>
+        Check(design, nameof(SwapSlotReleasePolicy), Swapping with
+        {
+            NoSwapPercent = 0, MaxOps = 60,
+            Weights = new(Swapping.Weights) { [OpKind.Wire] = 4, [OpKind.Unwire] = 3 },
+        }, w => Runner.Run(w, design, Checks.SlotPolicy | Checks.Agreement));
+
+    /// <summary>
+    /// §4.23: liveness. Every access resolves within <see cref="Runner.FaultBound"/> faults
+    /// (no fault loop: a resolved fault makes progress), every mlock within one fault per page.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void Liveness(string design) =>
+        Check(design, nameof(Liveness), General with
+        {
+            MaxOps = 60,
+            Weights = new(General.Weights) { [OpKind.Evict] = 6, [OpKind.Wire] = 2 },
+        }, w => Runner.Run(w, design, Checks.Liveness));
+
+    static readonly Profile Removes = General with
+    {
+        SharedPercent = 30, ErrorPercent = 0, MaxOps = 60,
+        Weights = Mix((OpKind.MmapAnon, 5), (OpKind.MmapFile, 7), (OpKind.Read, 25), (OpKind.Write, 30),
+            (OpKind.Fork, 6), (OpKind.Exit, 2), (OpKind.DontNeed, 10), (OpKind.Mremap, 2), (OpKind.Evict, 6), (OpKind.Msync, 2)),
+    };
+
+    /// <summary>
+    /// §4.25: Linux REMOVE semantics. Right after MADV_DONTNEED, every readable page of the
+    /// range reads zeros (private anonymous) or the file's current bytes (private file
+    /// mapping), never stale data: also after fork, eviction to swap and shared writes to
+    /// the file.
+    /// </summary>
+    [Theory, MemberData(nameof(Designs))]
+    public void RemoveSemantics(string design) =>
+        Check(design, nameof(RemoveSemantics), Removes,
+            w => Runner.Run(w, design, Checks.RemoveSemantics | Checks.Agreement));
 
     /// <summary>§4.24: the pages the model believes installed are exactly the pages the page table has.</summary>
     [Theory, MemberData(nameof(Designs))]

@@ -31,6 +31,14 @@ public enum Checks
     Wiring = 256,
     /// <summary>A page this process paged out to swap reads back through exactly one pagein, with no file I/O (§4.6).</summary>
     SwapRoundTrip = 512,
+    /// <summary>No access needs more than <see cref="Runner.FaultBound"/> faults, no mlock more than one per page (§4.23).</summary>
+    Liveness = 1024,
+    /// <summary>Evictions: a clean page is dropped without a swap write, a dirty one writes its current bytes; re-reads give the same bytes (§4.20).</summary>
+    DirtyClean = 2048,
+    /// <summary>Per-design swap-slot release on the write fault after a swap-in (FreeBSD) or on wiring (UVM) (§4.21).</summary>
+    SlotPolicy = 4096,
+    /// <summary>After MADV_DONTNEED every page of the range reads zeros (anonymous) or the file's current bytes (§4.25).</summary>
+    RemoveSemantics = 8192,
 }
 
 /// <summary>A violated property, with everything needed to read the failure.</summary>
@@ -56,7 +64,29 @@ public sealed class Runner
         public long Faults, SegvResults, BusResults;
         /// <summary>Pages this process evicted to swap (Evicted) and has not accessed since.</summary>
         public readonly HashSet<ulong> SwappedOut = new();
+        /// <summary>Dirty/clean state of private pages (absent: unknown, not checked).</summary>
+        public readonly Dictionary<ulong, PageState> St = new();
     }
+
+    /// <summary>
+    /// What the runner knows of a page's swap state in one process. Dirty: this process wrote
+    /// it and has not forked since (the page is its own). Clean: it was evicted (its bytes are
+    /// in a swap slot or the file) and not written since. Swapped: Clean, and the eviction wrote
+    /// a Dirty page to swap (the slot is this process's alone).
+    /// </summary>
+    public enum PageState { Dirty, Clean, Swapped }
+
+    /// <summary>Most faults one access may need (§4.23): a fault, and a write-protect fault after a read-only install.</summary>
+    public const int FaultBound = 2;
+    public int MaxFaultsPerAccess;
+    /// <summary>Injected install failures (§4.12): EnterCopy/EnterZero of the faulting page answered "already present".</summary>
+    public int Injections;
+    readonly Random? inject;
+    bool sweep;
+    bool injectedThisAccess;
+    /// <summary>The model state before the final exits (installed set, ObjectsAlive, AnonsAlive, SwapSlotsInUse).</summary>
+    public string FinalState = "";
+    public int RemoveProbes, SlotPolicyChecks, CleanEvictions, DirtyEvictions;
 
     public string Design { get; }
     readonly Workload w;
@@ -88,9 +118,10 @@ public sealed class Runner
     Proc? forkProtecting;
     Proc? evicting;
 
-    Runner(Workload w, string design, Checks checks, bool warm, int maxProcs, bool interfere = false)
+    Runner(Workload w, string design, Checks checks, bool warm, int maxProcs, bool interfere = false, bool injectFailures = false)
     {
         this.w = w;
+        if (injectFailures) inject = new Random(w.Files[0].Seed * 31 + w.Ops.Length);
         if (interfere) interference = new Random(w.Files[0].Seed ^ w.Ops.Length);
         Design = design;
         this.checks = checks;
@@ -119,9 +150,9 @@ public sealed class Runner
     public static bool IsUvm(string design) => design.StartsWith("uvm", StringComparison.Ordinal);
 
     public static Runner Run(Workload w, string design, Checks checks, bool warmCache = false, int maxProcs = 5,
-        bool interfere = false)
+        bool interfere = false, bool injectFailures = false, bool sweep = false)
     {
-        var r = new Runner(w, design, checks, warmCache, maxProcs, interfere);
+        var r = new Runner(w, design, checks, warmCache, maxProcs, interfere, injectFailures) { sweep = sweep };
         r.Execute();
         return r;
     }
@@ -141,6 +172,15 @@ public sealed class Runner
             AfterOp();
         }
         opIndex = w.Ops.Length;
+        if (inject != null || sweep)
+        {
+            // Read every readable page once more (prefault may differ between runs; demand faults may not).
+            foreach (var p in live.ToList())
+                foreach (var vpn in p.O.Pages.Keys.ToList())
+                    if (oracle.Expect(p.O, vpn, false) == Outcome.Ok) Access(p, vpn * PropPmap.Page, false, 0, 1, 0);
+            AfterOp();
+        }
+        FinalState = DescribeState();
         // Everyone exits; the VM must return to its baseline.
         while (live.Count > 0) ExitProc(live[0], "final exit");
         AfterOp();
@@ -151,6 +191,36 @@ public sealed class Runner
         if (vm.SwapSlotsInUse != 0 || swap is { InUse: not 0 })
             Fail($"after every process exited, Vm.SwapSlotsInUse = {vm.SwapSlotsInUse}, the device holds {swap?.InUse ?? 0} (want 0)");
         foreach (var p in exited) CheckCounters(p, final: true);
+    }
+
+    string DescribeState()
+    {
+        var sb = new StringBuilder();
+        foreach (var p in live)
+        {
+            // The readable pages (the final sweep read them all; a PROT_NONE page may hold a prefaulted page or not).
+            sb.Append($"pid{p.Id} installed:");
+            foreach (var vpn in p.O.Pages.Keys)
+                if (oracle.Expect(p.O, vpn, false) == Outcome.Ok && p.Space.IsInstalled(vpn * PropPmap.Page)) sb.Append($" 0x{vpn * PropPmap.Page:x}");
+            sb.Append($"; present:");
+            foreach (var vpn in p.Pmap.Ptes.Keys.Order())
+                if (oracle.Expect(p.O, vpn, false) == Outcome.Ok) sb.Append($" 0x{vpn * PropPmap.Page:x}");
+            sb.Append('\n');
+        }
+        sb.Append($"ObjectsAlive {vm.ObjectsAlive}, AnonsAlive {vm.AnonsAlive}, SwapSlotsInUse {vm.SwapSlotsInUse}");
+        return sb.ToString();
+    }
+
+    /// <summary>The pmap asks whether to fail this install (injection): only the faulting page, once per access.</summary>
+    public Injected InjectInstallFailure(ulong va, int pages, bool writable)
+    {
+        if (inject == null || faulting == null || pages != 1 || va != faultVa || injectedThisAccess) return Injected.No;
+        if (inject.Next(2) != 0) return Injected.No;
+        injectedThisAccess = true;
+        Injections++;
+        var how = writable && inject.Next(2) == 0 ? Injected.PresentReadOnly : Injected.Present;
+        trace.Add($"      [injected] install at 0x{va:x} reports \"already present\" ({how})");
+        return how;
     }
 
     // ---- processes ----
@@ -194,11 +264,15 @@ public sealed class Runner
         string who = $"{opIndex,2}: pid{p.Id}.";
         // Whatever maps, unmaps or moves a range ends the swap round trips of its pages.
         if (op.Kind is OpKind.MmapAnon or OpKind.MmapFile or OpKind.Munmap or OpKind.DontNeed or OpKind.Mremap or OpKind.Wire)
+        {
             p.SwappedOut.RemoveWhere(q => q >= vpn && q < vpn + (ulong)op.N);
+            if (op.Kind != OpKind.Wire) DropStates(p, vpn, op.N);
+        }
         if (op.Kind == OpKind.Mremap)
         {
             ulong t = Oracle.Vpn(Layout.Va(op.ToSlot, op.ToPage));
             p.SwappedOut.RemoveWhere(q => q >= t && q < t + (ulong)op.N);
+            DropStates(p, t, op.N);
         }
         switch (op.Kind)
         {
@@ -215,6 +289,7 @@ public sealed class Runner
                 p.Pmap.Zap(start, len);
                 p.Space.MapFile(start, len, op.Prot, vnodes[f], (long)op.FilePage * PropPmap.Page, op.Shared);
                 oracle.MapFile(p.O, vpn, op.N, op.Prot, f, op.FilePage, op.Shared);
+                if (!op.Shared) for (int i = 0; i < op.N; i++) p.St[vpn + (ulong)i] = PageState.Clean;   // the file's bytes
                 break;
             }
             case OpKind.Read:
@@ -249,6 +324,9 @@ public sealed class Runner
                 p.Pmap.Zap(start, len);
                 p.Space.Remove(start, len);
                 oracle.DontNeed(p.O, vpn, op.N);
+                for (int i = 0; i < op.N; i++)
+                    if (p.O.Pages.TryGetValue(vpn + (ulong)i, out var pd) && pd.Kind == PageKind.PrivateFile) p.St[vpn + (ulong)i] = PageState.Clean;
+                if ((checks & Checks.RemoveSemantics) != 0) ProbeAfterRemove(p, vpn, op.N);
                 break;
             case OpKind.Mprotect:
                 if (!Oracle.AllMapped(p.O, vpn, op.N)) { Skip($"{who}mprotect(0x{start:x}, {op.N}p) [skipped: ENOMEM, hole]"); break; }
@@ -306,8 +384,44 @@ public sealed class Runner
                 break;
             case OpKind.Evict:
                 if (p.O.Pages.Count == 0) { Skip($"{who}evict() [skipped: nothing mapped]"); break; }
-                Evict(p, p.O.Pages.Keys.ElementAt(op.K % p.O.Pages.Count), who);
+                Evict(p, p.O.Pages.Keys.ElementAt(op.K % p.O.Pages.Count), who, reread: op.K % 2 == 0);
                 break;
+        }
+    }
+
+    static void DropStates(Proc p, ulong vpn, int n)
+    {
+        for (int i = 0; i < n; i++) p.St.Remove(vpn + (ulong)i);
+    }
+
+    /// <summary>§4.25: right after MADV_DONTNEED, each readable page reads zeros (anonymous) or the file's current bytes.</summary>
+    void ProbeAfterRemove(Proc p, ulong vpn0, int n)
+    {
+        for (int i = 0; i < n; i++)
+            if (p.Pmap.Ptes.ContainsKey(vpn0 + (ulong)i))
+                Fail($"pid{p.Id} 0x{(vpn0 + (ulong)i) * PropPmap.Page:x} is still present after MADV_DONTNEED");
+        for (int i = 0; i < n; i++)
+        {
+            ulong vpn = vpn0 + (ulong)i;
+            if (!p.O.Pages.TryGetValue(vpn, out var pg) || pg.Kind == PageKind.SharedFile) continue;
+            if (oracle.Expect(p.O, vpn, false) != Outcome.Ok) continue;
+            ulong va = vpn * PropPmap.Page;
+            Access(p, va, false, 0, 1, 0);
+            RemoveProbes++;
+            var got = p.Pmap.Ptes[vpn].Bytes;
+            if (pg.Kind == PageKind.Anon)
+            {
+                int j = got.AsSpan().IndexOfAnyExcept((byte)0);
+                if (j >= 0) Fail($"pid{p.Id} read(0x{va:x}) after MADV_DONTNEED of private anonymous memory: byte {j} is 0x{got[j]:x2}, want zeros (stale data)");
+            }
+            else
+            {
+                var want = oracle.Files[pg.File].Current(pg.Pindex);
+                int j = got.AsSpan().CommonPrefixLength(want);
+                if (j != PropPmap.Page)
+                    Fail($"pid{p.Id} read(0x{va:x}) after MADV_DONTNEED of a private file mapping: byte {j} is 0x{got[j]:x2}, " +
+                         $"f{pg.File} page {pg.Pindex} now holds 0x{want[j]:x2} (stale data)");
+            }
         }
     }
 
@@ -316,11 +430,15 @@ public sealed class Runner
     /// page table exactly when the VM says Evicted or Clean, and the result must fit what
     /// the page is.
     /// </summary>
-    void Evict(Proc p, ulong vpn, string who)
+    void Evict(Proc p, ulong vpn, string who, bool reread = false)
     {
         ulong va = vpn * PropPmap.Page;
         bool present = p.Pmap.Ptes.ContainsKey(vpn);
         var pg = p.O.Pages[vpn];
+        byte[]? before = present ? (byte[])p.Pmap.Ptes[vpn].Bytes.Clone() : null;
+        bool wasWritable = present && p.Pmap.Ptes[vpn].Writable;
+        int writes0 = swap?.Writes ?? 0;
+        long clean0 = p.Space.Counters.evict_clean;
         evicting = p;
         EvictResult r;
         try { r = p.Space.Evict(va); }
@@ -356,6 +474,52 @@ public sealed class Runner
                 Fail($"pid{p.Id} evict(0x{va:x}) -> {r} with nothing else running");
                 break;
         }
+        if ((checks & (Checks.DirtyClean | Checks.SlotPolicy)) != 0 && r is EvictResult.Evicted or EvictResult.Clean)
+            CheckEviction(p, vpn, pg, r, before!, wasWritable, writes0, clean0, reread && (checks & Checks.DirtyClean) != 0);
+    }
+
+    /// <summary>
+    /// §4.20/21: a page known clean (never written since it was last evicted, or a file page
+    /// never written privately) is dropped without a swap write (evict_clean); a page known
+    /// dirty (written by this process alone since) is written to swap, and every swap write
+    /// holds the page's current bytes. Then, sometimes, read it straight back: the same bytes.
+    /// </summary>
+    void CheckEviction(Proc p, ulong vpn, Oracle.OPage pg, EvictResult r, byte[] before, bool wasWritable, int writes0, long clean0, bool reread)
+    {
+        ulong va = vpn * PropPmap.Page;
+        int writes = (swap?.Writes ?? 0) - writes0;
+        long cleans = p.Space.Counters.evict_clean - clean0;
+        var st = p.St.TryGetValue(vpn, out var s0) ? s0 : (PageState?)null;
+        bool kindClean = pg.Kind == PageKind.SharedFile;
+        string why = kindClean ? "a shared file page" : $"state {st}";
+        if (r == EvictResult.Clean && (writes != 0 || cleans != 1))
+            Fail($"pid{p.Id} evict(0x{va:x}) -> Clean, but {writes} swap writes and evict_clean +{cleans} (want 0 and +1)");
+        if (r == EvictResult.Evicted)
+        {
+            if (writes != 1) Fail($"pid{p.Id} evict(0x{va:x}) -> Evicted with {writes} swap writes (want 1)");
+            var slot = new byte[PropPmap.Page];
+            if (swap!.Read(swap.LastSlot, slot) != SwapReadResult.Ok) Fail($"pid{p.Id} evict(0x{va:x}): the slot just written cannot be read");
+            int j = slot.AsSpan().CommonPrefixLength(before);
+            if (j != PropPmap.Page)
+                Fail($"pid{p.Id} evict(0x{va:x}) wrote stale bytes to swap: byte {j} is 0x{slot[j]:x2}, the page holds 0x{before[j]:x2}");
+            DirtyEvictions++;
+        }
+        else CleanEvictions++;
+        // userfaultfd has no dirty bit: a private page installed writable may have been written
+        // without a fault, so the VM must count it dirty. Clean is required only of a page
+        // installed write-protected (or a shared one, which never goes to swap).
+        bool knownClean = kindClean || (!wasWritable && st is PageState.Clean or PageState.Swapped);
+        if (knownClean && r != EvictResult.Clean)
+            Fail($"pid{p.Id} evict(0x{va:x}) of a clean page ({why}) -> {r}, {writes} swap writes (want Clean, no I/O)");
+        if (st == PageState.Dirty && !kindClean && r != EvictResult.Evicted)
+            Fail($"pid{p.Id} evict(0x{va:x}) of a page this process alone wrote since it was last clean -> {r} (want Evicted: its bytes written to swap)");
+        p.St[vpn] = r == EvictResult.Evicted && st == PageState.Dirty ? PageState.Swapped : PageState.Clean;
+        if (!reread || oracle.Expect(p.O, vpn, false) != Outcome.Ok || !oracle.Exact(p.O, vpn)) return;
+        Access(p, va, false, 0, 1, 0);
+        var got = p.Pmap.Ptes[vpn].Bytes;
+        int k = got.AsSpan().CommonPrefixLength(before);
+        if (k != PropPmap.Page)
+            Fail($"pid{p.Id} re-read of 0x{va:x} after evict -> {r}: byte {k} is 0x{got[k]:x2}, it held 0x{before[k]:x2}");
     }
 
     void Fork(Proc parent)
@@ -368,6 +532,12 @@ public sealed class Runner
         finally { forkProtecting = null; }
         parent.Pmap.CopyInto(child.Pmap);
         child.Space = parent.Space.Fork(child.Pmap);
+        // The pages are shared now: a Dirty page is no longer this process's alone, a Swapped slot neither.
+        foreach (var (vpn, st) in parent.St.ToList())
+        {
+            if (st == PageState.Dirty) { parent.St.Remove(vpn); continue; }
+            parent.St[vpn] = child.St[vpn] = PageState.Clean;
+        }
         live.Add(child);
         Forks++;
     }
@@ -390,10 +560,28 @@ public sealed class Runner
         }
         var c = p.Space.Counters;
         long f0 = c.v_vm_faults, segv0 = c.sigsegv, bus0 = c.sigbus;
+        long dirty0 = c.swap_slots_freed_on_dirty, onWire0 = c.swap_slots_freed_on_wire;
+        int swapped = 0;
+        for (int i = 0; i < n; i++)
+            if (p.St.TryGetValue(vpn0 + (ulong)i, out var s0) && s0 == PageState.Swapped
+                && p.O.Pages.TryGetValue(vpn0 + (ulong)i, out var ps) && (ps.Prot & Prot.Write) != 0 && !ps.Wired)
+                swapped++;
         faulting = p;
         bool got;
         try { got = p.Space.Wire(start, (ulong)n * PropPmap.Page); }
         finally { faulting = null; }
+        DropStates(p, vpn0, n);
+        if ((checks & Checks.Liveness) != 0 && c.v_vm_faults - f0 > n)
+            Fail($"pid{p.Id} mlock(0x{start:x}, {n}p) took {c.v_vm_faults - f0} faults (bound: one per page)");
+        if ((checks & Checks.SlotPolicy) != 0 && expect && swapped > 0)
+        {
+            SlotPolicyChecks++;
+            long dd = c.swap_slots_freed_on_dirty - dirty0, dw = c.swap_slots_freed_on_wire - onWire0;
+            if (Design == "freebsd" && dd < swapped)
+                Fail($"pid{p.Id} mlock(0x{start:x}, {n}p) over {swapped} pages swapped out from this process alone: swap_slots_freed_on_dirty +{dd} (FreeBSD: the wiring write fault frees each copy)");
+            if (IsUvm(Design) && dw < swapped)
+                Fail($"pid{p.Id} mlock(0x{start:x}, {n}p) over {swapped} pages swapped out from this process alone: swap_slots_freed_on_wire +{dw} (UVM: wiring drops each anon's slot)");
+        }
         p.Faults += c.v_vm_faults - f0;
         p.SegvResults += c.sigsegv - segv0;
         p.BusResults += c.sigbus - bus0;
@@ -478,7 +666,20 @@ public sealed class Runner
         string what = write ? $"write(0x{va:x} +{off}, {len} bytes of 0x{value:x2})" : $"read(0x{va:x})";
         bool roundTrip = p.SwappedOut.Remove(vpn);
         long pageins0 = p.Space.Counters.pageins, io0 = vnodes.Sum(v => (long)v.IoCalls);
+        injectedThisAccess = false;
+        bool policy = (checks & Checks.SlotPolicy) != 0 && write && p.St.TryGetValue(vpn, out var st0) && st0 == PageState.Swapped;
+        long inUse0 = vm.SwapSlotsInUse, freed0 = p.Space.Counters.swap_slots_freed_on_dirty;
         var got = Mmu(p, va, write, expect);
+        if (policy && got == Outcome.Ok)
+        {
+            SlotPolicyChecks++;
+            long dUse = vm.SwapSlotsInUse - inUse0, dFreed = p.Space.Counters.swap_slots_freed_on_dirty - freed0;
+            bool frees = Design == "freebsd";
+            if (frees ? dUse != -1 || dFreed != 1 : dUse != 0 || dFreed != 0)
+                Fail($"pid{p.Id} first write(0x{va:x}) after a page-out of a page this process alone held: SwapSlotsInUse {dUse:+0;-0;0}, " +
+                     $"swap_slots_freed_on_dirty +{dFreed} (want {(frees ? "-1 and +1: FreeBSD frees the swap copy on the write fault" : "0 and +0: the stale slot stays until the next page-out")})");
+        }
+        if (write && got == Outcome.Ok) p.St[vpn] = PageState.Dirty;
         if (roundTrip && got == Outcome.Ok)
         {
             SwapRoundTrips++;
@@ -521,6 +722,9 @@ public sealed class Runner
         }
         for (int tries = 0; tries < 4; tries++)
         {
+            if (tries > MaxFaultsPerAccess) MaxFaultsPerAccess = tries;
+            if ((checks & Checks.Liveness) != 0 && tries > FaultBound + (injectedThisAccess ? 1 : 0))
+                Fail($"pid{p.Id} access at 0x{va:x} (write {write}) took {tries} faults and still faults (bound: {FaultBound} per access)");
             if (p.Pmap.Poisoned.Contains(vpn)) return Outcome.SigBus;
             p.Pmap.Ptes.TryGetValue(vpn, out var pte);
             if (pte != null && (!write || pte.Writable)) return Outcome.Ok;
@@ -686,6 +890,21 @@ public sealed class Runner
         if ((checks & Checks.Counters) != 0) foreach (var p in live) CheckCounters(p, final: false);
         if ((checks & Checks.Agreement) != 0) CheckAgreement();
         if ((checks & Checks.Wiring) != 0) CheckWiring();
+        if ((checks & (Checks.DirtyClean | Checks.SlotPolicy)) != 0)
+            // A private page installed writable may be written without a fault: no longer known clean.
+            foreach (var p in live)
+                foreach (var (vpn, st) in p.St.ToList())
+                    if (st != PageState.Dirty && p.Pmap.Ptes.TryGetValue(vpn, out var pte) && pte.Writable && !pte.Shared)
+                        p.St.Remove(vpn);
+        if ((checks & Checks.SlotPolicy) != 0)
+            foreach (var p in live)
+            {
+                var c = p.Space.Counters;
+                if (Design != "freebsd" && c.swap_slots_freed_on_dirty != 0)
+                    Fail($"pid{p.Id}: swap_slots_freed_on_dirty = {c.swap_slots_freed_on_dirty} ({Design} never frees a slot on a write)");
+                if (!IsUvm(Design) && c.swap_slots_freed_on_wire != 0)
+                    Fail($"pid{p.Id}: swap_slots_freed_on_wire = {c.swap_slots_freed_on_wire} ({Design} does not free slots on wiring)");
+            }
     }
 
     void CheckAgreement()
