@@ -64,4 +64,34 @@ public sealed class Vacuity(ITestOutputHelper output)
         output.WriteLine($"{design}: {n} map changes during pager I/O in {sample.Length} workloads");
         Assert.True(n > sample.Length / 4, "map changes during pager I/O");
     }
+
+    /// <summary>The §4.12/20/21/23/25 properties check something: injections, known clean and dirty evictions, slot-policy writes, probes after MADV_DONTNEED.</summary>
+    [Theory, MemberData(nameof(Properties.Designs), MemberType = typeof(Properties))]
+    public void NewProperties_AreNotVacuous(string design)
+    {
+        var rnd = new FsCheck.Rnd(20251121UL, 0x9E3779B97F4A7C15UL);
+        int inj = 0, clean = 0, dirty = 0, policy = 0, probes = 0, maxFaults = 0;
+        foreach (var w in WorkloadGen.Workload(Properties.General).Sample(100, rnd, 50))
+        {
+            var r = Runner.Run(w, design, Checks.Liveness, injectFailures: true);
+            inj += r.Injections;
+            maxFaults = Math.Max(maxFaults, r.MaxFaultsPerAccess);
+        }
+        foreach (var w in WorkloadGen.Workload(Properties.Swapping with { NoSwapPercent = 0 }).Sample(100, rnd, 50))
+        {
+            var r = Runner.Run(w, design, Checks.DirtyClean | Checks.SlotPolicy);
+            clean += r.CleanEvictions;
+            dirty += r.DirtyEvictions;
+            policy += r.SlotPolicyChecks;
+        }
+        foreach (var w in WorkloadGen.Workload(Properties.General with { Weights = new(Properties.General.Weights) { [OpKind.DontNeed] = 10 } }).Sample(100, rnd, 50))
+            probes += Runner.Run(w, design, Checks.RemoveSemantics).RemoveProbes;
+        output.WriteLine($"{design}: {inj} injected install failures, most faults for one access {maxFaults}, {clean} clean and {dirty} dirty evictions checked, " +
+                         $"{policy} slot-policy checks, {probes} reads right after MADV_DONTNEED");
+        Assert.True(inj > 50, "injected install failures");
+        Assert.True(maxFaults == Runner.FaultBound, "some access needs the full fault bound (the bound is tight)");
+        Assert.True(clean > 20 && dirty > 20, "clean and dirty evictions checked");
+        Assert.True(policy > 5, "first writes after a page-out (slot policy)");
+        Assert.True(probes > 50, "reads right after MADV_DONTNEED");
+    }
 }
