@@ -39,7 +39,7 @@ public sealed class Concurrency
     static Gen<ConcurrentFaults> Scenario =>
         from pages in Gen.Choose(2, 12)
         from target in Gen.Choose(0, pages - 1)
-        from delay in Gen.Choose(1, 3)
+        from delay in Gen.Choose(1, 2)
         from n in Gen.Choose(2, 6)
         from threads in Gen.ArrayOf(
             from back in Gen.Choose(0, target)
