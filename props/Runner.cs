@@ -82,6 +82,7 @@ public sealed class Runner
     /// <summary>Injected install failures (§4.12): EnterCopy/EnterZero of the faulting page answered "already present".</summary>
     public int Injections;
     readonly Random? inject;
+    readonly ulong injectSalt;
     bool sweep;
     bool injectedThisAccess;
     /// <summary>The model state before the final exits (installed set, ObjectsAlive, AnonsAlive, SwapSlotsInUse).</summary>
@@ -121,7 +122,7 @@ public sealed class Runner
     Runner(Workload w, string design, Checks checks, bool warm, int maxProcs, bool interfere = false, bool injectFailures = false)
     {
         this.w = w;
-        if (injectFailures) inject = new Random(w.Files[0].Seed * 31 + w.Ops.Length);
+        if (injectFailures) { inject = new Random(0); injectSalt = (ulong)w.Files[0].Seed * 0x9E3779B97F4A7C15UL; }
         if (interfere) interference = new Random(w.Files[0].Seed ^ w.Ops.Length);
         Design = design;
         this.checks = checks;
@@ -215,10 +216,17 @@ public sealed class Runner
     public Injected InjectInstallFailure(ulong va, int pages, bool writable)
     {
         if (inject == null || faulting == null || pages != 1 || va != faultVa || injectedThisAccess) return Injected.No;
-        if (inject.Next(2) != 0) return Injected.No;
+        // Decided by the operation itself (not a running random stream), so a shrunk workload keeps its injections.
+        var op = opIndex < w.Ops.Length ? w.Ops[opIndex] : null;
+        ulong h = injectSalt ^ va;
+        if (op != null)
+            foreach (var x in new long[] { (int)op.Kind, op.P, op.Slot, op.Page, op.K, op.Off, op.Len, op.Value, op.Hit ? 1 : 0 })
+                h = (h ^ (ulong)x) * 0x100000001B3UL;
+        h ^= h >> 29; h *= 0xBF58476D1CE4E5B9UL; h ^= h >> 32;
+        if ((h & 1) != 0) return Injected.No;
         injectedThisAccess = true;
         Injections++;
-        var how = writable && inject.Next(2) == 0 ? Injected.PresentReadOnly : Injected.Present;
+        var how = writable && (h & 2) == 0 ? Injected.PresentReadOnly : Injected.Present;
         trace.Add($"      [injected] install at 0x{va:x} reports \"already present\" ({how})");
         return how;
     }
