@@ -194,6 +194,13 @@ public sealed class Runner
         foreach (var p in exited) CheckCounters(p, final: true);
     }
 
+    /// <summary>The resolved execution (for failures that compare two runs).</summary>
+    /// <summary>Every Evict result, in order.</summary>
+    public readonly List<EvictResult> EvictResults = new();
+    /// <summary>The model state without SwapSlotsInUse.</summary>
+    public string FinalStateNoSwap => FinalState[..FinalState.LastIndexOf(", SwapSlotsInUse", StringComparison.Ordinal)];
+    public string Trace => string.Join("\n    ", trace.TakeLast(80));
+
     string DescribeState()
     {
         var sb = new StringBuilder();
@@ -452,6 +459,7 @@ public sealed class Runner
         try { r = p.Space.Evict(va); }
         finally { evicting = null; }
         trace.Add($"{who}evict(0x{va:x}) -> {r}");
+        EvictResults.Add(r);
         bool gone = !p.Pmap.Ptes.ContainsKey(vpn);
         switch (r)
         {
