@@ -103,6 +103,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     public int Run(int fuseThreads, Action? ready)
     {
         Directory.CreateDirectory(SocketDirectory);
+        RemoveDeadSockets();
         _control = new ControlServer(this, System.IO.Path.Combine(SocketDirectory, $"lab-{Environment.ProcessId}.sock"));
         _fs = new LabFileSystem(_backing, this);
         FuseServer.ClearStale(_mountpoint);
@@ -120,6 +121,17 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     }
 
     public void RequestStop() => _stop.Set();
+
+    /// <summary>A daemon killed with SIGKILL leaves its socket file behind: remove those whose pid is gone.</summary>
+    static void RemoveDeadSockets()
+    {
+        foreach (var path in Directory.GetFiles(SocketDirectory, "lab-*.sock"))
+        {
+            var name = System.IO.Path.GetFileNameWithoutExtension(path);
+            if (int.TryParse(name["lab-".Length..], out int pid) && !Directory.Exists($"/proc/{pid}"))
+                try { System.IO.File.Delete(path); } catch (IOException) { }
+        }
+    }
 
     /// <summary>Write back, unmount, then let go of the programs (their shims end them with a message).</summary>
     void Shutdown()
