@@ -223,39 +223,6 @@ public sealed class FreeBsdFaultTests
     }
 
     [Fact]
-    public void ForkTree_ThreeDeep_WalksTwoShadowsToTheFile()
-    {
-        var v = new MemVnode(4 * (long)P);
-        var p0 = new SimProcess(vm);
-        p0.MapFile(A, 4 * P, v);
-        p0.Write(Pg(0), 1);                          // p0: shadow S0 over the vnode object
-        var p1 = p0.Fork();
-        p1.Write(Pg(1), 2);                          // p1: S1 over S0
-        var p2 = p1.Fork();
-        p2.Write(Pg(2), 3);                          // p2: S2 over S1 over S0 over the file
-        Assert.Contains("depth 4", p2.Space.DescribeMaps());
-
-        // Page 3 was never touched: p2's read walks S2, S1, S0 (all anonymous) to the file.
-        AssertPageIsFile(p2, Pg(3), v, 3);
-        Assert.False(p2.Pmap.Writable(Pg(3)));
-        p2.Write(Pg(3), 4);
-        Assert.Equal(4, p2.Read(Pg(3)));
-        Assert.Equal(1, p2.Read(Pg(0)));
-        Assert.Equal(2, p2.Read(Pg(1)));
-        Assert.Equal(2, p1.Read(Pg(1)));
-        AssertPageIsFile(p0, Pg(1), v, 1);
-        AssertPageIsFile(p1, Pg(3), v, 3);
-        Assert.Equal(0, p0.C.internal_errors + p1.C.internal_errors + p2.C.internal_errors);
-
-        // p2 hides everything: its pages read the file again, not its ancestors' writes.
-        p2.DontNeed(A, 4 * P);
-        for (int i = 0; i < 4; i++) AssertPageIsFile(p2, Pg(i), v, i);
-        Assert.Equal(1, p0.Read(Pg(0)));
-        p0.Exit(); p1.Exit(); p2.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-    }
-
-    [Fact]
     public void SharedMapping_PrefaultedPageIsReadOnlyUntilWritten()
     {
         var v = new MemVnode(4 * (long)P);
