@@ -164,9 +164,22 @@ public sealed class AddressSpace
             }
             var pages = new List<ulong>();
             CollectInstalled(from, fromEnd, pages);
-            foreach (var vpn in pages) installed.Remove(vpn);
             ulong delta = (to >> Vm.PageShift) - (from >> Vm.PageShift);
-            foreach (var vpn in pages) installed.Add(vpn + delta);
+            var refs = new List<bool>(pages.Count);
+            foreach (var vpn in pages)
+            {
+                installed.Remove(vpn);
+                refs.Add(referenced.Remove(vpn));
+                inactive.Remove(vpn);
+                // A page-out under way at the old address cannot finish there: the page moved
+                // with its bytes, which its swap copy still equals, so it stays, clean.
+                if (evictingCount > 0 && evicting.Remove(vpn)) evictingCount--;
+            }
+            for (int k = 0; k < pages.Count; k++)
+            {
+                installed.Add(pages[k] + delta);
+                if (refs[k]) referenced.Add(pages[k] + delta);
+            }
             Bump();
         }
     }
@@ -490,7 +503,7 @@ public sealed class AddressSpace
     long PageOut(ulong va, SwapOwnerKind kind, long ownerId, long ownerIndex)
     {
         if (Vm.Swap == null) return 0;
-        Pmap.Protect(va, PageSize, true);
+        if (!Pmap.TryWriteProtect(va, PageSize)) return -1;   // without it a write could be lost: later
         var buf = Pmap.Staging(1);
         if (!Pmap.ReadPage(va, buf)) return -1;
         long slot = Vm.SwapWrite(kind, ownerId, ownerIndex, buf);
@@ -498,6 +511,117 @@ public sealed class AddressSpace
         Interlocked.Increment(ref Counters.pageouts);
         Interlocked.Increment(ref Counters.swap_slots_used);
         return slot;
+    }
+
+    // ---- page queues: which pages the pageout takes (active/inactive, second chance) ----
+    //
+    // Every installed page is active until a sweep deactivates it. The sweep goes round the
+    // installed pages like a clock hand: a page referenced since the hand last passed (it
+    // faulted: installed, or written after being write-protected) loses its reference and
+    // stays active; an unreferenced one becomes inactive and is write-protected, so that a
+    // write to it faults and references it again. Evictions take the inactive pages oldest
+    // first; one referenced meanwhile goes back to active (second chance). Reads of a
+    // resident page are invisible to us (no accessed bit through userfaultfd): a read-only
+    // page is judged by when it faulted in.
+
+    readonly PageSet referenced = new();
+    readonly PageSet inactive = new();
+    ulong[] inactiveQueue = new ulong[64];   // FIFO ring of vpns; entries whose bit went are skipped
+    int inactiveHead, inactiveCount;
+    ulong activeHand;
+
+    /// <summary>Pages installed in the pmap now (what counts against a resident limit). Read without the lock.</summary>
+    public int ResidentPages => installed.Count;   // an int read: atomic, maybe a little stale
+
+    /// <summary>Pages on the inactive queue now (stale entries included).</summary>
+    public int InactivePages { get { lock (MapLock) return inactive.Count; } }
+
+    /// <summary>
+    /// One pageout scan: keep the inactive queue filled (deactivating active pages with the
+    /// sweep) and begin the eviction of up to <paramref name="want"/> inactive pages that were
+    /// not referenced since. The addresses whose eviction began (Evicted or Clean) go into
+    /// <paramref name="begun"/>; the caller has the pmap take them out and then calls
+    /// <see cref="CompleteEvict"/> for each. Stops early when the swap device is full.
+    /// </summary>
+    public int PageoutScan(int want, Span<ulong> begun, out bool swapFull)
+    {
+        swapFull = false;
+        want = Math.Min(want, begun.Length);
+        if (want <= 0) return 0;
+        int n = 0;
+        lock (MapLock)
+        {
+            if (destroyed) return 0;
+            Interlocked.Increment(ref Counters.pd_scans);
+            // A few rounds: the first sweeps may only clear reference bits.
+            for (int round = 0; round < 3 && n < want; round++)
+            {
+                if (inactive.Count < want * 2) Deactivate(want * 2 - inactive.Count);
+                while (n < want && inactiveCount > 0)
+                {
+                    ulong vpn = inactiveQueue[inactiveHead];
+                    inactiveHead = (inactiveHead + 1) % inactiveQueue.Length;
+                    inactiveCount--;
+                    if (!inactive.Remove(vpn)) continue;             // stale: already handled
+                    if (!installed.Contains(vpn)) continue;           // gone meanwhile
+                    if (referenced.Remove(vpn))
+                    {
+                        Interlocked.Increment(ref Counters.pd_reactivated);
+                        continue;
+                    }
+                    ulong va = vpn << Vm.PageShift;
+                    var r = BeginEvict(va);
+                    if (r is EvictResult.Evicted or EvictResult.Clean) begun[n++] = va;
+                    // A dirty page with nowhere to go stays active; clean pages behind it are still taken.
+                    else if (r == EvictResult.NoSwap) swapFull = true;
+                }
+            }
+        }
+        return n;
+    }
+
+    /// <summary>Move up to <paramref name="count"/> unreferenced active pages to the inactive queue. Caller holds the map lock.</summary>
+    void Deactivate(int count)
+    {
+        if (count <= 0 || installed.Count == 0) return;
+        Span<ulong> look = count <= 256 ? stackalloc ulong[256] : new ulong[Math.Min(count * 2, 65536)];
+        // Looking at each installed page at most twice: the first time may only clear its bit.
+        int budget = Math.Min(installed.Count * 2, 1 << 22);
+        while (count > 0 && budget > 0)
+        {
+            int got = installed.CollectFrom(activeHand, look[..Math.Min(look.Length, budget)]);
+            if (got == 0) return;
+            budget -= got;
+            for (int i = 0; i < got && count > 0; i++)
+            {
+                ulong vpn = look[i];
+                activeHand = vpn + 1;
+                if (inactive.Contains(vpn) || (evictingCount > 0 && evicting.Contains(vpn))) continue;
+                var e = FindEntry(vpn << Vm.PageShift);
+                if (e == null || e.Wired) continue;
+                if (referenced.Remove(vpn))
+                {
+                    Interlocked.Increment(ref Counters.pd_skipped_referenced);
+                    continue;
+                }
+                // Shared file pages need no write protection: evicting them loses nothing.
+                if (!e.Shared && (e.Protection & Prot.Write) != 0 && !Pmap.TryWriteProtect(vpn << Vm.PageShift, PageSize)) continue;
+                inactive.Add(vpn);
+                if (inactiveCount == inactiveQueue.Length) GrowInactiveQueue();
+                inactiveQueue[(inactiveHead + inactiveCount) % inactiveQueue.Length] = vpn;
+                inactiveCount++;
+                Interlocked.Increment(ref Counters.pd_deactivated);
+                count--;
+            }
+        }
+    }
+
+    void GrowInactiveQueue()
+    {
+        var bigger = new ulong[inactiveQueue.Length * 2];
+        for (int i = 0; i < inactiveCount; i++) bigger[i] = inactiveQueue[(inactiveHead + i) % inactiveQueue.Length];
+        inactiveQueue = bigger;
+        inactiveHead = 0;
     }
 
     /// <summary>Whether the entry at <paramref name="va"/> is wired.</summary>
@@ -589,7 +713,7 @@ public sealed class AddressSpace
                     c.needs_copy = true;
                     pages.Clear();
                     CollectInstalled(e.Start, e.End, pages);
-                    foreach (var vpn in pages) child.installed.Add(vpn);
+                    foreach (var vpn in pages) { child.installed.Add(vpn); child.referenced.Add(vpn); }
                 }
                 child.entries.Add(c);
             }
@@ -636,6 +760,9 @@ public sealed class AddressSpace
             foreach (var e in entries) ReleaseEntry(e);
             entries.Clear();
             installed.Clear();
+            referenced.Clear();
+            inactive.Clear();
+            inactiveCount = 0;
             evicting.Clear();
             evictingCount = 0;
             destroyed = true;
@@ -744,7 +871,12 @@ public sealed class AddressSpace
 
     internal bool Installed(ulong va) => installed.Contains(va >> Vm.PageShift);
 
-    internal void MarkInstalled(ulong va) => installed.Add(va >> Vm.PageShift);
+    internal void MarkInstalled(ulong va)
+    {
+        ulong vpn = va >> Vm.PageShift;
+        installed.Add(vpn);
+        referenced.Add(vpn);   // the pageout's reference bit: this page was just used
+    }
 
     /// <summary>
     /// The pmap says the page at <paramref name="va"/> is absent although the model has it

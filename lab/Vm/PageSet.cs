@@ -110,6 +110,47 @@ internal sealed class PageSet
         }
     }
 
+    /// <summary>
+    /// Copy up to <paramref name="into"/>.Length pages, in ascending order, starting at the
+    /// first page at or after <paramref name="from"/> and wrapping around to the lowest page
+    /// once (a clock hand). Returns how many were copied. Allocates a sorted key array: for
+    /// the pageout's scans, not for faults.
+    /// </summary>
+    public int CollectFrom(ulong from, Span<ulong> into)
+    {
+        if (Count == 0 || into.IsEmpty) return 0;
+        var keys = new ulong[chunks.Count];
+        chunks.Keys.CopyTo(keys, 0);
+        Array.Sort(keys);
+        int n = 0;
+        ulong k0 = from >> ChunkShift;
+        int start = Array.BinarySearch(keys, k0);
+        if (start < 0) start = ~start;
+        // Pass 1: from the hand to the top; pass 2: from the bottom up to the hand.
+        for (int pass = 0; pass < 2 && n < into.Length; pass++)
+        {
+            int lo = pass == 0 ? start : 0, hi = pass == 0 ? keys.Length : Math.Min(start + 1, keys.Length);
+            for (int ki = lo; ki < hi && n < into.Length; ki++)
+            {
+                ulong key = keys[ki], basePage = key << ChunkShift;
+                var bits = chunks[key];
+                for (int i = 0; i < Words && n < into.Length; i++)
+                {
+                    ulong w = bits[i];
+                    while (w != 0 && n < into.Length)
+                    {
+                        int b = BitOperations.TrailingZeroCount(w);
+                        w &= w - 1;
+                        ulong vpn = basePage + (ulong)(i * 64 + b);
+                        if (pass == 0 ? vpn < from : vpn >= from) continue;
+                        into[n++] = vpn;
+                    }
+                }
+            }
+        }
+        return n;
+    }
+
     public void Clear()
     {
         chunks.Clear();

@@ -38,6 +38,18 @@ public interface IPmap
     /// <summary>Set or clear write protection on resident pages of [va, va+length).</summary>
     void Protect(ulong va, ulong length, bool writeProtect);
 
+    /// <summary>
+    /// Write-protect resident pages of [va, va+length) if that can be done now, without
+    /// waiting on anything: false when it could not (the pageout then leaves the page for
+    /// a later scan). The pageout calls it with a map lock held, so it must never wait for
+    /// a thread that may need that lock.
+    /// </summary>
+    bool TryWriteProtect(ulong va, ulong length)
+    {
+        Protect(va, length, true);
+        return true;
+    }
+
     /// <summary>Make every access to the page at <paramref name="va"/> raise SIGBUS.</summary>
     void Poison(ulong va);
 

@@ -70,6 +70,10 @@ public sealed class VmCounters
     public long evict_clean;      // evictions that dropped the page without I/O
     public long swap_bad_slots;   // swap reads that failed (corrupt or missing): the page was poisoned
     public long evict_retries;    // faults answered Retry because their page was being evicted
+    public long pd_scans;         // pageout scans of this space (one per batch the pageout asked for)
+    public long pd_deactivated;   // pages moved active -> inactive (write-protected to catch writes)
+    public long pd_reactivated;   // inactive pages found referenced: second chance, back to active
+    public long pd_skipped_referenced; // active pages the sweep passed over because they were referenced
     // Read-ahead accounting (vnode pager). A page the pager read after the faulting one is
     // "used" when it is first installed in a space afterwards, by a fault or by prefault
     // (uffd shows no accessed bit, so a mapping is the best evidence of use). It is
@@ -163,6 +167,10 @@ public sealed class VmCounters
         ("evict_clean", c => ref c.evict_clean),
         ("swap_bad_slots", c => ref c.swap_bad_slots),
         ("evict_retries", c => ref c.evict_retries),
+        ("pd_scans", c => ref c.pd_scans),
+        ("pd_deactivated", c => ref c.pd_deactivated),
+        ("pd_reactivated", c => ref c.pd_reactivated),
+        ("pd_skipped_referenced", c => ref c.pd_skipped_referenced),
         ("read_ahead_used", c => ref c.read_ahead_used),
         ("read_ahead_wasted", c => ref c.read_ahead_wasted),
     ];
