@@ -44,6 +44,19 @@ enum lab_msg_type {
                              writable shared); reply payload: u64 pages dropped. `lab compare`
                              starts every design from a cold cache this way. */
 
+    LAB_AGENT_HELLO = 14, /* lab_agent_hello, on a SECOND connection opened by the shim's agent
+                             thread after its HELLO/CHILD_HELLO was answered. After the reply
+                             the direction turns: on this connection the daemon sends requests
+                             (LAB_EVICT) and the agent answers them. */
+    LAB_SET_LIMIT = 16,   /* lab CLI -> daemon: lab_set_limit; the resident limit of one run */
+
+    /* daemon -> shim agent (on the agent connection) */
+    LAB_EVICT = 15,       /* n x lab_span: madvise(MADV_DONTNEED) each span that is still lab
+                             memory, in order. Reply: status 0 or the first errno; payload
+                             u32 spans done. The agent never touches lab memory itself, and its
+                             madvise blocks until the daemon's uffd reader has read the
+                             UFFD_EVENT_REMOVE it raises, so the daemon must answer faults meanwhile. */
+
     /* daemon -> shim: replies only (type = request type | LAB_REPLY) */
     LAB_REPLY = 0x8000,
 };
@@ -117,6 +130,22 @@ struct lab_remap {
 
 struct lab_stat {
     uint64_t run_id;    /* 0: the whole mount; else only the processes of that `lab run` */
+};
+
+struct lab_agent_hello {
+    int32_t pid;        /* getpid() of the process whose agent this is */
+    int32_t pad;
+};
+
+struct lab_span {
+    uint64_t addr;      /* page aligned */
+    uint64_t len;       /* page multiple */
+};
+#define LAB_EVICT_MAX_SPANS (LAB_MAX_PAYLOAD / 16)
+
+struct lab_set_limit {
+    uint64_t run_id;    /* the run (LAB_RUN_ID) */
+    uint64_t bytes;     /* resident limit for all its processes together; 0 = none */
 };
 
 struct lab_fork_done {

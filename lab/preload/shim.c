@@ -7,8 +7,23 @@
  * thread ends the process with a clear message as soon as the daemon's socket
  * closes. Without LAB_CONTROL every wrapper passes straight through.
  *
- * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, fork, and the wait
- * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED.
+ * An agent thread evicts pages for the daemon's pageout: the daemon cannot zap
+ * another process's private anonymous memory, so the agent opens a second
+ * connection (LAB_AGENT_HELLO), after which the daemon sends it LAB_EVICT
+ * requests and it runs madvise(MADV_DONTNEED) on each span that is still lab
+ * memory. It never touches lab memory or the heap, and it gives up quietly (the
+ * process then runs without eviction) if the daemon refuses it or the
+ * connection ends; the watcher alone decides that the daemon is gone.
+ *
+ * Big heap blocks (>= LAB_HEAP_MIN bytes, default 1 MiB, 0 = off) are lab
+ * anonymous memory too, mapped through the same path as a program's anonymous
+ * mmap; smaller ones, and everything before the constructor has connected, go
+ * to glibc (__libc_malloc and friends).
+ *
+ * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, fork, the wait
+ * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED, and the malloc
+ * family (malloc, free, calloc, realloc, reallocarray, memalign, posix_memalign,
+ * aligned_alloc, valloc, pvalloc, malloc_usable_size).
  */
 #include "labproto.h"
 
@@ -16,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -91,6 +107,9 @@ static uint64_t g_run_id;
 static pid_t (*g_real_fork)(void);
 static pid_t (*g_real_wait4)(pid_t, int *, int, struct rusage *);
 static int (*g_real_waitid)(idtype_t, id_t, siginfo_t *, int);
+static size_t g_heap_min;      /* heap blocks this big are lab memory; 0: none (set before g_on) */
+static int g_heap_on;          /* lab heap blocks may exist: free/realloc look for the header */
+static size_t (*g_real_usable)(void *);
 
 /* Recursive: fork holds the connection across the real fork, and atfork handlers or
  * nested wrappers on the same thread must not deadlock on it. */
@@ -247,6 +266,25 @@ static int tab_find(uintptr_t a, struct lab_ent *out)
         }
     pthread_mutex_unlock(&g_tab_lock);
     return hit;
+}
+
+/* Is every page of [s,e) inside some lab range? (Ranges may abut: a split entry, say.) */
+static int tab_covers(uintptr_t s, uintptr_t e)
+{
+    uintptr_t cur = s;
+    int moved = 1;
+    pthread_mutex_lock(&g_tab_lock);
+    while (cur < e && moved) {
+        moved = 0;
+        for (int i = 0; i < g_ntab; i++)
+            if (g_tab[i].start <= cur && cur < g_tab[i].end) {
+                cur = g_tab[i].end;
+                moved = 1;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&g_tab_lock);
+    return cur >= e;
 }
 
 /* Forget [s,e): trims, splits or drops entries. Returns how many entries it touched. */
@@ -479,7 +517,8 @@ static void *watcher(void *arg)
     }
 }
 
-static int start_watcher(void)
+/* A detached helper thread with a small stack and every signal blocked. */
+static int start_thread(void *(*fn)(void *), void *arg)
 {
     pthread_t t;
     pthread_attr_t a;
@@ -490,10 +529,178 @@ static int start_watcher(void)
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&a, 64 * 1024);
-    int r = pthread_create(&t, &a, watcher, (void *)(intptr_t)g_sock);
+    int r = pthread_create(&t, &a, fn, arg);
+    if (r == EINVAL) {
+        /* glibc carves static TLS out of the stack: a program with a lot of it needs more */
+        pthread_attr_setstacksize(&a, 512 * 1024);
+        r = pthread_create(&t, &a, fn, arg);
+    }
     pthread_attr_destroy(&a);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return r;
+}
+
+static int start_watcher(void) { return start_thread(watcher, (void *)(intptr_t)g_sock); }
+
+/* ---------- the agent: evicts pages on the daemon's behalf ---------- */
+
+/* The agent's connection. Set and cleared under g_conn_lock, which fork holds, so a
+ * fork child always sees it whole and can close its inherited copy. */
+static int g_agent_fd = -1;
+static dev_t g_agent_dev;
+static ino_t g_agent_ino;
+/* The request payload. Only the agent thread uses it (one per process). */
+static struct lab_span g_agent_buf[LAB_EVICT_MAX_SPANS];
+
+/* Is fd still our agent socket? The program may close it (closefrom) and reuse the
+ * number: then it is no longer ours to read, write or close. */
+static int agent_fd_ours(int fd)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == g_agent_dev && st.st_ino == g_agent_ino;
+}
+
+/* len payload bytes into g_agent_buf; whatever does not fit is read and dropped (*big = 1). */
+static int agent_read_payload(int fd, uint32_t len, int *big)
+{
+    *big = 0;
+    while (len > 0) {
+        uint32_t k = len < sizeof g_agent_buf ? len : (uint32_t)sizeof g_agent_buf;
+        int r = recv_exact(fd, g_agent_buf, k, NULL);
+        if (r != 0)
+            return r;
+        len -= k;
+        if (len)
+            *big = 1;
+    }
+    return 0;
+}
+
+/* MADV_DONTNEED each span still lab memory, in order; stops at the first error.
+ * g_conn_lock is held around the check and the madvise: every path that unmaps or
+ * replaces lab memory holds it, so a checked span cannot turn into program memory
+ * before it is zapped. The madvise blocks until the daemon's uffd reader has read
+ * the REMOVE event; g_tab_lock is not held meanwhile. */
+static int32_t agent_evict(uint32_t n, uint32_t *done)
+{
+    *done = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uintptr_t s = (uintptr_t)g_agent_buf[i].addr;
+        uint64_t len = g_agent_buf[i].len;
+        if (len == 0) {
+            (*done)++;
+            continue;
+        }
+        if (s > UINTPTR_MAX - g_page || len > UINTPTR_MAX - g_page - s)
+            return EINVAL;
+        uintptr_t e = s + page_up((uintptr_t)len);
+        int r = 0, err = 0;
+        pthread_mutex_lock(&g_conn_lock);
+        if (tab_covers(s, e)) {
+            r = (int)syscall(SYS_madvise, s, (size_t)len, MADV_DONTNEED);
+            err = errno;
+        } else {
+            dbg("agent: %#lx+%#lx is no longer lab memory: skipped", (unsigned long)s, (unsigned long)len);
+        }
+        pthread_mutex_unlock(&g_conn_lock);
+        if (r != 0) {
+            dbg("agent: madvise %#lx+%#lx: %s", (unsigned long)s, (unsigned long)len, strerror(err));
+            return err ? err : EIO;
+        }
+        (*done)++;
+    }
+    return 0;
+}
+
+/* Leave: close the connection only if the number still names it. */
+static void agent_quit(int fd)
+{
+    pthread_mutex_lock(&g_conn_lock);
+    if (g_agent_fd == fd) {
+        if (agent_fd_ours(fd))
+            close(fd);
+        g_agent_fd = -1;
+    }
+    pthread_mutex_unlock(&g_conn_lock);
+}
+
+static void *agent(void *arg)
+{
+    (void)arg;
+    int fd = -1;
+    struct stat st;
+    pthread_mutex_lock(&g_conn_lock);
+    int r = conn_open(&fd); /* SOCK_CLOEXEC */
+    if (r == 0) {
+        if (fstat(fd, &st) == 0) {
+            g_agent_dev = st.st_dev;
+            g_agent_ino = st.st_ino;
+            g_agent_fd = fd;
+        } else {
+            r = -errno;
+            close(fd);
+        }
+    }
+    pthread_mutex_unlock(&g_conn_lock);
+    if (r != 0) {
+        dbg("agent: cannot connect: %s; no eviction", strerror(-r));
+        return NULL;
+    }
+
+    struct lab_agent_hello ah = {(int32_t)getpid(), 0};
+    struct lab_hdr h = {LAB_AGENT_HELLO, sizeof ah, 1, 0}, rh;
+    int big;
+    r = send_msg(fd, &h, &ah, sizeof ah, -1);
+    if (r == 0)
+        r = recv_exact(fd, &rh, sizeof rh, NULL);
+    if (r == 0 && (rh.type != (LAB_AGENT_HELLO | LAB_REPLY) || rh.seq != h.seq))
+        r = -EPROTO;
+    if (r == 0)
+        r = agent_read_payload(fd, rh.len, &big);
+    if (r != 0 || rh.status != 0) {
+        dbg("agent: LAB_AGENT_HELLO: %s; no eviction", strerror(r ? -r : rh.status));
+        agent_quit(fd);
+        return NULL;
+    }
+    dbg("agent: ready on fd %d", fd);
+
+    for (;;) {
+        /* poll with a timeout rather than sit in recv: a sleeping poll or recv pins the
+         * socket, and a close by the program (closefrom) does not wake it (measured), so the
+         * daemon would see no EOF. Once a second the agent looks whether the fd is still its own. */
+        struct pollfd p = {fd, POLLIN | POLLRDHUP, 0};
+        int n = poll(&p, 1, 1000);
+        if (n < 0 && errno != EINTR)
+            break;
+        if ((n > 0 && (p.revents & POLLNVAL)) || !agent_fd_ours(fd)) {
+            dbg("agent: connection closed by the program; agent stops");
+            break;
+        }
+        if (n <= 0)
+            continue;
+        struct lab_hdr q;
+        if (recv_exact(fd, &q, sizeof q, NULL) != 0 || agent_read_payload(fd, q.len, &big) != 0)
+            break; /* EOF or error: the watcher deals with a dead daemon */
+        struct lab_hdr a = {q.type | LAB_REPLY, 0, q.seq, EINVAL};
+        uint32_t done = 0;
+        if (q.type == LAB_EVICT) {
+            a.len = sizeof done;
+            if (!big && q.len % sizeof(struct lab_span) == 0)
+                a.status = agent_evict(q.len / (uint32_t)sizeof(struct lab_span), &done);
+        }
+        if (!agent_fd_ours(fd) || send_msg(fd, &a, &done, a.len, -1) != 0)
+            break;
+    }
+    agent_quit(fd);
+    return NULL;
+}
+
+/* Optional: without an agent the process just runs without eviction. */
+static void start_agent(void)
+{
+    int r = start_thread(agent, NULL);
+    if (r != 0)
+        dbg("agent thread: %s; no eviction", strerror(r));
 }
 
 static void fill_hello(struct lab_hello *h, uint32_t flags)
@@ -575,6 +782,8 @@ static void pick_comm(void)
     copy_str(g_comm, sizeof g_comm, slash ? slash + 1 : exe);
 }
 
+static void heap_init(void);
+
 __attribute__((constructor(101))) static void lab_init(void)
 {
     const char *ctl = getenv("LAB_CONTROL");
@@ -594,6 +803,7 @@ __attribute__((constructor(101))) static void lab_init(void)
     g_real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
     g_real_wait4 = (pid_t(*)(pid_t, int *, int, struct rusage *))dlsym(RTLD_NEXT, "wait4");
     g_real_waitid = (int (*)(idtype_t, id_t, siginfo_t *, int))dlsym(RTLD_NEXT, "waitid");
+    heap_init();
 
     if (strlen(ctl) >= sizeof g_ctl_path)
         die_connect(ENAMETOOLONG);
@@ -623,8 +833,10 @@ __attribute__((constructor(101))) static void lab_init(void)
     if (r != 0)
         die_connect(r);
     g_on = 1;
-    dbg("connected to %s: uffd %d, features %#llx, comm %s, vm '%s', run %llu", g_ctl_path, g_uffd,
-        (unsigned long long)g_features, g_comm, g_vm, (unsigned long long)g_run_id);
+    dbg("connected to %s: uffd %d, features %#llx, comm %s, vm '%s', run %llu, heap blocks >= %zu%s", g_ctl_path,
+        g_uffd, (unsigned long long)g_features, g_comm, g_vm, (unsigned long long)g_run_id, g_heap_min,
+        g_heap_min ? "" : " (off)");
+    start_agent();
 }
 
 /* ---------- registration ---------- */
@@ -854,7 +1066,7 @@ void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off64_t off)
 
 /* ---------- munmap, msync, mprotect, mremap ---------- */
 
-int munmap(void *addr, size_t len)
+static int lab_munmap(void *addr, size_t len)
 {
     uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
     if (!g_on || !tab_any(s, e))
@@ -874,6 +1086,8 @@ int munmap(void *addr, size_t len)
     errno = err;
     return r;
 }
+
+int munmap(void *addr, size_t len) { return lab_munmap(addr, len); }
 
 int msync(void *addr, size_t len, int flags)
 {
@@ -923,10 +1137,19 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     struct lab_ent ent;
     int was_lab = g_on && __atomic_load_n(&g_ntab, __ATOMIC_RELAXED) && tab_find(o, &ent);
     if (!was_lab) {
+        /* Held when the move may land on lab memory, so the agent never zaps what replaced it. */
+        int lock = g_on && (flags & MREMAP_FIXED) &&
+                   tab_any((uintptr_t)want, (uintptr_t)want + page_up(new_size));
+        if (lock)
+            pthread_mutex_lock(&g_conn_lock);
         void *res = real_mremap(old, old_size, new_size, flags, want);
+        int e = errno;
         if (res != MAP_FAILED && g_on && (flags & MREMAP_FIXED) &&
             tab_cut((uintptr_t)res, (uintptr_t)res + page_up(new_size)))
             dbg("mremap onto lab memory at %p: forgotten", res);
+        if (lock)
+            pthread_mutex_unlock(&g_conn_lock);
+        errno = e;
         return res;
     }
     /* Held across the real call: the LAB_REMAP below must follow the kernel's events in order. */
@@ -1012,6 +1235,11 @@ static void child_reconnect(void)
     close(g_sock);
     close(g_uffd); /* the parent's uffd; ours comes from the daemon's FORK event */
     g_sock = g_uffd = -1;
+    /* the parent's agent connection (its thread did not come along); fork held g_conn_lock,
+     * so g_agent_fd is whole. Not closed if the program already closed and reused it. */
+    if (g_agent_fd >= 0 && agent_fd_ours(g_agent_fd))
+        close(g_agent_fd);
+    g_agent_fd = -1;
     struct lab_hello_reply rep = {0};   /* the reply may carry no payload */
     int fd = -1;
     say_hello(LAB_CHILD_HELLO, LAB_HELLO_FORK_CHILD, -1, &rep, &fd);
@@ -1025,6 +1253,7 @@ static void child_reconnect(void)
     if (r != 0)
         die_connect(r);
     dbg("fork child connected: uffd %d", g_uffd);
+    start_agent();
 }
 
 pid_t fork(void)
@@ -1059,4 +1288,238 @@ pid_t fork(void)
     pthread_mutex_unlock(&g_conn_lock);
     errno = err;
     return pid;
+}
+
+/* ---------- the malloc family: big blocks are lab anonymous memory ---------- */
+
+/* glibc's own allocator, exported for exactly this kind of wrapper. */
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+
+#define LAB_HEAP_MIN_DEFAULT ((size_t)1 << 20)
+/* The top bits are set, so magic ^ p (p < 2^56) can never equal a glibc chunk's size field,
+ * which is what sits at p - 8 of a glibc pointer. */
+#define LAB_HEAP_MAGIC 0xa7b3c1d5e9f2468bULL
+
+/* Just before the pointer a lab block returns; check (magic ^ pointer) is at p - 8. A glibc
+ * pointer always has its readable chunk header there, so free can test any pointer. */
+struct lab_blk {
+    uint64_t base;   /* the mapping (the pointer is further in when over-aligned) */
+    uint64_t maplen; /* page multiple */
+    uint64_t size;   /* what the program asked for (realloc copies this much) */
+    uint64_t check;
+};
+
+static void heap_init(void)
+{
+    g_real_usable = (size_t(*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
+    size_t min = LAB_HEAP_MIN_DEFAULT;
+    const char *v = getenv("LAB_HEAP_MIN");
+    if (v && *v) {
+        char *end;
+        unsigned long long n = strtoull(v, &end, 0);
+        unsigned long long mul = 1;
+        switch (*end) {
+        case 'k': case 'K': mul = 1ULL << 10; end++; break;
+        case 'm': case 'M': mul = 1ULL << 20; end++; break;
+        case 'g': case 'G': mul = 1ULL << 30; end++; break;
+        }
+        if (end == v || *end || (n && mul > ~0ULL / n))
+            dbg("LAB_HEAP_MIN '%s' not understood: using %zu", v, min);
+        else
+            min = (size_t)(n * mul);
+    }
+    g_heap_min = min;
+    g_heap_on = min != 0;
+}
+
+static int heap_route(size_t n) { return g_on && g_heap_min && n >= g_heap_min; }
+
+static struct lab_blk *blk_of(void *p)
+{
+    if (!p || !g_heap_on)
+        return NULL;
+    struct lab_blk *b = (struct lab_blk *)p - 1;
+    uint64_t c;
+    memcpy(&c, &b->check, sizeof c);
+    return c == (LAB_HEAP_MAGIC ^ (uint64_t)(uintptr_t)p) ? b : NULL;
+}
+
+/* A block of size bytes at alignment align (a power of two, >= 16), mapped the way a
+ * program's anonymous mmap is: registered with the uffd and announced with LAB_MAP. */
+static void *heap_alloc(size_t size, size_t align)
+{
+    size_t hdr = sizeof(struct lab_blk);
+    size_t extra = hdr + (align > 16 ? align : 0);
+    if (size > SIZE_MAX - extra - g_page) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t maplen = page_up(size + extra);
+    void *m = lab_mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* Fresh anonymous memory is zero: calloc needs nothing more, and only the header page is touched. */
+    uintptr_t p = ((uintptr_t)m + hdr + align - 1) & ~(uintptr_t)(align - 1);
+    struct lab_blk *b = (struct lab_blk *)p - 1;
+    b->base = (uintptr_t)m;
+    b->maplen = maplen;
+    b->size = size;
+    b->check = LAB_HEAP_MAGIC ^ (uint64_t)p;
+    return (void *)p;
+}
+
+static void heap_free(struct lab_blk *b)
+{
+    int saved = errno;
+    void *base = (void *)(uintptr_t)b->base;
+    size_t len = (size_t)b->maplen;
+    b->check = 0; /* a stale pointer must not pass for a block */
+    lab_munmap(base, len); /* the daemon hears LAB_UNMAP */
+    errno = saved;
+}
+
+static size_t libc_usable(void *p)
+{
+    if (!g_real_usable)
+        g_real_usable = (size_t(*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
+    return g_real_usable ? g_real_usable(p) : 0;
+}
+
+static void *lab_malloc(size_t n) { return heap_route(n) ? heap_alloc(n, 16) : __libc_malloc(n); }
+
+static void lab_free(void *p)
+{
+    struct lab_blk *b = blk_of(p);
+    if (b)
+        heap_free(b);
+    else
+        __libc_free(p);
+}
+
+static void *lab_realloc(void *p, size_t n)
+{
+    if (!p)
+        return lab_malloc(n);
+    if (n == 0) { /* glibc frees and returns NULL */
+        lab_free(p);
+        return NULL;
+    }
+    struct lab_blk *b = blk_of(p);
+    if (b) {
+        if (n <= b->base + b->maplen - (uintptr_t)p) {
+            b->size = n;
+            return p;
+        }
+        void *q = lab_malloc(n);
+        if (!q) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        memcpy(q, p, b->size < n ? (size_t)b->size : n);
+        heap_free(b);
+        return q;
+    }
+    if (heap_route(n)) {
+        void *q = heap_alloc(n, 16);
+        if (!q)
+            return NULL;
+        size_t old = libc_usable(p);
+        memcpy(q, p, old < n ? old : n);
+        __libc_free(p);
+        return q;
+    }
+    return __libc_realloc(p, n);
+}
+
+/* memalign's rules: alignment below 16 is malloc's, others round up to a power of two. */
+static void *lab_memalign(size_t align, size_t n)
+{
+    if (!heap_route(n))
+        return __libc_memalign(align, n);
+    if (align > SIZE_MAX / 2 + 1) {
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t a = 16;
+    while (a < align)
+        a <<= 1;
+    return heap_alloc(n, a);
+}
+
+void *malloc(size_t n) { return lab_malloc(n); }
+
+void free(void *p) { lab_free(p); }
+
+void *calloc(size_t n, size_t m)
+{
+    size_t t;
+    if (__builtin_mul_overflow(n, m, &t)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (heap_route(t))
+        return heap_alloc(t, 16); /* already zero: a memset would fault every page in */
+    return __libc_calloc(n, m);
+}
+
+void *realloc(void *p, size_t n) { return lab_realloc(p, n); }
+
+void *reallocarray(void *p, size_t n, size_t m)
+{
+    size_t t;
+    if (__builtin_mul_overflow(n, m, &t)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return lab_realloc(p, t);
+}
+
+void *memalign(size_t align, size_t n) { return lab_memalign(align, n); }
+
+void *aligned_alloc(size_t align, size_t n)
+{
+    if (align == 0 || (align & (align - 1))) { /* glibc 2.38's rule */
+        errno = EINVAL;
+        return NULL;
+    }
+    return lab_memalign(align, n);
+}
+
+int posix_memalign(void **out, size_t align, size_t n)
+{
+    if (align == 0 || (align & (align - 1)) || align % sizeof(void *))
+        return EINVAL;
+    int saved = errno;
+    void *p = lab_memalign(align, n);
+    int e = errno;
+    errno = saved;
+    if (!p)
+        return e == EINVAL ? EINVAL : ENOMEM;
+    *out = p;
+    return 0;
+}
+
+void *valloc(size_t n) { return lab_memalign(g_page, n); }
+
+void *pvalloc(size_t n)
+{
+    if (n > SIZE_MAX - g_page) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return lab_memalign(g_page, page_up(n));
+}
+
+size_t malloc_usable_size(void *p)
+{
+    if (!p)
+        return 0;
+    struct lab_blk *b = blk_of(p);
+    return b ? (size_t)b->size : libc_usable(p);
 }
