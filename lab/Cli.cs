@@ -41,6 +41,31 @@ public static class Cli
         },
     };
 
+    /// <summary>A size option: bytes, or a number with K, M, G (powers of 1024; KiB/MiB/GiB accepted too).</summary>
+    static Option<long> SizeOption(string name, string description) => new(name)
+    {
+        Description = description + " (e.g. 32M, 1G)",
+        CustomParser = r =>
+        {
+            var v = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (ParseSize(v) is long n) return n;
+            r.AddError($"{name}: '{v}' is not a size (say 4096, 64K, 32M or 2G)");
+            return 0;
+        },
+    };
+
+    public static long? ParseSize(string s)
+    {
+        s = s.Trim();
+        long mult = 1;
+        string num = s;
+        foreach (var (suffix, m) in new (string, long)[] { ("KiB", 1L << 10), ("MiB", 1L << 20), ("GiB", 1L << 30), ("K", 1L << 10), ("M", 1L << 20), ("G", 1L << 30) })
+            if (s.EndsWith(suffix, StringComparison.OrdinalIgnoreCase)) { mult = m; num = s[..^suffix.Length]; break; }
+        if (!long.TryParse(num, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long v)) return null;
+        if (v > long.MaxValue / mult / 2) return null;
+        return v * mult;
+    }
+
     static Command MountCommand()
     {
         var backing = new Argument<string>("BACKING") { Description = "the directory whose files the mount shows" };
@@ -50,7 +75,10 @@ public static class Cli
         var foreground = new Option<bool>("--foreground") { Description = "run the daemon in this process (logs on stderr)" };
         var threads = new Option<int>("--threads") { Description = "FUSE request threads", DefaultValueFactory = _ => 2 };
         var log = new Option<string>("--log") { Description = "with --foreground: once mounted, send the daemon's messages to this file", Hidden = true };
-        var cmd = new Command("mount", "mount the lab file system and start its daemon") { backing, mountpoint, vm, foreground, threads, log };
+        var memory = SizeOption("--memory", "resident limit for all the mount's programs together; the pageout keeps them under it");
+        var swap = new Option<string>("--swap") { Description = "the swap store file (SQLite; emptied at start, kept at exit); 'none' for no swap. Default: a temporary one, removed at exit" };
+        var swapMax = SizeOption("--swap-max", "most the swap store may hold");
+        var cmd = new Command("mount", "mount the lab file system and start its daemon") { backing, mountpoint, vm, foreground, threads, log, memory, swap, swapMax };
         cmd.SetAction(r =>
         {
             string b = Path.GetFullPath(r.GetValue(backing)!), m = Path.GetFullPath(r.GetValue(mountpoint)!);
@@ -58,15 +86,19 @@ public static class Cli
             // A mount left by a killed daemon answers every stat with ENOTCONN: clear it first.
             if (FuseServer.ClearStale(m)) Console.Error.WriteLine($"lab: cleared a stale mount at {m}");
             if (!Directory.Exists(m)) throw new LabException($"mount point {m} does not exist");
-            if (r.GetValue(foreground)) return Foreground(b, m, r.GetValue(vm)!, r.GetValue(threads), r.GetValue(log));
-            return Background(b, m, r.GetValue(vm)!, r.GetValue(threads));
+            var sw = r.GetValue(swap);
+            if (sw != null && sw != "none") sw = Path.GetFullPath(sw);
+            var opts = new DaemonOptions { MemoryBytes = r.GetValue(memory), SwapPath = sw, SwapMaxBytes = r.GetValue(swapMax) };
+            if (r.GetValue(threads) < 1) throw new LabException("--threads must be at least 1");
+            if (r.GetValue(foreground)) return Foreground(b, m, r.GetValue(vm)!, r.GetValue(threads), r.GetValue(log), opts);
+            return Background(b, m, r.GetValue(vm)!, r.GetValue(threads), opts);
         });
         return cmd;
     }
 
-    static int Foreground(string backing, string mountpoint, string vm, int threads, string? log)
+    static int Foreground(string backing, string mountpoint, string vm, int threads, string? log, DaemonOptions opts)
     {
-        using var daemon = new LabDaemon(backing, mountpoint, vm);
+        using var daemon = new LabDaemon(backing, mountpoint, vm, opts);
         return daemon.Run(threads, () =>
         {
             Console.Out.WriteLine($"ready {Environment.ProcessId}");
@@ -76,7 +108,7 @@ public static class Cli
     }
 
     /// <summary>Start the daemon as a detached child and return once the mount answers.</summary>
-    static int Background(string backing, string mountpoint, string vm, int threads)
+    static int Background(string backing, string mountpoint, string vm, int threads, DaemonOptions opts)
     {
         var log = Path.Combine(LabDaemon.SocketDirectory, $"mount-{Math.Abs(mountpoint.GetHashCode()):x}.log");
         Directory.CreateDirectory(LabDaemon.SocketDirectory);
@@ -87,6 +119,9 @@ public static class Cli
         // setsid: the daemon outlives this command and the terminal's Ctrl-C.
         foreach (var a in new[] { Environment.ProcessPath!, "mount", "--foreground", "--log", log, "--vm", vm, "--threads", threads.ToString(), backing, mountpoint })
             psi.ArgumentList.Add(a);
+        if (opts.MemoryBytes > 0) { psi.ArgumentList.Add("--memory"); psi.ArgumentList.Add(opts.MemoryBytes.ToString()); }
+        if (opts.SwapPath != null) { psi.ArgumentList.Add("--swap"); psi.ArgumentList.Add(opts.SwapPath); }
+        if (opts.SwapMaxBytes > 0) { psi.ArgumentList.Add("--swap-max"); psi.ArgumentList.Add(opts.SwapMaxBytes.ToString()); }
         var p = Process.Start(psi)!;
         var errors = p.StandardError.ReadToEndAsync();
         var line = p.StandardOutput.ReadLine();
@@ -174,13 +209,17 @@ public static class Cli
         var mount = MountOption();
         var vm = VmOption("fault handler design for this program");
         var stats = new Option<bool>("--stats") { Description = "print this run's counters on stderr when the program ends" };
+        var limit = SizeOption("--resident-limit", "most lab memory the program (with its children) keeps resident; the rest is paged out");
         var program = new Argument<string[]>("PROGRAM") { Description = "the program and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
-        var cmd = new Command("run", "run an unmodified program with its lab memory served by the lab") { mount, vm, stats, program };
+        var cmd = new Command("run", "run an unmodified program with its lab memory served by the lab") { mount, vm, stats, limit, program };
         cmd.SetAction(r =>
         {
             var m = FindMount(r.GetValue(mount));
             using var conn = ConnectDaemon(m, out var socket);
             var (psi, run) = LabProgram(m, socket, r.GetValue(program)!, r.GetValue(vm));
+            long bytes = r.GetValue(limit);
+            if (r.GetResult(limit) != null && bytes < 64 * 4096) throw new LabException("--resident-limit must be at least 256K");
+            if (bytes > 0) SetLimit(conn, run, bytes);
             var child = Start(psi);
             // Ctrl-C reaches the program through the terminal; the lab command just waits for it.
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
@@ -256,13 +295,25 @@ public static class Cli
     {
         var file = new Argument<string>("FILE") { Description = "a swap store (SQLite) file" };
         var top = new Option<int>("--top") { Description = "owners to list", DefaultValueFactory = _ => 20 };
-        var inspect = new Command("inspect", "owners, counts and bad slots of a swap store file") { file, top };
+        var verify = new Option<bool>("--verify") { Description = "also read every stored page and check its checksum (exit 1 if any fails)" };
+        var inspect = new Command("inspect", "owners, counts and bad slots of a swap store file") { file, top, verify };
         inspect.SetAction(r =>
         {
-            Console.Out.Write(Lab.Swapstore.SwapInspector.Inspect(r.GetValue(file)!, r.GetValue(top)));
-            return 0;
+            if (r.GetValue(top) < 0) throw new LabException("--top must be 0 or more");
+            Console.Out.Write(Lab.Swapstore.SwapInspector.Inspect(r.GetValue(file)!, r.GetValue(top), r.GetValue(verify), out long bad));
+            return bad == 0 ? 0 : 1;
         });
         return new Command("swap", "the swap store") { inspect };
+    }
+
+    static void SetLimit(ControlConnection conn, ulong run, long bytes)
+    {
+        Span<byte> p = stackalloc byte[16];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(p, run);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(p[8..], (ulong)bytes);
+        if (!conn.Send(Proto.SetLimit, 3, 0, p) || conn.Receive() is not Message m || m.Type != (Proto.SetLimit | Proto.Reply))
+            throw new LabException("the lab daemon did not answer");
+        if (m.Status != 0) throw new LabException($"the lab daemon refused the limit: {Native.StrError(m.Status)}");
     }
 
     static void DropCaches(ControlConnection conn)

@@ -142,6 +142,22 @@ public sealed unsafe class ControlServer : IDisposable
                 proc = child;
                 return conn.Send(m.Type | Proto.Reply, m.Seq, 0, ReadOnlySpan<byte>.Empty, child.Pmap.Uffd);
             }
+            case Proto.AgentHello when proc == null && p.Length >= 8:
+            {
+                // The shim's agent thread: from now on this connection carries our LAB_EVICT requests.
+                int pid = Rd32(p, 0);
+                if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
+                var target = _daemon.Registry.Live().LastOrDefault(x => x.Pid == pid && x.Agent == null);
+                if (target == null) { Reply(conn, m, Native.ESRCH); return false; }
+                var agent = new EvictAgent(conn, target, _daemon.Pageout);
+                if (!Reply(conn, m, 0)) return false;
+                target.Agent = agent;
+                agent.ReadReplies();
+                return false;
+            }
+            case Proto.SetLimit when proc == null && p.Length >= 16:
+                _daemon.Pageout.SetRunLimit(Rd64(p, 0), (long)Math.Min(Rd64(p, 8), long.MaxValue / 2));
+                return Reply(conn, m, 0);
             case Proto.Stat when p.Length >= 8:
             {
                 ulong run = BinaryPrimitives.ReadUInt64LittleEndian(p);

@@ -21,12 +21,33 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     ControlServer? _control;
     readonly ManualResetEventSlim _stop = new();
     int _shutdown;
+    readonly StoreSwapDevice? _swap;
+    readonly string? _swapPath;
+    readonly bool _removeSwapAtExit;
+    public readonly PageoutDaemon Pageout;
 
-    public LabDaemon(string backing, string mountpoint, string defaultVm)
+    public LabDaemon(string backing, string mountpoint, string defaultVm, DaemonOptions? options = null)
     {
+        options ??= new DaemonOptions();
         _backing = backing; _mountpoint = mountpoint; _defaultVm = defaultVm;
         Registry = new Registry(defaultVm);
+        if (options.SwapPath != "none")
+        {
+            _removeSwapAtExit = options.SwapPath == null;
+            _swapPath = options.SwapPath ?? System.IO.Path.Combine(SocketDirectory, $"swap-{Environment.ProcessId}.db");
+            Directory.CreateDirectory(System.IO.Path.GetDirectoryName(_swapPath)!);
+            var store = Lab.Swapstore.SwapStore.Open(_swapPath, new Lab.Swapstore.SwapStoreOptions
+            {
+                ClearOnOpen = true, MaxSlots = options.SwapMaxBytes / 4096,
+            });
+            _swap = new StoreSwapDevice(store);
+            _vm.Swap = _swap;
+        }
+        Pageout = new PageoutDaemon(Registry, _swap, options.MemoryBytes);
     }
+
+    /// <summary>The swap store file, or null without swap.</summary>
+    public string? SwapPath => _swapPath;
 
     public static string SocketDirectory =>
         Native.getuid() == 0 ? "/run/lab" : System.IO.Path.Combine(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") ?? "/tmp", "lab");
@@ -95,9 +116,32 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         return sb.ToString();
     }
 
-    public string StatsText(ulong run) =>
-        Registry.Render(run, _mountpoint)
-        + (run == 0 ? $"objects_alive {_vm.ObjectsAlive}\nanons_alive {_vm.AnonsAlive}\n" : "");
+    public string StatsText(ulong run)
+    {
+        var sb = new System.Text.StringBuilder(Registry.Render(run, _mountpoint));
+        long resident = Registry.Live().Where(p => run == 0 || p.RunId == run).Sum(p => (long)p.Space.ResidentPages);
+        sb.Append("resident_pages ").Append(resident).Append('\n');
+        long limit = run == 0 ? Pageout.MountLimitPages : Pageout.LimitOf(run).Pages;
+        sb.Append("resident_limit_pages ").Append(limit).Append('\n');
+        if (run == 0)
+        {
+            sb.Append("objects_alive ").Append(_vm.ObjectsAlive).Append('\n');
+            sb.Append("anons_alive ").Append(_vm.AnonsAlive).Append('\n');
+            sb.Append("swap_slots_in_use ").Append(_vm.SwapSlotsInUse).Append('\n');
+            if (_swap != null)
+            {
+                var c = _swap.Store.Counters;
+                sb.Append("swap_pages_written ").Append(Interlocked.Read(ref c.PagesWritten)).Append('\n');
+                sb.Append("swap_pages_read ").Append(Interlocked.Read(ref c.PagesRead)).Append('\n');
+                sb.Append("swap_transactions ").Append(Interlocked.Read(ref c.Transactions)).Append('\n');
+                sb.Append("swap_bad_slots ").Append(Interlocked.Read(ref c.BadSlots)).Append('\n');
+            }
+            sb.Append("pageout_batches ").Append(Pageout.Batches).Append('\n');
+            sb.Append("pageout_pages ").Append(Pageout.PagesBegun).Append('\n');
+            sb.Append("pageout_swap_full ").Append(Pageout.SwapFullStops).Append('\n');
+        }
+        return sb.ToString();
+    }
 
     /// <summary>Mount, serve until told to stop, then write back and unmount. Returns the exit code.</summary>
     public int Run(int fuseThreads, Action? ready)
@@ -110,6 +154,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         _server = FuseServer.Mount(_mountpoint, _fs, new FuseMountOptions());
         _control.Start();
         _server.Start(fuseThreads);
+        Pageout.Start();
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _stop.Set(); });
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Set(); });
         using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; _stop.Set(); });
@@ -141,7 +186,12 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         try { _fs?.FlushAll(); } catch (Exception e) { Log.Error($"write-back at unmount: {e.Message}"); }
         _server?.Unmount();
         _control?.Dispose();
+        Pageout.Dispose();
         foreach (var p in Registry.Live()) ProcessGone(p);
+        Guard(() => _swap?.Dispose(), "closing the swap store");
+        if (_removeSwapAtExit && _swapPath != null)
+            foreach (var f in new[] { _swapPath, _swapPath + "-wal", _swapPath + "-shm" })
+                Guard(() => System.IO.File.Delete(f), "removing the swap store");
     }
 
     public LabProcess? NewProcess(int uffd, int pid, ulong run, string vm, string comm, out int errno)
@@ -151,7 +201,10 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         try { resolver = Resolvers.Create(vm.Length == 0 ? _defaultVm : vm); }
         catch (ArgumentException) { errno = Native.EINVAL; return null; }
         var pmap = new UffdPmap(uffd) { Pid = pid };
-        var proc = new LabProcess(Registry, pid, run, comm, _vm.CreateSpace(pmap, resolver), pmap);
+        var proc = new LabProcess(Registry, pid, run, comm, _vm.CreateSpace(pmap, resolver), pmap)
+        {
+            Limit = run == 0 ? null : Pageout.LimitOf(run), Pageout = Pageout,
+        };
         Registry.Add(proc);
         proc.Start();
         return proc;
@@ -257,6 +310,17 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         Shutdown();
         _stop.Dispose();
     }
+}
+
+/// <summary>What `lab mount` was asked for beyond the mount itself.</summary>
+public sealed record DaemonOptions
+{
+    /// <summary>Resident limit for all the mount's programs together (bytes; 0 = none).</summary>
+    public long MemoryBytes { get; init; }
+    /// <summary>The swap store file; null = a fresh one in the socket directory, removed at exit; "none" = no swap.</summary>
+    public string? SwapPath { get; init; }
+    /// <summary>Most bytes the swap store may hold (0 = no limit).</summary>
+    public long SwapMaxBytes { get; init; }
 }
 
 /// <summary>The VM core's view of a file: the lab file system's page cache for it.</summary>

@@ -19,6 +19,11 @@ public sealed unsafe class LabProcess
     public readonly UffdPmap Pmap;
     public readonly LatencyHistogram Latency = new();
     public long LookupMisses, InternalErrors, Events, Resyncs;
+    /// <summary>The shim's agent (pageout's MADV_DONTNEED in the process); null until it connects.</summary>
+    public volatile EvictAgent? Agent;
+    /// <summary>The run's resident limit, and the pageout to wake when this process passes it.</summary>
+    public RunLimit? Limit;
+    public PageoutDaemon? Pageout;
     ulong _lastSuperseded = ulong.MaxValue;   // fault thread only
     int _supersededRun;
     public readonly Queue<LabProcess> PendingChildren = new();   // from UFFD_EVENT_FORK, not yet claimed
@@ -30,6 +35,7 @@ public sealed unsafe class LabProcess
     // program's munmap/mremap once its event is *read*; a control request that follows
     // takes this lock to know the event has also been *applied* (see Barrier).
     readonly object _handling = new();
+    static readonly bool Trace = Environment.GetEnvironmentVariable("LAB_TRACE") == "1";
 
     readonly ManualResetEventSlim _torndown = new();
 
@@ -45,6 +51,7 @@ public sealed unsafe class LabProcess
     {
         _registry = registry; Pid = pid; RunId = runId; Comm = comm; Space = space; Pmap = pmap;
         _stopFd = Native.eventfd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
+        pmap.DrainEvents = DrainEvents;
     }
 
     public void Start()
@@ -68,6 +75,7 @@ public sealed unsafe class LabProcess
         Pmap.ReaderThreadId = Environment.CurrentManagedThreadId;
         try { ReadEvents(); }
         catch (Exception e) { Log.Error($"uffd thread of pid {Pid}: {e.GetType().Name}: {e.Message}"); }
+        finally { NativeMemory.Free(_aside); }
     }
 
     void ReadEvents()
@@ -96,10 +104,51 @@ public sealed unsafe class LabProcess
                     }
                     int count = (int)(n / sizeof(Native.UffdMsg));
                     for (int i = 0; i < count; i++) Handle(ref msgs[i]);
+                    HandleSetAside();   // read after this batch, so handled after it
                 }
             }
         }
         finally { NativeMemory.Free(msgs); }
+    }
+
+    // Messages read by DrainEvents while a fault was being installed, handled in order after it.
+    const int AsideCapacity = 1024;
+    readonly Native.UffdMsg* _aside = (Native.UffdMsg*)NativeMemory.Alloc((nuint)(AsideCapacity * sizeof(Native.UffdMsg)));
+    int _asideHead, _asideCount;
+
+    /// <summary>
+    /// Reader thread, inside an install that got EAGAIN: an event is waiting behind the
+    /// pending faults. Read messages aside until it has been read (or none are left), so the
+    /// install can go through; they are handled, in order, once the current fault is done.
+    /// Our agent's own REMOVE needs nothing from the model and is consumed here.
+    /// </summary>
+    void DrainEvents()
+    {
+        while (_asideCount < AsideCapacity)
+        {
+            Native.UffdMsg m;
+            nint n = Native.read(Pmap.Uffd, &m, (nuint)sizeof(Native.UffdMsg));
+            if (n != sizeof(Native.UffdMsg)) return;   // EAGAIN: nothing more to read
+            if (m.Event == Native.UFFD_EVENT_REMOVE && Agent?.Covers(m.Arg0, m.Arg1) == true)
+            {
+                Interlocked.Increment(ref Events);
+                return;
+            }
+            _aside[(_asideHead + _asideCount) % AsideCapacity] = m;
+            _asideCount++;
+            if (m.Event != Native.UFFD_EVENT_PAGEFAULT) return;
+        }
+    }
+
+    void HandleSetAside()
+    {
+        while (_asideCount > 0)
+        {
+            var m = _aside[_asideHead];
+            _asideHead = (_asideHead + 1) % AsideCapacity;
+            _asideCount--;
+            Handle(ref m);
+        }
     }
 
     void Handle(ref Native.UffdMsg m)
@@ -111,7 +160,16 @@ public sealed unsafe class LabProcess
                 case Native.UFFD_EVENT_PAGEFAULT: Fault(m.Arg0, m.Arg1); break;
                 case Native.UFFD_EVENT_FORK: Forked((int)(uint)m.Arg0); break;
                 case Native.UFFD_EVENT_REMAP: Interlocked.Increment(ref Events); Space.Remap(m.Arg0, m.Arg1, m.Arg2); break;
-                case Native.UFFD_EVENT_REMOVE: Interlocked.Increment(ref Events); Space.Remove(m.Arg0, m.Arg1 - m.Arg0); break;
+                case Native.UFFD_EVENT_REMOVE:
+                    Interlocked.Increment(ref Events);
+                    // Our agent's own madvise is the eviction under way (completed when it replies);
+                    // anything else is the program discarding memory.
+                    if (Agent?.Covers(m.Arg0, m.Arg1) != true)
+                    {
+                        if (Trace) Console.Error.WriteLine($"lab-trace: pid {Pid}: REMOVE {m.Arg0:x}-{m.Arg1:x} applied (agent busy {Agent?.Busy})");
+                        Space.Remove(m.Arg0, m.Arg1 - m.Arg0);
+                    }
+                    break;
                 case Native.UFFD_EVENT_UNMAP:
                     Interlocked.Increment(ref Events);
                     MarkShared(m.Arg0, m.Arg1 - m.Arg0);   // written back by the shim's LAB_UNMAP, or at exit
@@ -159,9 +217,11 @@ public sealed unsafe class LabProcess
         else
         {
             _lastSuperseded = ulong.MaxValue;
-            // The page is being evicted: the thread retries the access once the eviction is done
-            // (a write then swaps the page back in). Nothing evicts from the daemon yet.
-            if (result == FaultResult.Retry) Pmap.Wake(va, 4096);
+            // Retry: the page is being evicted. The thread stays blocked; the agent's reply
+            // completes the eviction and wakes it, and its access then faults the page back in.
+            if (result == FaultResult.Retry && Agent == null) Pmap.Wake(va, 4096);
+            else if (result == FaultResult.Resolved && Limit is { } l && l.Pages > 0 && Space.ResidentPages > l.Pages)
+                Pageout?.Kick();
         }
         Latency.Record(Stopwatch.GetTimestamp() - t0);
     }
@@ -170,7 +230,7 @@ public sealed unsafe class LabProcess
     {
         Interlocked.Increment(ref Events);
         var pmap = new UffdPmap(childUffd);
-        var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap);
+        var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap) { Limit = Limit, Pageout = Pageout };
         _registry.Add(child);
         child.Start();
         lock (PendingChildren)

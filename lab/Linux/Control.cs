@@ -11,7 +11,8 @@ public static class Proto
     public const int MaxPayload = 65536;
 
     public const uint Hello = 1, ChildHello = 2, Map = 3, OpenShared = 4, Unmap = 5, Msync = 6,
-        Protect = 7, ForkPrepare = 8, ForkDone = 9, Stat = 10, Reaped = 11, Remap = 12, DropCaches = 13, Reply = 0x8000;
+        Protect = 7, ForkPrepare = 8, ForkDone = 9, Stat = 10, Reaped = 11, Remap = 12, DropCaches = 13,
+        AgentHello = 14, Evict = 15, SetLimit = 16, Reply = 0x8000;
 
     public const uint HelloForkChild = 1;
     public const int MapAnon = 1, MapFilePrivate = 2, MapFileShared = 3;
@@ -19,6 +20,8 @@ public static class Proto
     public const int HelloSize = 4 + 4 + 4 + 4 + 16 + 32 + 8;   // struct lab_hello
     public const int MapSize = 8 + 8 + 4 + 4 + 4 + 4 + 8 + 8;    // struct lab_map
     public const int RangeSize = 8 + 8 + 4 + 4;                  // struct lab_range
+    public const int SpanSize = 16;                              // struct lab_span
+    public const int MaxEvictSpans = MaxPayload / SpanSize;
 
     public static string CString(ReadOnlySpan<byte> b)
     {

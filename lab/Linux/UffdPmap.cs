@@ -28,8 +28,31 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     /// <summary>The process's pid, for <see cref="ReadPage"/> (0: unknown, pages cannot be read).</summary>
     public int Pid;
 
-    /// <summary>Remove calls so far. They are not carried out yet: the daemon will route them to the shim's agent thread (MADV_DONTNEED in the process).</summary>
+    /// <summary>Remove calls so far (page-outs begun). The pageout carries them out through the shim's agent (MADV_DONTNEED in the process).</summary>
     public long RemoveRequests;
+
+    /// <summary>
+    /// Set by the process's reader: read pending uffd messages aside until an event has been
+    /// read. While an event (our agent's MADV_DONTNEED, the program's munmap...) is unread,
+    /// the kernel fails every install with EAGAIN; it hands out faults before events, so
+    /// only reading past the faults lets the install go through.
+    /// </summary>
+    public Action? DrainEvents;
+    static readonly bool Trace = Environment.GetEnvironmentVariable("LAB_TRACE") == "1";
+
+    /// <summary>EAGAIN on the reader thread: read the pending event aside, then try again (bounded).</summary>
+    bool AgainAfterDrain(int errno, ref int tries)
+    {
+        // The kernel counts the event from before it is queued until its sender runs again
+        // after the read: a preempted sender keeps it for a while, so back off to sleeping
+        // (about 5 s in all before giving up).
+        if (errno != Native.EAGAIN || DrainEvents == null || Environment.CurrentManagedThreadId != ReaderThreadId || ++tries > 5200)
+            return false;
+        DrainEvents();
+        if (tries > 200) Thread.Sleep(1);
+        else if (tries > 1) Thread.Yield();
+        return true;
+    }
 
     public UffdPmap(int uffd)
     {
@@ -62,8 +85,13 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
             Dst = va, Src = (ulong)_staging, Len = (ulong)pages * Page,
             Mode = writable ? 0 : Native.UFFDIO_COPY_MODE_WP,
         };
-        if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &c) == 0) return true;
-        int e = Native.Errno;
+        int tries = 0, e;
+        while (true)
+        {
+            if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &c) == 0) return true;
+            e = Native.Errno;
+            if (!AgainAfterDrain(e, ref tries)) break;
+        }
         if (e == Native.EEXIST && pages > 1)
         {
             // Part of a cluster is already present: install the rest one page at a time.
@@ -74,7 +102,12 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
                 {
                     Dst = va + (ulong)i * Page, Src = (ulong)(_staging + i * Page), Len = Page, Mode = c.Mode,
                 };
-                if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &one) == 0) any = true;
+                int t = 0;
+                while (true)
+                {
+                    if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &one) == 0) { any = true; break; }
+                    if (!AgainAfterDrain(Native.Errno, ref t)) break;
+                }
             }
             if (!any) Wake(va, (ulong)pages * Page);
             return any;
@@ -90,8 +123,13 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
             return EnterCopy(va, 1, false);
         }
         var z = new Native.UffdioZeropage { Range = new Native.UffdioRange { Start = va, Len = Page } };
-        if (Native.ioctl(_uffd, Native.UFFDIO_ZEROPAGE, &z) == 0) return true;
-        return Failed(Native.Errno, va, Page);
+        int tries = 0;
+        while (true)
+        {
+            if (Native.ioctl(_uffd, Native.UFFDIO_ZEROPAGE, &z) == 0) return true;
+            int e = Native.Errno;
+            if (!AgainAfterDrain(e, ref tries)) return Failed(e, va, Page);
+        }
     }
 
     public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable)
@@ -113,6 +151,7 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         while (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) != 0)
         {
             int e = Native.Errno;
+            if (AgainAfterDrain(e, ref tries)) continue;
             // EAGAIN: a fork/unmap/remap event is still unread. Another thread (fork's
             // write-protect from the control socket) waits for the reader to take it;
             // the reader itself must not wait on itself.
@@ -127,11 +166,34 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         }
     }
 
+    public bool TryWriteProtect(ulong va, ulong length)
+    {
+        var w = new Native.UffdioWriteprotect
+        {
+            Range = new Native.UffdioRange { Start = va, Len = length },
+            Mode = Native.UFFDIO_WRITEPROTECT_MODE_WP,
+        };
+        // EAGAIN: an event is waiting to be read. The reader may be waiting for the map lock
+        // our caller holds, so only a few quick tries; the page is left for a later scan.
+        for (int tries = 0; tries < 20; tries++)
+        {
+            if (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) == 0) return true;
+            int e = Native.Errno;
+            if (e != Native.EAGAIN) { if (!Benign(e)) Interlocked.Increment(ref InstallErrors); return false; }
+            Thread.Yield();
+        }
+        return false;
+    }
+
     public void Poison(ulong va)
     {
         var p = new Native.UffdioPoison { Range = new Native.UffdioRange { Start = va, Len = Page } };
-        if (Native.ioctl(_uffd, Native.UFFDIO_POISON, &p) != 0)
-            Failed(Native.Errno, va, Page);
+        int tries = 0;
+        while (Native.ioctl(_uffd, Native.UFFDIO_POISON, &p) != 0)
+        {
+            int e = Native.Errno;
+            if (!AgainAfterDrain(e, ref tries)) { Failed(e, va, Page); return; }
+        }
     }
 
     public void Wake(ulong va, ulong length)
@@ -151,15 +213,16 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         }
     }
 
-    // Counted only: the page-out's unmap must run inside the process (the shim's agent
-    // thread), which the daemon will ask for; its REMOVE event must not reach the model as
-    // the program's own MADV_DONTNEED.
+    // Counted only: the page-out's unmap runs inside the process (the shim's agent thread),
+    // asked by the pageout for a whole batch (EvictAgent); its REMOVE event is recognised
+    // there and never reaches the model as the program's own MADV_DONTNEED.
     public void Remove(ulong va, int pages) => Interlocked.Increment(ref RemoveRequests);
 
     static bool Benign(int e) => e is Native.EEXIST or Native.ENOENT or Native.EAGAIN or Native.ESRCH or Native.EINVAL;
 
     bool Failed(int errno, ulong va, ulong len)
     {
+        if (Trace) Console.Error.WriteLine($"lab-trace: install at {va:x} failed: errno {errno}");
         if (Benign(errno)) Interlocked.Increment(ref Superseded);
         else Interlocked.Increment(ref InstallErrors);
         // Whatever happened, the faulting thread must not stay blocked: it retries the access.

@@ -1,0 +1,251 @@
+using System.Buffers.Binary;
+using Lab.Linux;
+using Lab.Vm;
+
+namespace Lab.Daemon;
+
+/// <summary>
+/// The pageout daemon: one thread that keeps each limited run (`lab run --resident-limit`)
+/// and the whole mount (`lab mount --memory`) under their budgets. It chooses pages with
+/// the VM's page queues (<see cref="AddressSpace.PageoutScan"/>: the VM saves dirty
+/// anonymous pages to swap), commits the swap cluster, and asks the process's agent to drop
+/// the pages (<see cref="EvictAgent"/>). It never waits for an agent: a process whose agent
+/// is busy is skipped until its reply wakes us.
+/// </summary>
+public sealed class PageoutDaemon : IDisposable
+{
+    public const int Batch = 256;
+    const int Page = 4096;
+
+    readonly Registry _registry;
+    readonly StoreSwapDevice? _swap;
+    readonly long _mountLimitPages;
+    readonly Dictionary<ulong, RunLimit> _runs = new();
+    readonly AutoResetEvent _wake = new(false);
+    readonly ulong[] _begun = new ulong[Batch];
+    Thread? _thread;
+    volatile bool _stop;
+
+    public long Batches, PagesBegun, SwapFullStops, AgentMissingStops;
+
+    public PageoutDaemon(Registry registry, StoreSwapDevice? swap, long mountLimitBytes)
+    {
+        _registry = registry; _swap = swap; _mountLimitPages = mountLimitBytes / Page;
+    }
+
+    public long MountLimitPages => _mountLimitPages;
+
+    /// <summary>The limit object of one run (shared by its processes; 0 pages = none).</summary>
+    public RunLimit LimitOf(ulong run)
+    {
+        lock (_runs)
+        {
+            if (!_runs.TryGetValue(run, out var l)) _runs[run] = l = new RunLimit(run);
+            return l;
+        }
+    }
+
+    public void SetRunLimit(ulong run, long bytes)
+    {
+        LimitOf(run).Pages = bytes / Page;
+        Kick();
+    }
+
+    public void Start()
+    {
+        _thread = new Thread(Loop) { IsBackground = true, Name = "pageout" };
+        _thread.Start();
+    }
+
+    /// <summary>Look now (a process went over its limit, or an agent finished).</summary>
+    public void Kick() => _wake.Set();
+
+    void Loop()
+    {
+        while (!_stop)
+        {
+            _wake.WaitOne(5);
+            if (_stop) break;
+            try { Balance(); }
+            catch (Exception e) { Log.Error($"pageout: {e.GetType().Name}: {e.Message}"); Thread.Sleep(100); }
+        }
+    }
+
+    void Balance()
+    {
+        RunLimit[] limited;
+        lock (_runs) limited = _runs.Values.Where(l => l.Pages > 0).ToArray();
+        if (limited.Length == 0 && _mountLimitPages == 0) return;
+        var live = _registry.Live();
+        foreach (var l in limited) Trim(live.Where(p => p.RunId == l.Run).ToArray(), l.Pages);
+        if (_mountLimitPages > 0) Trim(live, _mountLimitPages);
+    }
+
+    /// <summary>Begin evictions in the pool until its resident pages are back under the limit (a little under, to batch).</summary>
+    void Trim(LabProcess[] pool, long limit)
+    {
+        long resident = 0;
+        foreach (var p in pool) resident += p.Space.ResidentPages;
+        if (resident <= limit) return;
+        long excess = resident - limit + Math.Min(limit / 16, Batch);
+        var tried = new HashSet<LabProcess>();
+        while (excess > 0 && !_stop)
+        {
+            // The biggest process whose agent is free.
+            LabProcess? victim = null;
+            foreach (var p in pool)
+                if (!tried.Contains(p) && p.Agent is { Busy: false } && (victim == null || p.Space.ResidentPages > victim.Space.ResidentPages))
+                    victim = p;
+            if (victim == null) { if (pool.All(p => p.Agent == null)) AgentMissingStops++; return; }
+            tried.Add(victim);
+            int n = victim.Space.PageoutScan((int)Math.Min(excess, Batch), _begun, out bool swapFull);
+            if (swapFull) SwapFullStops++;
+            if (n == 0) continue;
+            Batches++;
+            PagesBegun += n;
+            excess -= n;
+            // The saved pages are committed before they leave the process.
+            _swap?.Flush();
+            if (!victim.Agent!.Send(_begun.AsSpan(0, n))) continue;
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop = true;
+        _wake.Set();
+        _thread?.Join(TimeSpan.FromSeconds(5));
+    }
+}
+
+/// <summary>The resident limit of one `lab run` (its processes together), in pages; 0 = none.</summary>
+public sealed class RunLimit(ulong run)
+{
+    public readonly ulong Run = run;
+    public long Pages;
+}
+
+/// <summary>
+/// The daemon's end of a shim agent connection: sends LAB_EVICT for pages whose eviction the
+/// VM began, and when the agent answers (its madvise is done, the pages are gone from the
+/// process) completes those evictions and wakes the threads that faulted on them meanwhile.
+/// One request in flight at a time.
+/// </summary>
+public sealed class EvictAgent
+{
+    readonly ControlConnection _conn;
+    readonly LabProcess _proc;
+    readonly PageoutDaemon _pageout;
+    readonly object _gate = new();
+    readonly byte[] _payload = new byte[Proto.MaxPayload];
+    readonly ulong[] _pages = new ulong[PageoutDaemon.Batch];
+    readonly ulong[] _spanStart = new ulong[PageoutDaemon.Batch], _spanEnd = new ulong[PageoutDaemon.Batch];
+    int _pageCount, _spanCount;
+    uint _seq;
+    volatile bool _busy, _dead, _finishing;
+
+    public long Requests, RemoveEventsSeen, Failures;
+
+    public EvictAgent(ControlConnection conn, LabProcess proc, PageoutDaemon pageout)
+    {
+        _conn = conn; _proc = proc; _pageout = pageout;
+    }
+
+    public bool Busy => _busy || _dead;
+
+    /// <summary>Ask the agent to drop these pages (whose eviction has begun). False: the agent is gone; the evictions were completed here.</summary>
+    public bool Send(ReadOnlySpan<ulong> vas)
+    {
+        lock (_gate)
+        {
+            vas.CopyTo(_pages);
+            _pageCount = vas.Length;
+            Array.Sort(_pages, 0, _pageCount);
+            _spanCount = 0;
+            for (int i = 0; i < _pageCount; i++)
+            {
+                ulong va = _pages[i];
+                if (_spanCount > 0 && _spanEnd[_spanCount - 1] == va) { _spanEnd[_spanCount - 1] = va + 4096; continue; }
+                _spanStart[_spanCount] = va;
+                _spanEnd[_spanCount++] = va + 4096;
+            }
+            for (int i = 0; i < _spanCount; i++)
+            {
+                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(i * 16), _spanStart[i]);
+                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(i * 16 + 8), _spanEnd[i] - _spanStart[i]);
+            }
+            _busy = true;
+            _seq++;
+            Requests++;
+        }
+        if (!_dead && _conn.Send(Proto.Evict, _seq, 0, _payload.AsSpan(0, _spanCount * Proto.SpanSize))) return true;
+        _dead = true;
+        Finish();
+        return false;
+    }
+
+    /// <summary>
+    /// Uffd thread: is this REMOVE event our agent's own madvise (inside a span in flight)?
+    /// Then it is the eviction under way, not the program discarding memory.
+    /// </summary>
+    public bool Covers(ulong start, ulong end)
+    {
+        if (!_busy || _finishing) return false;
+        lock (_gate)
+        {
+            if (!_busy || _finishing) return false;
+            for (int i = 0; i < _spanCount; i++)
+                if (start >= _spanStart[i] && end <= _spanEnd[i]) { RemoveEventsSeen++; return true; }
+            return false;
+        }
+    }
+
+    /// <summary>The connection's thread: read the agent's replies until it goes.</summary>
+    public void ReadReplies()
+    {
+        try
+        {
+            while (_conn.Receive() is Message m)
+            {
+                if (m.Fd >= 0) Native.close(m.Fd);
+                if (m.Type != (Proto.Evict | Proto.Reply) || m.Seq != _seq || !_busy) break;   // not ours: drop the agent
+                if (m.Status != 0)
+                {
+                    Failures++;
+                    Log.Info($"pid {_proc.Pid}: the agent could not drop pages: {Native.StrError(m.Status)}");
+                }
+                Finish();
+            }
+        }
+        finally
+        {
+            _dead = true;
+            Finish();
+        }
+    }
+
+    /// <summary>The pages left the process (or never will): complete their evictions and wake their faults.</summary>
+    void Finish()
+    {
+        // Every REMOVE of this request was read before the agent answered (its madvise waits
+        // for that), but maybe not yet handled: the reader reads a batch, then handles it.
+        // Once the batch is handled, Covers may say no.
+        _proc.Barrier();
+        // Not under _gate: CompleteEvict takes the map lock, which the uffd thread may hold
+        // while it asks Covers.
+        lock (_gate)
+        {
+            if (!_busy || _finishing) return;
+            _finishing = true;
+        }
+        for (int i = 0; i < _pageCount; i++) _proc.Space.CompleteEvict(_pages[i]);
+        for (int i = 0; i < _spanCount; i++) _proc.Pmap.Wake(_spanStart[i], _spanEnd[i] - _spanStart[i]);
+        lock (_gate)
+        {
+            _pageCount = _spanCount = 0;
+            _finishing = false;
+            _busy = false;
+        }
+        _pageout.Kick();
+    }
+}
