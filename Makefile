@@ -7,7 +7,7 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
@@ -38,6 +38,14 @@ $(BUILD)/fsx: tests/progs/fsx.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 
+$(BUILD)/swapcheck: tests/progs/swapcheck.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/swaptouch: lab/bench/swaptouch.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
 $(BUILD)/touch: lab/bench/touch.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
@@ -60,9 +68,9 @@ test: build
 demo: build
 	@bash lab/scripts/demo.sh
 
-# Every benchmark: page faults end to end, then the resolvers alone, the file system, the swap store.
+# Every benchmark: page faults end to end, then the resolvers alone, the file system, the swap store, paging end to end.
 bench: build
-	@for b in bench bench-vm bench-fs bench-swap; do \
+	@for b in bench bench-vm bench-fs bench-swap bench-pageout; do \
 	  if [ -f lab/scripts/$$b.sh ]; then echo; echo "### $$b"; bash lab/scripts/$$b.sh || exit 1; fi; \
 	done
 

@@ -13,8 +13,15 @@ public static class SwapInspector
     /// read-only, so it works while the daemon has the store open. Throws
     /// <see cref="SwapStoreException"/> with a one-line message for a missing or non-swap file.
     /// </summary>
-    public static string Inspect(string path, int top = 20)
+    public static string Inspect(string path, int top = 20) => Inspect(path, top, verify: false, out _);
+
+    /// <summary>
+    /// As <see cref="Inspect(string, int)"/>; with <paramref name="verify"/> also reads every stored
+    /// page and checks its checksum (a slot that fails is listed; <paramref name="mismatches"/> counts them).
+    /// </summary>
+    public static string Inspect(string path, int top, bool verify, out long mismatches)
     {
+        mismatches = 0;
         if (top < 0) throw new ArgumentOutOfRangeException(nameof(top));
         if (Directory.Exists(path)) throw new SwapStoreException($"{path}: is a directory, not a swap store");
         if (!File.Exists(path)) throw new SwapStoreException($"{path}: no such file");
@@ -24,12 +31,38 @@ public static class SwapInspector
         {
             long appId = SwapStore.ScalarLong(conn, "PRAGMA application_id");
             SwapStore.CheckFormat(conn, path, appId);
-            return Describe(conn, path, top);
+            var text = Describe(conn, path, top);
+            return verify ? text + Verify(conn, out mismatches) : text;
         }
         catch (SqliteException e)
         {
             throw new SwapStoreException($"{path}: not a swap store: {SwapStore.FirstLine(e.Message)}", e);
         }
+    }
+
+    /// <summary>Every stored page against its checksum (the same check a swap-in makes).</summary>
+    static string Verify(SqliteConnection conn, out long mismatches)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        long n = 0;
+        mismatches = 0;
+        using var cmd = conn.CreateCommand();
+        cmd.CommandText = "SELECT slot, crc, data FROM slots ORDER BY slot";
+        using var r = cmd.ExecuteReader();
+        var listed = new StringBuilder();
+        while (r.Read())
+        {
+            n++;
+            long slot = r.GetInt64(0), stored = r.GetInt64(1);
+            var data = (byte[])r.GetValue(2);
+            bool ok = data.Length == SwapStore.PageBytes && Crc32C.SlotChecksum(slot, data) == stored;
+            if (ok) continue;
+            mismatches++;
+            if (mismatches <= 20) listed.Append(inv, $"  slot {slot}: {(data.Length != SwapStore.PageBytes ? $"{data.Length} bytes" : "checksum mismatch")}\n");
+        }
+        sb.Append(inv, $"\nverified: {n} slots, {mismatches} failed their checksum\n").Append(listed);
+        return sb.ToString();
     }
 
     static string Describe(SqliteConnection conn, string path, int top)

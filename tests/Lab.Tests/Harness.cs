@@ -122,7 +122,7 @@ public sealed class LabMount : IDisposable
     public readonly Process Daemon;
     readonly StringBuilder _log = new();
 
-    public LabMount(string vm = "freebsd")
+    public LabMount(string vm = "freebsd", params string[] extraArgs)
     {
         Dir = Directory.CreateTempSubdirectory("labtest-").FullName;
         Backing = Path.Combine(Dir, "backing");
@@ -133,7 +133,8 @@ public sealed class LabMount : IDisposable
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };
-        foreach (var a in new[] { "mount", "--foreground", "--vm", vm, Backing, Mount }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "mount", "--foreground", "--vm", vm }.Concat(extraArgs).Concat(new[] { Backing, Mount }))
+            psi.ArgumentList.Add(a);
         Daemon = Process.Start(psi)!;
         Daemon.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
         Daemon.BeginErrorReadLine();
