@@ -24,6 +24,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     readonly StoreSwapDevice? _swap;
     readonly string? _swapPath;
     readonly bool _removeSwapAtExit;
+    readonly FileStream? _swapLock;
     public readonly PageoutDaemon Pageout;
 
     public LabDaemon(string backing, string mountpoint, string defaultVm, DaemonOptions? options = null)
@@ -36,10 +37,24 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             _removeSwapAtExit = options.SwapPath == null;
             _swapPath = options.SwapPath ?? System.IO.Path.Combine(SocketDirectory, $"swap-{Environment.ProcessId}.db");
             Directory.CreateDirectory(System.IO.Path.GetDirectoryName(_swapPath)!);
-            var store = Lab.Swapstore.SwapStore.Open(_swapPath, new Lab.Swapstore.SwapStoreOptions
+            // The store is emptied at open: never under another daemon that is using it.
+            try { _swapLock = new FileStream(_swapPath + "-lock", FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException) { throw new LabException($"swap store {_swapPath} is in use by another lab daemon"); }
+            catch (UnauthorizedAccessException e) { throw new LabException($"swap store {_swapPath}: {e.Message}"); }
+            Lab.Swapstore.SwapStore store;
+            try
             {
-                ClearOnOpen = true, MaxSlots = options.SwapMaxBytes / 4096,
-            });
+                store = Lab.Swapstore.SwapStore.Open(_swapPath, new Lab.Swapstore.SwapStoreOptions
+                {
+                    ClearOnOpen = true, MaxSlots = options.SwapMaxBytes / 4096,
+                });
+            }
+            catch
+            {
+                _swapLock.Dispose();
+                System.IO.File.Delete(_swapPath + "-lock");
+                throw;
+            }
             _swap = new StoreSwapDevice(store);
             _vm.Swap = _swap;
         }
@@ -139,6 +154,9 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             sb.Append("pageout_batches ").Append(Pageout.Batches).Append('\n');
             sb.Append("pageout_pages ").Append(Pageout.PagesBegun).Append('\n');
             sb.Append("pageout_swap_full ").Append(Pageout.SwapFullStops).Append('\n');
+            sb.Append("pageout_shared_pages ").Append(Pageout.SharedPagesWritten).Append('\n');
+            sb.Append("pageout_scan_ms ").Append(Pageout.ScanTicks * 1000 / System.Diagnostics.Stopwatch.Frequency).Append('\n');
+            sb.Append("pageout_commit_ms ").Append(Pageout.FlushTicks * 1000 / System.Diagnostics.Stopwatch.Frequency).Append('\n');
         }
         return sb.ToString();
     }
@@ -176,6 +194,14 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             if (int.TryParse(name["lab-".Length..], out int pid) && !Directory.Exists($"/proc/{pid}"))
                 try { System.IO.File.Delete(path); } catch (IOException) { }
         }
+        // The temporary swap stores of killed daemons (swap-PID.db and its -wal, -shm, -lock).
+        foreach (var path in Directory.GetFiles(SocketDirectory, "swap-*.db*"))
+        {
+            var name = System.IO.Path.GetFileName(path)["swap-".Length..];
+            int dot = name.IndexOf('.');
+            if (dot > 0 && int.TryParse(name[..dot], out int pid) && !Directory.Exists($"/proc/{pid}"))
+                try { System.IO.File.Delete(path); } catch (IOException) { }
+        }
     }
 
     /// <summary>Write back, unmount, then let go of the programs (their shims end them with a message).</summary>
@@ -189,6 +215,8 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         Pageout.Dispose();
         foreach (var p in Registry.Live()) ProcessGone(p);
         Guard(() => _swap?.Dispose(), "closing the swap store");
+        if (_swapLock != null)
+            Guard(() => { _swapLock.Dispose(); System.IO.File.Delete(_swapPath + "-lock"); }, "removing the swap store's lock");
         if (_removeSwapAtExit && _swapPath != null)
             foreach (var f in new[] { _swapPath, _swapPath + "-wal", _swapPath + "-shm" })
                 Guard(() => System.IO.File.Delete(f), "removing the swap store");
@@ -203,7 +231,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         var pmap = new UffdPmap(uffd) { Pid = pid };
         var proc = new LabProcess(Registry, pid, run, comm, _vm.CreateSpace(pmap, resolver), pmap)
         {
-            Limit = run == 0 ? null : Pageout.LimitOf(run), Pageout = Pageout,
+            Limit = run == 0 ? null : Pageout.LimitOf(run), MountLimit = Pageout.Mount, Pageout = Pageout,
         };
         Registry.Add(proc);
         proc.Start();

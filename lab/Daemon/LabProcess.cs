@@ -22,8 +22,9 @@ public sealed unsafe class LabProcess
     /// <summary>The shim's agent (pageout's MADV_DONTNEED in the process); null until it connects.</summary>
     public volatile EvictAgent? Agent;
     /// <summary>The run's resident limit, and the pageout to wake when this process passes it.</summary>
-    public RunLimit? Limit;
+    public RunLimit? Limit, MountLimit;
     public PageoutDaemon? Pageout;
+    public long ThrottledFaults;
     ulong _lastSuperseded = ulong.MaxValue;   // fault thread only
     int _supersededRun;
     public readonly Queue<LabProcess> PendingChildren = new();   // from UFFD_EVENT_FORK, not yet claimed
@@ -89,10 +90,15 @@ public sealed unsafe class LabProcess
             {
                 fds[0] = new Native.PollFd { Fd = Pmap.Uffd, Events = Native.POLLIN };
                 fds[1] = new Native.PollFd { Fd = _stopFd, Events = Native.POLLIN };
-                int rc = Native.poll(fds, 2, -1);
+                int rc = Native.poll(fds, 2, PollTimeout);
                 if (rc < 0) { if (Native.Errno == Native.EINTR) continue; break; }
                 if (fds[1].Revents != 0) break;
                 if ((fds[0].Revents & (Native.POLLERR | Native.POLLNVAL)) != 0) break;
+                if (rc == 0)
+                {
+                    lock (_handling) ResolveDeferred(force: false);
+                    continue;
+                }
                 lock (_handling)
                 {
                     nint n = Native.read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
@@ -105,6 +111,7 @@ public sealed unsafe class LabProcess
                     int count = (int)(n / sizeof(Native.UffdMsg));
                     for (int i = 0; i < count; i++) Handle(ref msgs[i]);
                     HandleSetAside();   // read after this batch, so handled after it
+                    ResolveDeferred(force: false);
                 }
             }
         }
@@ -155,6 +162,8 @@ public sealed unsafe class LabProcess
     {
         try
         {
+            // An event applies after the faults read before it: held-back ones go first.
+            if (m.Event != Native.UFFD_EVENT_PAGEFAULT) ResolveDeferred(force: true);
             switch (m.Event)
             {
                 case Native.UFFD_EVENT_PAGEFAULT: Fault(m.Arg0, m.Arg1); break;
@@ -179,15 +188,76 @@ public sealed unsafe class LabProcess
         }
         catch (Exception e)
         {
-            // Never let one bad fault take the daemon down; never leave the thread blocked
-            // either: the page gets SIGBUS, which is loud, rather than silent zeros.
+            // An event the model could not apply: logged and counted; the daemon goes on.
+            // (Faults catch their own errors in FaultNow.)
             Interlocked.Increment(ref InternalErrors);
             Log.Error($"pid {Pid}: internal error on uffd event {m.Event:x}: {e.GetType().Name}: {e.Message}");
-            if (m.Event == Native.UFFD_EVENT_PAGEFAULT) Pmap.Poison(m.Arg1 & ~0xfffUL);
         }
     }
 
+    // Faults held back while the process's pool is far over its resident limit: their
+    // threads stay blocked (as in direct reclaim) until the pageout catches up, or at most
+    // ThrottleMaxMs. The reader goes on reading meanwhile: the agent's events need it.
+    const int DeferCapacity = 64;
+    const long ThrottleMaxMs = 20;
+    readonly ulong[] _deferFlags = new ulong[DeferCapacity], _deferAddr = new ulong[DeferCapacity];
+    int _deferCount;
+    long _deferSince;
+
+    /// <summary>This process's resident pages when the pageout last added up its pools.</summary>
+    public int RunBase, MountBase;
+
+    /// <summary>
+    /// The pool is far over its limit: its total at the pageout's last count, plus what this
+    /// process faulted in since (others' growth shows at the next count, within a batch).
+    /// </summary>
+    bool Throttled => Agent is { Dead: false } && (Over(Limit, RunBase) || Over(MountLimit, MountBase));
+
+    bool Over(RunLimit? l, int baseline) =>
+        l is { Pages: > 0 } && Volatile.Read(ref l.LastTotal) + (Space.ResidentPages - baseline) > l.Pages + l.Slack;
+
+    /// <summary>Resolve the held-back faults if the pool is back under its limit or they waited long enough.</summary>
+    void ResolveDeferred(bool force)
+    {
+        if (_deferCount == 0) return;
+        if (!force && Throttled && Stopwatch.GetElapsedTime(_deferSince).TotalMilliseconds < ThrottleMaxMs) return;
+        int n = _deferCount;
+        _deferCount = 0;
+        for (int i = 0; i < n; i++) FaultNow(_deferFlags[i], _deferAddr[i]);
+    }
+
+    /// <summary>Poll timeout: short while faults are held back.</summary>
+    int PollTimeout => _deferCount > 0 ? 1 : -1;
+
     void Fault(ulong flags, ulong address)
+    {
+        // Only faults that bring a page in wait; a write-protect fault adds no page.
+        if ((flags & Native.UFFD_PAGEFAULT_FLAG_WP) == 0 && _deferCount < DeferCapacity && Throttled)
+        {
+            if (_deferCount == 0) _deferSince = Stopwatch.GetTimestamp();
+            _deferFlags[_deferCount] = flags;
+            _deferAddr[_deferCount++] = address;
+            Interlocked.Increment(ref ThrottledFaults);
+            Pageout?.Kick();
+            return;
+        }
+        FaultNow(flags, address);
+    }
+
+    void FaultNow(ulong flags, ulong address)
+    {
+        try { Resolve(flags, address); }
+        catch (Exception e)
+        {
+            // Never let one bad fault take the daemon down; never leave the thread blocked
+            // either: the page gets SIGBUS, which is loud, rather than silent zeros.
+            Interlocked.Increment(ref InternalErrors);
+            Log.Error($"pid {Pid}: internal error on a fault at {address:x}: {e.GetType().Name}: {e.Message}");
+            Pmap.Poison(address & ~0xfffUL);
+        }
+    }
+
+    void Resolve(ulong flags, ulong address)
     {
         long t0 = Stopwatch.GetTimestamp();
         ulong va = address & ~0xfffUL;
@@ -220,8 +290,14 @@ public sealed unsafe class LabProcess
             // Retry: the page is being evicted. The thread stays blocked; the agent's reply
             // completes the eviction and wakes it, and its access then faults the page back in.
             if (result == FaultResult.Retry && Agent == null) Pmap.Wake(va, 4096);
-            else if (result == FaultResult.Resolved && Limit is { } l && l.Pages > 0 && Space.ResidentPages > l.Pages)
-                Pageout?.Kick();
+            else if (result == FaultResult.Resolved && Pageout != null)
+            {
+                // Wake the pageout when over our run's limit, and every 64 pages under a
+                // mount-wide one (whose total only the pageout adds up).
+                int resident = Space.ResidentPages;
+                if ((Limit is { Pages: > 0 } l && resident > l.Pages) || (MountLimit is { Pages: > 0 } && (resident & 63) == 0))
+                    Pageout.Kick();
+            }
         }
         Latency.Record(Stopwatch.GetTimestamp() - t0);
     }
@@ -230,7 +306,7 @@ public sealed unsafe class LabProcess
     {
         Interlocked.Increment(ref Events);
         var pmap = new UffdPmap(childUffd);
-        var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap) { Limit = Limit, Pageout = Pageout };
+        var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap) { Limit = Limit, MountLimit = MountLimit, Pageout = Pageout };
         _registry.Add(child);
         child.Start();
         lock (PendingChildren)

@@ -15,6 +15,7 @@ namespace Lab.Daemon;
 public sealed class PageoutDaemon : IDisposable
 {
     public const int Batch = 256;
+    static readonly bool Trace = Environment.GetEnvironmentVariable("LAB_TRACE") == "1";
     const int Page = 4096;
 
     readonly Registry _registry;
@@ -26,14 +27,18 @@ public sealed class PageoutDaemon : IDisposable
     Thread? _thread;
     volatile bool _stop;
 
-    public long Batches, PagesBegun, SwapFullStops, AgentMissingStops;
+    public long Batches, PagesBegun, SwapFullStops, AgentMissingStops, SharedPagesWritten, ScanTicks, FlushTicks;
 
     public PageoutDaemon(Registry registry, StoreSwapDevice? swap, long mountLimitBytes)
     {
         _registry = registry; _swap = swap; _mountLimitPages = mountLimitBytes / Page;
+        Mount.Pages = _mountLimitPages;
     }
 
     public long MountLimitPages => _mountLimitPages;
+
+    /// <summary>The whole mount as one pool (`--memory`): every process's throttle looks at it too.</summary>
+    public readonly RunLimit Mount = new(0);
 
     /// <summary>The limit object of one run (shared by its processes; 0 pages = none).</summary>
     public RunLimit LimitOf(ulong run)
@@ -77,15 +82,31 @@ public sealed class PageoutDaemon : IDisposable
         lock (_runs) limited = _runs.Values.Where(l => l.Pages > 0).ToArray();
         if (limited.Length == 0 && _mountLimitPages == 0) return;
         var live = _registry.Live();
-        foreach (var l in limited) Trim(live.Where(p => p.RunId == l.Run).ToArray(), l.Pages);
-        if (_mountLimitPages > 0) Trim(live, _mountLimitPages);
+        foreach (var l in limited) Trim(live.Where(p => p.RunId == l.Run).ToArray(), l, mount: false);
+        if (_mountLimitPages > 0) Trim(live, Mount, mount: true);
+    }
+
+    /// <summary>Add up the pool's resident pages, and note each process's share for its throttle.</summary>
+    static long Total(LabProcess[] pool, RunLimit pl, bool mount)
+    {
+        long resident = 0;
+        foreach (var p in pool)
+        {
+            int r = p.Space.ResidentPages;
+            if (mount) p.MountBase = r; else p.RunBase = r;
+            resident += r;
+        }
+        Volatile.Write(ref pl.LastTotal, resident);
+        return resident;
     }
 
     /// <summary>Begin evictions in the pool until its resident pages are back under the limit (a little under, to batch).</summary>
-    void Trim(LabProcess[] pool, long limit)
+    void Trim(LabProcess[] pool, RunLimit pl, bool mount)
     {
-        long resident = 0;
-        foreach (var p in pool) resident += p.Space.ResidentPages;
+        long limit = pl.Pages;
+        long resident = Total(pool, pl, mount);
+        if (Trace && resident > limit)
+            Console.Error.WriteLine($"lab-trace: pool {pl.Run}: {resident}/{limit} " + string.Join(" ", pool.Select(p => $"{p.Pid}:{p.Space.ResidentPages}:{(p.Agent == null ? "none" : p.Agent.Dead ? "dead" : p.Agent.Busy ? "busy" : "free")}")));
         if (resident <= limit) return;
         long excess = resident - limit + Math.Min(limit / 16, Batch);
         var tried = new HashSet<LabProcess>();
@@ -98,16 +119,50 @@ public sealed class PageoutDaemon : IDisposable
                     victim = p;
             if (victim == null) { if (pool.All(p => p.Agent == null)) AgentMissingStops++; return; }
             tried.Add(victim);
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             int n = victim.Space.PageoutScan((int)Math.Min(excess, Batch), _begun, out bool swapFull);
+            long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
+            ScanTicks += t1 - t0;
             if (swapFull) SwapFullStops++;
+            Total(pool, pl, mount);   // the throttle's view, fresh after each batch
             if (n == 0) continue;
             Batches++;
             PagesBegun += n;
             excess -= n;
             // The saved pages are committed before they leave the process.
             _swap?.Flush();
+            FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t1;
+            WriteBackShared(victim, n);
             if (!victim.Agent!.Send(_begun.AsSpan(0, n))) continue;
         }
+    }
+
+    /// <summary>
+    /// Pages of writable shared file mappings among those being evicted may be dirty (no
+    /// dirty bit reaches us): write them back to the file, as a pageout of a dirty vnode
+    /// page does. Their bytes stay in the lab's page cache (the memfd) meanwhile.
+    /// </summary>
+    void WriteBackShared(LabProcess victim, int n)
+    {
+        Array.Sort(_begun, 0, n);
+        bool any = false;
+        for (int i = 0; i < n;)
+        {
+            int j = i + 1;
+            while (j < n && _begun[j] == _begun[j - 1] + Page) j++;
+            ulong start = _begun[i], len = (ulong)(j - i) * Page;
+            var shared = victim.Space.SharedRanges(start, len);
+            if (shared.Count > 0)
+            {
+                any = true;
+                foreach (var (_, _, count) in shared) SharedPagesWritten += count;
+                victim.MarkShared(start, len);
+            }
+            i = j;
+        }
+        if (!any) return;
+        int err = victim.FlushPending();
+        if (err != 0) Log.Info($"pid {victim.Pid}: writing back shared pages at pageout: {Native.StrError(err)}");
     }
 
     public void Dispose()
@@ -118,11 +173,15 @@ public sealed class PageoutDaemon : IDisposable
     }
 }
 
-/// <summary>The resident limit of one `lab run` (its processes together), in pages; 0 = none.</summary>
+/// <summary>The resident limit of one `lab run` (its processes together, or the whole mount), in pages; 0 = none.</summary>
 public sealed class RunLimit(ulong run)
 {
     public readonly ulong Run = run;
     public long Pages;
+    /// <summary>The pool's resident pages when the pageout last added them up.</summary>
+    public long LastTotal;
+    /// <summary>How far over the limit a pool may go before its faults wait: a batch or two of pageout.</summary>
+    public long Slack => Math.Max(PageoutDaemon.Batch, Pages / 16);
 }
 
 /// <summary>
@@ -152,6 +211,7 @@ public sealed class EvictAgent
     }
 
     public bool Busy => _busy || _dead;
+    public bool Dead => _dead;
 
     /// <summary>Ask the agent to drop these pages (whose eviction has begun). False: the agent is gone; the evictions were completed here.</summary>
     public bool Send(ReadOnlySpan<ulong> vas)

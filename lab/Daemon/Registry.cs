@@ -21,7 +21,7 @@ public sealed class Registry
     {
         public readonly VmCounters Counters = new();
         public readonly LatencyHistogram Latency = new();
-        public long Processes, LookupMisses, InternalErrors, InstallErrors, Superseded, Events, Resyncs;
+        public long Processes, LookupMisses, InternalErrors, InstallErrors, Superseded, Events, Resyncs, Throttled;
     }
 
     public Registry(string defaultVm)
@@ -73,6 +73,7 @@ public sealed class Registry
         p.Latency.AddTo(r.Latency);
         r.Processes++;
         r.LookupMisses += p.LookupMisses; r.InternalErrors += p.InternalErrors; r.Events += p.Events; r.Resyncs += p.Resyncs;
+        r.Throttled += Interlocked.Read(ref p.ThrottledFaults);
         r.InstallErrors += p.Pmap.InstallErrors; r.Superseded += p.Pmap.Superseded;
     }
 
@@ -86,6 +87,7 @@ public sealed class Registry
                 r.Counters.AddTo(t.Counters); r.Latency.AddTo(t.Latency);
                 t.Processes = r.Processes; t.LookupMisses = r.LookupMisses; t.InternalErrors = r.InternalErrors;
                 t.InstallErrors = r.InstallErrors; t.Superseded = r.Superseded; t.Events = r.Events; t.Resyncs = r.Resyncs;
+                t.Throttled = r.Throttled;
             }
             foreach (var p in _live)
                 if (run == 0 || p.RunId == run) Fold(p, t);
@@ -107,6 +109,7 @@ public sealed class Registry
         sb.Append("install_superseded ").Append(t.Superseded).Append('\n');
         sb.Append("install_errors ").Append(t.InstallErrors).Append('\n');
         sb.Append("model_resyncs ").Append(t.Resyncs).Append('\n');
+        sb.Append("faults_throttled ").Append(t.Throttled).Append('\n');
         sb.Append("internal_errors ").Append(t.InternalErrors).Append('\n');
         sb.Append("fault_count ").Append(t.Latency.Count).Append('\n');
         sb.Append("fault_latency_us_p50 ").Append(t.Latency.QuantileMicros(0.5).ToString("0.0")).Append('\n');

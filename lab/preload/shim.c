@@ -581,6 +581,77 @@ static int agent_read_payload(int fd, uint32_t len, int *big)
  * replaces lab memory holds it, so a checked span cannot turn into program memory
  * before it is zapped. The madvise blocks until the daemon's uffd reader has read
  * the REMOVE event; g_tab_lock is not held meanwhile. */
+static int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode);
+
+/* UFFDIO_MOVE (Linux 6.8; the installed headers may predate it). */
+struct lab_uffdio_move {
+    uint64_t dst, src, len, mode;
+    int64_t move;
+};
+#define LAB_UFFDIO_MOVE _IOWR(0xAA, _UFFDIO_MOVE, struct lab_uffdio_move)
+#define LAB_MOVE_ALLOW_SRC_HOLES ((uint64_t)1 << 1)
+#define LAB_SCRATCH_PAGES 256
+
+/* Scattered pages cost one madvise, hence one REMOVE event and a round trip to the daemon,
+ * each. Instead the agent moves them (UFFDIO_MOVE, no event) into its scratch area, then
+ * zaps the scratch with one madvise. Pages it cannot move (COW-shared after fork: EBUSY;
+ * shared file mappings: EINVAL) are zapped in place. g_scratch is registered with the uffd
+ * (a move needs that of its destination) and never announced: it is not lab memory. */
+static uintptr_t g_scratch;
+static size_t g_scratch_used; /* pages */
+static int g_move_ok = 1;
+
+static void scratch_setup(void)
+{
+    size_t len = LAB_SCRATCH_PAGES * g_page;
+    void *a = real_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED)
+        return;
+    if (uffd_register((uintptr_t)a, len, UFFDIO_REGISTER_MODE_MISSING) != 0) {
+        real_munmap(a, len);
+        return;
+    }
+    g_scratch = (uintptr_t)a;
+}
+
+static void scratch_zap(void)
+{
+    if (g_scratch_used == 0)
+        return;
+    syscall(SYS_madvise, g_scratch, g_scratch_used * g_page, MADV_DONTNEED);
+    g_scratch_used = 0;
+}
+
+/* Move what can be moved of [s, e) to the scratch; returns where the first page that
+ * could not be moved starts (e: all moved). */
+static uintptr_t move_out(uintptr_t s, uintptr_t e)
+{
+    int again = 0;
+    while (s < e && g_scratch && g_move_ok) {
+        if (g_scratch_used == LAB_SCRATCH_PAGES)
+            scratch_zap();
+        size_t room = (LAB_SCRATCH_PAGES - g_scratch_used) * g_page;
+        size_t len = e - s < room ? e - s : room;
+        struct lab_uffdio_move m = {g_scratch + g_scratch_used * g_page, s, len, LAB_MOVE_ALLOW_SRC_HOLES, 0};
+        int r = ioctl(g_uffd, LAB_UFFDIO_MOVE, &m);
+        int err = errno;
+        size_t moved = m.move > 0 ? (size_t)m.move & ~(g_page - 1) : 0;
+        if (r == 0)
+            moved = len;
+        s += moved;
+        g_scratch_used += moved / g_page;
+        if (r == 0 || moved > 0)
+            continue;
+        if (err == EAGAIN && ++again < 100) /* an event of the program's is being read */
+            continue;
+        if (err == ENOTTY)
+            g_move_ok = 0; /* no UFFDIO_MOVE in this kernel: stop trying */
+        dbg("agent: move %#lx+%#lx: %s: zapped in place", (unsigned long)s, (unsigned long)len, strerror(err));
+        break;
+    }
+    return s;
+}
+
 static int32_t agent_evict(uint32_t n, uint32_t *done)
 {
     *done = 0;
@@ -597,18 +668,25 @@ static int32_t agent_evict(uint32_t n, uint32_t *done)
         int r = 0, err = 0;
         pthread_mutex_lock(&g_conn_lock);
         if (tab_covers(s, e)) {
-            r = (int)syscall(SYS_madvise, s, (size_t)len, MADV_DONTNEED);
-            err = errno;
+            uintptr_t rest = move_out(s, e);
+            if (rest < e) {
+                /* a page that would not move, and the rest of its span: zap them where they are */
+                r = (int)syscall(SYS_madvise, rest, (size_t)(e - rest), MADV_DONTNEED);
+                err = errno;
+            }
         } else {
             dbg("agent: %#lx+%#lx is no longer lab memory: skipped", (unsigned long)s, (unsigned long)len);
         }
         pthread_mutex_unlock(&g_conn_lock);
         if (r != 0) {
             dbg("agent: madvise %#lx+%#lx: %s", (unsigned long)s, (unsigned long)len, strerror(err));
+            scratch_zap();
             return err ? err : EIO;
         }
         (*done)++;
     }
+    /* The moved pages leave the process now, with one REMOVE event for the scratch. */
+    scratch_zap();
     return 0;
 }
 
@@ -662,7 +740,8 @@ static void *agent(void *arg)
         agent_quit(fd);
         return NULL;
     }
-    dbg("agent: ready on fd %d", fd);
+    scratch_setup();
+    dbg("agent: ready on fd %d, scratch %#lx", fd, (unsigned long)g_scratch);
 
     for (;;) {
         /* poll with a timeout rather than sit in recv: a sleeping poll or recv pins the

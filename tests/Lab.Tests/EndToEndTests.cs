@@ -288,8 +288,16 @@ public sealed class EndToEndTests(ITestOutputHelper output)
     {
         using var m = new LabMount();
         var notMount = m.Dir;
+        var text = Path.Combine(m.Dir, "text.txt");
+        File.WriteAllText(text, "not a database\n");
+        var mp2 = Directory.CreateDirectory(Path.Combine(m.Dir, "mp2")).FullName;
         foreach (var (args, expect) in new (string[], string)[]
         {
+            (new[] { "run", "--mount", m.Mount, "--resident-limit", "lots", "--", "true" }, "is not a size"),
+            (new[] { "run", "--mount", m.Mount, "--resident-limit", "4K", "--", "true" }, "at least 256K"),
+            (new[] { "mount", "--memory", "12Q", m.Backing, mp2 }, "is not a size"),
+            (new[] { "mount", "--swap", text, m.Backing, mp2 }, "not a swap store"),
+            (new[] { "swap", "inspect", "--verify", Path.Combine(m.Dir, "none.db") }, "no such file"),
             (new[] { "run", "--mount", notMount, "--", "true" }, "is not a lab mount"),
             (new[] { "run", "--mount", m.Mount, "--", "no-such-program-xyz" }, "command not found"),
             (new[] { "mount", Path.Combine(m.Dir, "nope"), m.Mount }, "does not exist"),

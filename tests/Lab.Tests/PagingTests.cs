@@ -211,6 +211,105 @@ public sealed class PagingTests(ITestOutputHelper output)
         }
     }
 
+    [KernelFact]
+    public void MountMemoryLimit_KeepsAllTheMountsProgramsUnderIt()
+    {
+        using var m = new LabMount("freebsd", "--memory", "8M");
+        long maxResident = 0;
+        bool stop = false;
+        var sampler = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                try
+                {
+                    foreach (var line in File.ReadAllLines(m.M(".lab/stats")))
+                        if (line.StartsWith("resident_pages ")) maxResident = Math.Max(maxResident, long.Parse(line[15..]));
+                }
+                catch (IOException) { }
+                Thread.Sleep(20);
+            }
+        });
+        sampler.Start();
+        // Two programs at once, 16 MiB each: together four times the mount's budget.
+        var sc = Repo.Prog("swapcheck");
+        var r = m.Run("/bin/bash", "-c", $"'{sc}' 4096 touch & '{sc}' 4096 touch; wait %1");
+        Volatile.Write(ref stop, true);
+        sampler.Join();
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal("ok\nok\n", r.Stdout);
+        var c = LabMount.ParseCounters(Sh.Lab("stat", "--mount", m.Mount).Stdout);
+        output.WriteLine($"max resident pages sampled: {maxResident}");
+        Assert.Equal(2048, LabMount.Get(c, "resident_limit_pages"));
+        Assert.True(LabMount.Get(c, "pageouts") >= 4096, $"pageouts {LabMount.Get(c, "pageouts")}");
+        Assert.True(LabMount.Get(c, "pageins") >= 4096, $"pageins {LabMount.Get(c, "pageins")}");
+        // The pageout runs every few ms and evicts in batches: allow it a batch or two per program over.
+        Assert.InRange(maxResident, 1, 2048 + 2 * 256 + 512);
+    }
+
+    [KernelFact]
+    public void DirtySharedFilePagesAreWrittenBackWhenPagedOut()
+    {
+        using var m = new LabMount();
+        const int Pages = 4096;
+        File.WriteAllBytes(m.B("f.bin"), new byte[Pages * 4096]);
+        const string program = """
+            import mmap, os, sys
+            fd = os.open(sys.argv[1], os.O_RDWR)
+            mm = mmap.mmap(fd, 4096 * 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            for i in range(4096):
+                mm[i * 4096:(i + 1) * 4096] = (b"P%07d" % i) * 512
+            print("written", flush=True)
+            sys.stdin.readline()
+            """;
+        var psi = new ProcessStartInfo(Repo.Lab)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+        };
+        foreach (var a in new[] { "run", "--mount", m.Mount, "--resident-limit", "4M", "--stats", "--", Repo.Python, "-c", program, m.M("f.bin") })
+            psi.ArgumentList.Add(a);
+        psi.Environment["LAB_PRELOAD"] = Repo.Shim;
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        const int Enough = Pages - 1024 - 512;   // all but the limit and a batch
+        try
+        {
+            Assert.Equal("written", ReadLine(p, DateTime.UtcNow.AddSeconds(120)));
+            // Still mapped, never msynced: what reached the backing file came from pageout.
+            int onDisk = 0;
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            do
+            {
+                onDisk = PagesWritten(File.ReadAllBytes(m.B("f.bin")), Pages);
+                if (onDisk >= Enough) break;
+                Thread.Sleep(100);
+            } while (DateTime.UtcNow < deadline);
+            output.WriteLine($"{onDisk} of {Pages} pages written back before msync or exit");
+            Assert.True(onDisk >= Enough, $"only {onDisk} pages written back\n{m.DaemonLog}");
+            p.StandardInput.WriteLine();
+            p.StandardInput.Flush();
+            Assert.True(p.WaitForExit(60_000));
+            Assert.True(p.ExitCode == 0, err.Result);
+        }
+        finally
+        {
+            if (!p.HasExited) { p.Kill(entireProcessTree: true); p.WaitForExit(); }
+        }
+        var c = LabMount.ParseCounters(Sh.Lab("stat", "--mount", m.Mount).Stdout);
+        Assert.True(LabMount.Get(c, "pageout_shared_pages") >= Enough, $"pageout_shared_pages {LabMount.Get(c, "pageout_shared_pages")}");
+        // At exit the rest followed: the whole file is the program's.
+        Assert.Equal(Pages, PagesWritten(File.ReadAllBytes(m.B("f.bin")), Pages));
+    }
+
+    static int PagesWritten(byte[] bytes, int pages)
+    {
+        int n = 0;
+        for (int i = 0; i < pages; i++)
+            if (bytes.AsSpan(i * 4096, 8).SequenceEqual(System.Text.Encoding.ASCII.GetBytes($"P{i:D7}"))) n++;
+        return n;
+    }
+
     static long Rows(string swap)
     {
         var r = Sh.Run("sqlite3", new[] { "-cmd", ".timeout 5000", swap, "SELECT count(*) FROM slots;" });
