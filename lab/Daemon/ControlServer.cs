@@ -150,7 +150,8 @@ public sealed unsafe class ControlServer : IDisposable
                 if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
                 var target = _daemon.Registry.Live().LastOrDefault(x => x.Pid == pid && x.Agent == null);
                 if (target == null) { Reply(conn, m, Native.ESRCH); return false; }
-                var agent = new EvictAgent(conn, target, _daemon.Pageout);
+                ulong scratch = p.Length >= 24 ? Rd64(p, 8) : 0, scratchLen = p.Length >= 24 ? Rd64(p, 16) : 0;
+                var agent = new EvictAgent(conn, target, _daemon.Pageout, scratch, scratchLen);
                 if (!Reply(conn, m, 0)) return false;
                 target.Agent = agent;
                 agent.ReadReplies();

@@ -211,8 +211,8 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         foreach (var p in Registry.Live()) Guard(() => p.MarkShared(0, UserTop), "write-back at unmount");
         try { _fs?.FlushAll(); } catch (Exception e) { Log.Error($"write-back at unmount: {e.Message}"); }
         _server?.Unmount();
+        Pageout.Dispose();   // before the control connections (the agents') close
         _control?.Dispose();
-        Pageout.Dispose();
         foreach (var p in Registry.Live()) ProcessGone(p);
         Guard(() => _swap?.Dispose(), "closing the swap store");
         if (_swapLock != null)
@@ -249,6 +249,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
 
     void TearDown(LabProcess p)
     {
+        p.Agent?.Detach();   // its pending evictions end here; no Finish after the pmap goes
         p.Stop();
         // Its shared pages may have been written: they reach the file, as Linux would write them back.
         Guard(() => { p.MarkShared(0, UserTop); p.FlushPending(); }, $"write-back for pid {p.Pid}");

@@ -96,7 +96,7 @@ public sealed unsafe class LabProcess
                 if ((fds[0].Revents & (Native.POLLERR | Native.POLLNVAL)) != 0) break;
                 if (rc == 0)
                 {
-                    lock (_handling) ResolveDeferred(force: false);
+                    lock (_handling) { HandleSetAside(); Settle(); }
                     continue;
                 }
                 lock (_handling)
@@ -111,7 +111,7 @@ public sealed unsafe class LabProcess
                     int count = (int)(n / sizeof(Native.UffdMsg));
                     for (int i = 0; i < count; i++) Handle(ref msgs[i]);
                     HandleSetAside();   // read after this batch, so handled after it
-                    ResolveDeferred(force: false);
+                    Settle();
                 }
             }
         }
@@ -162,8 +162,10 @@ public sealed unsafe class LabProcess
     {
         try
         {
-            // An event applies after the faults read before it: held-back ones go first.
-            if (m.Event != Native.UFFD_EVENT_PAGEFAULT) ResolveDeferred(force: true);
+            // An event applies after the faults read before it: held-back ones go first
+            // (not for our agent's own REMOVE, which changes nothing in the model).
+            bool ours = m.Event == Native.UFFD_EVENT_REMOVE && Agent?.Covers(m.Arg0, m.Arg1) == true;
+            if (m.Event != Native.UFFD_EVENT_PAGEFAULT && !ours) ResolveDeferred(force: true);
             switch (m.Event)
             {
                 case Native.UFFD_EVENT_PAGEFAULT: Fault(m.Arg0, m.Arg1); break;
@@ -173,7 +175,7 @@ public sealed unsafe class LabProcess
                     Interlocked.Increment(ref Events);
                     // Our agent's own madvise is the eviction under way (completed when it replies);
                     // anything else is the program discarding memory.
-                    if (Agent?.Covers(m.Arg0, m.Arg1) != true)
+                    if (!ours)
                     {
                         if (Trace) Console.Error.WriteLine($"lab-trace: pid {Pid}: REMOVE {m.Arg0:x}-{m.Arg1:x} applied (agent busy {Agent?.Busy})");
                         Space.Remove(m.Arg0, m.Arg1 - m.Arg0);
@@ -226,8 +228,15 @@ public sealed unsafe class LabProcess
         for (int i = 0; i < n; i++) FaultNow(_deferFlags[i], _deferAddr[i]);
     }
 
-    /// <summary>Poll timeout: short while faults are held back.</summary>
-    int PollTimeout => _deferCount > 0 ? 1 : -1;
+    /// <summary>Poll timeout: none while messages wait aside, short while faults are held back.</summary>
+    int PollTimeout => _asideCount > 0 ? 0 : _deferCount > 0 ? 1 : -1;
+
+    /// <summary>Resolve held-back faults that may go, and handle whatever that read aside.</summary>
+    void Settle()
+    {
+        ResolveDeferred(force: false);
+        HandleSetAside();
+    }
 
     void Fault(ulong flags, ulong address)
     {
@@ -339,6 +348,17 @@ public sealed unsafe class LabProcess
         int rc = 0;
         foreach (var v in files) { int e = v.Flush(); if (e != 0 && rc == 0) rc = e; }
         return rc;
+    }
+
+    /// <summary>
+    /// The pageout's scan of this process, with the reader kept out: no uffd message is read
+    /// meanwhile, so every page the model has installed is really there (a REMOVE read but
+    /// not yet applied would leave the model a page the kernel zapped, and reading that page's
+    /// bytes would then fault into our own uffd and wait for the reader, which waits for us).
+    /// </summary>
+    public int ScanForPageout(int want, Span<ulong> begun, out bool swapFull)
+    {
+        lock (_handling) return Space.PageoutScan(want, begun, out swapFull);
     }
 
     /// <summary>Wait until every uffd event already read has been applied to the map.</summary>

@@ -120,7 +120,7 @@ public sealed class PageoutDaemon : IDisposable
             if (victim == null) { if (pool.All(p => p.Agent == null)) AgentMissingStops++; return; }
             tried.Add(victim);
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            int n = victim.Space.PageoutScan((int)Math.Min(excess, Batch), _begun, out bool swapFull);
+            int n = victim.ScanForPageout((int)Math.Min(excess, Batch), _begun, out bool swapFull);
             long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
             ScanTicks += t1 - t0;
             if (swapFull) SwapFullStops++;
@@ -186,34 +186,41 @@ public sealed class RunLimit(ulong run)
 
 /// <summary>
 /// The daemon's end of a shim agent connection: sends LAB_EVICT for pages whose eviction the
-/// VM began, and when the agent answers (its madvise is done, the pages are gone from the
-/// process) completes those evictions and wakes the threads that faulted on them meanwhile.
-/// One request in flight at a time.
+/// VM began, and when the agent answers (its moves and madvises are done) completes the
+/// evictions of the spans it did, aborts the others (those pages stay installed, clean
+/// against their committed swap copies) and wakes the threads that faulted on them
+/// meanwhile. One request in flight at a time.
 /// </summary>
 public sealed class EvictAgent
 {
     readonly ControlConnection _conn;
     readonly LabProcess _proc;
     readonly PageoutDaemon _pageout;
-    readonly object _gate = new();
+    readonly ulong _scratch, _scratchEnd;
+    readonly object _gate = new();       // the request in flight; held briefly
+    readonly object _sendGate = new();   // a send vs the connection going away
+    readonly object _finishGate = new(); // a Finish vs the process's teardown
     readonly byte[] _payload = new byte[Proto.MaxPayload];
     readonly ulong[] _pages = new ulong[PageoutDaemon.Batch];
+    readonly int[] _pageSpan = new int[PageoutDaemon.Batch];
     readonly ulong[] _spanStart = new ulong[PageoutDaemon.Batch], _spanEnd = new ulong[PageoutDaemon.Batch];
     int _pageCount, _spanCount;
     uint _seq;
-    volatile bool _busy, _dead, _finishing;
+    volatile bool _busy, _dead, _finishing, _detached;
 
-    public long Requests, RemoveEventsSeen, Failures;
+    public long Requests, RemoveEventsSeen, Failures, PagesAborted;
 
-    public EvictAgent(ControlConnection conn, LabProcess proc, PageoutDaemon pageout)
+    public EvictAgent(ControlConnection conn, LabProcess proc, PageoutDaemon pageout, ulong scratch, ulong scratchLen)
     {
         _conn = conn; _proc = proc; _pageout = pageout;
+        _scratch = scratch;
+        _scratchEnd = scratch == 0 || scratchLen > ulong.MaxValue - scratch ? scratch : scratch + scratchLen;
     }
 
     public bool Busy => _busy || _dead;
     public bool Dead => _dead;
 
-    /// <summary>Ask the agent to drop these pages (whose eviction has begun). False: the agent is gone; the evictions were completed here.</summary>
+    /// <summary>Ask the agent to drop these pages (whose eviction has begun). False: the agent is gone; the evictions were aborted here.</summary>
     public bool Send(ReadOnlySpan<ulong> vas)
     {
         lock (_gate)
@@ -225,9 +232,13 @@ public sealed class EvictAgent
             for (int i = 0; i < _pageCount; i++)
             {
                 ulong va = _pages[i];
-                if (_spanCount > 0 && _spanEnd[_spanCount - 1] == va) { _spanEnd[_spanCount - 1] = va + 4096; continue; }
-                _spanStart[_spanCount] = va;
-                _spanEnd[_spanCount++] = va + 4096;
+                if (_spanCount == 0 || _spanEnd[_spanCount - 1] != va)
+                {
+                    _spanStart[_spanCount] = va;
+                    _spanEnd[_spanCount++] = va;
+                }
+                _spanEnd[_spanCount - 1] = va + 4096;
+                _pageSpan[i] = _spanCount - 1;
             }
             for (int i = 0; i < _spanCount; i++)
             {
@@ -238,18 +249,21 @@ public sealed class EvictAgent
             _seq++;
             Requests++;
         }
-        if (!_dead && _conn.Send(Proto.Evict, _seq, 0, _payload.AsSpan(0, _spanCount * Proto.SpanSize))) return true;
+        bool sent;
+        lock (_sendGate) sent = !_dead && _conn.Send(Proto.Evict, _seq, 0, _payload.AsSpan(0, _spanCount * Proto.SpanSize));
+        if (sent) return true;
         _dead = true;
-        Finish();
+        Finish(0);
         return false;
     }
 
     /// <summary>
-    /// Uffd thread: is this REMOVE event our agent's own madvise (inside a span in flight)?
-    /// Then it is the eviction under way, not the program discarding memory.
+    /// Uffd thread: is this REMOVE event our agent's own (its scratch area, or a madvise inside
+    /// a span in flight)? Then it is the eviction under way, not the program discarding memory.
     /// </summary>
     public bool Covers(ulong start, ulong end)
     {
+        if (_scratch != 0 && start >= _scratch && end <= _scratchEnd) { RemoveEventsSeen++; return true; }
         if (!_busy || _finishing) return false;
         lock (_gate)
         {
@@ -269,42 +283,64 @@ public sealed class EvictAgent
             {
                 if (m.Fd >= 0) Native.close(m.Fd);
                 if (m.Type != (Proto.Evict | Proto.Reply) || m.Seq != _seq || !_busy) break;   // not ours: drop the agent
-                if (m.Status != 0)
+                var p = _conn.Payload(m);
+                int done = p.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(p), (uint)_spanCount) : 0;
+                if (m.Status == 0 && p.Length >= 4) done = _spanCount;
+                else if (m.Status != Native.EAGAIN)
                 {
                     Failures++;
                     Log.Info($"pid {_proc.Pid}: the agent could not drop pages: {Native.StrError(m.Status)}");
                 }
-                Finish();
+                Finish(done);
             }
         }
         finally
         {
-            _dead = true;
-            Finish();
+            // No more sends on this connection: the caller closes it when we return.
+            lock (_sendGate) _dead = true;
+            Finish(0);
         }
     }
 
-    /// <summary>The pages left the process (or never will): complete their evictions and wake their faults.</summary>
-    void Finish()
+    /// <summary>The process is being torn down: no more Finish touches its space or pmap after this returns.</summary>
+    public void Detach()
+    {
+        lock (_sendGate) _dead = true;
+        lock (_finishGate) _detached = true;
+    }
+
+    /// <summary>
+    /// The agent answered (or went): spans before <paramref name="doneSpans"/> left the process,
+    /// so their evictions complete; the others are aborted (their pages may still be there).
+    /// </summary>
+    void Finish(int doneSpans)
     {
         // Every REMOVE of this request was read before the agent answered (its madvise waits
         // for that), but maybe not yet handled: the reader reads a batch, then handles it.
         // Once the batch is handled, Covers may say no.
-        _proc.Barrier();
-        // Not under _gate: CompleteEvict takes the map lock, which the uffd thread may hold
-        // while it asks Covers.
-        lock (_gate)
+        lock (_finishGate)
         {
-            if (!_busy || _finishing) return;
-            _finishing = true;
-        }
-        for (int i = 0; i < _pageCount; i++) _proc.Space.CompleteEvict(_pages[i]);
-        for (int i = 0; i < _spanCount; i++) _proc.Pmap.Wake(_spanStart[i], _spanEnd[i] - _spanStart[i]);
-        lock (_gate)
-        {
-            _pageCount = _spanCount = 0;
-            _finishing = false;
-            _busy = false;
+            if (_detached) { lock (_gate) { _busy = false; _pageCount = _spanCount = 0; } return; }
+            _proc.Barrier();
+            // Not under _gate: CompleteEvict takes the map lock, which the uffd thread may hold
+            // while it asks Covers.
+            lock (_gate)
+            {
+                if (!_busy || _finishing) return;
+                _finishing = true;
+            }
+            for (int i = 0; i < _pageCount; i++)
+            {
+                if (_pageSpan[i] < doneSpans) _proc.Space.CompleteEvict(_pages[i]);
+                else { _proc.Space.AbortEvict(_pages[i]); PagesAborted++; }
+            }
+            for (int i = 0; i < _spanCount; i++) _proc.Pmap.Wake(_spanStart[i], _spanEnd[i] - _spanStart[i]);
+            lock (_gate)
+            {
+                _pageCount = _spanCount = 0;
+                _finishing = false;
+                _busy = false;
+            }
         }
         _pageout.Kick();
     }

@@ -7,26 +7,30 @@ namespace Lab.Daemon;
 
 /// <summary>
 /// The VM's swap device on the SQLite swap store. Page-outs arrive one page at a time (the
-/// VM's eviction of one page); they are gathered into a cluster that is committed in one
-/// transaction when it is full or when the pageout calls <see cref="Flush"/> (before it
-/// asks the process to drop the pages, so a page is never only in our memory when it
-/// leaves the process for good... except for the moment between write and flush, during
-/// which reads of those slots are served from the cluster buffer).
+/// VM's eviction of one page, under that space's map lock); they wait in memory until the
+/// pageout calls <see cref="Flush"/> after its scan (no map lock held), which commits them
+/// in clusters of <see cref="ClusterPages"/>, one transaction each, before the pages leave
+/// the process. Until then reads of those slots are served from memory. A commit that fails
+/// keeps its pages here (tried again at the next flush); with the buffer full, Write says
+/// the device is full, so the pageout takes only clean pages meanwhile.
 /// </summary>
 public sealed class StoreSwapDevice : ISwapDevice, IDisposable
 {
     public const int ClusterPages = 32;
+    /// <summary>Room for a whole pageout batch and a cluster more.</summary>
+    public const int BufferPages = PageoutDaemon.Batch + ClusterPages;
     const int Page = SwapStore.PageBytes;
 
     readonly SwapStore _store;
-    readonly object _gate = new();        // the filling cluster; held only for copies
+    readonly object _gate = new();        // the buffer; held only for copies, never across SQLite
     readonly object _flushGate = new();   // one flush at a time
-    byte[] _fill = new byte[ClusterPages * Page], _flushing = new byte[ClusterPages * Page];
-    long[] _fillSlots = new long[ClusterPages], _flushSlots = new long[ClusterPages];
-    int _fillCount, _flushCount;
+    readonly byte[] _buf = new byte[BufferPages * Page];
+    // Slot of each waiting page; negative: freed while waiting (freed in the store after the flush).
+    readonly long[] _slots = new long[BufferPages];
+    int _count;
     readonly SlotWrite[] _writes = new SlotWrite[ClusterPages];
-    // Slots freed while their cluster was being committed: freed once the commit is done.
-    readonly List<long> _freeAfterFlush = new();
+    readonly long[] _toFree = new long[BufferPages];
+    public long CommitFailures;
 
     public StoreSwapDevice(SwapStore store) { _store = store; }
 
@@ -34,16 +38,15 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
 
     public long Write(VmOwner kind, long ownerId, long ownerIndex, ReadOnlySpan<byte> page)
     {
+        lock (_gate) if (_count == BufferPages) return 0;
         var owner = kind == VmOwner.Anon ? SwapOwner.Anon(ownerId) : SwapOwner.Object(ownerId, ownerIndex);
         if (!_store.TryAllocate(owner, out long slot)) return 0;
-        bool full;
         lock (_gate)
         {
-            page[..Page].CopyTo(_fill.AsSpan(_fillCount * Page, Page));
-            _fillSlots[_fillCount++] = slot;
-            full = _fillCount == ClusterPages;
+            if (_count == BufferPages) { _store.Free(slot); return 0; }
+            page[..Page].CopyTo(_buf.AsSpan(_count * Page, Page));
+            _slots[_count++] = slot;
         }
-        if (full) Flush();
         return slot;
     }
 
@@ -51,10 +54,8 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
     {
         lock (_gate)
         {
-            for (int i = 0; i < _fillCount; i++)
-                if (_fillSlots[i] == slot) { _fill.AsSpan(i * Page, Page).CopyTo(dest); return VmRead.Ok; }
-            for (int i = 0; i < _flushCount; i++)
-                if (_flushSlots[i] == slot) { _flushing.AsSpan(i * Page, Page).CopyTo(dest); return VmRead.Ok; }
+            for (int i = 0; i < _count; i++)
+                if (_slots[i] == slot) { _buf.AsSpan(i * Page, Page).CopyTo(dest); return VmRead.Ok; }
         }
         return _store.Read(slot, dest) switch
         {
@@ -68,58 +69,61 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
     {
         lock (_gate)
         {
-            for (int i = 0; i < _fillCount; i++)
-            {
-                if (_fillSlots[i] != slot) continue;
-                // Never written: take it out of the cluster (the last page moves into its place).
-                int last = --_fillCount;
-                if (i != last)
-                {
-                    _fillSlots[i] = _fillSlots[last];
-                    _fill.AsSpan(last * Page, Page).CopyTo(_fill.AsSpan(i * Page, Page));
-                }
-                _store.Free(slot);
-                return;
-            }
-            for (int i = 0; i < _flushCount; i++)
-                if (_flushSlots[i] == slot) { _freeAfterFlush.Add(slot); return; }
+            for (int i = 0; i < _count; i++)
+                if (_slots[i] == slot) { _slots[i] = -slot; return; }   // the flush frees it
         }
         _store.Free(slot);
     }
 
-    /// <summary>Commit the pages written so far (one transaction).</summary>
-    public void Flush()
+    /// <summary>Commit the pages written so far, a cluster per transaction. False if a commit failed (its pages wait for the next flush).</summary>
+    public bool Flush()
     {
         lock (_flushGate)
         {
+            int n;
+            lock (_gate) n = _count;
+            if (n == 0) return true;
+            // Entries [0, n) stay where they are until committed: only this thread moves them.
+            int committed = 0;
+            bool ok = true;
+            while (committed < n)
+            {
+                int end = Math.Min(n, committed + ClusterPages), w = 0;
+                lock (_gate)
+                    for (int i = committed; i < end; i++)
+                        if (_slots[i] > 0) _writes[w++] = new SlotWrite(_slots[i], _buf.AsMemory(i * Page, Page));
+                try { _store.WriteCluster(_writes.AsSpan(0, w)); }
+                catch (Exception e) when (e is SwapStoreException or InvalidOperationException or IOException)
+                {
+                    Interlocked.Increment(ref CommitFailures);
+                    Log.Error($"swap store: a pageout cluster could not be committed ({e.Message}); its pages stay in memory");
+                    ok = false;
+                    break;
+                }
+                committed = end;
+            }
+            // Drop the committed entries; collect the slots freed while they waited.
+            int frees = 0;
             lock (_gate)
             {
-                if (_fillCount == 0) return;
-                (_fill, _flushing) = (_flushing, _fill);
-                (_fillSlots, _flushSlots) = (_flushSlots, _fillSlots);
-                _flushCount = _fillCount;
-                _fillCount = 0;
-            }
-            for (int i = 0; i < _flushCount; i++)
-                _writes[i] = new SlotWrite(_flushSlots[i], _flushing.AsMemory(i * Page, Page));
-            try { _store.WriteCluster(_writes.AsSpan(0, _flushCount)); }
-            finally
-            {
-                long[] frees;
-                lock (_gate)
+                for (int i = 0; i < committed; i++)
+                    if (_slots[i] < 0) _toFree[frees++] = -_slots[i];
+                int rest = _count - committed;
+                if (rest > 0 && committed > 0)
                 {
-                    _flushCount = 0;
-                    frees = _freeAfterFlush.Count == 0 ? [] : [.. _freeAfterFlush];
-                    _freeAfterFlush.Clear();
+                    _buf.AsSpan(committed * Page, rest * Page).CopyTo(_buf);
+                    Array.Copy(_slots, committed, _slots, 0, rest);
                 }
-                foreach (long s in frees) _store.Free(s);
+                _count = rest;
             }
+            for (int i = 0; i < frees; i++) _store.Free(_toFree[i]);
+            return ok;
         }
     }
 
     public void Dispose()
     {
-        try { Flush(); } catch (Exception e) when (e is SwapStoreException or ObjectDisposedException) { }
+        try { Flush(); } catch (ObjectDisposedException) { }
         _store.Dispose();
     }
 }

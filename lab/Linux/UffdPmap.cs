@@ -173,15 +173,11 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
             Range = new Native.UffdioRange { Start = va, Len = length },
             Mode = Native.UFFDIO_WRITEPROTECT_MODE_WP,
         };
-        // EAGAIN: an event is waiting to be read. The reader may be waiting for the map lock
-        // our caller holds, so only a few quick tries; the page is left for a later scan.
-        for (int tries = 0; tries < 20; tries++)
-        {
-            if (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) == 0) return true;
-            int e = Native.Errno;
-            if (e != Native.EAGAIN) { if (!Benign(e)) Interlocked.Increment(ref InstallErrors); return false; }
-            Thread.Yield();
-        }
+        // EAGAIN: an event is waiting to be read, and the pageout keeps the reader out while
+        // it scans: no use waiting. The scan stops; the page is left for a later one.
+        if (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) == 0) return true;
+        int e = Native.Errno;
+        if (!Benign(e)) Interlocked.Increment(ref InstallErrors);
         return false;
     }
 

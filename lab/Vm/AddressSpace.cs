@@ -171,9 +171,10 @@ public sealed class AddressSpace
                 installed.Remove(vpn);
                 refs.Add(referenced.Remove(vpn));
                 inactive.Remove(vpn);
-                // A page-out under way at the old address cannot finish there: the page moved
-                // with its bytes, which its swap copy still equals, so it stays, clean.
-                if (evictingCount > 0 && evicting.Remove(vpn)) evictingCount--;
+                // A page-out under way at the old address: the page moved with its bytes, which
+                // its swap copy still equals, so it stays, clean, at the new one. The old
+                // address stays "evicting" until the pageout is done there, so that nothing
+                // mapped there meanwhile is resolved under the agent's feet.
             }
             for (int k = 0; k < pages.Count; k++)
             {
@@ -403,6 +404,23 @@ public sealed class AddressSpace
         }
     }
 
+    /// <summary>
+    /// The pmap could not take the page out after all (the process's agent was busy or
+    /// failed): the page stays installed. Its bytes are still equal to what
+    /// <see cref="BeginEvict"/> saved (it is write-protected; a write would have waited), so
+    /// it is simply clean against its swap copy now; faults on it go through again.
+    /// </summary>
+    public void AbortEvict(ulong va)
+    {
+        ulong vpn = (va & ~PageMask) >> Vm.PageShift;
+        lock (MapLock)
+        {
+            if (!evicting.Remove(vpn)) return;
+            evictingCount--;
+            Bump();
+        }
+    }
+
     /// <summary>Whether a page-out of <paramref name="va"/> is under way. Caller holds the map lock.</summary>
     internal bool EvictingPage(ulong va) => evictingCount > 0 && evicting.Contains(va >> Vm.PageShift);
 
@@ -503,7 +521,11 @@ public sealed class AddressSpace
     long PageOut(ulong va, SwapOwnerKind kind, long ownerId, long ownerIndex)
     {
         if (Vm.Swap == null) return 0;
-        if (!Pmap.TryWriteProtect(va, PageSize)) return -1;   // without it a write could be lost: later
+        if (!Pmap.TryWriteProtect(va, PageSize))
+        {
+            pmapRefused = true;
+            return -1;   // without it a write could be lost: later
+        }
         var buf = Pmap.Staging(1);
         if (!Pmap.ReadPage(va, buf)) return -1;
         long slot = Vm.SwapWrite(kind, ownerId, ownerIndex, buf);
@@ -529,6 +551,8 @@ public sealed class AddressSpace
     ulong[] inactiveQueue = new ulong[64];   // FIFO ring of vpns; entries whose bit went are skipped
     int inactiveHead, inactiveCount;
     ulong activeHand;
+    // The pmap refused a write protection during this scan: it is not a good moment, stop.
+    bool pmapRefused;
 
     /// <summary>Pages installed in the pmap now (what counts against a resident limit). Read without the lock.</summary>
     public int ResidentPages => installed.Count;   // an int read: atomic, maybe a little stale
@@ -553,11 +577,12 @@ public sealed class AddressSpace
         {
             if (destroyed) return 0;
             Interlocked.Increment(ref Counters.pd_scans);
+            pmapRefused = false;
             // A few rounds: the first sweeps may only clear reference bits.
-            for (int round = 0; round < 3 && n < want; round++)
+            for (int round = 0; round < 3 && n < want && !pmapRefused; round++)
             {
                 if (inactive.Count < want * 2) Deactivate(want * 2 - inactive.Count);
-                while (n < want && inactiveCount > 0)
+                while (n < want && inactiveCount > 0 && !pmapRefused)
                 {
                     ulong vpn = inactiveQueue[inactiveHead];
                     inactiveHead = (inactiveHead + 1) % inactiveQueue.Length;
@@ -605,7 +630,11 @@ public sealed class AddressSpace
                     continue;
                 }
                 // Shared file pages need no write protection: evicting them loses nothing.
-                if (!e.Shared && (e.Protection & Prot.Write) != 0 && !Pmap.TryWriteProtect(vpn << Vm.PageShift, PageSize)) continue;
+                if (!e.Shared && (e.Protection & Prot.Write) != 0 && !Pmap.TryWriteProtect(vpn << Vm.PageShift, PageSize))
+                {
+                    pmapRefused = true;   // it will refuse the next ones too (an event is pending): stop
+                    return;
+                }
                 inactive.Add(vpn);
                 if (inactiveCount == inactiveQueue.Length) GrowInactiveQueue();
                 inactiveQueue[(inactiveHead + inactiveCount) % inactiveQueue.Length] = vpn;

@@ -51,9 +51,12 @@ enum lab_msg_type {
     LAB_SET_LIMIT = 16,   /* lab CLI -> daemon: lab_set_limit; the resident limit of one run */
 
     /* daemon -> shim agent (on the agent connection) */
-    LAB_EVICT = 15,       /* n x lab_span: madvise(MADV_DONTNEED) each span that is still lab
-                             memory, in order. Reply: status 0 or the first errno; payload
-                             u32 spans done. The agent never touches lab memory itself, and its
+    LAB_EVICT = 15,       /* n x lab_span: take each span that is still lab memory out of the
+                             process, in order (UFFDIO_MOVE to the scratch, then one madvise of
+                             the scratch; MADV_DONTNEED in place for what will not move). Reply:
+                             status 0 or an errno (EAGAIN: the shim was busy, try later); payload
+                             u32 spans done (those before it are gone, the others untouched or
+                             partly done). The agent never touches lab memory itself, and its
                              madvise blocks until the daemon's uffd reader has read the
                              UFFD_EVENT_REMOVE it raises, so the daemon must answer faults meanwhile. */
 
@@ -135,6 +138,9 @@ struct lab_stat {
 struct lab_agent_hello {
     int32_t pid;        /* getpid() of the process whose agent this is */
     int32_t pad;
+    uint64_t scratch;   /* the agent's scratch area (pages moved out land there, then it is
+                           zapped: its REMOVE events are the agent's), 0 if none */
+    uint64_t scratch_len;
 };
 
 struct lab_span {

@@ -48,6 +48,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The machine runs 6.18 but the installed headers are 6.1: define what may be missing. */
@@ -576,11 +577,9 @@ static int agent_read_payload(int fd, uint32_t len, int *big)
     return 0;
 }
 
-/* MADV_DONTNEED each span still lab memory, in order; stops at the first error.
- * g_conn_lock is held around the check and the madvise: every path that unmaps or
- * replaces lab memory holds it, so a checked span cannot turn into program memory
- * before it is zapped. The madvise blocks until the daemon's uffd reader has read
- * the REMOVE event; g_tab_lock is not held meanwhile. */
+/* LAB_EVICT: take each span still lab memory out of the process, in order; stop at the
+ * first error. A madvise blocks until the daemon's uffd reader has read its REMOVE event;
+ * g_tab_lock is not held meanwhile. */
 static int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode);
 
 /* UFFDIO_MOVE (Linux 6.8; the installed headers may predate it). */
@@ -604,6 +603,12 @@ static int g_move_ok = 1;
 static void scratch_setup(void)
 {
     size_t len = LAB_SCRATCH_PAGES * g_page;
+    if (g_scratch) {
+        /* a fork child's copy of its parent's (empty: fork and the agent both hold g_conn_lock) */
+        real_munmap((void *)g_scratch, len);
+        g_scratch = 0;
+        g_scratch_used = 0;
+    }
     void *a = real_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (a == MAP_FAILED)
         return;
@@ -652,9 +657,33 @@ static uintptr_t move_out(uintptr_t s, uintptr_t e)
     return s;
 }
 
+static int32_t agent_evict_locked(uint32_t n, uint32_t *done);
+
 static int32_t agent_evict(uint32_t n, uint32_t *done)
 {
     *done = 0;
+    /* A program thread holds g_conn_lock only briefly, unless it is itself stuck on a page
+     * this request would release: then say "busy" rather than wait for ever. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 5 * 1000 * 1000;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    if (pthread_mutex_timedlock(&g_conn_lock, &until) != 0)
+        return EAGAIN;
+    int32_t status = agent_evict_locked(n, done);
+    /* The moved pages leave the process now, with one REMOVE event for the scratch. */
+    scratch_zap();
+    pthread_mutex_unlock(&g_conn_lock);
+    return status;
+}
+
+/* Caller holds g_conn_lock: every path that unmaps or replaces lab memory holds it, so a
+ * checked span cannot turn into program memory before it is moved or zapped. */
+static int32_t agent_evict_locked(uint32_t n, uint32_t *done)
+{
     for (uint32_t i = 0; i < n; i++) {
         uintptr_t s = (uintptr_t)g_agent_buf[i].addr;
         uint64_t len = g_agent_buf[i].len;
@@ -666,7 +695,6 @@ static int32_t agent_evict(uint32_t n, uint32_t *done)
             return EINVAL;
         uintptr_t e = s + page_up((uintptr_t)len);
         int r = 0, err = 0;
-        pthread_mutex_lock(&g_conn_lock);
         if (tab_covers(s, e)) {
             uintptr_t rest = move_out(s, e);
             if (rest < e) {
@@ -677,16 +705,12 @@ static int32_t agent_evict(uint32_t n, uint32_t *done)
         } else {
             dbg("agent: %#lx+%#lx is no longer lab memory: skipped", (unsigned long)s, (unsigned long)len);
         }
-        pthread_mutex_unlock(&g_conn_lock);
         if (r != 0) {
             dbg("agent: madvise %#lx+%#lx: %s", (unsigned long)s, (unsigned long)len, strerror(err));
-            scratch_zap();
             return err ? err : EIO;
         }
         (*done)++;
     }
-    /* The moved pages leave the process now, with one REMOVE event for the scratch. */
-    scratch_zap();
     return 0;
 }
 
@@ -725,7 +749,8 @@ static void *agent(void *arg)
         return NULL;
     }
 
-    struct lab_agent_hello ah = {(int32_t)getpid(), 0};
+    scratch_setup();
+    struct lab_agent_hello ah = {(int32_t)getpid(), 0, g_scratch, g_scratch ? LAB_SCRATCH_PAGES * g_page : 0};
     struct lab_hdr h = {LAB_AGENT_HELLO, sizeof ah, 1, 0}, rh;
     int big;
     r = send_msg(fd, &h, &ah, sizeof ah, -1);
@@ -740,7 +765,6 @@ static void *agent(void *arg)
         agent_quit(fd);
         return NULL;
     }
-    scratch_setup();
     dbg("agent: ready on fd %d, scratch %#lx", fd, (unsigned long)g_scratch);
 
     for (;;) {

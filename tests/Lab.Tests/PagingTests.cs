@@ -233,7 +233,7 @@ public sealed class PagingTests(ITestOutputHelper output)
         sampler.Start();
         // Two programs at once, 16 MiB each: together four times the mount's budget.
         var sc = Repo.Prog("swapcheck");
-        var r = m.Run("/bin/bash", "-c", $"'{sc}' 4096 touch & '{sc}' 4096 touch; wait %1");
+        var r = m.Run("/bin/bash", "-c", $"'{sc}' 4096 touch & '{sc}' 4096 touch; wait");
         Volatile.Write(ref stop, true);
         sampler.Join();
         output.WriteLine(r.ToString());

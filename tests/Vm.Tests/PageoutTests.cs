@@ -976,9 +976,9 @@ public sealed class PageoutTests
     }
 
     /// <summary>
-    /// A page the pmap cannot write-protect now is not deactivated (it stays active, its
-    /// bit already spent); an inactive page whose eviction finds the pmap busy is dropped
-    /// from the queue (BeginEvict: Busy), not handed out; both are taken by a later scan.
+    /// A pmap that refuses a write protection (with userfaultfd: an event is pending, so it
+    /// would refuse every page) stops the scan where it is: nothing more is deactivated or
+    /// evicted in that scan. The pages are taken by a later one.
     /// </summary>
     [Theory, MemberData(nameof(Designs))]
     public void WriteProtectRefused_PageStaysActive_TakenLater(string design)
@@ -1004,20 +1004,25 @@ public sealed class PageoutTests
         }
 
         pmap.Refuse.Add(Pg(1));
-        Assert.Equal(new[] { Pg(0), Pg(2) }, ScanHere(2));
-        Assert.Equal(3, space.Counters.pd_deactivated);    // 0, 2, 3: not 1
+        Assert.Empty(ScanHere(2));                          // 0 deactivated, then 1 refused: stop
+        Assert.Equal(1, space.Counters.pd_deactivated);
+        Assert.Equal(4, space.Counters.pd_skipped_referenced);
+        Assert.Equal(0, space.Counters.pageouts);
         Assert.True(sim.Writable(Pg(1)));
+        Assert.False(sim.Writable(Pg(0)));
 
         pmap.Refuse.Clear();
-        pmap.Refuse.Add(Pg(3));                            // inactive already: its eviction cannot write-protect
-        Assert.Equal(new[] { Pg(1) }, ScanHere(2));
+        Assert.Equal(new[] { Pg(0), Pg(2) }, ScanHere(2));  // the hand goes on at 2, 3, then 1
         Assert.Equal(4, space.Counters.pd_deactivated);
-        Assert.Equal(3, space.Counters.pageouts);          // 0, 2, then 1
+        Assert.Equal(2, space.Counters.pageouts);
+
+        pmap.Refuse.Add(Pg(3));                            // inactive already: its eviction cannot write-protect
+        Assert.Empty(ScanHere(2));
+        Assert.Equal(2, space.Counters.pageouts);
         Assert.True(sim.Present(Pg(3)));
-        Assert.Equal(0, space.InactivePages);
 
         pmap.Refuse.Clear();
-        Assert.Equal(new[] { Pg(3) }, ScanHere(2));
+        Assert.Equal(new[] { Pg(1), Pg(3) }, ScanHere(2));  // 3 left the queue when refused and came back behind 1
         Assert.Equal(4, space.Counters.pageouts);
         Assert.Equal(0, space.ResidentPages);
         for (int i = 0; i < 4; i++) Assert.Equal(Pattern(i), sim.ReadPage(Pg(i)));
