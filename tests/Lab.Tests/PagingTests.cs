@@ -101,14 +101,7 @@ public sealed class PagingTests(ITestOutputHelper output)
         var m = new LabMount(vm, "--swap", swap);
         try
         {
-            var psi = new ProcessStartInfo(Repo.Lab)
-            {
-                RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-            };
-            foreach (var a in new[] { "run", "--mount", m.Mount, "--resident-limit", "4M", "--", Repo.Prog("swapcheck"), "8192", "loop" })
-                psi.ArgumentList.Add(a);
-            psi.Environment["LAB_PRELOAD"] = Repo.Shim;
-            using var p = Process.Start(psi)!;
+            using var p = StartLab("run", "--mount", m.Mount, "--resident-limit", "4M", "--", Repo.Prog("swapcheck"), "8192", "loop");
             var err = p.StandardError.ReadToEndAsync();
             try
             {
@@ -155,14 +148,7 @@ public sealed class PagingTests(ITestOutputHelper output)
         var m = new LabMount(vm, "--swap", swap);
         try
         {
-            var psi = new ProcessStartInfo(Repo.Lab)
-            {
-                RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-            };
-            foreach (var a in new[] { "run", "--mount", m.Mount, "--resident-limit", "2M", "--stats", "--", Repo.Prog("swapcheck"), "4096", "check" })
-                psi.ArgumentList.Add(a);
-            psi.Environment["LAB_PRELOAD"] = Repo.Shim;
-            using var p = Process.Start(psi)!;
+            using var p = StartLab("run", "--mount", m.Mount, "--resident-limit", "2M", "--stats", "--", Repo.Prog("swapcheck"), "4096", "check");
             var err = p.StandardError.ReadToEndAsync();
             try
             {
@@ -263,14 +249,7 @@ public sealed class PagingTests(ITestOutputHelper output)
             print("written", flush=True)
             sys.stdin.readline()
             """;
-        var psi = new ProcessStartInfo(Repo.Lab)
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-        };
-        foreach (var a in new[] { "run", "--mount", m.Mount, "--resident-limit", "4M", "--stats", "--", Repo.Python, "-c", program, m.M("f.bin") })
-            psi.ArgumentList.Add(a);
-        psi.Environment["LAB_PRELOAD"] = Repo.Shim;
-        using var p = Process.Start(psi)!;
+        using var p = StartLab("run", "--mount", m.Mount, "--resident-limit", "4M", "--stats", "--", Repo.Python, "-c", program, m.M("f.bin"));
         var err = p.StandardError.ReadToEndAsync();
         const int Enough = Pages - 1024 - 512;   // all but the limit and a batch
         try
@@ -308,6 +287,18 @@ public sealed class PagingTests(ITestOutputHelper output)
         for (int i = 0; i < pages; i++)
             if (bytes.AsSpan(i * 4096, 8).SequenceEqual(System.Text.Encoding.ASCII.GetBytes($"P{i:D7}"))) n++;
         return n;
+    }
+
+    /// <summary>`lab ARGS` with every stream redirected, for a test that talks to the program while it runs.</summary>
+    static Process StartLab(params string[] args)
+    {
+        var psi = new ProcessStartInfo(Repo.Lab)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+        };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["LAB_PRELOAD"] = Repo.Shim;
+        return Process.Start(psi)!;
     }
 
     static long Rows(string swap)
