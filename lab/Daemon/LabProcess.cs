@@ -216,7 +216,7 @@ public sealed unsafe class LabProcess
     bool Throttled => Agent is { Dead: false } && (Over(Limit, RunBase) || Over(MountLimit, MountBase));
 
     bool Over(RunLimit? l, int baseline) =>
-        l is { Pages: > 0 } && Volatile.Read(ref l.LastTotal) + (Space.ResidentPages - baseline) > l.Pages + l.Slack;
+        l is { Pages: > 0, Stuck: false } && Volatile.Read(ref l.LastTotal) + (Space.ResidentPages - baseline) > l.Pages + l.Slack;
 
     /// <summary>Resolve the held-back faults if the pool is back under its limit or they waited long enough.</summary>
     void ResolveDeferred(bool force)

@@ -107,9 +107,12 @@ public sealed class PageoutDaemon : IDisposable
         long resident = Total(pool, pl, mount);
         if (Trace && resident > limit)
             Console.Error.WriteLine($"lab-trace: pool {pl.Run}: {resident}/{limit} " + string.Join(" ", pool.Select(p => $"{p.Pid}:{p.Space.ResidentPages}:{(p.Agent == null ? "none" : p.Agent.Dead ? "dead" : p.Agent.Busy ? "busy" : "free")}")));
-        if (resident <= limit) return;
+        if (resident <= limit) { pl.Stuck = false; return; }
         long excess = resident - limit + Math.Min(limit / 16, Batch);
         var tried = new HashSet<LabProcess>();
+        // Stuck: nothing could be taken (dirty pages and no swap, or a full one; wired pages)
+        // and nothing is on its way out: faults must not wait for a pageout that cannot come.
+        bool progress = pool.Any(p => p.Agent is { Busy: true, Dead: false });
         while (excess > 0 && !_stop)
         {
             // The biggest process whose agent is free.
@@ -117,7 +120,7 @@ public sealed class PageoutDaemon : IDisposable
             foreach (var p in pool)
                 if (!tried.Contains(p) && p.Agent is { Busy: false } && (victim == null || p.Space.ResidentPages > victim.Space.ResidentPages))
                     victim = p;
-            if (victim == null) { if (pool.All(p => p.Agent == null)) AgentMissingStops++; return; }
+            if (victim == null) { if (pool.All(p => p.Agent == null)) AgentMissingStops++; break; }
             tried.Add(victim);
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             int n = victim.ScanForPageout((int)Math.Min(excess, Batch), _begun, out bool swapFull);
@@ -126,15 +129,19 @@ public sealed class PageoutDaemon : IDisposable
             if (swapFull) SwapFullStops++;
             Total(pool, pl, mount);   // the throttle's view, fresh after each batch
             if (n == 0) continue;
+            progress = true;
             Batches++;
             PagesBegun += n;
             excess -= n;
-            // The saved pages are committed before they leave the process.
+            // The saved pages are committed before they leave the process (a failed commit
+            // keeps them in the device's memory, where swap-ins find them).
             _swap?.Flush();
             FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t1;
-            WriteBackShared(victim, n);
-            if (!victim.Agent!.Send(_begun.AsSpan(0, n))) continue;
+            try { WriteBackShared(victim, n); }
+            catch (Exception e) { Log.Error($"pid {victim.Pid}: write-back at pageout: {e.GetType().Name}: {e.Message}"); }
+            victim.Agent!.Send(_begun.AsSpan(0, n));   // false: the agent went; the evictions were aborted
         }
+        pl.Stuck = !progress;
     }
 
     /// <summary>
@@ -180,6 +187,8 @@ public sealed class RunLimit(ulong run)
     public long Pages;
     /// <summary>The pool's resident pages when the pageout last added them up.</summary>
     public long LastTotal;
+    /// <summary>The pageout could take nothing from the pool last time: its faults do not wait.</summary>
+    public volatile bool Stuck;
     /// <summary>How far over the limit a pool may go before its faults wait: a batch or two of pageout.</summary>
     public long Slack => Math.Max(PageoutDaemon.Batch, Pages / 16);
 }

@@ -171,6 +171,7 @@ public sealed class AddressSpace
                 installed.Remove(vpn);
                 refs.Add(referenced.Remove(vpn));
                 inactive.Remove(vpn);
+                protectedByPageout.Remove(vpn);
                 // A page-out under way at the old address: the page moved with its bytes, which
                 // its swap copy still equals, so it stays, clean, at the new one. The old
                 // address stays "evicting" until the pageout is done there, so that nothing
@@ -235,6 +236,7 @@ public sealed class AddressSpace
         if (end == start) return;
         lock (MapLock)
         {
+            if (protectedByPageout.Count > 0) protectedByPageout.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
             ThrowIfDestroyed();
             var (i, j) = ClipRange(start, end);
             for (int k = i; k < j; k++)
@@ -401,6 +403,7 @@ public sealed class AddressSpace
             if (!evicting.Remove(vpn)) return;
             evictingCount--;
             installed.Remove(vpn);
+            protectedByPageout.Remove(vpn);
         }
     }
 
@@ -521,7 +524,7 @@ public sealed class AddressSpace
     long PageOut(ulong va, SwapOwnerKind kind, long ownerId, long ownerIndex)
     {
         if (Vm.Swap == null) return 0;
-        if (!Pmap.TryWriteProtect(va, PageSize))
+        if (!protectedByPageout.Remove(va >> Vm.PageShift) && !Pmap.TryWriteProtect(va, PageSize))
         {
             pmapRefused = true;
             return -1;   // without it a write could be lost: later
@@ -548,6 +551,10 @@ public sealed class AddressSpace
 
     readonly PageSet referenced = new();
     readonly PageSet inactive = new();
+    // Pages this scan's deactivation write-protected and that nothing has touched since (any
+    // install, removal, move or mprotect of the page clears its bit): their page-out need
+    // not write-protect them again.
+    readonly PageSet protectedByPageout = new();
     ulong[] inactiveQueue = new ulong[64];   // FIFO ring of vpns; entries whose bit went are skipped
     int inactiveHead, inactiveCount;
     ulong activeHand;
@@ -612,7 +619,36 @@ public sealed class AddressSpace
         Span<ulong> look = count <= 256 ? stackalloc ulong[256] : new ulong[Math.Min(count * 2, 65536)];
         // Looking at each installed page at most twice: the first time may only clear its bit.
         int budget = Math.Min(installed.Count * 2, 1 << 22);
-        while (count > 0 && budget > 0)
+        ulong runStart = 0;
+        int runCount = 0;
+        try
+        {
+            DeactivateSome(ref count, ref budget, look, ref runStart, ref runCount);
+        }
+        finally
+        {
+            if (runCount > 0) ProtectRun(ref runStart, ref runCount);
+        }
+    }
+
+    /// <summary>
+    /// Write-protect a run of pages just deactivated; they count as protected by the pageout.
+    /// False: the pmap refused (an event is pending): stop the scan. The run's pages stay
+    /// inactive unprotected, so their page-out protects them itself.
+    /// </summary>
+    bool ProtectRun(ref ulong runStart, ref int runCount)
+    {
+        bool ok = Pmap.TryWriteProtect(runStart << Vm.PageShift, (ulong)runCount << Vm.PageShift);
+        if (ok)
+            for (int k = 0; k < runCount; k++) protectedByPageout.Add(runStart + (ulong)k);
+        else pmapRefused = true;
+        runCount = 0;
+        return ok;
+    }
+
+    void DeactivateSome(ref int count, ref int budget, Span<ulong> look, ref ulong runStart, ref int runCount)
+    {
+        while (count > 0 && budget > 0 && !pmapRefused)
         {
             int got = installed.CollectFrom(activeHand, look[..Math.Min(look.Length, budget)]);
             if (got == 0) return;
@@ -630,10 +666,12 @@ public sealed class AddressSpace
                     continue;
                 }
                 // Shared file pages need no write protection: evicting them loses nothing.
-                if (!e.Shared && (e.Protection & Prot.Write) != 0 && !Pmap.TryWriteProtect(vpn << Vm.PageShift, PageSize))
+                // The others are protected a run of neighbours at a time (one ioctl per run).
+                if (!e.Shared && (e.Protection & Prot.Write) != 0)
                 {
-                    pmapRefused = true;   // it will refuse the next ones too (an event is pending): stop
-                    return;
+                    if (runCount > 0 && vpn != runStart + (ulong)runCount && !ProtectRun(ref runStart, ref runCount)) return;
+                    if (runCount == 0) runStart = vpn;
+                    runCount++;
                 }
                 inactive.Add(vpn);
                 if (inactiveCount == inactiveQueue.Length) GrowInactiveQueue();
@@ -791,6 +829,7 @@ public sealed class AddressSpace
             installed.Clear();
             referenced.Clear();
             inactive.Clear();
+            protectedByPageout.Clear();
             inactiveCount = 0;
             evicting.Clear();
             evictingCount = 0;
@@ -905,6 +944,7 @@ public sealed class AddressSpace
         ulong vpn = va >> Vm.PageShift;
         installed.Add(vpn);
         referenced.Add(vpn);   // the pageout's reference bit: this page was just used
+        if (protectedByPageout.Count > 0) protectedByPageout.Remove(vpn);
     }
 
     /// <summary>
@@ -914,7 +954,11 @@ public sealed class AddressSpace
     /// </summary>
     public void ForgetInstalled(ulong va)
     {
-        lock (MapLock) installed.Remove(va >> Vm.PageShift);
+        lock (MapLock)
+        {
+            installed.Remove(va >> Vm.PageShift);
+            protectedByPageout.Remove(va >> Vm.PageShift);
+        }
     }
 
     /// <summary>A map change the faults must notice (FreeBSD's map timestamp).</summary>
@@ -1005,7 +1049,11 @@ public sealed class AddressSpace
         }
     }
 
-    void DropInstalled(ulong start, ulong end) => installed.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
+    void DropInstalled(ulong start, ulong end)
+    {
+        installed.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
+        if (protectedByPageout.Count > 0) protectedByPageout.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
+    }
 
     void CollectInstalled(ulong start, ulong end, List<ulong> into) =>
         installed.CollectRange(start >> Vm.PageShift, end >> Vm.PageShift, into);

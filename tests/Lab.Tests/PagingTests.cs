@@ -289,6 +289,23 @@ public sealed class PagingTests(ITestOutputHelper output)
         return n;
     }
 
+    [KernelFact]
+    public void WithoutSwap_DirtyPagesStay_AndTheProgramIsNotHeldBack()
+    {
+        using var m = new LabMount("freebsd", "--swap", "none");
+        var r = Sh.Lab("run", "--mount", m.Mount, "--stats", "--resident-limit", "2M", "--", Repo.Prog("swapcheck"), "4096", "touch");
+        var c = LabMount.ParseCounters(r.Stderr);
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal("ok\n", r.Stdout);
+        // Nothing to write dirty pages to: none went out, none came back, nothing was lost.
+        Assert.Equal(0, LabMount.Get(c, "pageouts"));
+        Assert.Equal(0, LabMount.Get(c, "pageins"));
+        // The pageout found nothing it could take, so the faults did not wait for it (a few
+        // may have, before it first found out).
+        Assert.True(LabMount.Get(c, "faults_throttled") < 300, $"faults_throttled {LabMount.Get(c, "faults_throttled")}");
+    }
+
     /// <summary>`lab ARGS` with every stream redirected, for a test that talks to the program while it runs.</summary>
     static Process StartLab(params string[] args)
     {
