@@ -94,6 +94,43 @@ public sealed class PagingTests(ITestOutputHelper output)
         Assert.Contains("\nswap_slots_in_use 0\n", stats);
     }
 
+    /// <summary>Builds ~50 MiB of strings, forks; the child changes the list and hashes it, then the parent hashes its own.</summary>
+    const string ForkProgram = """
+        import hashlib, os
+        data = [("%020d" % i) * 3 for i in range(400_000)]
+        def digest():
+            h = hashlib.sha256()
+            for s in data: h.update(s.encode())
+            return h.hexdigest()
+        pid = os.fork()
+        if pid == 0:
+            data.append("child")
+            print("child", digest(), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("parent", digest(), flush=True)
+        """;
+
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void ForkedPythonUnder16MLimit_ParentAndChildSeeTheirOwnData(string vm)
+    {
+        var plain = Sh.Run(Repo.Python, new[] { "-c", ForkProgram }, timeoutMs: 300_000);
+        Assert.True(plain.ExitCode == 0, plain.ToString());
+        using var m = new LabMount(vm);
+        var r = Sh.Run(Repo.Lab, new[] { "run", "--mount", m.Mount, "--resident-limit", "16M", "--stats", "--", Repo.Python, "-c", ForkProgram },
+            timeoutMs: 300_000);
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal(plain.Stdout, r.Stdout);
+        var c = LabMount.ParseCounters(r.Stderr);
+        // Both processes' pages went out and came back (copy-on-write pages too: those the
+        // agent cannot move are dropped in place).
+        Assert.True(LabMount.Get(c, "pageouts") > 10_000, $"pageouts {LabMount.Get(c, "pageouts")}");
+        Assert.True(LabMount.Get(c, "pageins") > 10_000, $"pageins {LabMount.Get(c, "pageins")}");
+        Assert.Equal(2, LabMount.Get(c, "processes"));
+        Assert.Equal(0, LabMount.Get(c, "sigbus") + LabMount.Get(c, "internal_errors") + LabMount.Get(c, "lookup_miss"));
+    }
+
     [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
     public void KillingTheDaemonWhilePaging_ProgramEndsWithTheMessage_SwapFileIntact(string vm)
     {
