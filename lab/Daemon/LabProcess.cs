@@ -36,7 +36,6 @@ public sealed unsafe class LabProcess
     // program's munmap/mremap once its event is *read*; a control request that follows
     // takes this lock to know the event has also been *applied* (see Barrier).
     readonly object _handling = new();
-    static readonly bool Trace = Environment.GetEnvironmentVariable("LAB_TRACE") == "1";
 
     readonly ManualResetEventSlim _torndown = new();
 
@@ -175,11 +174,7 @@ public sealed unsafe class LabProcess
                     Interlocked.Increment(ref Events);
                     // Our agent's own madvise is the eviction under way (completed when it replies);
                     // anything else is the program discarding memory.
-                    if (!ours)
-                    {
-                        if (Trace) Console.Error.WriteLine($"lab-trace: pid {Pid}: REMOVE {m.Arg0:x}-{m.Arg1:x} applied (agent busy {Agent?.Busy})");
-                        Space.Remove(m.Arg0, m.Arg1 - m.Arg0);
-                    }
+                    if (!ours) Space.Remove(m.Arg0, m.Arg1 - m.Arg0);
                     break;
                 case Native.UFFD_EVENT_UNMAP:
                     Interlocked.Increment(ref Events);
@@ -331,13 +326,17 @@ public sealed unsafe class LabProcess
     /// Pages of writable shared mappings in the range may have been written by the program
     /// (no dirty bit reaches us): mark them dirty and remember their files for the next flush.
     /// </summary>
-    public void MarkShared(ulong addr, ulong len)
+    /// Returns how many pages were marked.
+    public long MarkShared(ulong addr, ulong len)
     {
+        long pages = 0;
         foreach (var (vnode, first, count) in Space.SharedRanges(addr, len))
         {
             vnode.MarkDirty(first, count);
+            pages += count;
             lock (_pendingFlush) if (!_pendingFlush.Contains(vnode)) _pendingFlush.Add(vnode);
         }
+        return pages;
     }
 
     /// <summary>Write back the files marked by MarkShared. Returns 0 or the first errno.</summary>

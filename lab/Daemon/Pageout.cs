@@ -15,7 +15,6 @@ namespace Lab.Daemon;
 public sealed class PageoutDaemon : IDisposable
 {
     public const int Batch = 256;
-    static readonly bool Trace = Environment.GetEnvironmentVariable("LAB_TRACE") == "1";
     const int Page = 4096;
 
     readonly Registry _registry;
@@ -27,7 +26,7 @@ public sealed class PageoutDaemon : IDisposable
     Thread? _thread;
     volatile bool _stop;
 
-    public long Batches, PagesBegun, SwapFullStops, AgentMissingStops, SharedPagesWritten, ScanTicks, FlushTicks;
+    public long Batches, PagesBegun, SwapFullStops, SharedPagesWritten, ScanTicks, FlushTicks;
 
     public PageoutDaemon(Registry registry, StoreSwapDevice? swap, long mountLimitBytes)
     {
@@ -105,8 +104,6 @@ public sealed class PageoutDaemon : IDisposable
     {
         long limit = pl.Pages;
         long resident = Total(pool, pl, mount);
-        if (Trace && resident > limit)
-            Console.Error.WriteLine($"lab-trace: pool {pl.Run}: {resident}/{limit} " + string.Join(" ", pool.Select(p => $"{p.Pid}:{p.Space.ResidentPages}:{(p.Agent == null ? "none" : p.Agent.Dead ? "dead" : p.Agent.Busy ? "busy" : "free")}")));
         if (resident <= limit) { pl.Stuck = false; return; }
         long excess = resident - limit + Math.Min(limit / 16, Batch);
         var tried = new HashSet<LabProcess>();
@@ -120,7 +117,7 @@ public sealed class PageoutDaemon : IDisposable
             foreach (var p in pool)
                 if (!tried.Contains(p) && p.Agent is { Busy: false } && (victim == null || p.Space.ResidentPages > victim.Space.ResidentPages))
                     victim = p;
-            if (victim == null) { if (pool.All(p => p.Agent == null)) AgentMissingStops++; break; }
+            if (victim == null) break;
             tried.Add(victim);
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             int n = victim.ScanForPageout((int)Math.Min(excess, Batch), _begun, out bool swapFull);
@@ -137,6 +134,7 @@ public sealed class PageoutDaemon : IDisposable
             // keeps them in the device's memory, where swap-ins find them).
             _swap?.Flush();
             FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t1;
+            Array.Sort(_begun, 0, n);   // ascending: runs for the write-back and the agent's spans
             try { WriteBackShared(victim, n); }
             catch (Exception e) { Log.Error($"pid {victim.Pid}: write-back at pageout: {e.GetType().Name}: {e.Message}"); }
             victim.Agent!.Send(_begun.AsSpan(0, n));   // false: the agent went; the evictions were aborted
@@ -151,20 +149,15 @@ public sealed class PageoutDaemon : IDisposable
     /// </summary>
     void WriteBackShared(LabProcess victim, int n)
     {
-        Array.Sort(_begun, 0, n);
         bool any = false;
         for (int i = 0; i < n;)
         {
             int j = i + 1;
             while (j < n && _begun[j] == _begun[j - 1] + Page) j++;
             ulong start = _begun[i], len = (ulong)(j - i) * Page;
-            var shared = victim.Space.SharedRanges(start, len);
-            if (shared.Count > 0)
-            {
-                any = true;
-                foreach (var (_, _, count) in shared) SharedPagesWritten += count;
-                victim.MarkShared(start, len);
-            }
+            long marked = victim.MarkShared(start, len);
+            SharedPagesWritten += marked;
+            any |= marked > 0;
             i = j;
         }
         if (!any) return;
@@ -217,8 +210,6 @@ public sealed class EvictAgent
     uint _seq;
     volatile bool _busy, _dead, _finishing, _detached;
 
-    public long Requests, RemoveEventsSeen, Failures, PagesAborted;
-
     public EvictAgent(ControlConnection conn, LabProcess proc, PageoutDaemon pageout, ulong scratch, ulong scratchLen)
     {
         _conn = conn; _proc = proc; _pageout = pageout;
@@ -229,14 +220,13 @@ public sealed class EvictAgent
     public bool Busy => _busy || _dead;
     public bool Dead => _dead;
 
-    /// <summary>Ask the agent to drop these pages (whose eviction has begun). False: the agent is gone; the evictions were aborted here.</summary>
+    /// <summary>Ask the agent to drop these pages (whose eviction has begun; ascending). False: the agent is gone; the evictions were aborted here.</summary>
     public bool Send(ReadOnlySpan<ulong> vas)
     {
         lock (_gate)
         {
             vas.CopyTo(_pages);
             _pageCount = vas.Length;
-            Array.Sort(_pages, 0, _pageCount);
             _spanCount = 0;
             for (int i = 0; i < _pageCount; i++)
             {
@@ -256,7 +246,6 @@ public sealed class EvictAgent
             }
             _busy = true;
             _seq++;
-            Requests++;
         }
         bool sent;
         lock (_sendGate) sent = !_dead && _conn.Send(Proto.Evict, _seq, 0, _payload.AsSpan(0, _spanCount * Proto.SpanSize));
@@ -272,13 +261,13 @@ public sealed class EvictAgent
     /// </summary>
     public bool Covers(ulong start, ulong end)
     {
-        if (_scratch != 0 && start >= _scratch && end <= _scratchEnd) { RemoveEventsSeen++; return true; }
+        if (_scratch != 0 && start >= _scratch && end <= _scratchEnd) return true;
         if (!_busy || _finishing) return false;
         lock (_gate)
         {
             if (!_busy || _finishing) return false;
             for (int i = 0; i < _spanCount; i++)
-                if (start >= _spanStart[i] && end <= _spanEnd[i]) { RemoveEventsSeen++; return true; }
+                if (start >= _spanStart[i] && end <= _spanEnd[i]) return true;
             return false;
         }
     }
@@ -296,10 +285,7 @@ public sealed class EvictAgent
                 int done = p.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(p), (uint)_spanCount) : 0;
                 if (m.Status == 0 && p.Length >= 4) done = _spanCount;
                 else if (m.Status != Native.EAGAIN)
-                {
-                    Failures++;
                     Log.Info($"pid {_proc.Pid}: the agent could not drop pages: {Native.StrError(m.Status)}");
-                }
                 Finish(done);
             }
         }
@@ -341,7 +327,7 @@ public sealed class EvictAgent
             for (int i = 0; i < _pageCount; i++)
             {
                 if (_pageSpan[i] < doneSpans) _proc.Space.CompleteEvict(_pages[i]);
-                else { _proc.Space.AbortEvict(_pages[i]); PagesAborted++; }
+                else _proc.Space.AbortEvict(_pages[i]);
             }
             for (int i = 0; i < _spanCount; i++) _proc.Pmap.Wake(_spanStart[i], _spanEnd[i] - _spanStart[i]);
             lock (_gate)

@@ -30,7 +30,6 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
     int _count;
     readonly SlotWrite[] _writes = new SlotWrite[ClusterPages];
     readonly long[] _toFree = new long[BufferPages];
-    public long CommitFailures;
 
     public StoreSwapDevice(SwapStore store) { _store = store; }
 
@@ -95,7 +94,6 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
                 try { _store.WriteCluster(_writes.AsSpan(0, w)); }
                 catch (Exception e) when (e is SwapStoreException or InvalidOperationException or IOException)
                 {
-                    Interlocked.Increment(ref CommitFailures);
                     Log.Error($"swap store: a pageout cluster could not be committed ({e.Message}); its pages stay in memory");
                     ok = false;
                     break;

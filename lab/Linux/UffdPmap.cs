@@ -28,9 +28,6 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     /// <summary>The process's pid, for <see cref="ReadPage"/> (0: unknown, pages cannot be read).</summary>
     public int Pid;
 
-    /// <summary>Remove calls so far (page-outs begun). The pageout carries them out through the shim's agent (MADV_DONTNEED in the process).</summary>
-    public long RemoveRequests;
-
     /// <summary>
     /// Set by the process's reader: read pending uffd messages aside until an event has been
     /// read. While an event (our agent's MADV_DONTNEED, the program's munmap...) is unread,
@@ -38,7 +35,6 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     /// only reading past the faults lets the install go through.
     /// </summary>
     public Action? DrainEvents;
-    static readonly bool Trace = Environment.GetEnvironmentVariable("LAB_TRACE") == "1";
 
     /// <summary>EAGAIN on the reader thread: read the pending event aside, then try again (bounded).</summary>
     bool AgainAfterDrain(int errno, ref int tries)
@@ -209,16 +205,14 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         }
     }
 
-    // Counted only: the page-out's unmap runs inside the process (the shim's agent thread),
-    // asked by the pageout for a whole batch (EvictAgent); its REMOVE event is recognised
-    // there and never reaches the model as the program's own MADV_DONTNEED.
-    public void Remove(ulong va, int pages) => Interlocked.Increment(ref RemoveRequests);
+    // Nothing here: the page-out's removal runs inside the process (the shim's agent thread),
+    // asked by the pageout for a whole batch (EvictAgent), which completes the evictions.
+    public void Remove(ulong va, int pages) { }
 
     static bool Benign(int e) => e is Native.EEXIST or Native.ENOENT or Native.EAGAIN or Native.ESRCH or Native.EINVAL;
 
     bool Failed(int errno, ulong va, ulong len)
     {
-        if (Trace) Console.Error.WriteLine($"lab-trace: install at {va:x} failed: errno {errno}");
         if (Benign(errno)) Interlocked.Increment(ref Superseded);
         else Interlocked.Increment(ref InstallErrors);
         // Whatever happened, the faulting thread must not stay blocked: it retries the access.
