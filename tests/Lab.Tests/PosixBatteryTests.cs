@@ -16,6 +16,19 @@ public sealed class PosixBatteryTests(ITestOutputHelper output)
     static RunResult AsNobody(string script) =>
         Sh.Run("setpriv", new[] { "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", script });
 
+    /// <summary>Copies the lab's build output (the apphost and its assemblies) to dest; returns the copy's `lab`.</summary>
+    static string CopyBuild(string dest)
+    {
+        var src = Path.GetDirectoryName(Repo.Lab)!;
+        foreach (var f in Directory.EnumerateFiles(src, "*", SearchOption.AllDirectories))
+        {
+            var to = Path.Combine(dest, Path.GetRelativePath(src, f));
+            Directory.CreateDirectory(Path.GetDirectoryName(to)!);
+            File.Copy(f, to);
+        }
+        return Path.Combine(dest, Path.GetFileName(Repo.Lab));
+    }
+
     [KernelFact]
     public void An_unprivileged_user_mounts_through_fusermount3()
     {
@@ -26,6 +39,8 @@ public sealed class PosixBatteryTests(ITestOutputHelper output)
         Directory.CreateDirectory(backing);
         Directory.CreateDirectory(mnt);
         File.WriteAllText(Path.Combine(backing, "x"), "hi");
+        // The user runs a copy of the build: the checkout may sit where it cannot enter (a 0700 dir).
+        var lab = CopyBuild(Path.Combine(dir, "bin"));
         Sh.Run("chown", new[] { "-R", "65534:65534", dir });
         Sh.Run("chmod", new[] { "755", dir });
         // fusermount3 opens /dev/fuse as the user: this machine's is 0600, so it is opened up for the
@@ -36,7 +51,7 @@ public sealed class PosixBatteryTests(ITestOutputHelper output)
         {
             File.SetUnixFileMode("/dev/fuse", devMode | UnixFileMode.OtherRead | UnixFileMode.OtherWrite);
             var psi = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var a in new[] { "--reuid=65534", "--regid=65534", "--clear-groups", Repo.Lab, "mount", "--foreground", backing, mnt })
+            foreach (var a in new[] { "--reuid=65534", "--regid=65534", "--clear-groups", lab, "mount", "--foreground", backing, mnt })
                 psi.ArgumentList.Add(a);
             psi.Environment["XDG_RUNTIME_DIR"] = dir;
             psi.Environment["HOME"] = dir;
