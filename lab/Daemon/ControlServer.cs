@@ -218,8 +218,12 @@ public sealed unsafe class ControlServer : IDisposable
     static ulong Rd64(ReadOnlySpan<byte> p, int o) => BinaryPrimitives.ReadUInt64LittleEndian(p[o..]);
     static int Rd32(ReadOnlySpan<byte> p, int o) => BinaryPrimitives.ReadInt32LittleEndian(p[o..]);
 
-    static bool Reply(ControlConnection conn, Message m, int status) =>
-        conn.Send(m.Type | Proto.Reply, m.Seq, status, ReadOnlySpan<byte>.Empty);
+    static bool Reply(ControlConnection conn, Message m, int status)
+    {
+        // A refused request is logged (rate-limited): the program sees only an errno.
+        if (status != 0) Log.Info($"refused a control request (type {m.Type}, seq {m.Seq}): {Native.StrError(status)}");
+        return conn.Send(m.Type | Proto.Reply, m.Seq, status, ReadOnlySpan<byte>.Empty);
+    }
 
     public void Dispose()
     {

@@ -18,7 +18,7 @@ public sealed unsafe class LabProcess
     public readonly AddressSpace Space;
     public readonly UffdPmap Pmap;
     public readonly LatencyHistogram Latency = new();
-    public long LookupMisses, InternalErrors, Events, Resyncs;
+    public long LookupMisses, Events, Resyncs;
     /// <summary>The shim's agent (pageout's MADV_DONTNEED in the process); null until it connects.</summary>
     public volatile EvictAgent? Agent;
     /// <summary>The run's resident limit, and the pageout to wake when this process passes it.</summary>
@@ -187,8 +187,8 @@ public sealed unsafe class LabProcess
         {
             // An event the model could not apply: logged and counted; the daemon goes on.
             // (Faults catch their own errors in FaultNow.)
-            Interlocked.Increment(ref InternalErrors);
-            Log.Error($"pid {Pid}: internal error on uffd event {m.Event:x}: {e.GetType().Name}: {e.Message}");
+            Interlocked.Increment(ref Space.Counters.internal_errors);
+            Log.Error($"pid {Pid} ({Comm}): internal error on uffd event {m.Event:x}: {e.GetType().Name}: {e.Message}");
         }
     }
 
@@ -255,8 +255,8 @@ public sealed unsafe class LabProcess
         {
             // Never let one bad fault take the daemon down; never leave the thread blocked
             // either: the page gets SIGBUS, which is loud, rather than silent zeros.
-            Interlocked.Increment(ref InternalErrors);
-            Log.Error($"pid {Pid}: internal error on a fault at {address:x}: {e.GetType().Name}: {e.Message}");
+            Interlocked.Increment(ref Space.Counters.internal_errors);
+            Log.Error($"pid {Pid} ({Comm}): internal error on a fault at {address:x}: {e.GetType().Name}: {e.Message}");
             Pmap.Poison(address & ~0xfffUL);
         }
     }
@@ -267,12 +267,21 @@ public sealed unsafe class LabProcess
         ulong va = address & ~0xfffUL;
         var access = (flags & Native.UFFD_PAGEFAULT_FLAG_WP) != 0 ? FaultAccess.WriteProtect
             : (flags & Native.UFFD_PAGEFAULT_FLAG_WRITE) != 0 ? FaultAccess.Write : FaultAccess.Read;
+        var c = Space.Counters;
+        long pagerErrors = Volatile.Read(ref c.pager_errors), internalErrors = Volatile.Read(ref c.internal_errors);
         var result = Space.Fault(va, access);
         if (result == FaultResult.SigSegv)
         {
             // The kernel let the access through, so the model is missing the range: say so loudly.
             Interlocked.Increment(ref LookupMisses);
+            Log.Error($"pid {Pid} ({Comm}): lookup miss: no map entry for a {access} fault at {va:x}; the page gets SIGBUS");
             Pmap.Poison(va);
+        }
+        else if (result == FaultResult.SigBus && (Volatile.Read(ref c.pager_errors) != pagerErrors || Volatile.Read(ref c.internal_errors) != internalErrors))
+        {
+            // A SIGBUS the program did not ask for (not an access past the end of a file).
+            string why = Volatile.Read(ref c.pager_errors) != pagerErrors ? "pager error" : "internal error";
+            Log.Error($"pid {Pid} ({Comm}, vm {Space.Resolver.Name}): {why} on a {access} fault at {va:x}; the page gets SIGBUS");
         }
         else if (result == FaultResult.Superseded)
         {
@@ -403,11 +412,4 @@ public sealed class LatencyHistogram
         }
         return 0;
     }
-}
-
-internal static class Log
-{
-    static readonly object Gate = new();
-    public static void Info(string s) { lock (Gate) Console.Error.WriteLine($"lab: {s}"); }
-    public static void Error(string s) { lock (Gate) Console.Error.WriteLine($"lab: error: {s}"); }
 }
