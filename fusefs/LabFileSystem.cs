@@ -1171,6 +1171,13 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         return Volatile.Read(ref n.Cache);
     }
 
+    /// <summary>What the file system holds now (for the daemon's stats): nodes the kernel knows, page caches, open handles.</summary>
+    public (int Nodes, int Caches, int Handles) Counts()
+    {
+        lock (_nodesLock)
+            return (_byId.Count, _byId.Values.Count(n => n.Cache != null), _handles.Count);
+    }
+
     /// <summary>Writes back every cache's dirty pages; the first error, or 0.</summary>
     public int FlushAll()
     {

@@ -116,7 +116,16 @@ public sealed class SwapStore : IDisposable
             _wdb = _writeConn.Handle!;
             PrepareFile(_writeConn, path, options);
             Configure(_writeConn, options);
-            if (options.ClearOnOpen) Sql.Exec(_wdb, "DELETE FROM slots");
+            if (options.ClearOnOpen)
+            {
+                Sql.Exec(_wdb, "DELETE FROM slots");
+                // A file made before auto_vacuum was set: switch it now, while it is empty (VACUUM is cheap).
+                if (ScalarLong(_writeConn, "PRAGMA auto_vacuum") != 2)
+                {
+                    NonQuery(_writeConn, "PRAGMA auto_vacuum = INCREMENTAL");
+                    NonQuery(_writeConn, "VACUUM");
+                }
+            }
             RebuildState();
 
             _readConn = OpenConnection(path, create: false);
@@ -205,8 +214,10 @@ public sealed class SwapStore : IDisposable
         }
         if (appId == 0 && tables == 0)
         {
-            // page_size must be set before the first table (and before WAL) fixes it.
+            // page_size must be set before the first table (and before WAL) fixes it; so must
+            // auto_vacuum, which lets Trim give the free pages of freed slots back to the file system.
             NonQuery(conn, $"PRAGMA page_size = {options.PageSize}");
+            NonQuery(conn, "PRAGMA auto_vacuum = INCREMENTAL");
             NonQuery(conn, "PRAGMA journal_mode = WAL");
             using var tx = conn.BeginTransaction();
             NonQuery(conn, SchemaSql, tx);
@@ -258,6 +269,8 @@ public sealed class SwapStore : IDisposable
         NonQuery(conn, "PRAGMA wal_autocheckpoint = 0");
         // Another process (sqlite3, lab swap inspect) may hold a read lock briefly.
         NonQuery(conn, "PRAGMA busy_timeout = 5000");
+        // A WAL that grew during a burst of page-outs is cut back to this size when it restarts.
+        NonQuery(conn, $"PRAGMA journal_size_limit = {4 << 20}");
     }
 
     void RebuildState()
@@ -789,6 +802,42 @@ public sealed class SwapStore : IDisposable
             EndReaderSnapshot();
             CheckpointLocked();
         }
+    }
+
+    /// <summary>
+    /// Gives back what the store holds beyond its live pages (a daemon going idle): commits the
+    /// pending frees, returns the file's free pages to the file system (incremental_vacuum),
+    /// copies the WAL in and truncates it, and releases SQLite's page caches. The file then holds
+    /// the used slots only; an empty store is back to its size at creation.
+    /// </summary>
+    public void Trim()
+    {
+        ThrowIfDisposed();
+        lock (_writeLock)
+        {
+            Flush();
+            EndReaderSnapshot();
+            Sql.Exec(_wdb, "PRAGMA incremental_vacuum");
+            lock (_ckptLock)
+            {
+                EndReaderSnapshot();
+                int rc = raw.sqlite3_wal_checkpoint_v2(_wdb, "main", raw.SQLITE_CHECKPOINT_TRUNCATE, out int log, out int done);
+                if (rc == raw.SQLITE_OK && log == done) { _walPages = 0; _pagesSinceCheckpoint = 0; }
+                Interlocked.Increment(ref Counters.Checkpoints);
+                if (_ckptConn != null) Sql.Exec(_ckptConn.Handle!, "PRAGMA shrink_memory");
+            }
+            lock (_readLock) Sql.Exec(_rdb, "PRAGMA shrink_memory");
+            Sql.Exec(_wdb, "PRAGMA shrink_memory");
+        }
+    }
+
+    /// <summary>Bytes of the store's files now: the database and its WAL.</summary>
+    public long FileBytes()
+    {
+        long n = 0;
+        foreach (var f in new[] { Path, Path + "-wal" })
+            try { n += new FileInfo(f).Length; } catch (IOException) { }
+        return n;
     }
 
     void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

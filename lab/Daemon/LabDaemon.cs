@@ -59,6 +59,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             _vm.Swap = _swap;
         }
         Pageout = new PageoutDaemon(Registry, _swap, options.MemoryBytes);
+        Registry.RunForgotten = Pageout.ForgetRun;
     }
 
     /// <summary>The swap store file, or null without swap.</summary>
@@ -149,8 +150,18 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
                 sb.Append("swap_pages_written ").Append(Interlocked.Read(ref c.PagesWritten)).Append('\n');
                 sb.Append("swap_pages_read ").Append(Interlocked.Read(ref c.PagesRead)).Append('\n');
                 sb.Append("swap_transactions ").Append(Interlocked.Read(ref c.Transactions)).Append('\n');
-                sb.Append("swap_bad_slots ").Append(Interlocked.Read(ref c.BadSlots)).Append('\n');
+                sb.Append("swap_store_bad_slots ").Append(Interlocked.Read(ref c.BadSlots)).Append('\n');
             }
+            // What the daemon holds, to see it return to its starting footprint when idle.
+            var (nodes, caches, handles) = _fs?.Counts() ?? default;
+            sb.Append("fs_nodes ").Append(nodes).Append('\n');
+            sb.Append("fs_page_caches ").Append(caches).Append('\n');
+            sb.Append("fs_open_handles ").Append(handles).Append('\n');
+            sb.Append("vnodes_cached ").Append(_vnodes.Count).Append('\n');
+            sb.Append("runs_tracked ").Append(Registry.RunsTracked).Append('\n');
+            sb.Append("run_limits ").Append(Pageout.RunLimits).Append('\n');
+            if (_swap != null) sb.Append("swap_store_bytes ").Append(_swap.Store.FileBytes()).Append('\n');
+            sb.Append("idle_trims ").Append(Interlocked.Read(ref _idleTrims)).Append('\n');
             sb.Append("pageout_batches ").Append(Pageout.Batches).Append('\n');
             sb.Append("pageout_pages ").Append(Pageout.PagesBegun).Append('\n');
             sb.Append("pageout_swap_full ").Append(Pageout.SwapFullStops).Append('\n');
@@ -177,13 +188,59 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Set(); });
         using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; _stop.Set(); });
         _server.Completion.ContinueWith(_ => _stop.Set());
+        using var idle = new Timer(_ => Guard(IdleTick, "idle trim"), null, 1000, 1000);
         ready?.Invoke();
         _stop.Wait();
+        idle.Change(Timeout.Infinite, Timeout.Infinite);
         Shutdown();
         return 0;
     }
 
     public void RequestStop() => _stop.Set();
+
+    // ---- idle: give back what the last busy spell left (the store's free pages, caches, heaps) ----
+
+    /// <summary>No process for this long (LAB_IDLE_TRIM_MS; default 5 s) after some ran: trim once.</summary>
+    static readonly long IdleTrimMs =
+        long.TryParse(Environment.GetEnvironmentVariable("LAB_IDLE_TRIM_MS"), out long ms) && ms > 0 ? ms : 5000;
+    long _idleSince = -1, _processesAtTrim, _idleTrims;
+    int _trimming;
+
+    void IdleTick()
+    {
+        if (Registry.LiveCount > 0 || _shutdown != 0) { _idleSince = -1; return; }
+        long now = Environment.TickCount64;
+        if (_idleSince < 0) { _idleSince = now; return; }
+        long seen = Registry.ProcessesEver;
+        if (now - _idleSince < IdleTrimMs || seen == _processesAtTrim) return;
+        if (Interlocked.Exchange(ref _trimming, 1) != 0) return;
+        try
+        {
+            _processesAtTrim = seen;
+            TrimIdle();
+            Interlocked.Increment(ref _idleTrims);
+        }
+        finally { Volatile.Write(ref _trimming, 0); }
+    }
+
+    /// <summary>
+    /// With no program running: the swap store gives its free pages back and truncates its WAL,
+    /// the clean pages of the lab's files are dropped, the vnode adapters of objects that are
+    /// gone are forgotten, and the managed and C heaps return their free memory to the kernel.
+    /// </summary>
+    void TrimIdle()
+    {
+        if (_swap != null)
+        {
+            _swap.Flush();
+            _swap.Store.Trim();
+        }
+        DropCaches();
+        // Every object is gone: the adapters are rebuilt on the next map (the VM finds its objects by ino).
+        if (_vm.ObjectsAlive == 0 && Registry.LiveCount == 0) _vnodes.Clear();
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        Native.malloc_trim(0);
+    }
 
     /// <summary>A daemon killed with SIGKILL leaves its socket file behind: remove those whose pid is gone.</summary>
     static void RemoveDeadSockets()
@@ -220,6 +277,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         if (_removeSwapAtExit && _swapPath != null)
             foreach (var f in new[] { _swapPath, _swapPath + "-wal", _swapPath + "-shm" })
                 Guard(() => System.IO.File.Delete(f), "removing the swap store");
+        Log.Flush();
     }
 
     public LabProcess? NewProcess(int uffd, int pid, ulong run, string vm, string comm, out int errno)

@@ -49,6 +49,15 @@ public sealed class PageoutDaemon : IDisposable
         }
     }
 
+    /// <summary>A run that ended long ago: its limit goes (its processes hold the object if any remain).</summary>
+    public void ForgetRun(ulong run)
+    {
+        lock (_runs) _runs.Remove(run);
+    }
+
+    /// <summary>Runs with a limit object (for the stats).</summary>
+    public int RunLimits { get { lock (_runs) return _runs.Count; } }
+
     public void SetRunLimit(ulong run, long bytes)
     {
         LimitOf(run).Pages = bytes / Page;

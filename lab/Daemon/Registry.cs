@@ -21,7 +21,7 @@ public sealed class Registry
     {
         public readonly VmCounters Counters = new();
         public readonly LatencyHistogram Latency = new();
-        public long Processes, LookupMisses, InternalErrors, InstallErrors, Superseded, Events, Resyncs, Throttled;
+        public long Processes, LookupMisses, InstallErrors, Superseded, Events, Resyncs, Throttled;
     }
 
     public Registry(string defaultVm)
@@ -36,7 +36,22 @@ public sealed class Registry
         }
     }
 
-    public void Add(LabProcess p) { lock (_gate) _live.Add(p); }
+    public void Add(LabProcess p) { lock (_gate) { _live.Add(p); _processesEver++; } }
+
+    /// <summary>Processes ever added (the idle trim runs once after each busy spell).</summary>
+    public long ProcessesEver { get { lock (_gate) return _processesEver; } }
+    long _processesEver;
+
+    /// <summary>The counters of this many ended runs are kept (for `lab run --stats`); older ones are dropped.</summary>
+    public const int RunsKept = 256;
+    readonly Queue<ulong> _ended = new();
+    readonly HashSet<ulong> _endedSet = new();
+
+    /// <summary>Called (under no lock of ours) with a run whose counters were dropped: its other state can go too.</summary>
+    public Action<ulong>? RunForgotten;
+
+    /// <summary>Runs whose counters are kept (per-run entries, the mount's total excluded).</summary>
+    public int RunsTracked { get { lock (_gate) return _retired.Count - 1; } }
 
     public int LiveCount { get { lock (_gate) return _live.Count; } }
 
@@ -56,6 +71,7 @@ public sealed class Registry
 
     public void Retire(LabProcess p)
     {
+        List<ulong> forgotten;
         lock (_gate)
         {
             if (!_live.Remove(p)) return;
@@ -64,7 +80,29 @@ public sealed class Registry
                 if (!_retired.TryGetValue(key, out var r)) _retired[key] = r = new Retired();
                 Fold(p, r);
             }
+            if (p.RunId != 0 && _endedSet.Add(p.RunId)) _ended.Enqueue(p.RunId);
+            forgotten = ForgetOldRuns();
         }
+        foreach (var run in forgotten) RunForgotten?.Invoke(run);
+    }
+
+    /// <summary>
+    /// Drops the counters of the oldest ended runs beyond <see cref="RunsKept"/> (under _gate):
+    /// a daemon that serves runs for days must not keep every run's stats. A run still live
+    /// (an exec'd image reconnecting) is kept and looked at again later.
+    /// </summary>
+    List<ulong> ForgetOldRuns()
+    {
+        var gone = new List<ulong>();
+        for (int tries = _ended.Count; _ended.Count > RunsKept && tries > 0; tries--)
+        {
+            ulong run = _ended.Dequeue();
+            if (_live.Any(x => x.RunId == run)) { _ended.Enqueue(run); continue; }
+            _endedSet.Remove(run);
+            _retired.Remove(run);
+            gone.Add(run);
+        }
+        return gone;
     }
 
     static void Fold(LabProcess p, Retired r)
@@ -72,7 +110,7 @@ public sealed class Registry
         p.Space.Counters.AddTo(r.Counters);
         p.Latency.AddTo(r.Latency);
         r.Processes++;
-        r.LookupMisses += p.LookupMisses; r.InternalErrors += p.InternalErrors; r.Events += p.Events; r.Resyncs += p.Resyncs;
+        r.LookupMisses += p.LookupMisses; r.Events += p.Events; r.Resyncs += p.Resyncs;
         r.Throttled += Interlocked.Read(ref p.ThrottledFaults);
         r.InstallErrors += p.Pmap.InstallErrors; r.Superseded += p.Pmap.Superseded;
     }
@@ -85,7 +123,7 @@ public sealed class Registry
             if (_retired.TryGetValue(run, out var r))
             {
                 r.Counters.AddTo(t.Counters); r.Latency.AddTo(t.Latency);
-                t.Processes = r.Processes; t.LookupMisses = r.LookupMisses; t.InternalErrors = r.InternalErrors;
+                t.Processes = r.Processes; t.LookupMisses = r.LookupMisses;
                 t.InstallErrors = r.InstallErrors; t.Superseded = r.Superseded; t.Events = r.Events; t.Resyncs = r.Resyncs;
                 t.Throttled = r.Throttled;
             }
@@ -110,7 +148,6 @@ public sealed class Registry
         sb.Append("install_errors ").Append(t.InstallErrors).Append('\n');
         sb.Append("model_resyncs ").Append(t.Resyncs).Append('\n');
         sb.Append("faults_throttled ").Append(t.Throttled).Append('\n');
-        sb.Append("internal_errors ").Append(t.InternalErrors).Append('\n');
         sb.Append("fault_count ").Append(t.Latency.Count).Append('\n');
         sb.Append("fault_latency_us_p50 ").Append(t.Latency.QuantileMicros(0.5).ToString("0.0")).Append('\n');
         sb.Append("fault_latency_us_p99 ").Append(t.Latency.QuantileMicros(0.99).ToString("0.0")).Append('\n');

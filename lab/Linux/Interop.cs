@@ -67,6 +67,10 @@ public static unsafe partial class Native
         public void* Control; public nuint ControlLen; public int Flags;
     }
 
+    /// <summary>Returns the C heap's free memory to the kernel (glibc).</summary>
+    [LibraryImport("libc")]
+    public static partial int malloc_trim(nuint pad);
+
     [LibraryImport("libc", SetLastError = true)]
     public static partial int ioctl(int fd, ulong request, void* arg);
     [LibraryImport("libc", SetLastError = true)]
