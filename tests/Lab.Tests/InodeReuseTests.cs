@@ -1,3 +1,4 @@
+using Lab.Fusefs;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -67,6 +68,82 @@ public sealed class InodeReuseTests(ITestOutputHelper output)
             Assert.Equal(0, LabMount.Get(c, "pager_errors"));
         }
         Assert.DoesNotContain("error", m.DaemonLog);
+    }
+
+    /// <summary>A disk whose one file, "bad" (1 MiB), fails every read with EIO.</summary>
+    sealed class FailingDisk : IFuseFileSystem
+    {
+        public int Reads;
+
+        static void Attr(ulong node, out FuseAttr a)
+        {
+            a = default;
+            a.Ino = node;
+            a.Mode = node == 1 ? 0x4000u | 0x1ED /*0755*/ : 0x8000u | 0x1A4 /*0644*/;
+            a.Nlink = 1;
+            a.Size = node == 1 ? 0UL : 1UL << 20;
+            a.BlkSize = 4096;
+        }
+
+        public int Lookup(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, out FuseEntryOut entry)
+        {
+            entry = default;
+            if (parent != 1 || !name.SequenceEqual("bad"u8)) return Errno.ENOENT;
+            entry.NodeId = 2;
+            Attr(2, out entry.Attr);
+            return 0;
+        }
+
+        public int GetAttr(in FuseContext c, ulong node, ulong? fh, out FuseAttrOut attr)
+        {
+            attr = default;
+            if (node is not (1 or 2)) return Errno.ENOENT;
+            Attr(node, out attr.Attr);
+            return 0;
+        }
+
+        public int Open(in FuseContext c, ulong node, uint flags, out FuseOpenOut open)
+        {
+            open = default;
+            open.Fh = 1;
+            open.OpenFlags = FuseOpenOut.DirectIo;
+            return 0;
+        }
+
+        public int Read(in FuseContext c, ulong node, ulong fh, long offset, Span<byte> dest, out int read)
+        {
+            Interlocked.Increment(ref Reads);
+            read = 0;
+            return Errno.EIO;
+        }
+
+        public int ReadDir(in FuseContext c, ulong node, ulong fh, long offset, ref FuseDirWriter writer) => 0;
+    }
+
+    [KernelFact]
+    public void APagerFailureIsSigbusAndIsLoggedOnce()
+    {
+        using var m = new LabMount();
+        // A failing disk mounted inside the backing directory: the lab's reads of "bad" get EIO.
+        var disk = new FailingDisk();
+        Directory.CreateDirectory(m.B("disk"));
+        using var server = FuseServer.Mount(m.B("disk"), disk);
+        server.Start(2);
+        var bad = m.M("disk/bad");
+        for (int i = 0; i < 3; i++)
+        {
+            var (r, c) = Run(m, "freebsd", [], Repo.Prog("inoreuse"), "touch", bad);
+            Assert.Equal(128 + 7, r.ExitCode); // SIGBUS, as Linux gives for a mapped page it cannot read
+            Assert.DoesNotContain("byte", r.Stdout);
+            Assert.Equal(1, LabMount.Get(c, "pager_errors"));
+        }
+        Assert.True(disk.Reads > 0);
+        // Said once, with the file and the cause (the next line may come only after the interval).
+        var lines = m.DaemonLog.Split('\n').Where(l => l.Contains("pager:")).ToList();
+        Assert.True(lines.Count == 1, m.DaemonLog);
+        Assert.Contains("page 0 of bad", lines[0]);
+        Assert.Contains("Input/output error", lines[0]);
+        Assert.Contains("SIGBUS", lines[0]);
     }
 
     [KernelFact]

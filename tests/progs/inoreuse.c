@@ -10,6 +10,9 @@
  *       a mapping of the name shows the new ones; then churns files (reusing the freed numbers) and
  *       checks both mappings again.
  *
+ *   inoreuse touch FILE
+ *       Maps FILE private and prints its first byte (a file that cannot be read gives SIGBUS).
+ *
  * Prints "ino N" per file and "ok" at the end; any wrong byte or failed call: a message, exit 1. */
 #include <errno.h>
 #include <fcntl.h>
@@ -90,8 +93,14 @@ static void check(const unsigned char *p, int r, const char *what)
 
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "touch")) {
+        int fd;
+        unsigned char *p = map(argv[2], 0, &fd);
+        printf("byte %d\n", p[0]);
+        return 0;
+    }
     if (argc < 4 || (strcmp(argv[3], "shared") && strcmp(argv[3], "private"))) {
-        fprintf(stderr, "usage: inoreuse loop DIR shared|private N | rename DIR shared|private\n");
+        fprintf(stderr, "usage: inoreuse loop DIR shared|private N | rename DIR shared|private | touch FILE\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
