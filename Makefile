@@ -7,14 +7,14 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch $(BUILD)/inoreuse
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
 all: build
 
 # Debian packages the lab uses at run time or in tests, installed only when missing.
-APT_PKGS := fuse3 sqlite3 ripgrep
+APT_PKGS := fuse3 sqlite3 ripgrep git
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -39,6 +39,10 @@ $(BUILD)/fsx: tests/progs/fsx.c
 	$(CC) $(CFLAGS_C) -o $@ $<
 
 $(BUILD)/swapcheck: tests/progs/swapcheck.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/inoreuse: tests/progs/inoreuse.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 

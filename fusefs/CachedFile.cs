@@ -23,6 +23,7 @@ public sealed unsafe class CachedFile : IDisposable
     private ulong[] _dirty = [];
     private long _size;
     private bool _disposed;
+    private int _holds = 1; // its node's, plus one per VM object that maps the file
 
     public ulong Ino { get; }
     public string Name { get; }
@@ -383,6 +384,28 @@ public sealed unsafe class CachedFile : IDisposable
         }
         _size = size;
         Grow(size);
+    }
+
+    /// <summary>One more holder (a VM object mapping the file): the cache stays open, even after its node
+    /// is gone (the file unlinked or renamed over), until every holder has called <see cref="Release"/>.
+    /// False when it is already closed.</summary>
+    public bool Hold()
+    {
+        int h;
+        do
+        {
+            h = Volatile.Read(ref _holds);
+            if (h <= 0) return false;
+        } while (Interlocked.CompareExchange(ref _holds, h + 1, h) != h);
+        return true;
+    }
+
+    /// <summary>Drops one hold; the last one writes the dirty pages back and closes the cache.</summary>
+    public void Release()
+    {
+        if (Interlocked.Decrement(ref _holds) != 0) return;
+        Flush();
+        Dispose();
     }
 
     public void Dispose()

@@ -361,15 +361,17 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
             n.Lookups -= (long)Math.Min(nlookup, (ulong)long.MaxValue);
             if (n.Lookups > 0) return;
             n.Lookups = 0;
-            // A node with a page cache stays (the daemon may map its memfd) unless its file is gone.
+            // A node with a page cache stays (the daemon may map its memfd) unless its file is gone:
+            // a file looked up again must find the same cache.
             if (n.Cache != null && Stat(n.Fd, out var st) == 0 && st.Nlink > 0) return;
             _byId.Remove(node);
             _byKey.Remove((n.Dev, n.Ino));
             if (_byIno.TryGetValue(n.Ino, out var same) && same == n) _byIno.Remove(n.Ino);
             drop = n;
         }
-        var cache = drop.Cache;
-        if (cache != null) { cache.Flush(); cache.Dispose(); }
+        // The node's hold only: programs may still map the deleted file (the VM objects hold the cache,
+        // whose open fd keeps the backing inode, so its number is not reused while they do).
+        drop.Cache?.Release();
         Native.Close(drop.Fd);
     }
 
@@ -1133,6 +1135,14 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         return _notifier?.InvalidateInode(id, offset, length) ?? false;
     }
 
+    // The node itself, not its number (a later file may have it): nothing to tell once the node is gone.
+    private bool NotifyNode(Node node, long offset, long length)
+    {
+        lock (_nodesLock)
+            if (!_byId.TryGetValue(node.Id, out var cur) || cur != node) return false;
+        return _notifier?.InvalidateInode(node.Id, offset, length) ?? false;
+    }
+
     /// <summary>Tells the kernel that the name <paramref name="name"/> in the directory whose backing st_ino
     /// is <paramref name="parentIno"/> changed behind its back (created, removed, renamed). Never blocks.</summary>
     public bool NotifyInvalidateEntry(ulong parentIno, string name)
@@ -1149,7 +1159,10 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
     // ---------------- page cache ----------------
 
     /// <summary>The page cache of the regular file whose backing st_ino is <paramref name="ino"/>, made on
-    /// first use; null when no node with that ino is known (or it is not a regular file).</summary>
+    /// first use; null when no node with that ino is known (or it is not a regular file). The caller
+    /// must hold the file open on the mount (the shim's fd): its node is then in the tables, and its
+    /// O_PATH fd pins the backing inode, so no other file has that number meanwhile. A cache outlives
+    /// its node only while held (<see cref="CachedFile.Hold"/>), and is never found by number then.</summary>
     public CachedFile? GetCachedFile(ulong ino)
     {
         Node? n;
@@ -1162,7 +1175,7 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         var made = CachedFile.Create(n.Fd, ino, n.Name, out _);
         if (made == null) return null;
         // Pages written through mappings change the file behind the kernel's back.
-        made.Changed = (offset, length) => NotifyInvalidate(ino, offset, length);
+        made.Changed = (offset, length) => NotifyNode(n, offset, length);
         lock (_nodesLock)
         {
             if (n.Cache == null && !_disposed) { Volatile.Write(ref n.Cache, made); return made; }

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Lab.Fusefs;
 using Lab.Linux;
@@ -15,7 +16,9 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     public readonly Registry Registry;
     readonly Lab.Vm.Vm _vm = new();
     readonly string _backing, _mountpoint, _defaultVm;
-    readonly ConcurrentDictionary<ulong, VnodeAdapter> _vnodes = new();
+    // One adapter per page cache (so one VM object per file), found from the cache itself: a number
+    // would find a deleted file's adapter for the next file given that number.
+    readonly ConditionalWeakTable<CachedFile, VnodeAdapter> _vnodes = new();
     LabFileSystem? _fs;
     FuseServer? _server;
     ControlServer? _control;
@@ -343,19 +346,21 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         foreach (var p in Registry.Live())
             foreach (var (vnode, _, _) in p.Space.SharedRanges(0, UserTop)) busy.Add(vnode);
         long dropped = 0;
-        foreach (var v in _vnodes.Values)
+        foreach (var (_, v) in _vnodes)
             if (!busy.Contains(v)) dropped += v.DropClean();
         return dropped;
     }
 
     public CachedFile? File(ulong ino) => _fs?.GetCachedFile(ino);
 
+    /// <summary>The vnode of the file the caller holds open on the mount, whose st_ino is <paramref name="ino"/>.</summary>
     VnodeAdapter? Vnode(ulong ino)
     {
-        if (_vnodes.TryGetValue(ino, out var v)) return v;
         var f = File(ino);
-        return f == null ? null : _vnodes.GetOrAdd(ino, _ => new VnodeAdapter(f));
+        return f == null ? null : _vnodes.GetValue(f, static x => new VnodeAdapter(x));
     }
+
+    static readonly LogLimiter RefusedMaps = new();
 
     public static Prot ToProt(int prot) =>
         ((prot & 1) != 0 ? Prot.Read : 0) | ((prot & 2) != 0 ? Prot.Write : 0) | ((prot & 4) != 0 ? Prot.Exec : 0);
@@ -370,7 +375,11 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
                 return 0;
             case Proto.MapFilePrivate or Proto.MapFileShared:
                 var v = Vnode(ino);
-                if (v == null) return Native.ENOENT;
+                if (v == null)
+                {
+                    RefusedMaps.Error($"pid {p.Pid}: mmap of ino {ino} refused: no such regular file on the mount");
+                    return Native.ENOENT;
+                }
                 p.Space.MapFile(addr, len, ToProt(prot), v, (long)offset, kind == Proto.MapFileShared);
                 return 0;
             default:
@@ -413,7 +422,31 @@ public sealed record DaemonOptions
 /// <summary>The VM core's view of a file: the lab file system's page cache for it.</summary>
 public sealed class VnodeAdapter(CachedFile file) : IVnode
 {
+    // Pager failures: each faulting program gets SIGBUS; the daemon says why, without flooding its log.
+    static readonly LogLimiter PagerErrors = new();
+    int _holds; // holds this adapter's VM objects took on the cache
+
     public string Name => file.Name;
+
+    public void ObjectCreated()
+    {
+        if (file.Hold()) Interlocked.Increment(ref _holds);
+        else PagerErrors.Error($"file {Name} (ino {Ino}) was closed before the VM mapped it");
+    }
+
+    public void ObjectTerminated()
+    {
+        if (Interlocked.Decrement(ref _holds) >= 0) file.Release();
+        else Interlocked.Increment(ref _holds); // its ObjectCreated took no hold
+    }
+
+    int Checked(int e, long pindex)
+    {
+        // ERANGE: the page is past EOF, SIGBUS as on Linux, not a failure of the lab.
+        if (e != 0 && e != Errno.ERANGE)
+            PagerErrors.Error($"pager: page {pindex} of {Name} (ino {Ino}): {Native.StrError(e)}; the faulting program gets SIGBUS");
+        return e;
+    }
 
     public long DropClean() => file.DropClean();
 
@@ -427,8 +460,8 @@ public sealed class VnodeAdapter(CachedFile file) : IVnode
 
     public ulong Ino => file.Ino;
     public long Size => file.Size;
-    public int ReadPages(long pindex, int count, Span<byte> dest) => file.ReadPages(pindex, count, dest);
-    public int LoadPages(long pindex, int count) => file.LoadPages(pindex, count);
+    public int ReadPages(long pindex, int count, Span<byte> dest) => Checked(file.ReadPages(pindex, count, dest), pindex);
+    public int LoadPages(long pindex, int count) => Checked(file.LoadPages(pindex, count), pindex);
     public bool IsResident(long pindex) => file.IsResident(pindex);
     public void MarkDirty(long pindex, long count) => file.MarkDirty(pindex, count);
     public int Flush() => file.Flush();

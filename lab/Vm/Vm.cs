@@ -12,7 +12,9 @@ public sealed class Vm
     public const int PageSize = 4096;
     internal const int PageShift = 12;
 
-    readonly Dictionary<ulong, VmObject> vnodeObjects = new();
+    // Keyed by the vnode itself, never by its inode number: a deleted file's number is handed to
+    // the next file made, and its object must not serve that file's pages.
+    readonly Dictionary<IVnode, VmObject> vnodeObjects = new(ReferenceEqualityComparer.Instance);
     long nextId;
     int objectsAlive;
     long anonsAlive;
@@ -67,10 +69,11 @@ public sealed class Vm
 
     VmObject VnodeObjectLocked(IVnode vnode)
     {
-        if (!vnodeObjects.TryGetValue(vnode.Ino, out var o))
+        if (!vnodeObjects.TryGetValue(vnode, out var o))
         {
             o = new VmObject(Interlocked.Increment(ref nextId), VmObjectKind.Vnode, 0, vnode);
-            vnodeObjects.Add(vnode.Ino, o);
+            vnodeObjects.Add(vnode, o);
+            vnode.ObjectCreated();
         }
         return o;
     }
@@ -184,14 +187,17 @@ public sealed class Vm
         }
         if (o is { Kind: VmObjectKind.Vnode, Vnode: { } vn })
         {
+            bool gone = false;
             // Re-check under the table lock: MapFile may have revived it meanwhile.
             lock (vnodeObjects)
                 lock (o.Lock)
-                    if (o.ref_count == 0 && vnodeObjects.TryGetValue(vn.Ino, out var cur) && cur == o)
+                    if (o.ref_count == 0 && vnodeObjects.TryGetValue(vn, out var cur) && cur == o)
                     {
-                        vnodeObjects.Remove(vn.Ino);
+                        vnodeObjects.Remove(vn);
                         o.dead = true;
+                        gone = true;
                     }
+            if (gone) vn.ObjectTerminated(); // outside the locks: the file layer may write back and close
         }
     }
 

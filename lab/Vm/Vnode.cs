@@ -7,8 +7,16 @@ namespace Lab.Vm;
 /// </summary>
 public interface IVnode
 {
-    /// <summary>Stable identity (the inode number on the lab mount).</summary>
+    /// <summary>The inode number on the lab mount, for display. Not an identity: a deleted file's number
+    /// goes to the next file made. The VM tells vnodes apart by the object itself.</summary>
     ulong Ino { get; }
+
+    /// <summary>The VM made this vnode's object: the file must stay readable (even once unlinked) until
+    /// <see cref="ObjectTerminated"/>, as a mapping keeps a deleted file alive (vnode_pager_alloc's vref).</summary>
+    void ObjectCreated() { }
+
+    /// <summary>The vnode object is gone (no mapping or fault refers to it): the file may be let go.</summary>
+    void ObjectTerminated() { }
 
     /// <summary>Current file size in bytes.</summary>
     long Size { get; }

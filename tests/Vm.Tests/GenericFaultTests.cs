@@ -55,6 +55,34 @@ public sealed class GenericFaultTests
     }
 
     [Theory, MemberData(nameof(Designs))]
+    public void TwoFilesWithOneInodeNumber_EachMapsItsOwnPages(string design)
+    {
+        // A deleted file's number goes to the next file: the old one, still mapped, and the new one
+        // must be two objects, each with its file's pages.
+        var old = new MemVnode(2 * (long)P, pos => (byte)(1 + pos % 100), ino: 7);
+        var p = Proc(design);
+        p.MapFile(A, 2 * P, old, prot: Prot.Read);
+        AssertPageIsFile(p, Pg(0), old, 0);
+        var next = new MemVnode(2 * (long)P, pos => (byte)(101 + pos % 100), ino: 7);
+        p.MapFile(B, 2 * P, next, prot: Prot.Read);
+        for (int i = 0; i < 2; i++)
+        {
+            Assert.Equal(next.Data[i * (int)P + 3], p.Read(B + (ulong)i * P + 3));
+            AssertPageIsFile(p, Pg(i), old, i);
+        }
+        Assert.NotSame(vm.VnodeObject(old), vm.VnodeObject(next));
+        Assert.Equal(1, old.ObjectHolds);
+        Assert.Equal(1, next.ObjectHolds);
+        // The file layer hears when each object goes, so it can let that file go.
+        p.Munmap(A, 2 * P);
+        Assert.Equal(0, old.ObjectHolds);
+        Assert.Equal(1, next.ObjectHolds);
+        p.Munmap(B, 2 * P);
+        Assert.Equal(0, next.ObjectHolds);
+        Assert.Equal(0, p.C.sigbus + p.C.internal_errors + p.C.pager_errors);
+    }
+
+    [Theory, MemberData(nameof(Designs))]
     public void PrivateFile_WriteFault_CopiesUp_FileUnchanged(string design)
     {
         var v = new MemVnode(4 * (long)P);

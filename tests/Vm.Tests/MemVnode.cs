@@ -15,9 +15,9 @@ public sealed class MemVnode : IVnode
     readonly Dictionary<long, byte[]> cache = new();
     readonly HashSet<long> dirty = new();
 
-    public MemVnode(long size, Func<long, byte>? fill = null)
+    public MemVnode(long size, Func<long, byte>? fill = null, ulong? ino = null)
     {
-        Ino = Interlocked.Increment(ref nextIno);
+        Ino = ino ?? Interlocked.Increment(ref nextIno);
         Data = new byte[size];
         fill ??= Pattern;
         for (long i = 0; i < size; i++) Data[i] = fill(i);
@@ -38,6 +38,11 @@ public sealed class MemVnode : IVnode
     public Action<long, int>? OnLoad { get; set; }
 
     public int ReadCalls, LoadCalls, IoCalls;
+    /// <summary>ObjectCreated less ObjectTerminated: 1 while the VM has an object of this file.</summary>
+    public int ObjectHolds;
+
+    public void ObjectCreated() => Interlocked.Increment(ref ObjectHolds);
+    public void ObjectTerminated() => Interlocked.Decrement(ref ObjectHolds);
     public long PagesLoaded, PagesCopied;
     public readonly List<(long Pindex, int Count)> Loads = new();
 
