@@ -7,7 +7,8 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch \
+  $(BUILD)/ownuffd
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
@@ -26,7 +27,7 @@ deps:
 
 native: $(BUILD)/liblabpreload.so $(PROGS)
 
-$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h
+$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h lab/preload/shim.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
 
@@ -41,6 +42,10 @@ $(BUILD)/fsx: tests/progs/fsx.c
 $(BUILD)/swapcheck: tests/progs/swapcheck.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/ownuffd: tests/progs/ownuffd.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $< -lpthread
 
 $(BUILD)/swaptouch: lab/bench/swaptouch.c
 	@mkdir -p $(BUILD)
