@@ -8,7 +8,7 @@ DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_E
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
 PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch \
-  $(BUILD)/ownuffd
+  $(BUILD)/ownuffd $(BUILD)/procmem
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
@@ -46,6 +46,10 @@ $(BUILD)/swapcheck: tests/progs/swapcheck.c
 $(BUILD)/ownuffd: tests/progs/ownuffd.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $< -lpthread
+
+$(BUILD)/procmem: tests/progs/procmem.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
 
 $(BUILD)/swaptouch: lab/bench/swaptouch.c
 	@mkdir -p $(BUILD)

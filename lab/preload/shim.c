@@ -23,7 +23,9 @@
  * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, fork, the wait
  * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED, and the malloc
  * family (malloc, free, calloc, realloc, reallocarray, memalign, posix_memalign,
- * aligned_alloc, valloc, pvalloc, malloc_usable_size).
+ * aligned_alloc, valloc, pvalloc, malloc_usable_size). In their own files: ioctl
+ * (ownuffd.c: a program's own UFFDIO_REGISTER takes lab memory out of the lab), and
+ * read, write, pread, pwrite (procmem.c: /proc/self/mem on lab memory).
  */
 #include "labproto.h"
 #include "shim.h"

@@ -46,4 +46,61 @@ public sealed class OwnUffdAndProcMemTests(ITestOutputHelper output)
         // The lab file mapping stayed lab memory and its file is untouched.
         Assert.Equal(Pattern(4 * 4096), File.ReadAllBytes(m.B("two.dat")));
     }
+
+    const string ProcMemOutput = """
+        anon-ro: ok
+        anon-rw: ok
+        file-private-ro: ok
+        file-private-rw: ok
+        file-shared-ro: ok (EIO)
+        file-shared-ro: file unchanged
+        file-shared-rw: ok
+        file-shared-rw: file has the writes
+        process_vm: ok
+
+        """;
+
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void WritesThroughProcSelfMemReachLabMemory(string vm)
+    {
+        using var m = new LabMount(vm);
+        var native = Sh.Run(Repo.Prog("procmem"), new[] { m.M("native.dat") });
+        Assert.True(native.ExitCode == 0, native.ToString());
+        Assert.Equal(ProcMemOutput, native.Stdout);
+
+        var (r, c) = m.RunCounted(Repo.Prog("procmem"), m.M("lab.dat"));
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal(ProcMemOutput, r.Stdout);
+        // The mappings were lab memory and the lab served them without a miss.
+        Assert.True(LabMount.Get(c, "v_vm_faults") > 0, "no fault reached the lab");
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+        Assert.Equal(0, LabMount.Get(c, "internal_errors"));
+        // The program restored the file after its shared cases: byte i = (i * 7 + 3) & 0xff.
+        var want = new byte[4 * 4096];
+        for (int i = 0; i < want.Length; i++) want[i] = (byte)((i * 7 + 3) & 0xff);
+        Assert.Equal(want, File.ReadAllBytes(m.B("lab.dat")));
+    }
+
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void AWriteThroughProcSelfMemCountsAsAWriteFault(string vm)
+    {
+        using var m = new LabMount(vm);
+        // Eight fresh pages written directly, then through /proc/self/mem into a writable
+        // and into a read-only mapping (FOLL_FORCE): the same faults, the same counters.
+        var (direct, cd) = m.RunCounted(Repo.Prog("procmem"), "--pages", "direct");
+        Assert.True(direct.ExitCode == 0 && direct.Stdout == "ok\n", direct.ToString() + m.DaemonLog);
+        Assert.Equal(8, LabMount.Get(cd, "v_vm_faults"));
+        Assert.Equal(8, LabMount.Get(cd, vm.StartsWith("uvm") ? "flt_przero" : "v_zfod"));
+        foreach (var how in new[] { "mem-rw", "mem-ro" })
+        {
+            var (r, c) = m.RunCounted(Repo.Prog("procmem"), "--pages", how);
+            Assert.True(r.ExitCode == 0 && r.Stdout == "ok\n", how + ": " + r.ToString() + m.DaemonLog);
+            foreach (var name in cd.Keys.Union(c.Keys).Where(k => k.StartsWith("v_") || k.StartsWith("flt_")))
+                Assert.True(LabMount.Get(cd, name) == LabMount.Get(c, name),
+                    $"{how}: {name} {LabMount.Get(c, name)}, direct writes {LabMount.Get(cd, name)}");
+            Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+            Assert.Equal(0, LabMount.Get(c, "internal_errors"));
+        }
+    }
 }
