@@ -47,6 +47,27 @@ public sealed class OwnUffdAndProcMemTests(ITestOutputHelper output)
         Assert.Equal(Pattern(4 * 4096), File.ReadAllBytes(m.B("two.dat")));
     }
 
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void PagesTheLabPagedOutComeBackBeforeTheRangeLeavesIt(string vm)
+    {
+        using var m = new LabMount(vm);
+        // 32 MiB of written pages under an 8 MiB limit: most are in the swap store when the
+        // program registers them with its own uffd. A program never sees swap: every page
+        // must read its bytes, and none may reach the program's handler as missing.
+        var r = Sh.Run(Repo.Lab, new[] { "run", "--mount", m.Mount, "--resident-limit", "8M", "--stats", "--",
+            Repo.Prog("ownuffd"), "--paged", "8192" });
+        output.WriteLine(r.ToString());
+        var c = LabMount.ParseCounters(r.Stderr);
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal("paged: out yes faults 0 ok\n", r.Stdout);
+        long gone = long.Parse(Regex.Match(r.Stderr, @"not resident before registering: (\d+)").Groups[1].Value);
+        Assert.True(LabMount.Get(c, "pageins") >= gone, $"pageins {LabMount.Get(c, "pageins")}, {gone} pages were out");
+        Assert.Equal(1, LabMount.Get(c, "uffd_released_ranges"));
+        Assert.Equal(8192, LabMount.Get(c, "uffd_released_pages"));
+        Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
+        Assert.Equal(0, LabMount.Get(c, "internal_errors"));
+    }
+
     const string ProcMemOutput = """
         anon-ro: ok
         anon-rw: ok

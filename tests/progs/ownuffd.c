@@ -15,6 +15,8 @@
  * Prints one line per range: "anon: pages 16 faults 15 ok", "heap: faults N ok" (N = the
  * block's whole pages - 1), "file: EINVAL"; on stderr "registered P" (pages registered).
  * Exit 0 when all is as expected, 1 otherwise.
+ *
+ *   ownuffd --paged N   (see paged(): pages the lab paged out come back before they leave it)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -93,10 +95,56 @@ static int check(int k, char first)
     return 1;
 }
 
+/* --paged N: fill N anonymous pages (page i all bytes 1 + i % 251), wait (at most 60 s)
+ * until mincore shows at least a quarter of them gone from memory (paged out by a
+ * resident limit), then register them with our uffd: every page must still read its
+ * bytes, none reaching our handler. "paged: out yes|no faults F ok|BAD". */
+static int paged(long n)
+{
+    size_t len = (size_t)n * (size_t)g_pg;
+    unsigned char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned char *vec = malloc((size_t)n);
+    if (m == MAP_FAILED || !vec)
+        return 1;
+    for (long i = 0; i < n; i++)
+        memset(m + i * g_pg, 1 + (int)(i % 251), (size_t)g_pg);
+    long out = 0;
+    for (int t = 0; t < 600 && out < n / 4; t++) {
+        usleep(100 * 1000);
+        if (mincore(m, len, vec) != 0)
+            return 1;
+        out = 0;
+        for (long i = 0; i < n; i++)
+            out += !(vec[i] & 1);
+    }
+    g_base[0] = (uintptr_t)m;
+    g_len[0] = len;
+    g_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    struct uffdio_api api = {.api = UFFD_API, .features = 0};
+    if (g_uffd < 0 || ioctl(g_uffd, UFFDIO_API, &api) != 0 || reg(g_base[0], g_len[0]) != 0) {
+        printf("paged: %s\n", strerror(errno));
+        return 1;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, handler, NULL);
+    long bad = 0;
+    for (long i = 0; i < n; i++)
+        for (long j = 0; j < g_pg; j++)
+            bad += m[i * g_pg + j] != 1 + i % 251;
+    g_stop = 1;
+    pthread_join(t, NULL);
+    int ok = bad == 0 && g_faults[0] == 0;
+    printf("paged: out %s faults %ld %s\n", out >= n / 4 ? "yes" : "no", g_faults[0], ok ? "ok" : "BAD");
+    fprintf(stderr, "not resident before registering: %ld of %ld; wrong bytes %ld\n", out, n, bad);
+    return !ok;
+}
+
 int main(int argc, char **argv)
 {
     g_pg = sysconf(_SC_PAGESIZE);
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 2 && strcmp(argv[1], "--paged") == 0)
+        return paged(atol(argv[2]));
     char *anon = mmap(NULL, 16 * (size_t)g_pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     char *blk = malloc(2 << 20);
     if (anon == MAP_FAILED || !blk) {
@@ -109,7 +157,6 @@ int main(int argc, char **argv)
     g_len[0] = 16 * (uintptr_t)g_pg;
     g_base[1] = hs;
     g_len[1] = he - hs;
-    anon[0] = 'A';
     memset(anon, 'A', (size_t)g_pg);
     memset((void *)hs, 'B', (size_t)g_pg);
 
