@@ -7,7 +7,8 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch $(BUILD)/inoreuse
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch \
+  $(BUILD)/inoreuse $(BUILD)/ownuffd $(BUILD)/procmem
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
@@ -26,7 +27,7 @@ deps:
 
 native: $(BUILD)/liblabpreload.so $(PROGS)
 
-$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h
+$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h lab/preload/shim.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
 
@@ -43,6 +44,14 @@ $(BUILD)/swapcheck: tests/progs/swapcheck.c
 	$(CC) $(CFLAGS_C) -o $@ $<
 
 $(BUILD)/inoreuse: tests/progs/inoreuse.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/ownuffd: tests/progs/ownuffd.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $< -lpthread
+
+$(BUILD)/procmem: tests/progs/procmem.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 

@@ -188,6 +188,18 @@ public sealed unsafe class ControlServer : IDisposable
             }
             case Proto.Unmap when proc != null && p.Length >= Proto.RangeSize:
                 return Reply(conn, m, _daemon.Unmap(proc, Rd64(p, 0), Rd64(p, 8)));
+            case Proto.Release when proc != null && p.Length >= Proto.RangeSize:
+            {
+                ulong addr = Rd64(p, 0), len = Rd64(p, 8);
+                if (len == 0 || ((addr | len) & 0xfff) != 0 || addr + len < addr || addr + len > LabDaemon.UserTop)
+                {
+                    Log.Info($"pid {peerPid}: refused a release of {addr:x}+{len:x}: not a page-aligned user range");
+                    return Reply(conn, m, Native.EINVAL);
+                }
+                int err = proc.Release(addr, len);
+                int flushed = proc.FlushPending();
+                return Reply(conn, m, err != 0 ? err : flushed);
+            }
             case Proto.Msync when proc != null && p.Length >= Proto.RangeSize:
                 return Reply(conn, m, _daemon.Msync(proc, Rd64(p, 0), Rd64(p, 8)));
             case Proto.Protect when proc != null && p.Length >= Proto.RangeSize:

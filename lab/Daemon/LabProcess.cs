@@ -19,6 +19,9 @@ public sealed unsafe class LabProcess
     public readonly UffdPmap Pmap;
     public readonly LatencyHistogram Latency = new();
     public long LookupMisses, Events, Resyncs;
+    /// <summary>Ranges (and their pages) the program registered with a userfaultfd of its own.</summary>
+    public long ReleasedRanges, ReleasedPages;
+    int _releaseLogged;
     /// <summary>The shim's agent (pageout's MADV_DONTNEED in the process); null until it connects.</summary>
     public volatile EvictAgent? Agent;
     /// <summary>The run's resident limit, and the pageout to wake when this process passes it.</summary>
@@ -367,6 +370,51 @@ public sealed unsafe class LabProcess
     public int ScanForPageout(int want, Span<ulong> begun, out bool swapFull)
     {
         lock (_handling) return Space.PageoutScan(want, begun, out swapFull);
+    }
+
+    /// <summary>
+    /// The program registers [addr, addr+len) with a userfaultfd of its own: the range leaves
+    /// the lab. With the reader kept out (every event read is applied, no fault is half
+    /// resolved), pages the lab paged out come back first, since a program never sees swap;
+    /// then the map forgets the range and it leaves our uffd. Pages in the process stay, so
+    /// the program's uffd sees only pages that were never there (as for memory it had
+    /// touched before registering). Faults held back in the range are dropped: the
+    /// unregister wakes their threads, which retry under the program's uffd.
+    /// Returns 0 or errno.
+    /// </summary>
+    public int Release(ulong addr, ulong len)
+    {
+        int err;
+        lock (_handling)
+        {
+            int kept = 0;
+            for (int i = 0; i < _deferCount; i++)
+                if (_deferAddr[i] < addr || _deferAddr[i] - addr >= len)
+                {
+                    _deferFlags[kept] = _deferFlags[i];
+                    _deferAddr[kept++] = _deferAddr[i];
+                }
+            _deferCount = kept;
+            int lost = 0;
+            for (ulong va = addr; va - addr < len; va += 4096)
+                if (Space.IsPagedOut(va) && (Space.Fault(va, FaultAccess.Read) != FaultResult.Resolved || !Space.IsInstalled(va)))
+                    lost++;
+            MarkShared(addr, len);
+            Space.Unmap(addr, len);
+            err = Pmap.Unregister(addr, len);
+            Interlocked.Increment(ref ReleasedRanges);
+            Interlocked.Add(ref ReleasedPages, (long)(len / 4096));
+            if (lost > 0)
+            {
+                Interlocked.Increment(ref Space.Counters.internal_errors);
+                Log.Error($"pid {Pid}: {lost} paged-out pages of {addr:x}-{addr + len:x} could not be brought back before it left the lab");
+            }
+        }
+        if (Interlocked.Exchange(ref _releaseLogged, 1) == 0)
+            Log.Info($"pid {Pid} ({Comm}) registered lab memory {addr:x}-{addr + len:x} with its own userfaultfd: "
+                + "that range leaves the lab (counted in uffd_released_ranges; further ones are not logged)");
+        if (err != 0) Log.Error($"pid {Pid}: UFFDIO_UNREGISTER {addr:x}-{addr + len:x}: {Native.StrError(err)}");
+        return err;
     }
 
     /// <summary>Wait until every uffd event already read has been applied to the map.</summary>

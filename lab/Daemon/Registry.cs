@@ -21,7 +21,7 @@ public sealed class Registry
     {
         public readonly VmCounters Counters = new();
         public readonly LatencyHistogram Latency = new();
-        public long Processes, LookupMisses, InstallErrors, Superseded, Events, Resyncs, Throttled;
+        public long Processes, LookupMisses, InstallErrors, Superseded, Events, Resyncs, Throttled, ReleasedRanges, ReleasedPages;
     }
 
     public Registry(string defaultVm)
@@ -112,6 +112,7 @@ public sealed class Registry
         r.Processes++;
         r.LookupMisses += p.LookupMisses; r.Events += p.Events; r.Resyncs += p.Resyncs;
         r.Throttled += Interlocked.Read(ref p.ThrottledFaults);
+        r.ReleasedRanges += Interlocked.Read(ref p.ReleasedRanges); r.ReleasedPages += Interlocked.Read(ref p.ReleasedPages);
         r.InstallErrors += p.Pmap.InstallErrors; r.Superseded += p.Pmap.Superseded;
     }
 
@@ -125,7 +126,7 @@ public sealed class Registry
                 r.Counters.AddTo(t.Counters); r.Latency.AddTo(t.Latency);
                 t.Processes = r.Processes; t.LookupMisses = r.LookupMisses;
                 t.InstallErrors = r.InstallErrors; t.Superseded = r.Superseded; t.Events = r.Events; t.Resyncs = r.Resyncs;
-                t.Throttled = r.Throttled;
+                t.Throttled = r.Throttled; t.ReleasedRanges = r.ReleasedRanges; t.ReleasedPages = r.ReleasedPages;
             }
             foreach (var p in _live)
                 if (run == 0 || p.RunId == run) Fold(p, t);
@@ -148,6 +149,8 @@ public sealed class Registry
         sb.Append("install_errors ").Append(t.InstallErrors).Append('\n');
         sb.Append("model_resyncs ").Append(t.Resyncs).Append('\n');
         sb.Append("faults_throttled ").Append(t.Throttled).Append('\n');
+        sb.Append("uffd_released_ranges ").Append(t.ReleasedRanges).Append('\n');
+        sb.Append("uffd_released_pages ").Append(t.ReleasedPages).Append('\n');
         sb.Append("fault_count ").Append(t.Latency.Count).Append('\n');
         sb.Append("fault_latency_us_p50 ").Append(t.Latency.QuantileMicros(0.5).ToString("0.0")).Append('\n');
         sb.Append("fault_latency_us_p99 ").Append(t.Latency.QuantileMicros(0.99).ToString("0.0")).Append('\n');

@@ -17,7 +17,8 @@ public static unsafe partial class Native
 
     // userfaultfd ioctls (x86-64).
     public const ulong UFFDIO_API = 0xc018aa3f, UFFDIO_WAKE = 0x8010aa02, UFFDIO_COPY = 0xc028aa03,
-        UFFDIO_ZEROPAGE = 0xc020aa04, UFFDIO_WRITEPROTECT = 0xc018aa06, UFFDIO_POISON = 0xc020aa08;
+        UFFDIO_ZEROPAGE = 0xc020aa04, UFFDIO_WRITEPROTECT = 0xc018aa06, UFFDIO_POISON = 0xc020aa08,
+        UFFDIO_UNREGISTER = 0x8010aa01;
     public const ulong UFFD_API = 0xAA;
     public const ulong UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1 << 0, UFFD_FEATURE_EVENT_FORK = 1 << 1,
         UFFD_FEATURE_EVENT_REMAP = 1 << 2, UFFD_FEATURE_EVENT_REMOVE = 1 << 3, UFFD_FEATURE_MISSING_SHMEM = 1 << 5,

@@ -188,6 +188,17 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         }
     }
 
+    /// <summary>
+    /// UFFDIO_UNREGISTER: the range leaves this uffd (the program registers it with its own).
+    /// The kernel clears the range's write-protect markers and wakes faults waiting in it.
+    /// Returns 0 or errno.
+    /// </summary>
+    public int Unregister(ulong va, ulong length)
+    {
+        var r = new Native.UffdioRange { Start = va, Len = length };
+        return Native.ioctl(_uffd, Native.UFFDIO_UNREGISTER, &r) == 0 ? 0 : Native.Errno;
+    }
+
     public void Wake(ulong va, ulong length)
     {
         var r = new Native.UffdioRange { Start = va, Len = length };

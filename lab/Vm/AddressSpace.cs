@@ -919,6 +919,40 @@ public sealed class AddressSpace
         lock (MapLock) return installed.Contains(va >> Vm.PageShift);
     }
 
+    /// <summary>
+    /// Whether the page at <paramref name="va"/> is a private page whose bytes live only in
+    /// swap: paged out, not in the process. Linux swap is invisible to a program; a range
+    /// that leaves the lab must get such pages back first (the daemon faults them in).
+    /// </summary>
+    public bool IsPagedOut(ulong va)
+    {
+        va &= ~PageMask;
+        lock (MapLock)
+        {
+            if (destroyed || installed.Contains(va >> Vm.PageShift)) return false;
+            var e = FindEntry(va);
+            if (e == null || e.Shared) return false;
+            if (Uvm)
+            {
+                if (e.aref_amap is not { } a) return false;
+                lock (a.am_lock) return a.am_anon[e.SlotOf(va)] is { Content: PageContent.Swap };
+            }
+            long pindex = e.PindexOf(va);
+            for (var o = e.Object; o != null;)
+            {
+                VmObject? next;
+                lock (o.Lock)
+                {
+                    if (o.Lookup(pindex, out var st) != PageLookup.Absent) return st.Content == PageContent.Swap;
+                    next = o.backing_object;
+                    pindex += o.backing_object_offset;
+                }
+                o = next;
+            }
+            return false;
+        }
+    }
+
     // ---- internals used by the resolvers (caller holds MapLock) ----
 
     internal bool Destroyed => destroyed;

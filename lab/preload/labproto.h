@@ -49,6 +49,11 @@ enum lab_msg_type {
                              the direction turns: on this connection the daemon sends requests
                              (LAB_EVICT) and the agent answers them. */
     LAB_SET_LIMIT = 16,   /* lab CLI -> daemon: lab_set_limit; the resident limit of one run */
+    LAB_RELEASE = 17,     /* lab_range: the program is registering this lab range (anonymous
+                             memory) with a userfaultfd of its own. The daemon brings back the
+                             range's paged-out pages, forgets the range, unregisters it from
+                             the lab's uffd (pages already in the process stay) and replies;
+                             the shim has already forgotten it. Counted in uffd_released_*. */
 
     /* daemon -> shim agent (on the agent connection) */
     LAB_EVICT = 15,       /* n x lab_span: take each span that is still lab memory out of the

@@ -23,9 +23,12 @@
  * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, fork, the wait
  * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED, and the malloc
  * family (malloc, free, calloc, realloc, reallocarray, memalign, posix_memalign,
- * aligned_alloc, valloc, pvalloc, malloc_usable_size).
+ * aligned_alloc, valloc, pvalloc, malloc_usable_size). In their own files: ioctl
+ * (ownuffd.c: a program's own UFFDIO_REGISTER takes lab memory out of the lab), and
+ * read, write, pread, pwrite (procmem.c: /proc/self/mem on lab memory).
  */
 #include "labproto.h"
+#include "shim.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -92,15 +95,15 @@
 
 /* ---------- process state ---------- */
 
-static int g_on;               /* connected: the wrappers act */
+int g_on;                      /* connected: the wrappers act */
 static int g_debug;
 static int g_sock = -1;        /* control connection to the daemon */
-static int g_uffd = -1;        /* our own reference to this process's uffd */
+int g_uffd = -1;               /* our own reference to this process's uffd */
 static uint32_t g_seq;
 static uint64_t g_features;    /* uffd features the daemon enabled */
 static dev_t g_mount_dev;
 static int g_have_mount;
-static size_t g_page = 4096;
+size_t g_page = 4096;
 static char g_ctl_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static char g_comm[32];
 static char g_vm[16];
@@ -114,7 +117,7 @@ static size_t (*g_real_usable)(void *);
 
 /* Recursive: fork holds the connection across the real fork, and atfork handlers or
  * nested wrappers on the same thread must not deadlock on it. */
-static pthread_mutex_t g_conn_lock;
+pthread_mutex_t g_conn_lock;
 static pthread_mutex_t g_tab_lock;
 
 /* ---------- small helpers ---------- */
@@ -133,8 +136,7 @@ static void write_all(int fd, const char *buf, size_t len)
     }
 }
 
-static void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void dbg(const char *fmt, ...)
+void dbg(const char *fmt, ...)
 {
     if (!g_debug)
         return;
@@ -230,7 +232,7 @@ struct lab_ent {
 static struct lab_ent g_tab[LAB_TAB_MAX];
 static int g_ntab; /* read without the lock on the fast path: 0 means "no lab memory" */
 
-static int tab_any(uintptr_t s, uintptr_t e)
+int tab_any(uintptr_t s, uintptr_t e)
 {
     if (__atomic_load_n(&g_ntab, __ATOMIC_RELAXED) == 0)
         return 0;
@@ -269,6 +271,24 @@ static int tab_find(uintptr_t a, struct lab_ent *out)
     return hit;
 }
 
+/* The lowest part of [s,e) that is lab memory, clipped to [s,e): 1 and *os, *oe, *kind, or 0. */
+int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *kind)
+{
+    int hit = 0;
+    pthread_mutex_lock(&g_tab_lock);
+    for (int i = 0; i < g_ntab; i++) {
+        const struct lab_ent *t = &g_tab[i];
+        if (!(t->start < e && s < t->end) || (hit && t->start >= *os))
+            continue;
+        *os = t->start > s ? t->start : s;
+        *oe = t->end < e ? t->end : e;
+        *kind = t->kind;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&g_tab_lock);
+    return hit;
+}
+
 /* Is every page of [s,e) inside some lab range? (Ranges may abut: a split entry, say.) */
 static int tab_covers(uintptr_t s, uintptr_t e)
 {
@@ -289,7 +309,7 @@ static int tab_covers(uintptr_t s, uintptr_t e)
 }
 
 /* Forget [s,e): trims, splits or drops entries. Returns how many entries it touched. */
-static int tab_cut(uintptr_t s, uintptr_t e)
+int tab_cut(uintptr_t s, uintptr_t e)
 {
     int touched = 0;
     pthread_mutex_lock(&g_tab_lock);
@@ -486,7 +506,7 @@ static int lab_call(uint32_t type, const void *pl, uint32_t len, int send_fd, vo
 }
 
 /* A request after start-up: a broken connection means the daemon is gone. */
-static int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t repcap, int *rfd)
+int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t repcap, int *rfd)
 {
     int saved = errno;
     int32_t status = 0;

@@ -1,0 +1,27 @@
+/* What shim.c shares with the shim's other files (ownuffd.c, procmem.c). Hidden: a
+ * program never sees these names. */
+#ifndef LAB_SHIM_H
+#define LAB_SHIM_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#pragma GCC visibility push(hidden)
+
+extern int g_on;                    /* connected: the wrappers act */
+extern int g_uffd;                  /* this process's lab uffd */
+extern size_t g_page;
+/* Held across every change of lab memory and its request to the daemon (recursive). */
+extern pthread_mutex_t g_conn_lock;
+
+void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* One request to the daemon (ends the program if the daemon is gone); returns its status. */
+int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t repcap, int *rfd);
+/* The table of lab ranges: any overlap; forget a range; the lowest overlapping piece. */
+int tab_any(uintptr_t s, uintptr_t e);
+int tab_cut(uintptr_t s, uintptr_t e);
+int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *kind);
+
+#pragma GCC visibility pop
+
+#endif
