@@ -134,9 +134,8 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.ChildHello when proc == null && p.Length >= Proto.HelloSize:
             {
                 var (pid, _, _, _) = ParseHello(p);
-                int ppid = BinaryPrimitives.ReadInt32LittleEndian(p[12..]);
                 if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
-                var child = _daemon.Registry.ForkParent(ppid)?.ClaimChild(TimeSpan.FromSeconds(10));
+                var child = _daemon.Registry.ClaimForked(pid, TimeSpan.FromSeconds(10));
                 if (child == null) { Reply(conn, m, Native.ESRCH); return false; }
                 child.Pid = pid;
                 child.Pmap.Pid = pid;
@@ -176,6 +175,7 @@ public sealed unsafe class ControlServer : IDisposable
                 ulong addr = Rd64(p, 0), len = Rd64(p, 8);
                 int prot = Rd32(p, 16), kind = Rd32(p, 24);
                 ulong ino = Rd64(p, 32), offset = Rd64(p, 40);
+                proc.Barrier();   // an event read before this request (the unmap that freed the range) applies first
                 return Reply(conn, m, _daemon.Map(proc, addr, len, prot, kind, ino, offset));
             }
             case Proto.OpenShared when proc != null && p.Length >= 8:
@@ -191,12 +191,16 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.Msync when proc != null && p.Length >= Proto.RangeSize:
                 return Reply(conn, m, _daemon.Msync(proc, Rd64(p, 0), Rd64(p, 8)));
             case Proto.Protect when proc != null && p.Length >= Proto.RangeSize:
+                proc.Barrier();
                 proc.Space.Protect(Rd64(p, 0), Rd64(p, 8), LabDaemon.ToProt(Rd32(p, 16)));
                 return Reply(conn, m, 0);
             case Proto.ForkPrepare when proc != null:
+                proc.Barrier();
                 proc.Space.ForkProtect();
                 return Reply(conn, m, 0);
             case Proto.ForkDone when proc != null:
+                // Names the child of this fork (its uffd came in the FORK event, without a pid).
+                if (p.Length >= 4 && Rd32(p, 0) > 0) proc.ForkDone(Rd32(p, 0));
                 return Reply(conn, m, 0);
             case Proto.Reaped when proc != null && p.Length >= 4:
                 _daemon.Reaped(Rd32(p, 0));

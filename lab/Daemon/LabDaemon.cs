@@ -243,8 +243,15 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         if (!p.MarkGone()) { p.WaitTornDown(); return; }
         try { TearDown(p); }
         finally { p.TornDown(); }
-        // Children from FORK events that never connected (a fork outside the shim's wrapper) go too.
-        while (p.ClaimChild(TimeSpan.Zero) is { } orphan) ProcessGone(orphan);
+        // Children from FORK events no LAB_FORK_DONE named (a fork outside the shim's wrapper) go
+        // too; a named one may not have said hello yet (its parent forked and exited at once):
+        // it stays claimable for a while.
+        foreach (var c in p.TakeChildren())
+        {
+            if (c.ForkPid == 0) { ProcessGone(c); continue; }
+            Registry.AddOrphan(c);
+            _ = Task.Delay(TimeSpan.FromSeconds(30)).ContinueWith(_ => { if (Registry.RemoveOrphan(c)) ProcessGone(c); });
+        }
     }
 
     void TearDown(LabProcess p)
@@ -273,6 +280,8 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     {
         foreach (var p in Registry.Live())
             if (p.Pid == pid) ProcessGone(p);
+        // A child reaped before it said hello (killed at once) is never claimed.
+        while (Registry.TakeUnclaimed(pid) is { } c) ProcessGone(c);
     }
 
     /// <summary>

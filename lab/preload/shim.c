@@ -604,7 +604,7 @@ static void scratch_setup(void)
 {
     size_t len = LAB_SCRATCH_PAGES * g_page;
     if (g_scratch) {
-        /* a fork child's copy of its parent's (empty: fork and the agent both hold g_conn_lock) */
+        /* not reached in a fork child: child_reconnect unmapped its parent's */
         real_munmap((void *)g_scratch, len);
         g_scratch = 0;
         g_scratch_used = 0;
@@ -1350,6 +1350,14 @@ static void child_reconnect(void)
     if (fd < 0)
         die_connect(EPROTO);
     g_uffd = fd;
+    /* The parent's agent scratch came along, registered. Unmapped here, before the program
+     * runs: unmapped later by our agent thread, its UNMAP event could reach the daemon after
+     * the main thread had mapped lab memory in the freed space, and wipe that from the model. */
+    if (g_scratch) {
+        real_munmap((void *)g_scratch, LAB_SCRATCH_PAGES * g_page);
+        g_scratch = 0;
+        g_scratch_used = 0;
+    }
     if (rep.features) /* the reply may be empty: the child's uffd inherits the parent's features */
         g_features = rep.features;
     r = start_watcher();
