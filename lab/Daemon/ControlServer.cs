@@ -207,8 +207,31 @@ public sealed unsafe class ControlServer : IDisposable
                 return Reply(conn, m, 0);
             case Proto.Remap when proc != null && p.Length >= 32:
                 proc.Barrier();   // a move arrives as a uffd REMAP event: applied before we grow
+                proc.ExpectDontUnmap(0, 0);
                 proc.Space.Grow(Rd64(p, 16), Rd64(p, 8), Rd64(p, 24));
                 return Reply(conn, m, 0);
+            case Proto.RemapPrepare when proc != null && p.Length >= 40:
+                // Before an mremap(MREMAP_DONTUNMAP): its REMAP event keeps the old range (flags 0: it failed).
+                if ((Rd32(p, 32) & Proto.MremapDontUnmap) != 0) proc.ExpectDontUnmap(Rd64(p, 0), Rd64(p, 8));
+                else proc.ExpectDontUnmap(0, 0);
+                return Reply(conn, m, 0);
+            case Proto.Advise when proc != null && p.Length >= Proto.RangeSize:
+            {
+                int advice = Rd32(p, 20);
+                proc.Barrier();
+                switch (advice)
+                {
+                    case Proto.MadvWipeOnFork or Proto.MadvKeepOnFork:
+                        proc.Space.SetWipeOnFork(Rd64(p, 0), Rd64(p, 8), advice == Proto.MadvWipeOnFork);
+                        return Reply(conn, m, 0);
+                    case Proto.MadvDontFork or Proto.MadvDoFork:
+                        proc.Space.SetDontFork(Rd64(p, 0), Rd64(p, 8), advice == Proto.MadvDontFork);
+                        return Reply(conn, m, 0);
+                    default:
+                        Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");
+                        return Reply(conn, m, Native.EINVAL);
+                }
+            }
             default:
                 Log.Info($"closing the control connection of pid {peerPid}: malformed message (type {m.Type}, {m.Length} bytes)");
                 return false;

@@ -174,7 +174,15 @@ public sealed unsafe class LabProcess
             {
                 case Native.UFFD_EVENT_PAGEFAULT: Fault(m.Arg0, m.Arg1); break;
                 case Native.UFFD_EVENT_FORK: Forked((int)(uint)m.Arg0); break;
-                case Native.UFFD_EVENT_REMAP: Interlocked.Increment(ref Events); Space.Remap(m.Arg0, m.Arg1, m.Arg2); break;
+                case Native.UFFD_EVENT_REMAP:
+                {
+                    Interlocked.Increment(ref Events);
+                    // MREMAP_DONTUNMAP (announced before the call): the old range stays, empty.
+                    bool keep = _dontUnmapLen != 0 && m.Arg0 == _dontUnmapAddr && m.Arg2 <= _dontUnmapLen;
+                    if (keep) _dontUnmapLen = 0;
+                    Space.Remap(m.Arg0, m.Arg1, m.Arg2, keep);
+                    break;
+                }
                 case Native.UFFD_EVENT_REMOVE:
                     Interlocked.Increment(ref Events);
                     // Our agent's own madvise is the eviction under way (completed when it replies);
@@ -359,6 +367,18 @@ public sealed unsafe class LabProcess
     public int ScanForPageout(int want, Span<ulong> begun, out bool swapFull)
     {
         lock (_handling) return Space.PageoutScan(want, begun, out swapFull);
+    }
+
+    // The range of an mremap(MREMAP_DONTUNMAP) under way (read and written under _handling).
+    ulong _dontUnmapAddr, _dontUnmapLen;
+
+    /// <summary>
+    /// LAB_REMAP_PREPARE: the next REMAP event from <paramref name="addr"/> is an
+    /// MREMAP_DONTUNMAP, whose old range stays mapped. Length 0 ends the expectation.
+    /// </summary>
+    public void ExpectDontUnmap(ulong addr, ulong len)
+    {
+        lock (_handling) { _dontUnmapAddr = addr; _dontUnmapLen = len; }
     }
 
     /// <summary>Wait until every uffd event already read has been applied to the map.</summary>
