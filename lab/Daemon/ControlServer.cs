@@ -134,9 +134,8 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.ChildHello when proc == null && p.Length >= Proto.HelloSize:
             {
                 var (pid, _, _, _) = ParseHello(p);
-                int ppid = BinaryPrimitives.ReadInt32LittleEndian(p[12..]);
                 if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
-                var child = _daemon.Registry.ForkParent(ppid)?.ClaimChild(TimeSpan.FromSeconds(10));
+                var child = _daemon.Registry.ClaimForked(pid, TimeSpan.FromSeconds(10));
                 if (child == null) { Reply(conn, m, Native.ESRCH); return false; }
                 child.Pid = pid;
                 child.Pmap.Pid = pid;
@@ -176,6 +175,7 @@ public sealed unsafe class ControlServer : IDisposable
                 ulong addr = Rd64(p, 0), len = Rd64(p, 8);
                 int prot = Rd32(p, 16), kind = Rd32(p, 24);
                 ulong ino = Rd64(p, 32), offset = Rd64(p, 40);
+                proc.Barrier();   // an event read before this request (the unmap that freed the range) applies first
                 return Reply(conn, m, _daemon.Map(proc, addr, len, prot, kind, ino, offset));
             }
             case Proto.OpenShared when proc != null && p.Length >= 8:
@@ -203,20 +203,47 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.Msync when proc != null && p.Length >= Proto.RangeSize:
                 return Reply(conn, m, _daemon.Msync(proc, Rd64(p, 0), Rd64(p, 8)));
             case Proto.Protect when proc != null && p.Length >= Proto.RangeSize:
+                proc.Barrier();
                 proc.Space.Protect(Rd64(p, 0), Rd64(p, 8), LabDaemon.ToProt(Rd32(p, 16)));
                 return Reply(conn, m, 0);
             case Proto.ForkPrepare when proc != null:
+                proc.Barrier();
                 proc.Space.ForkProtect();
                 return Reply(conn, m, 0);
             case Proto.ForkDone when proc != null:
+                // Names the child of this fork (its uffd came in the FORK event, without a pid).
+                if (p.Length >= 4 && Rd32(p, 0) > 0) proc.ForkDone(Rd32(p, 0));
                 return Reply(conn, m, 0);
             case Proto.Reaped when proc != null && p.Length >= 4:
                 _daemon.Reaped(Rd32(p, 0));
                 return Reply(conn, m, 0);
             case Proto.Remap when proc != null && p.Length >= 32:
                 proc.Barrier();   // a move arrives as a uffd REMAP event: applied before we grow
+                proc.ExpectDontUnmap(0, 0);
                 proc.Space.Grow(Rd64(p, 16), Rd64(p, 8), Rd64(p, 24));
                 return Reply(conn, m, 0);
+            case Proto.RemapPrepare when proc != null && p.Length >= 40:
+                // Before an mremap(MREMAP_DONTUNMAP): its REMAP event keeps the old range (flags 0: it failed).
+                if ((Rd32(p, 32) & Proto.MremapDontUnmap) != 0) proc.ExpectDontUnmap(Rd64(p, 0), Rd64(p, 8));
+                else proc.ExpectDontUnmap(0, 0);
+                return Reply(conn, m, 0);
+            case Proto.Advise when proc != null && p.Length >= Proto.RangeSize:
+            {
+                int advice = Rd32(p, 20);
+                proc.Barrier();
+                switch (advice)
+                {
+                    case Proto.MadvWipeOnFork or Proto.MadvKeepOnFork:
+                        proc.Space.SetWipeOnFork(Rd64(p, 0), Rd64(p, 8), advice == Proto.MadvWipeOnFork);
+                        return Reply(conn, m, 0);
+                    case Proto.MadvDontFork or Proto.MadvDoFork:
+                        proc.Space.SetDontFork(Rd64(p, 0), Rd64(p, 8), advice == Proto.MadvDontFork);
+                        return Reply(conn, m, 0);
+                    default:
+                        Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");
+                        return Reply(conn, m, Native.EINVAL);
+                }
+            }
             default:
                 Log.Info($"closing the control connection of pid {peerPid}: malformed message (type {m.Type}, {m.Length} bytes)");
                 return false;

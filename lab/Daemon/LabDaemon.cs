@@ -160,7 +160,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             sb.Append("fs_nodes ").Append(nodes).Append('\n');
             sb.Append("fs_page_caches ").Append(caches).Append('\n');
             sb.Append("fs_open_handles ").Append(handles).Append('\n');
-            sb.Append("vnodes_cached ").Append(_vnodes.Count).Append('\n');
+            sb.Append("vnodes_cached ").Append(_vnodes.Count()).Append('\n');
             sb.Append("runs_tracked ").Append(Registry.RunsTracked).Append('\n');
             sb.Append("run_limits ").Append(Pageout.RunLimits).Append('\n');
             if (_swap != null) sb.Append("swap_store_bytes ").Append(_swap.Store.FileBytes()).Append('\n');
@@ -239,7 +239,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             _swap.Store.Trim();
         }
         DropCaches();
-        // Every object is gone: the adapters are rebuilt on the next map (the VM finds its objects by ino).
+        // Every object is gone: drop the adapters (a file mapped again gets a new one).
         if (_vm.ObjectsAlive == 0 && Registry.LiveCount == 0) _vnodes.Clear();
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         Native.malloc_trim(0);
@@ -304,8 +304,15 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         if (!p.MarkGone()) { p.WaitTornDown(); return; }
         try { TearDown(p); }
         finally { p.TornDown(); }
-        // Children from FORK events that never connected (a fork outside the shim's wrapper) go too.
-        while (p.ClaimChild(TimeSpan.Zero) is { } orphan) ProcessGone(orphan);
+        // Children from FORK events no LAB_FORK_DONE named (a fork outside the shim's wrapper) go
+        // too; a named one may not have said hello yet (its parent forked and exited at once):
+        // it stays claimable for a while.
+        foreach (var c in p.TakeChildren())
+        {
+            if (c.ForkPid == 0) { ProcessGone(c); continue; }
+            Registry.AddOrphan(c);
+            _ = Task.Delay(TimeSpan.FromSeconds(30)).ContinueWith(_ => { if (Registry.RemoveOrphan(c)) ProcessGone(c); });
+        }
     }
 
     void TearDown(LabProcess p)
@@ -334,6 +341,8 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     {
         foreach (var p in Registry.Live())
             if (p.Pid == pid) ProcessGone(p);
+        // A child reaped before it said hello (killed at once) is never claimed.
+        while (Registry.TakeUnclaimed(pid) is { } c) ProcessGone(c);
     }
 
     /// <summary>

@@ -30,7 +30,12 @@ public sealed unsafe class LabProcess
     public long ThrottledFaults;
     ulong _lastSuperseded = ulong.MaxValue;   // fault thread only
     int _supersededRun;
-    public readonly Queue<LabProcess> PendingChildren = new();   // from UFFD_EVENT_FORK, not yet claimed
+    // Children from UFFD_EVENT_FORK, in the order their events were read, until their
+    // CHILD_HELLO claims them. Which child is whose is known only from the parent's
+    // LAB_FORK_DONE (the event carries no pid): see ForkDone.
+    readonly List<LabProcess> _children = new();
+    /// <summary>A fork child: the pid its parent's fork returned; 0 until the parent's LAB_FORK_DONE.</summary>
+    public int ForkPid;
     readonly Registry _registry;
     readonly int _stopFd;
     Thread? _thread;
@@ -172,7 +177,15 @@ public sealed unsafe class LabProcess
             {
                 case Native.UFFD_EVENT_PAGEFAULT: Fault(m.Arg0, m.Arg1); break;
                 case Native.UFFD_EVENT_FORK: Forked((int)(uint)m.Arg0); break;
-                case Native.UFFD_EVENT_REMAP: Interlocked.Increment(ref Events); Space.Remap(m.Arg0, m.Arg1, m.Arg2); break;
+                case Native.UFFD_EVENT_REMAP:
+                {
+                    Interlocked.Increment(ref Events);
+                    // MREMAP_DONTUNMAP (announced before the call): the old range stays, empty.
+                    bool keep = _dontUnmapLen != 0 && m.Arg0 == _dontUnmapAddr && m.Arg2 <= _dontUnmapLen;
+                    if (keep) _dontUnmapLen = 0;
+                    Space.Remap(m.Arg0, m.Arg1, m.Arg2, keep);
+                    break;
+                }
                 case Native.UFFD_EVENT_REMOVE:
                     Interlocked.Increment(ref Events);
                     // Our agent's own madvise is the eviction under way (completed when it replies);
@@ -325,11 +338,7 @@ public sealed unsafe class LabProcess
         var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap) { Limit = Limit, MountLimit = MountLimit, Pageout = Pageout };
         _registry.Add(child);
         child.Start();
-        lock (PendingChildren)
-        {
-            PendingChildren.Enqueue(child);
-            Monitor.PulseAll(PendingChildren);
-        }
+        lock (_children) _children.Add(child);
     }
 
     readonly List<IVnode> _pendingFlush = new();
@@ -417,26 +426,60 @@ public sealed unsafe class LabProcess
         return err;
     }
 
+    // The range of an mremap(MREMAP_DONTUNMAP) under way (read and written under _handling).
+    ulong _dontUnmapAddr, _dontUnmapLen;
+
+    /// <summary>
+    /// LAB_REMAP_PREPARE: the next REMAP event from <paramref name="addr"/> is an
+    /// MREMAP_DONTUNMAP, whose old range stays mapped. Length 0 ends the expectation.
+    /// </summary>
+    public void ExpectDontUnmap(ulong addr, ulong len)
+    {
+        lock (_handling) { _dontUnmapAddr = addr; _dontUnmapLen = len; }
+    }
+
     /// <summary>Wait until every uffd event already read has been applied to the map.</summary>
     public void Barrier() { lock (_handling) { } }
 
-    /// <summary>Take the oldest child from a FORK event, waiting a little for the event to be processed.</summary>
-    public LabProcess? ClaimChild(TimeSpan wait)
+    /// <summary>
+    /// LAB_FORK_DONE: our fork returned <paramref name="pid"/>. The kernel returns from fork
+    /// only once its FORK event has been read, and the shim forks one at a time, so once what
+    /// was read is applied the newest unnamed child is this fork's. (Handing children out in
+    /// event order instead gave a child that said hello first its sibling's uffd: it then
+    /// registered its ranges in the sibling's mm, whose faults found them missing.)
+    /// </summary>
+    public void ForkDone(int pid)
     {
-        var deadline = DateTime.UtcNow + wait;
-        lock (PendingChildren)
+        Barrier();
+        lock (_children)
+            for (int i = _children.Count - 1; i >= 0; i--)
+                if (_children[i].ForkPid == 0) { _children[i].ForkPid = pid; break; }
+        _registry.ChildNamed();
+    }
+
+    /// <summary>The child named <paramref name="pid"/> by our LAB_FORK_DONE, taken out of the list; null if none.</summary>
+    public LabProcess? TakeChild(int pid)
+    {
+        lock (_children)
         {
-            while (PendingChildren.Count == 0)
-            {
-                var left = deadline - DateTime.UtcNow;
-                if (left <= TimeSpan.Zero || Volatile.Read(ref _stopped) != 0) return null;
-                Monitor.Wait(PendingChildren, left);
-            }
-            return PendingChildren.Dequeue();
+            int i = _children.FindIndex(c => c.ForkPid == pid);
+            if (i < 0) return null;
+            var c = _children[i];
+            _children.RemoveAt(i);
+            return c;
         }
     }
 
-    public bool HasPendingChildren { get { lock (PendingChildren) return PendingChildren.Count > 0; } }
+    /// <summary>Every unclaimed child, taken out of the list (this process is going).</summary>
+    public List<LabProcess> TakeChildren()
+    {
+        lock (_children)
+        {
+            var all = new List<LabProcess>(_children);
+            _children.Clear();
+            return all;
+        }
+    }
 }
 
 /// <summary>Fault service time, log2 buckets of Stopwatch ticks (allocation-free recording).</summary>

@@ -57,15 +57,53 @@ public sealed class Registry
 
     public LabProcess[] Live() { lock (_gate) return _live.ToArray(); }
 
-    /// <summary>The live process with this pid that has children from a FORK event waiting to be claimed.</summary>
-    public LabProcess? ForkParent(int ppid)
+    // Named fork children whose parent went before they said hello (a parent that forks and
+    // exits at once): still theirs to claim, for a while.
+    readonly List<LabProcess> _orphans = new();
+
+    /// <summary>
+    /// CHILD_HELLO of <paramref name="pid"/>: the child space its parent's LAB_FORK_DONE named,
+    /// waiting for that (the child may say hello before its parent's fork has returned).
+    /// </summary>
+    public LabProcess? ClaimForked(int pid, TimeSpan wait)
+    {
+        var deadline = DateTime.UtcNow + wait;
+        lock (_gate)
+        {
+            while (true)
+            {
+                foreach (var p in _live)
+                    if (p.TakeChild(pid) is { } c) return c;
+                int o = _orphans.FindIndex(c => c.ForkPid == pid);
+                if (o >= 0) { var c = _orphans[o]; _orphans.RemoveAt(o); return c; }
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero) return null;
+                Monitor.Wait(_gate, left);
+            }
+        }
+    }
+
+    /// <summary>A parent named a child: wake the hellos waiting for theirs.</summary>
+    public void ChildNamed() { lock (_gate) Monitor.PulseAll(_gate); }
+
+    /// <summary>Keep a gone parent's named child claimable.</summary>
+    public void AddOrphan(LabProcess child) { lock (_gate) { _orphans.Add(child); Monitor.PulseAll(_gate); } }
+
+    /// <summary>True if the orphan was still unclaimed (the caller then tears it down).</summary>
+    public bool RemoveOrphan(LabProcess child) { lock (_gate) return _orphans.Remove(child); }
+
+    /// <summary>The unclaimed fork child named <paramref name="pid"/> (reaped before it said hello), taken out.</summary>
+    public LabProcess? TakeUnclaimed(int pid)
     {
         lock (_gate)
         {
-            LabProcess? best = null;
             foreach (var p in _live)
-                if (p.Pid == ppid && (best == null || p.HasPendingChildren)) best = p;
-            return best;
+                if (p.TakeChild(pid) is { } c) return c;
+            int o = _orphans.FindIndex(c => c.ForkPid == pid);
+            if (o < 0) return null;
+            var r = _orphans[o];
+            _orphans.RemoveAt(o);
+            return r;
         }
     }
 

@@ -141,8 +141,13 @@ public sealed class AddressSpace
         }
     }
 
-    /// <summary>mremap move (UFFD_EVENT_REMAP): the mappings and the installed pages move.</summary>
-    public void Remap(ulong from, ulong to, ulong length)
+    /// <summary>
+    /// mremap move (UFFD_EVENT_REMAP): the mappings and the installed pages move. With
+    /// <paramref name="keepOld"/> (MREMAP_DONTUNMAP) the old range stays mapped, empty: each
+    /// moved entry leaves a fresh one of its kind behind (anonymous: zero-fill; a file: the
+    /// file again at the same offset).
+    /// </summary>
+    public void Remap(ulong from, ulong to, ulong length, bool keepOld = false)
     {
         ulong fromEnd = CheckRange(from, length);
         ulong toEnd = CheckRange(to, length);
@@ -158,6 +163,7 @@ public sealed class AddressSpace
             entries.RemoveRange(i, j - i);
             foreach (var e in moving)
             {
+                if (keepOld) Insert(Continuation(e, e.Start, e.End, e.Start));
                 e.Start = e.Start - from + to;
                 e.End = e.End - from + to;
                 Insert(e);
@@ -202,29 +208,74 @@ public sealed class AddressSpace
             var e = FindEntry(oldEnd - PageSize);
             if (e == null || e.End != oldEnd) return;
             UnmapLocked(oldEnd, newEnd);
-            var g = new VmMapEntry
-            {
-                Start = oldEnd, End = newEnd, Protection = e.Protection, Shared = e.Shared, IsFile = e.IsFile,
-                EverWritable = e.EverWritable, read_ahead = VmMapEntry.ReadAheadInit,
-            };
-            if (e.Shared)
-            {
-                g.Object = e.Object!; g.Offset = e.PindexOf(oldEnd);
-                Vm.Reference(e.Object!);
-            }
-            else if (e.IsFile)
-            {
-                // The file under the (possibly shadowed) object, at the page after the old end.
-                var o = e.Object!;
-                long p = e.PindexOf(oldEnd);
-                while (o.Vnode == null && o.BackingObject is { } b) { p += o.BackingObjectOffset; o = b; }
-                g.Object = Vm.ReferenceVnode(o.Vnode!); g.Offset = p; g.needs_copy = true; g.next_read = p;
-            }
-            else if (Uvm)
-                g.needs_copy = true;
-            else
-                g.Object = Vm.AllocateAnonymous((long)((newEnd - oldEnd) >> Vm.PageShift));
+            var g = Continuation(e, oldEnd, newEnd, oldEnd);
             Insert(g);
+            Bump();
+        }
+    }
+
+    /// <summary>
+    /// A fresh, empty entry over [start, end) that maps what <paramref name="e"/> maps from
+    /// its address <paramref name="at"/> on: the same shared object, the file under a private
+    /// file mapping (copy-on-write again), or new anonymous memory. Caller holds the map lock.
+    /// </summary>
+    VmMapEntry Continuation(VmMapEntry e, ulong start, ulong end, ulong at)
+    {
+        var g = new VmMapEntry
+        {
+            Start = start, End = end, Protection = e.Protection, Shared = e.Shared, IsFile = e.IsFile,
+            EverWritable = e.EverWritable, Advice = e.Advice, WipeOnFork = e.WipeOnFork, DontFork = e.DontFork,
+            read_ahead = VmMapEntry.ReadAheadInit,
+        };
+        if (e.Shared)
+        {
+            g.Object = e.Object!; g.Offset = e.PindexOf(at);
+            Vm.Reference(e.Object!);
+        }
+        else if (e.IsFile)
+        {
+            // The file under the (possibly shadowed) object, at the page of `at`.
+            var o = e.Object!;
+            long p = e.PindexOf(at);
+            while (o.Vnode == null && o.BackingObject is { } b) { p += o.BackingObjectOffset; o = b; }
+            g.Object = Vm.ReferenceVnode(o.Vnode!); g.Offset = p; g.needs_copy = true; g.next_read = p;
+        }
+        else if (Uvm)
+            g.needs_copy = true;
+        else
+            g.Object = Vm.AllocateAnonymous((long)((end - start) >> Vm.PageShift));
+        return g;
+    }
+
+    /// <summary>madvise(MADV_DONTFORK / MADV_DOFORK) (BSD: minherit VM_INHERIT_NONE / _COPY): the entries in the range are split out and flagged.</summary>
+    public void SetDontFork(ulong start, ulong length, bool dontFork)
+    {
+        ulong end = CheckRange(start, length);
+        if (end == start) return;
+        lock (MapLock)
+        {
+            ThrowIfDestroyed();
+            var (i, j) = ClipRange(start, end);
+            for (int k = i; k < j; k++) entries[k].DontFork = dontFork;
+            Bump();
+        }
+    }
+
+    /// <summary>
+    /// madvise(MADV_WIPEONFORK / MADV_KEEPONFORK) (BSD: minherit VM_INHERIT_ZERO / _COPY): the
+    /// private anonymous entries in the range are split out and flagged. Linux refuses the
+    /// advice on anything else, so the shim never sends it for other ranges.
+    /// </summary>
+    public void SetWipeOnFork(ulong start, ulong length, bool wipe)
+    {
+        ulong end = CheckRange(start, length);
+        if (end == start) return;
+        lock (MapLock)
+        {
+            ThrowIfDestroyed();
+            var (i, j) = ClipRange(start, end);
+            for (int k = i; k < j; k++)
+                if (!entries[k].Shared && !entries[k].IsFile) entries[k].WipeOnFork = wipe;
             Bump();
         }
     }
@@ -737,7 +788,9 @@ public sealed class AddressSpace
             var pages = new List<ulong>();
             foreach (var e in entries)
             {
-                if (e.Shared || (e.Protection & Prot.Write) == 0) continue;
+                // Nothing of a don't-fork or wipe-on-fork entry is shared with the child: Linux
+                // leaves those pages writable.
+                if (e.Shared || e.DontFork || e.WipeOnFork || (e.Protection & Prot.Write) == 0) continue;
                 pages.Clear();
                 CollectInstalled(e.Start, e.End, pages);
                 pages.Sort();
@@ -766,6 +819,16 @@ public sealed class AddressSpace
             var pages = new List<ulong>();
             foreach (var e in entries)
             {
+                if (e.DontFork) continue;   // VM_INHERIT_NONE: the child has no mapping here
+                if (e.WipeOnFork && !e.Shared && !e.IsFile)
+                {
+                    // VM_INHERIT_ZERO: the child's entry is new zero-fill memory, sharing nothing
+                    // with ours (Linux copies no pages of a VM_WIPEONFORK vma, and keeps the flag).
+                    var z = Continuation(e, e.Start, e.End, e.Start);
+                    z.Wired = false;
+                    child.entries.Add(z);
+                    continue;
+                }
                 // vm_map_copy_entry collapses the object it is about to share, so the
                 // chains the two spaces inherit are as short as they can be.
                 if (!Uvm && !e.Shared && e.Object != null) Vm.Collapse(e.Object, Counters);

@@ -22,6 +22,8 @@ internal sealed class VmMapEntry
     public bool EverWritable;      // shared: mapped or mprotected writable at some point (write-back needs it)
     public Advice Advice;          // madvise behaviour (MAP_ENTRY_BEHAV_* / uvm advice)
     public bool Wired;             // mlock / Wire: faulted in up front with full protection, never evicted
+    public bool WipeOnFork;        // MADV_WIPEONFORK (BSD: VM_INHERIT_ZERO): a fork child gets fresh zero-fill memory here
+    public bool DontFork;          // MADV_DONTFORK (BSD: VM_INHERIT_NONE): a fork child has nothing here
 #pragma warning disable IDE1006 // BSD names on purpose
     public bool needs_copy;        // Mach: shadow before writing; UVM: amap_copy before writing (or before any fault without a uobj)
     public long next_read;         // FreeBSD: pindex where a sequential fault would land next

@@ -54,6 +54,12 @@ enum lab_msg_type {
                              range's paged-out pages, forgets the range, unregisters it from
                              the lab's uffd (pages already in the process stay) and replies;
                              the shim has already forgotten it. Counted in uffd_released_*. */
+    LAB_ADVISE = 20,      /* lab_range (flags = MADV_WIPEONFORK, MADV_KEEPONFORK, MADV_DONTFORK or
+                             MADV_DOFORK): after a real madvise of a lab range (what a fork child
+                             inherits; wipe-on-fork only on anonymous ranges) */
+    LAB_REMAP_PREPARE = 21, /* lab_remap (flags = MREMAP_DONTUNMAP): BEFORE a real mremap with
+                             MREMAP_DONTUNMAP, so that its UFFD_EVENT_REMAP leaves the old range
+                             mapped (empty) in the model at once; LAB_REMAP ends the expectation */
 
     /* daemon -> shim agent (on the agent connection) */
     LAB_EVICT = 15,       /* n x lab_span: take each span that is still lab memory out of the
@@ -134,6 +140,8 @@ struct lab_remap {
     uint64_t old_len;
     uint64_t new_addr;
     uint64_t new_len;
+    int32_t flags;      /* the program's MREMAP_* flags */
+    int32_t pad;
 };
 
 struct lab_stat {

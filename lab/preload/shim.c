@@ -20,7 +20,7 @@
  * mmap; smaller ones, and everything before the constructor has connected, go
  * to glibc (__libc_malloc and friends).
  *
- * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, fork, the wait
+ * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, madvise (fork inheritance), fork, the wait
  * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED, and the malloc
  * family (malloc, free, calloc, realloc, reallocarray, memalign, posix_memalign,
  * aligned_alloc, valloc, pvalloc, malloc_usable_size). In their own files: ioctl
@@ -285,6 +285,17 @@ int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *ki
         *kind = t->kind;
         hit = 1;
     }
+    pthread_mutex_unlock(&g_tab_lock);
+    return hit;
+}
+
+/* Does a lab file range (a kernel anonymous mapping standing in for a file) overlap [s,e)? */
+static int tab_any_file(uintptr_t s, uintptr_t e)
+{
+    int hit = 0;
+    pthread_mutex_lock(&g_tab_lock);
+    for (int i = 0; i < g_ntab && !hit; i++)
+        hit = g_tab[i].start < e && s < g_tab[i].end && g_tab[i].kind != LAB_MAP_ANON;
     pthread_mutex_unlock(&g_tab_lock);
     return hit;
 }
@@ -624,7 +635,7 @@ static void scratch_setup(void)
 {
     size_t len = LAB_SCRATCH_PAGES * g_page;
     if (g_scratch) {
-        /* a fork child's copy of its parent's (empty: fork and the agent both hold g_conn_lock) */
+        /* not reached in a fork child: child_reconnect unmapped its parent's */
         real_munmap((void *)g_scratch, len);
         g_scratch = 0;
         g_scratch_used = 0;
@@ -1247,6 +1258,35 @@ int mprotect(void *addr, size_t len, int prot)
     return r;
 }
 
+/* What a fork child inherits is the daemon's to model: wipe-on-fork and don't-fork are told to
+ * it (under the connection lock, which fork takes). Other advice reaches it as uffd events, or
+ * not at all. */
+int madvise(void *addr, size_t len, int advice)
+{
+    uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
+    int wipe = advice == MADV_WIPEONFORK || advice == MADV_KEEPONFORK;
+    if (!g_on || (!wipe && advice != MADV_DONTFORK && advice != MADV_DOFORK) || !tab_any(s, e))
+        return (int)syscall(SYS_madvise, addr, len, advice);
+    /* The kernel sees a private lab file mapping as anonymous memory; Linux refuses
+     * wipe-on-fork on a file mapping, and so do we. */
+    if (wipe && tab_any_file(s, e)) {
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_mutex_lock(&g_conn_lock);
+    int r = (int)syscall(SYS_madvise, addr, len, advice);
+    int err = errno;
+    if (r == 0) {
+        struct lab_range rg = {s, e - s, 0, advice};
+        int32_t st = lab_req(LAB_ADVISE, &rg, sizeof rg, NULL, 0, NULL);
+        if (st)
+            dbg("LAB_ADVISE %#lx+%#lx %d: %s", (unsigned long)s, (unsigned long)(e - s), advice, strerror(st));
+    }
+    pthread_mutex_unlock(&g_conn_lock);
+    errno = err;
+    return r;
+}
+
 void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
 {
     void *want = NULL;
@@ -1277,6 +1317,14 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     }
     /* Held across the real call: the LAB_REMAP below must follow the kernel's events in order. */
     pthread_mutex_lock(&g_conn_lock);
+    if (flags & MREMAP_DONTUNMAP) {
+        /* The old range stays mapped and registered: the daemon must know before the event,
+         * or a touch of it by another thread would find it missing. */
+        struct lab_remap pre = {o, page_up(old_size), 0, page_up(new_size), flags, 0};
+        int32_t st = lab_req(LAB_REMAP_PREPARE, &pre, sizeof pre, NULL, 0, NULL);
+        if (st)
+            dbg("LAB_REMAP_PREPARE %#lx: %s", (unsigned long)o, strerror(st));
+    }
     void *res = real_mremap(old, old_size, new_size, flags, want);
     int err = errno;
     if (res != MAP_FAILED) {
@@ -1294,10 +1342,13 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
             dbg("range table full: forgetting the moved range %#lx", (unsigned long)n);
         pthread_mutex_unlock(&g_tab_lock);
         /* A move reaches the daemon as a uffd REMAP event; growth in place has no event. */
-        struct lab_remap rm = {o, page_up(old_size), n, page_up(new_size)};
+        struct lab_remap rm = {o, page_up(old_size), n, page_up(new_size), flags, 0};
         int32_t st = lab_req(LAB_REMAP, &rm, sizeof rm, NULL, 0, NULL);
         if (st)
             dbg("LAB_REMAP %#lx -> %#lx: %s", (unsigned long)o, (unsigned long)n, strerror(st));
+    } else if (flags & MREMAP_DONTUNMAP) {
+        struct lab_remap pre = {o, page_up(old_size), 0, page_up(new_size), 0, 0}; /* nothing moved */
+        lab_req(LAB_REMAP_PREPARE, &pre, sizeof pre, NULL, 0, NULL);
     }
     pthread_mutex_unlock(&g_conn_lock);
     errno = err;
@@ -1370,6 +1421,14 @@ static void child_reconnect(void)
     if (fd < 0)
         die_connect(EPROTO);
     g_uffd = fd;
+    /* The parent's agent scratch came along, registered. Unmapped here, before the program
+     * runs: unmapped later by our agent thread, its UNMAP event could reach the daemon after
+     * the main thread had mapped lab memory in the freed space, and wipe that from the model. */
+    if (g_scratch) {
+        real_munmap((void *)g_scratch, LAB_SCRATCH_PAGES * g_page);
+        g_scratch = 0;
+        g_scratch_used = 0;
+    }
     if (rep.features) /* the reply may be empty: the child's uffd inherits the parent's features */
         g_features = rep.features;
     r = start_watcher();
