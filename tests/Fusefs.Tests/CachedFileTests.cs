@@ -27,6 +27,37 @@ public class CachedFileTests
     }
 
     [KernelFact]
+    public void A_held_cache_outlives_its_deleted_file_and_its_number_finds_the_next_file()
+    {
+        using var m = new TestMount();
+        var old = Pattern(8192, 3);
+        File.WriteAllBytes(m.M("f"), old);
+        ulong ino = Ino(m.M("f"));
+        var cf = m.Fs.GetCachedFile(ino)!;
+        Assert.True(cf.Hold()); // as a VM object mapping the file does
+        File.Delete(m.M("f"));
+        // The kernel forgets the deleted inode: its node leaves the tables (no cache by its number).
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (m.Fs.GetCachedFile(ino) != null && sw.ElapsedMilliseconds < 10_000) Thread.Sleep(10);
+        Assert.Null(m.Fs.GetCachedFile(ino));
+        // Still readable by its holder, with the deleted file's bytes.
+        var buf = new byte[8192];
+        Assert.Equal(0, cf.ReadPages(0, 2, buf));
+        Assert.Equal(old, buf);
+        // The number may go to a new file now or later; whichever file has it gets its own cache.
+        var next = Pattern(4096, 4);
+        File.WriteAllBytes(m.M("g"), next);
+        var cg = m.Fs.GetCachedFile(Ino(m.M("g")))!;
+        Assert.NotSame(cf, cg);
+        Assert.Equal(0, cg.ReadPages(0, 1, buf.AsSpan(0, 4096)));
+        Assert.Equal(next, buf[..4096]);
+        // The last hold closes it.
+        cf.Release();
+        Assert.Equal(Lab.Fusefs.Errno.EBADF, cf.ReadPages(0, 1, buf.AsSpan(0, 4096)));
+        Assert.False(cf.Hold());
+    }
+
+    [KernelFact]
     public void Write_through_fuse_is_seen_by_ReadPages()
     {
         using var m = new TestMount();
