@@ -429,8 +429,11 @@ public sealed unsafe class LabProcess
         }
         _asideCount = kept;
         HandleSetAside();
-        Interlocked.Increment(ref ReleasedRanges);
-        Interlocked.Add(ref ReleasedPages, (long)(len / 4096));
+        if (err == 0)
+        {
+            Interlocked.Increment(ref ReleasedRanges);
+            Interlocked.Add(ref ReleasedPages, (long)(len / 4096));
+        }
         if (lost > 0)
         {
             Interlocked.Increment(ref InternalErrors);
