@@ -396,33 +396,67 @@ public sealed unsafe class LabProcess
         int err;
         lock (_handling)
         {
-            int kept = 0;
-            for (int i = 0; i < _deferCount; i++)
-                if (_deferAddr[i] < addr || _deferAddr[i] - addr >= len)
-                {
-                    _deferFlags[kept] = _deferFlags[i];
-                    _deferAddr[kept++] = _deferAddr[i];
-                }
-            _deferCount = kept;
-            int lost = 0;
-            for (ulong va = addr; va - addr < len; va += 4096)
-                if (Space.IsPagedOut(va) && (Space.Fault(va, FaultAccess.Read) != FaultResult.Resolved || !Space.IsInstalled(va)))
-                    lost++;
-            MarkShared(addr, len);
-            Space.Unmap(addr, len);
-            err = Pmap.Unregister(addr, len);
-            Interlocked.Increment(ref ReleasedRanges);
-            Interlocked.Add(ref ReleasedPages, (long)(len / 4096));
-            if (lost > 0)
-            {
-                Interlocked.Increment(ref Space.Counters.internal_errors);
-                Log.Error($"pid {Pid}: {lost} paged-out pages of {addr:x}-{addr + len:x} could not be brought back before it left the lab");
-            }
+            // We are the reader meanwhile: an install that meets an unread event reads it aside.
+            int reader = Pmap.ReaderThreadId;
+            Pmap.ReaderThreadId = Environment.CurrentManagedThreadId;
+            try { err = ReleaseLocked(addr, len); }
+            finally { Pmap.ReaderThreadId = reader; }
         }
         if (Interlocked.Exchange(ref _releaseLogged, 1) == 0)
             Log.Info($"pid {Pid} ({Comm}) registered lab memory {addr:x}-{addr + len:x} with its own userfaultfd: "
                 + "that range leaves the lab (counted in uffd_released_ranges; further ones are not logged)");
         if (err != 0) Log.Error($"pid {Pid}: UFFDIO_UNREGISTER {addr:x}-{addr + len:x}: {Native.StrError(err)}");
+        return err;
+    }
+
+    // Caller holds _handling and stands in for the reader thread.
+    int ReleaseLocked(ulong addr, ulong len)
+    {
+        int kept = 0;
+        for (int i = 0; i < _deferCount; i++)
+            if (_deferAddr[i] < addr || _deferAddr[i] - addr >= len)
+            {
+                _deferFlags[kept] = _deferFlags[i];
+                _deferAddr[kept++] = _deferAddr[i];
+            }
+        _deferCount = kept;
+        int lost = 0;
+        for (ulong va = addr; va - addr < len; va += 4096)
+        {
+            try
+            {
+                if (Space.IsPagedOut(va) && (Space.Fault(va, FaultAccess.Read) != FaultResult.Resolved || !Space.IsInstalled(va)))
+                    lost++;
+            }
+            catch (Exception e)
+            {
+                lost++;
+                Log.Error($"pid {Pid}: internal error bringing back {va:x}: {e.GetType().Name}: {e.Message}");
+            }
+        }
+        MarkShared(addr, len);
+        Space.Unmap(addr, len);
+        int err = Pmap.Unregister(addr, len);
+        // Faults in the range read aside meanwhile were woken by the unregister; the rest go on.
+        kept = 0;
+        for (int i = 0, n = _asideCount; i < n; i++)
+        {
+            var msg = _aside[(_asideHead + i) % AsideCapacity];
+            if (msg.Event == Native.UFFD_EVENT_PAGEFAULT && msg.Arg1 >= addr && msg.Arg1 - addr < len) continue;
+            _aside[(_asideHead + kept++) % AsideCapacity] = msg;
+        }
+        _asideCount = kept;
+        HandleSetAside();
+        if (err == 0)
+        {
+            Interlocked.Increment(ref ReleasedRanges);
+            Interlocked.Add(ref ReleasedPages, (long)(len / 4096));
+        }
+        if (lost > 0)
+        {
+            Interlocked.Increment(ref Space.Counters.internal_errors);
+            Log.Error($"pid {Pid}: {lost} paged-out pages of {addr:x}-{addr + len:x} could not be brought back before it left the lab");
+        }
         return err;
     }
 

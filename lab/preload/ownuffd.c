@@ -65,7 +65,8 @@ int ioctl(int fd, unsigned long req, ...)
     va_start(ap, req);
     void *arg = va_arg(ap, void *);
     va_end(ap);
-    if (req == UFFDIO_REGISTER && g_on && fd != g_uffd && arg && is_uffd(fd)) {
+    /* The kernel takes the command as an unsigned int: a caller's sign-extended int matches too. */
+    if ((unsigned int)req == (unsigned int)UFFDIO_REGISTER && g_on && fd != g_uffd && arg && is_uffd(fd)) {
         const struct uffdio_register *reg = arg;
         uintptr_t s = (uintptr_t)reg->range.start, len = (uintptr_t)reg->range.len;
         /* A bad range is the kernel's to refuse; only a valid one can leave the lab. */

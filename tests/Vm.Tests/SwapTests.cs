@@ -71,6 +71,30 @@ public sealed class SwapTests
     }
 
     [Theory, MemberData(nameof(Designs))]
+    public void IsPagedOut_OnlyForPagesWhoseBytesAreInSwapAlone(string design)
+    {
+        var p = Proc(design);
+        p.MapAnon(A, 4 * P);
+        Fill(p, Pg(0), 5);
+        Fill(p, Pg(1), 6);
+        Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
+        Assert.True(p.Space.IsPagedOut(Pg(0)));
+        Assert.True(p.Space.IsPagedOut(Pg(0) + 123));   // any address in the page
+        Assert.False(p.Space.IsPagedOut(Pg(1)));        // written, still in the process
+        Assert.False(p.Space.IsPagedOut(Pg(2)));        // never touched: nothing to bring back
+        Assert.False(p.Space.IsPagedOut(A + 4 * P));    // not mapped
+        AssertFilled(p, Pg(0), 5);                       // swapped in
+        Assert.False(p.Space.IsPagedOut(Pg(0)));
+        // A fork's child sees its parent's paged-out page through the chain or the amap.
+        Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(1)));
+        var child = p.Fork();
+        Assert.True(child.Space.IsPagedOut(Pg(1)));
+        child.Exit();
+        p.Exit();
+        AssertBaseline();
+    }
+
+    [Theory, MemberData(nameof(Designs))]
     public void AnonymousPages_RoundTrip(string design)
     {
         var p = Proc(design);
