@@ -7,15 +7,16 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch \
-  $(BUILD)/inoreuse $(BUILD)/ownuffd $(BUILD)/procmem
+# Test programs: every tests/progs/*.c, built alike (statichello is static on purpose); and the bench programs.
+TEST_PROGS := $(patsubst tests/progs/%.c,$(BUILD)/%,$(wildcard tests/progs/*.c))
+PROGS := $(TEST_PROGS) $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/swaptouch
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
 all: build
 
 # Debian packages the lab uses at run time or in tests, installed only when missing.
-APT_PKGS := fuse3 sqlite3 ripgrep git
+APT_PKGS := fuse3 sqlite3 ripgrep
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -27,33 +28,13 @@ deps:
 
 native: $(BUILD)/liblabpreload.so $(PROGS)
 
-$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h lab/preload/shim.h
+$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
 
-$(BUILD)/mmapcheck: tests/progs/mmapcheck.c
+$(BUILD)/%: tests/progs/%.c
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -o $@ $<
-
-$(BUILD)/fsx: tests/progs/fsx.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -o $@ $<
-
-$(BUILD)/swapcheck: tests/progs/swapcheck.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -o $@ $<
-
-$(BUILD)/inoreuse: tests/progs/inoreuse.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -o $@ $<
-
-$(BUILD)/ownuffd: tests/progs/ownuffd.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -o $@ $< -lpthread
-
-$(BUILD)/procmem: tests/progs/procmem.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -o $@ $<
+	$(CC) $(CFLAGS_C) $(if $(filter statichello,$*),-static) -o $@ $< -lpthread
 
 $(BUILD)/swaptouch: lab/bench/swaptouch.c
 	@mkdir -p $(BUILD)
