@@ -16,7 +16,7 @@ PROGS := $(TEST_PROGS) $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/swaptouch
 all: build
 
 # Debian packages the lab uses at run time or in tests, installed only when missing.
-APT_PKGS := fuse3 sqlite3 ripgrep
+APT_PKGS := fuse3 sqlite3 ripgrep git
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -28,7 +28,7 @@ deps:
 
 native: $(BUILD)/liblabpreload.so $(PROGS)
 
-$(BUILD)/liblabpreload.so: $(SHIM_SRC) lab/preload/labproto.h
+$(BUILD)/liblabpreload.so: $(SHIM_SRC) $(wildcard lab/preload/*.h)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
 
