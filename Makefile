@@ -7,7 +7,8 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch \
+         $(BUILD)/clonevm $(BUILD)/dropprivs $(BUILD)/statichello
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
@@ -41,6 +42,19 @@ $(BUILD)/fsx: tests/progs/fsx.c
 $(BUILD)/swapcheck: tests/progs/swapcheck.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/clonevm: tests/progs/clonevm.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/dropprivs: tests/progs/dropprivs.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+# Statically linked on purpose (libc.a comes with libc6-dev, which every C build here needs).
+$(BUILD)/statichello: tests/progs/statichello.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -static -o $@ $<
 
 $(BUILD)/swaptouch: lab/bench/swaptouch.c
 	@mkdir -p $(BUILD)
