@@ -225,9 +225,13 @@ public static class Cli
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
                 System.Runtime.InteropServices.PosixSignal.SIGINT, c => c.Cancel = true);
             child.WaitForExit();
-            var text = Stat(conn, run);
-            if (r.GetValue(stats)) Console.Error.Write(Table(text));
-            if (Unserved(text) is long n and > 0)
+            // The counters tell whether a program of the run ran outside the lab. A daemon that
+            // went away cannot say: the program has been stopped with its own message then.
+            string? text = null;
+            try { text = Stat(conn, run); }
+            catch (LabException) when (!r.GetValue(stats)) { }
+            if (r.GetValue(stats)) Console.Error.Write(Table(text!));
+            if (text != null && Unserved(text) is long n and > 0)
             {
                 // The shim cannot enter a static program its program exec'd: the run is incomplete.
                 Console.Error.WriteLine($"lab: {n} program{(n == 1 ? "" : "s")} of this run {(n == 1 ? "was" : "were")} statically linked and ran outside the lab: "
