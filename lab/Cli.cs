@@ -225,7 +225,19 @@ public static class Cli
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
                 System.Runtime.InteropServices.PosixSignal.SIGINT, c => c.Cancel = true);
             child.WaitForExit();
-            if (r.GetValue(stats)) Console.Error.Write(Table(Stat(conn, run)));
+            // The counters tell whether a program of the run ran outside the lab. A daemon that
+            // went away cannot say: the program has been stopped with its own message then.
+            string? text = null;
+            try { text = Stat(conn, run); }
+            catch (LabException) when (!r.GetValue(stats)) { }
+            if (r.GetValue(stats)) Console.Error.Write(Table(text!));
+            if (text != null && Unserved(text) is long n and > 0)
+            {
+                // The shim cannot enter a static program its program exec'd: the run is incomplete.
+                Console.Error.WriteLine($"lab: {n} program{(n == 1 ? "" : "s")} of this run {(n == 1 ? "was" : "were")} statically linked and ran outside the lab: "
+                    + "not served, not counted (the lab daemon's log names them)");
+                return child.ExitCode != 0 ? child.ExitCode : 70;
+            }
             return child.ExitCode;
         });
         return cmd;
@@ -235,6 +247,7 @@ public static class Cli
     static (ProcessStartInfo Psi, ulong Run) LabProgram(string mount, string socket, string[] argv, string? vm)
     {
         var exe = ResolveProgram(argv[0]) ?? throw new LabException($"{argv[0]}: command not found");
+        RefuseStatic(exe);
         var shim = FindShim();
         ulong run = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
         var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
@@ -247,6 +260,24 @@ public static class Cli
         psi.Environment["LD_PRELOAD"] = string.IsNullOrEmpty(pre) ? shim : shim + ":" + pre;
         return (psi, run);
     }
+
+    /// <summary>The shim enters a program through the dynamic loader (LD_PRELOAD): a statically
+    /// linked program, or a script whose interpreter is one, would run outside the lab.</summary>
+    static void RefuseStatic(string exe)
+    {
+        var path = exe;
+        for (int depth = 0; depth < 4; depth++)
+        {
+            if (Elf.ScriptInterpreter(path) is string interp) { path = interp; continue; }
+            if (Elf.IsStatic(path) != true) return;
+            var what = path == exe ? exe : $"{exe} runs {path}, which";
+            throw new LabException($"{what} is statically linked: the lab enters a program through the dynamic loader (LD_PRELOAD), "
+                + "so it would run outside the lab; use a dynamically linked build");
+        }
+    }
+
+    static long? Unserved(string statsText) =>
+        ParseStats(statsText).TryGetValue("unserved_programs", out var v) && long.TryParse(v, out var n) ? n : null;
 
     static Process Start(ProcessStartInfo psi)
     {
@@ -282,7 +313,10 @@ public static class Cli
                 firstOut ??= output;
                 if (output != firstOut)
                     throw new LabException($"{argv[0]} printed different output under --vm {vm} than under --vm {Resolvers.Names[0]}");
-                columns.Add((vm, ParseStats(Stat(conn, run))));
+                var text = Stat(conn, run);
+                if (Unserved(text) is long n and > 0)
+                    throw new LabException($"{argv[0]} exec'd {n} statically linked program(s) under --vm {vm}: they ran outside the lab");
+                columns.Add((vm, ParseStats(text)));
             }
             Console.Out.Write(CompareTable(columns, r.GetValue(all)));
             Console.Out.WriteLine($"output: identical under all {columns.Count} designs ({firstOut!.Length} bytes)");

@@ -107,6 +107,8 @@ public sealed unsafe class ControlServer : IDisposable
         {
             lock (_conns) _conns.Remove(conn);
             conn.Dispose();
+            try { if (proc != null) _daemon.CheckExec(proc); }
+            catch (Exception e) { Log.Error($"exec check of pid {peerPid}: {e.GetType().Name}: {e.Message}"); }
             try { if (proc != null) _daemon.ProcessGone(proc); }
             catch (Exception e) { Log.Error($"teardown of pid {peerPid}: {e.GetType().Name}: {e.Message}"); }
         }

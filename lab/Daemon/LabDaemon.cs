@@ -22,6 +22,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     LabFileSystem? _fs;
     FuseServer? _server;
     ControlServer? _control;
+    ExecWatch? _execWatch;   // null: the process connector is not available
     readonly ManualResetEventSlim _stop = new();
     int _shutdown;
     readonly StoreSwapDevice? _swap;
@@ -185,6 +186,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         FuseServer.ClearStale(_mountpoint);
         _server = FuseServer.Mount(_mountpoint, _fs, new FuseMountOptions());
         _control.Start();
+        _execWatch = ExecWatch.TryStart(this, _control.Path);
         _server.Start(fuseThreads);
         Pageout.Start();
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _stop.Set(); });
@@ -273,6 +275,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         _server?.Unmount();
         Pageout.Dispose();   // before the control connections (the agents') close
         _control?.Dispose();
+        _execWatch?.Dispose();
         foreach (var p in Registry.Live()) ProcessGone(p);
         Guard(() => _swap?.Dispose(), "closing the swap store");
         if (_swapLock != null)
@@ -297,6 +300,29 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         Registry.Add(proc);
         proc.Start();
         return proc;
+    }
+
+    /// <summary>
+    /// Without ExecWatch (no process connector): a process's control connection ended. If the process is still there it exec'd (the
+    /// socket is close-on-exec; an exit leaves a zombie, whose exe cannot be opened). A
+    /// statically linked program never loads the shim: it runs outside the lab, so it is
+    /// logged and counted for its run (`lab run` reports it and fails). A static program
+    /// that ends within a moment of its exec can slip by unseen.
+    /// </summary>
+    public void CheckExec(LabProcess p)
+    {
+        if (_execWatch != null || p.Pid <= 0 || Lab.Linux.Elf.IsStatic($"/proc/{p.Pid}/exe") != true) return;
+        string exe = "?";
+        try { exe = new FileInfo($"/proc/{p.Pid}/exe").LinkTarget ?? "?"; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        NoteUnserved(p.Pid, exe, p.RunId);
+    }
+
+    /// <summary>A program of run `run` runs outside the lab (ExecWatch, CheckExec).</summary>
+    public void NoteUnserved(int pid, string exe, ulong run)
+    {
+        Log.Info($"pid {pid} exec'd {exe}, which is statically linked: it runs outside the lab");
+        Registry.NoteUnserved(run);
     }
 
     public void ProcessGone(LabProcess p)

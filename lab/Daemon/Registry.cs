@@ -22,6 +22,7 @@ public sealed class Registry
         public readonly VmCounters Counters = new();
         public readonly LatencyHistogram Latency = new();
         public long Processes, LookupMisses, InstallErrors, Superseded, Events, Resyncs, Throttled, ReleasedRanges, ReleasedPages;
+        public long Unserved;   // programs of the run that were exec'd but could not load the shim (static)
     }
 
     public Registry(string defaultVm)
@@ -143,6 +144,17 @@ public sealed class Registry
         return gone;
     }
 
+    /// <summary>A program of this run runs outside the lab (see LabDaemon.CheckExec).</summary>
+    public void NoteUnserved(ulong run)
+    {
+        lock (_gate)
+            foreach (var key in run == 0 ? new ulong[] { 0 } : new ulong[] { 0, run })
+            {
+                if (!_retired.TryGetValue(key, out var r)) _retired[key] = r = new Retired();
+                r.Unserved++;
+            }
+    }
+
     static void Fold(LabProcess p, Retired r)
     {
         p.Space.Counters.AddTo(r.Counters);
@@ -165,6 +177,7 @@ public sealed class Registry
                 t.Processes = r.Processes; t.LookupMisses = r.LookupMisses;
                 t.InstallErrors = r.InstallErrors; t.Superseded = r.Superseded; t.Events = r.Events; t.Resyncs = r.Resyncs;
                 t.Throttled = r.Throttled; t.ReleasedRanges = r.ReleasedRanges; t.ReleasedPages = r.ReleasedPages;
+                t.Unserved = r.Unserved;
             }
             foreach (var p in _live)
                 if (run == 0 || p.RunId == run) Fold(p, t);
@@ -189,6 +202,7 @@ public sealed class Registry
         sb.Append("faults_throttled ").Append(t.Throttled).Append('\n');
         sb.Append("uffd_released_ranges ").Append(t.ReleasedRanges).Append('\n');
         sb.Append("uffd_released_pages ").Append(t.ReleasedPages).Append('\n');
+        sb.Append("unserved_programs ").Append(t.Unserved).Append('\n');
         sb.Append("fault_count ").Append(t.Latency.Count).Append('\n');
         sb.Append("fault_latency_us_p50 ").Append(t.Latency.QuantileMicros(0.5).ToString("0.0")).Append('\n');
         sb.Append("fault_latency_us_p99 ").Append(t.Latency.QuantileMicros(0.99).ToString("0.0")).Append('\n');

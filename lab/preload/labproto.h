@@ -6,10 +6,13 @@
  * payload bytes. File descriptors travel as SCM_RIGHTS on the header's sendmsg.
  * All integers are little-endian host order (x86-64 only).
  *
- * Every request from the shim gets exactly one reply with the same `seq`. A reply
- * carries `status` = 0 or a positive errno. The shim serialises requests on its
- * connection with a mutex, so there is at most one request in flight per
- * connection. The C# mirror is lab/Daemon/Protocol.cs: change both together.
+ * Every request from the shim gets exactly one reply with the same `seq`, in request
+ * order. A reply carries `status` = 0 or a positive errno. The shim serialises requests
+ * on its connection with a lock, so there is at most one request in flight per
+ * connection; but a clone(CLONE_VM) child shares the connection and may be killed before
+ * it reads its reply, so the shim reads and drops replies whose seq is not the one it
+ * waits for. The daemon sends each message with one sendmsg. The C# mirror is
+ * lab/Daemon/Protocol.cs: change both together.
  */
 #ifndef LABPROTO_H
 #define LABPROTO_H

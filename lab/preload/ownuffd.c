@@ -41,7 +41,7 @@ static int give_up(uintptr_t s, uintptr_t e)
     uintptr_t os, oe;
     int32_t kind;
     int err = 0;
-    pthread_mutex_lock(&g_conn_lock); /* the agent never evicts a range while it leaves */
+    lab_lock(&g_conn_lock); /* the agent never evicts a range while it leaves */
     for (uintptr_t cur = s; cur < e && tab_next(cur, e, &os, &oe, &kind); cur = oe)
         if (kind != LAB_MAP_ANON) {
             dbg("UFFDIO_REGISTER on a lab file mapping at %#lx: EINVAL, as for a FUSE file", (unsigned long)os);
@@ -55,7 +55,7 @@ static int give_up(uintptr_t s, uintptr_t e)
         dbg("released %#lx+%#lx to the program's userfaultfd%s%s", (unsigned long)os, (unsigned long)(oe - os),
             st ? ": " : "", st ? strerror(st) : "");
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     return err;
 }
 

@@ -137,11 +137,11 @@ static ssize_t finish(int fd, char *buf, size_t n, uintptr_t pos, ssize_t r, int
     }
     for (int tries = 0; tries < 4 && done < n && tab_any(pos + done, pos + done + 1); tries++) {
         uintptr_t s = (pos + done) & ~(uintptr_t)(g_page - 1), e = pos + n;
-        pthread_mutex_lock(&g_conn_lock);
+        lab_lock(&g_conn_lock);
         make_ready(s, e, write);
         ssize_t k = (write ? real_pwrite : real_pread)(fd, buf + done, n - done, (off_t)(pos + done));
         int e2 = errno;
-        pthread_mutex_unlock(&g_conn_lock);
+        lab_unlock(&g_conn_lock);
         if (k < 0) {
             err = e2;
             if (e2 != EIO)

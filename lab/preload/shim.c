@@ -29,6 +29,7 @@
  */
 #include "labproto.h"
 #include "shim.h"
+#include "labsys.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -36,7 +37,6 @@
 #include <linux/userfaultfd.h>
 #include <malloc.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -116,18 +116,20 @@ static int g_heap_on;          /* lab heap blocks may exist: free/realloc look f
 static size_t (*g_real_usable)(void *);
 
 /* Recursive: fork holds the connection across the real fork, and atfork handlers or
- * nested wrappers on the same thread must not deadlock on it. */
-pthread_mutex_t g_conn_lock;
-static pthread_mutex_t g_tab_lock;
+ * nested wrappers on the same thread must not deadlock on it. lab_lock, not a pthread
+ * mutex: clone(CLONE_VM) children share these (labsys.h). */
+struct lab_lock g_conn_lock;
+static struct lab_lock g_tab_lock;
+static pid_t g_hello_pid;      /* the process that said hello on g_sock (a CLONE_VM child shares it) */
 
 /* ---------- small helpers ---------- */
 
 static void write_all(int fd, const char *buf, size_t len)
 {
     while (len > 0) {
-        ssize_t n = write(fd, buf, len);
+        long n = lab_sys3(SYS_write, fd, buf, len);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
             return;
         }
@@ -140,9 +142,10 @@ void dbg(const char *fmt, ...)
 {
     if (!g_debug)
         return;
+    /* Helper threads share the creator's TLS: errno is written back only if it changed. */
     int saved = errno;
     char buf[512];
-    int n = snprintf(buf, sizeof buf, "lab-shim[%d]: ", (int)getpid());
+    int n = snprintf(buf, sizeof buf, "lab-shim[%d]: ", (int)lab_sys0(SYS_getpid));
     if (n < 0)
         n = 0;
     va_list ap;
@@ -155,7 +158,8 @@ void dbg(const char *fmt, ...)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
     write_all(2, buf, (size_t)n);
-    errno = saved;
+    if (errno != saved)
+        errno = saved;
 }
 
 /* One line, then exit_group: other threads (even ones blocked in a uffd fault) die too. */
@@ -182,6 +186,50 @@ static void die_connect(int err)
     die_line("lab: cannot connect to the lab daemon at %s: %s", g_ctl_path, strerror(err));
 }
 
+/* A process the lab cannot serve stops with one line that names the cause and the fix,
+ * rather than run outside the lab unseen (its numbers would be missing from the run). */
+static void die_unservable(const char *why, const char *fix) __attribute__((noreturn));
+static void die_unservable(const char *why, const char *fix)
+{
+    die_line("lab: %s (pid %d) cannot be served by the lab: %s; stopping it rather than run it outside the lab (%s)",
+             g_comm, (int)getpid(), why, fix);
+}
+
+/* The daemon accepts only its own user and root (SO_PEERCRED: the effective uid). A program
+ * that was exec'd after dropping privileges (setpriv, su, a daemon's worker) is neither. */
+static void check_uid_served(void)
+{
+    struct stat st;
+    uid_t me = geteuid();
+    if (me == 0 || stat(g_ctl_path, &st) != 0 || st.st_uid == me)
+        return;
+    char why[160];
+    snprintf(why, sizeof why, "it runs as uid %u, and the lab daemon serves only uid %u and root", (unsigned)me,
+             (unsigned)st.st_uid);
+    die_unservable(why, st.st_uid == 0 ? "run it as root" : "run it as root or as the user who mounted the lab");
+}
+
+/* userfaultfd() failed: say why, and what would allow it. */
+static void die_no_uffd(int err) __attribute__((noreturn));
+static void die_no_uffd(int err)
+{
+    if (err != EPERM && err != EACCES)
+        die_line("lab: userfaultfd: %s: %s (pid %d) cannot be served by the lab; stopping it rather than run it "
+                 "outside the lab", strerror(err), g_comm, (int)getpid());
+    char knob = '?';
+    int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &knob, 1) != 1)
+            knob = '?';
+        close(fd);
+    }
+    char why[200];
+    snprintf(why, sizeof why,
+             "userfaultfd: %s: it runs as uid %u without CAP_SYS_PTRACE, and vm.unprivileged_userfaultfd is %c",
+             strerror(err), (unsigned)geteuid(), knob);
+    die_unservable(why, "run it as root with CAP_SYS_PTRACE, or set sysctl vm.unprivileged_userfaultfd=1");
+}
+
 static void die_refused(int status) __attribute__((noreturn));
 static void die_refused(int status)
 {
@@ -197,12 +245,8 @@ static void die_gone(void)
 
 static void init_locks(void)
 {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&g_conn_lock, &a);
-    pthread_mutex_init(&g_tab_lock, &a);
-    pthread_mutexattr_destroy(&a);
+    lab_lock_init(&g_conn_lock);
+    lab_lock_init(&g_tab_lock);
 }
 
 /* The real calls, as raw syscalls: libc's own symbols would route back into us. */
@@ -237,37 +281,37 @@ int tab_any(uintptr_t s, uintptr_t e)
     if (__atomic_load_n(&g_ntab, __ATOMIC_RELAXED) == 0)
         return 0;
     int hit = 0;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     for (int i = 0; i < g_ntab && !hit; i++)
         hit = g_tab[i].start < e && s < g_tab[i].end;
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return hit;
 }
 
 static int tab_add(const struct lab_ent *x)
 {
     int ok = 0;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     if (g_ntab < LAB_TAB_MAX) {
         g_tab[g_ntab] = *x;
         __atomic_store_n(&g_ntab, g_ntab + 1, __ATOMIC_RELAXED);
         ok = 1;
     }
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return ok;
 }
 
 static int tab_find(uintptr_t a, struct lab_ent *out)
 {
     int hit = 0;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     for (int i = 0; i < g_ntab; i++)
         if (g_tab[i].start <= a && a < g_tab[i].end) {
             *out = g_tab[i];
             hit = 1;
             break;
         }
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return hit;
 }
 
@@ -275,7 +319,7 @@ static int tab_find(uintptr_t a, struct lab_ent *out)
 int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *kind)
 {
     int hit = 0;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     for (int i = 0; i < g_ntab; i++) {
         const struct lab_ent *t = &g_tab[i];
         if (!(t->start < e && s < t->end) || (hit && t->start >= *os))
@@ -285,7 +329,7 @@ int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *ki
         *kind = t->kind;
         hit = 1;
     }
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return hit;
 }
 
@@ -293,10 +337,10 @@ int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *ki
 static int tab_any_file(uintptr_t s, uintptr_t e)
 {
     int hit = 0;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     for (int i = 0; i < g_ntab && !hit; i++)
         hit = g_tab[i].start < e && s < g_tab[i].end && g_tab[i].kind != LAB_MAP_ANON;
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return hit;
 }
 
@@ -305,7 +349,7 @@ static int tab_covers(uintptr_t s, uintptr_t e)
 {
     uintptr_t cur = s;
     int moved = 1;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     while (cur < e && moved) {
         moved = 0;
         for (int i = 0; i < g_ntab; i++)
@@ -315,7 +359,7 @@ static int tab_covers(uintptr_t s, uintptr_t e)
                 break;
             }
     }
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return cur >= e;
 }
 
@@ -323,7 +367,7 @@ static int tab_covers(uintptr_t s, uintptr_t e)
 int tab_cut(uintptr_t s, uintptr_t e)
 {
     int touched = 0;
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     for (int i = 0; i < g_ntab;) {
         struct lab_ent *t = &g_tab[i];
         if (!(t->start < e && s < t->end)) {
@@ -357,27 +401,28 @@ int tab_cut(uintptr_t s, uintptr_t e)
         }
         i++;
     }
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     return touched;
 }
 
 /* ---------- the control connection ---------- */
 
+/* The connection I/O runs on helper threads too: raw system calls only (labsys.h). */
 static int conn_open(int *out)
 {
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int s = (int)lab_sys3(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0)
-        return -errno;
+        return s;
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, g_ctl_path, strlen(g_ctl_path));
-    while (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        if (errno == EINTR)
+    long r;
+    while ((r = lab_sys3(SYS_connect, s, &sa, sizeof sa)) < 0) {
+        if (r == -EINTR)
             continue;
-        int e = errno;
-        close(s);
-        return -e;
+        lab_sys1(SYS_close, s);
+        return (int)r;
     }
     *out = s;
     return 0;
@@ -422,11 +467,11 @@ static int send_msg(int s, const struct lab_hdr *h, const void *pl, size_t len, 
             c->cmsg_len = CMSG_LEN(sizeof(int));
             memcpy(CMSG_DATA(c), &fd, sizeof(int));
         }
-        ssize_t n = sendmsg(s, &mh, MSG_NOSIGNAL);
+        long n = lab_sys3(SYS_sendmsg, s, &mh, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            return -errno;
+            return (int)n;
         }
         fd_sent = 1;
         done += (size_t)n;
@@ -434,27 +479,31 @@ static int send_msg(int s, const struct lab_hdr *h, const void *pl, size_t len, 
     return 0;
 }
 
-/* Exactly len bytes; any SCM_RIGHTS fd that comes along goes to *fd (extras are closed). */
-static int recv_exact(int s, void *buf, size_t len, int *fd)
+/* Fill every iovec (one recvmsg when the data is there); any SCM_RIGHTS fd that comes
+ * along goes to *fd (extras are closed). */
+static int recv_iov(int s, struct iovec *v, int nv, int *fd)
 {
-    size_t got = 0;
-    while (got < len) {
-        struct iovec v = {(char *)buf + got, len - got};
+    while (nv > 0) {
+        if (v->iov_len == 0) {
+            v++;
+            nv--;
+            continue;
+        }
         union {
             char buf[CMSG_SPACE(sizeof(int) * 4)];
             struct cmsghdr align;
         } cm;
         struct msghdr mh;
         memset(&mh, 0, sizeof mh);
-        mh.msg_iov = &v;
-        mh.msg_iovlen = 1;
+        mh.msg_iov = v;
+        mh.msg_iovlen = (size_t)nv;
         mh.msg_control = cm.buf;
         mh.msg_controllen = sizeof cm.buf;
-        ssize_t n = recvmsg(s, &mh, MSG_CMSG_CLOEXEC);
+        long n = lab_sys3(SYS_recvmsg, s, &mh, MSG_CMSG_CLOEXEC);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            return -errno;
+            return (int)n;
         }
         if (n == 0)
             return -ECONNRESET;
@@ -468,16 +517,74 @@ static int recv_exact(int s, void *buf, size_t len, int *fd)
                 if (fd && *fd < 0)
                     *fd = f;
                 else
-                    close(f);
+                    lab_sys1(SYS_close, f);
             }
         }
-        got += (size_t)n;
+        for (size_t got = (size_t)n; got > 0 && nv > 0;) {
+            size_t k = got < v->iov_len ? got : v->iov_len;
+            v->iov_base = (char *)v->iov_base + k;
+            v->iov_len -= k;
+            got -= k;
+            if (v->iov_len == 0) {
+                v++;
+                nv--;
+            }
+        }
     }
     return 0;
 }
 
+static int recv_exact(int s, void *buf, size_t len, int *fd)
+{
+    struct iovec v = {buf, len};
+    return recv_iov(s, &v, 1, fd);
+}
+
+/* The next message's header, left in the socket: a reader killed after this has taken nothing. */
+static int peek_hdr(int s, struct lab_hdr *h)
+{
+    for (int tries = 0;; tries++) {
+        long n = lab_sys6(SYS_recvfrom, s, h, sizeof *h, MSG_PEEK, 0, 0);
+        if (n == -EINTR)
+            continue;
+        if (n < 0)
+            return (int)n;
+        if (n == 0)
+            return -ECONNRESET;
+        if (n == (long)sizeof *h)
+            return 0;
+        /* the daemon sends a message with one sendmsg: a part header is only a moment's state */
+        struct timespec d = {0, 100000};
+        lab_sys2(SYS_nanosleep, &d, NULL);
+        if (tries > 100000)
+            return -EPROTO;
+    }
+}
+
+/* Read and drop one whole message (header h already peeked) that nobody waits for. */
+static int skip_msg(int s, const struct lab_hdr *h)
+{
+    char sink[256];
+    int fd = -1, r = 0;
+    for (uint64_t left = sizeof *h + (uint64_t)h->len; r == 0 && left > 0;) {
+        size_t k = left < sizeof sink ? (size_t)left : sizeof sink;
+        r = recv_exact(s, sink, k, &fd);
+        left -= k;
+    }
+    if (fd >= 0)
+        lab_sys1(SYS_close, fd);
+    return r;
+}
+
 /* One request, one reply. Returns 0 (reply status in *status) or -errno if the
- * connection failed. The reply payload is copied up to repcap bytes (rest zeroed). */
+ * connection failed. The reply payload is copied up to repcap bytes (rest zeroed).
+ *
+ * A process that shares our memory (a clone(CLONE_VM) child: vfork, posix_spawn,
+ * stress-ng) uses this connection too, and may be killed between its request and its
+ * reply; lab_lock then passes the lock on. Its reply is still to come, before ours (the
+ * daemon answers a connection's requests in order): replies whose seq is not ours are
+ * read and dropped. A reply is read with one recvmsg after a peek at its header, so a
+ * reader killed mid-way leaves whole messages behind. */
 static int lab_call(uint32_t type, const void *pl, uint32_t len, int send_fd, void *rep, uint32_t repcap,
                     int *rfd, int32_t *status)
 {
@@ -485,25 +592,33 @@ static int lab_call(uint32_t type, const void *pl, uint32_t len, int send_fd, vo
     struct lab_hdr h = {type, len, 0, 0}, rh;
     if (rep)
         memset(rep, 0, repcap);
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     h.seq = ++g_seq;
     r = send_msg(g_sock, &h, pl, len, send_fd);
-    if (r == 0)
-        r = recv_exact(g_sock, &rh, sizeof rh, &fd);
-    if (r == 0 && (rh.type != (type | LAB_REPLY) || rh.seq != h.seq || rh.len > LAB_MAX_PAYLOAD))
+    while (r == 0) {
+        r = peek_hdr(g_sock, &rh);
+        if (r == 0 && rh.len > LAB_MAX_PAYLOAD)
+            r = -EPROTO;
+        if (r != 0 || rh.seq == h.seq)
+            break;
+        dbg("dropped a reply (type %#x, seq %u) its requester did not wait for", rh.type, rh.seq);
+        r = skip_msg(g_sock, &rh);
+    }
+    if (r == 0 && rh.type != (type | LAB_REPLY))
         r = -EPROTO;
     if (r == 0) {
         uint32_t take = rh.len < repcap ? rh.len : repcap;
-        if (take)
-            r = recv_exact(g_sock, rep, take, &fd);
-        for (uint32_t left = rh.len - take; r == 0 && left > 0;) {
-            char sink[256];
+        char sink[256];
+        uint32_t more = rh.len - take < sizeof sink ? rh.len - take : (uint32_t)sizeof sink;
+        struct iovec v[3] = {{&rh, sizeof rh}, {rep, take}, {sink, more}};
+        r = recv_iov(g_sock, v, 3, &fd);
+        for (uint32_t left = rh.len - take - more; r == 0 && left > 0;) {
             uint32_t k = left < sizeof sink ? left : (uint32_t)sizeof sink;
             r = recv_exact(g_sock, sink, k, &fd);
             left -= k;
         }
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     if (r != 0 || !rfd) {
         if (fd >= 0)
             close(fd);
@@ -527,50 +642,35 @@ int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t
     return status;
 }
 
-static void *watcher(void *arg)
+/* The helper threads (watcher, agent) are raw threads (labsys.h): glibc does not know
+ * them, so its set*id broadcast leaves them out and a single-threaded program stays
+ * single-threaded for glibc. They keep the credentials they started with; they need no
+ * others. Everything they call must leave TLS (errno) alone. */
+static void watcher(void *arg)
 {
     int fd = (int)(intptr_t)arg;
     for (;;) {
         /* Only hang-up: replies (POLLIN) belong to the request path. */
         struct pollfd p = {fd, POLLRDHUP, 0};
-        int r = poll(&p, 1, -1);
+        long r = lab_sys3(SYS_poll, &p, 1, -1);
         if (r < 0) {
-            if (errno == EINTR)
+            if (r == -EINTR)
                 continue;
-            return NULL;
+            return;
         }
         if (p.revents & POLLNVAL) {
             /* the program closed our socket (e.g. closefrom before exec): nothing left to watch */
             dbg("control socket closed by the program; watcher stops");
-            return NULL;
+            return;
         }
         if (p.revents & (POLLRDHUP | POLLHUP | POLLERR))
             die_gone();
     }
 }
 
-/* A detached helper thread with a small stack and every signal blocked. */
-static int start_thread(void *(*fn)(void *), void *arg)
-{
-    pthread_t t;
-    pthread_attr_t a;
-    sigset_t all, old;
-    /* Signals meant for the program must not land on our thread. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&a, 64 * 1024);
-    int r = pthread_create(&t, &a, fn, arg);
-    if (r == EINVAL) {
-        /* glibc carves static TLS out of the stack: a program with a lot of it needs more */
-        pthread_attr_setstacksize(&a, 512 * 1024);
-        r = pthread_create(&t, &a, fn, arg);
-    }
-    pthread_attr_destroy(&a);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return r;
-}
+/* A helper thread with a small stack and every signal blocked (signals meant for the
+ * program must not land on it). */
+static int start_thread(void (*fn)(void *), void *arg) { return lab_thread_start(fn, arg); }
 
 static int start_watcher(void) { return start_thread(watcher, (void *)(intptr_t)g_sock); }
 
@@ -589,7 +689,7 @@ static struct lab_span g_agent_buf[LAB_EVICT_MAX_SPANS];
 static int agent_fd_ours(int fd)
 {
     struct stat st;
-    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == g_agent_dev && st.st_ino == g_agent_ino;
+    return fd >= 0 && lab_sys2(SYS_fstat, fd, &st) == 0 && st.st_dev == g_agent_dev && st.st_ino == g_agent_ino;
 }
 
 /* len payload bytes into g_agent_buf; whatever does not fit is read and dropped (*big = 1). */
@@ -636,15 +736,15 @@ static void scratch_setup(void)
     size_t len = LAB_SCRATCH_PAGES * g_page;
     if (g_scratch) {
         /* not reached in a fork child: child_reconnect unmapped its parent's */
-        real_munmap((void *)g_scratch, len);
+        lab_sys2(SYS_munmap, g_scratch, len);
         g_scratch = 0;
         g_scratch_used = 0;
     }
-    void *a = real_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (a == MAP_FAILED)
+    long a = lab_sys6(SYS_mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a < 0 && a > -4096)
         return;
     if (uffd_register((uintptr_t)a, len, UFFDIO_REGISTER_MODE_MISSING) != 0) {
-        real_munmap(a, len);
+        lab_sys2(SYS_munmap, a, len);
         return;
     }
     g_scratch = (uintptr_t)a;
@@ -654,7 +754,7 @@ static void scratch_zap(void)
 {
     if (g_scratch_used == 0)
         return;
-    syscall(SYS_madvise, g_scratch, g_scratch_used * g_page, MADV_DONTNEED);
+    lab_sys3(SYS_madvise, g_scratch, g_scratch_used * g_page, MADV_DONTNEED);
     g_scratch_used = 0;
 }
 
@@ -669,8 +769,8 @@ static uintptr_t move_out(uintptr_t s, uintptr_t e)
         size_t room = (LAB_SCRATCH_PAGES - g_scratch_used) * g_page;
         size_t len = e - s < room ? e - s : room;
         struct lab_uffdio_move m = {g_scratch + g_scratch_used * g_page, s, len, LAB_MOVE_ALLOW_SRC_HOLES, 0};
-        int r = ioctl(g_uffd, LAB_UFFDIO_MOVE, &m);
-        int err = errno;
+        long rc = lab_sys3(SYS_ioctl, g_uffd, LAB_UFFDIO_MOVE, &m);
+        int r = rc < 0 ? -1 : 0, err = rc < 0 ? (int)-rc : 0;
         size_t moved = m.move > 0 ? (size_t)m.move & ~(g_page - 1) : 0;
         if (r == 0)
             moved = len;
@@ -695,19 +795,12 @@ static int32_t agent_evict(uint32_t n, uint32_t *done)
     *done = 0;
     /* A program thread holds g_conn_lock only briefly, unless it is itself stuck on a page
      * this request would release: then say "busy" rather than wait for ever. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += 5 * 1000 * 1000;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    if (pthread_mutex_timedlock(&g_conn_lock, &until) != 0)
+    if (lab_lock_timed(&g_conn_lock, 5) != 0)
         return EAGAIN;
     int32_t status = agent_evict_locked(n, done);
     /* The moved pages leave the process now, with one REMOVE event for the scratch. */
     scratch_zap();
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     return status;
 }
 
@@ -730,8 +823,9 @@ static int32_t agent_evict_locked(uint32_t n, uint32_t *done)
             uintptr_t rest = move_out(s, e);
             if (rest < e) {
                 /* a page that would not move, and the rest of its span: zap them where they are */
-                r = (int)syscall(SYS_madvise, rest, (size_t)(e - rest), MADV_DONTNEED);
-                err = errno;
+                long rc = lab_sys3(SYS_madvise, rest, (size_t)(e - rest), MADV_DONTNEED);
+                r = rc < 0 ? -1 : 0;
+                err = rc < 0 ? (int)-rc : 0;
             }
         } else {
             dbg("agent: %#lx+%#lx is no longer lab memory: skipped", (unsigned long)s, (unsigned long)len);
@@ -748,40 +842,41 @@ static int32_t agent_evict_locked(uint32_t n, uint32_t *done)
 /* Leave: close the connection only if the number still names it. */
 static void agent_quit(int fd)
 {
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     if (g_agent_fd == fd) {
         if (agent_fd_ours(fd))
-            close(fd);
+            lab_sys1(SYS_close, fd);
         g_agent_fd = -1;
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
 }
 
-static void *agent(void *arg)
+static void agent(void *arg)
 {
     (void)arg;
     int fd = -1;
     struct stat st;
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     int r = conn_open(&fd); /* SOCK_CLOEXEC */
     if (r == 0) {
-        if (fstat(fd, &st) == 0) {
+        long rc = lab_sys2(SYS_fstat, fd, &st);
+        if (rc == 0) {
             g_agent_dev = st.st_dev;
             g_agent_ino = st.st_ino;
             g_agent_fd = fd;
         } else {
-            r = -errno;
-            close(fd);
+            r = (int)rc;
+            lab_sys1(SYS_close, fd);
         }
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     if (r != 0) {
         dbg("agent: cannot connect: %s; no eviction", strerror(-r));
-        return NULL;
+        return;
     }
 
     scratch_setup();
-    struct lab_agent_hello ah = {(int32_t)getpid(), 0, g_scratch, g_scratch ? LAB_SCRATCH_PAGES * g_page : 0};
+    struct lab_agent_hello ah = {(int32_t)lab_sys0(SYS_getpid), 0, g_scratch, g_scratch ? LAB_SCRATCH_PAGES * g_page : 0};
     struct lab_hdr h = {LAB_AGENT_HELLO, sizeof ah, 1, 0}, rh;
     int big;
     r = send_msg(fd, &h, &ah, sizeof ah, -1);
@@ -794,7 +889,7 @@ static void *agent(void *arg)
     if (r != 0 || rh.status != 0) {
         dbg("agent: LAB_AGENT_HELLO: %s; no eviction", strerror(r ? -r : rh.status));
         agent_quit(fd);
-        return NULL;
+        return;
     }
     dbg("agent: ready on fd %d, scratch %#lx", fd, (unsigned long)g_scratch);
 
@@ -803,8 +898,8 @@ static void *agent(void *arg)
          * socket, and a close by the program (closefrom) does not wake it (measured), so the
          * daemon would see no EOF. Once a second the agent looks whether the fd is still its own. */
         struct pollfd p = {fd, POLLIN | POLLRDHUP, 0};
-        int n = poll(&p, 1, 1000);
-        if (n < 0 && errno != EINTR)
+        long n = lab_sys3(SYS_poll, &p, 1, 1000);
+        if (n < 0 && n != -EINTR)
             break;
         if ((n > 0 && (p.revents & POLLNVAL)) || !agent_fd_ours(fd)) {
             dbg("agent: connection closed by the program; agent stops");
@@ -826,7 +921,7 @@ static void *agent(void *arg)
             break;
     }
     agent_quit(fd);
-    return NULL;
+    return;
 }
 
 /* Optional: without an agent the process just runs without eviction. */
@@ -843,7 +938,9 @@ static void fill_hello(struct lab_hello *h, uint32_t flags)
     h->version = LAB_PROTO_VERSION;
     h->flags = flags;
     h->pid = (int32_t)getpid();
-    h->ppid = (int32_t)getppid();
+    /* A fork child names the process whose connection (and uffd) it forked from: that is
+     * not its parent when a CLONE_VM child of that process forked. */
+    h->ppid = (flags & LAB_HELLO_FORK_CHILD) && g_hello_pid > 0 ? (int32_t)g_hello_pid : (int32_t)getppid();
     memcpy(h->vm, g_vm, sizeof h->vm);
     memcpy(h->comm, g_comm, sizeof h->comm);
     h->run_id = g_run_id;
@@ -886,6 +983,7 @@ static void say_hello(uint32_t type, uint32_t flags, int send_fd, struct lab_hel
         die_connect(-r);
     if (status != 0)
         die_refused(status);
+    g_hello_pid = getpid();
 }
 
 static void copy_str(char *dst, size_t cap, const char *src)
@@ -952,10 +1050,11 @@ __attribute__((constructor(101))) static void lab_init(void)
             strerror(errno));
     }
 
+    check_uid_served();
     /* Not UFFD_USER_MODE_ONLY: the kernel must fault lab pages for read(2)/write(2) too. */
     g_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (g_uffd < 0)
-        die_connect(errno);
+        die_no_uffd(errno);
     struct lab_hello_reply rep = {0};
     /* The daemon calls UFFDIO_API: EVENT_FORK needs CAP_SYS_PTRACE of the caller. */
     say_hello(LAB_HELLO, 0, g_uffd, &rep, NULL);
@@ -982,9 +1081,8 @@ static int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode)
     reg.range.start = start;
     reg.range.len = len;
     reg.mode = mode;
-    if (ioctl(g_uffd, LAB_UFFDIO_REGISTER, &reg) < 0)
-        return -errno;
-    return 0;
+    long r = lab_sys3(SYS_ioctl, g_uffd, LAB_UFFDIO_REGISTER, &reg); /* the agent registers its scratch */
+    return r < 0 ? (int)r : 0;
 }
 
 /* Private memory is WP-registered too (copy-on-write is modelled with write protection),
@@ -1047,10 +1145,10 @@ static void *announce(void *res, size_t len, int prot, int flags, int kind, uint
 
 static void *map_anon(void *addr, size_t len, int prot, int flags)
 {
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     void *res = real_mmap(addr, len, prot, flags, -1, 0);
     if (res == MAP_FAILED) {
-        pthread_mutex_unlock(&g_conn_lock);
+        lab_unlock(&g_conn_lock);
         return res;
     }
     if (flags & MAP_FIXED)
@@ -1060,12 +1158,12 @@ static void *map_anon(void *addr, size_t len, int prot, int flags)
         /* odd memory the kernel will not register: leave it as plain memory */
         dbg("register %#lx+%#lx failed (%s): left as plain memory", (unsigned long)res,
             (unsigned long)page_up(len), strerror(-r));
-        pthread_mutex_unlock(&g_conn_lock);
+        lab_unlock(&g_conn_lock);
         return res;
     }
     res = announce(res, len, prot, flags, LAB_MAP_ANON, 0, 0);
     int e = errno;
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = e;
     return res;
 }
@@ -1116,7 +1214,7 @@ static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, o
     if (keep != flags)
         dbg("MAP_POPULATE/MAP_LOCKED ignored on a lab file");
 
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     void *res;
     int e = 0;
     if (!shared) {
@@ -1154,7 +1252,7 @@ static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, o
     }
 out:
     e = errno;
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = e;
     return res;
 }
@@ -1176,12 +1274,12 @@ static void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t
 
     /* Not lab memory. A fixed mapping may still replace some. */
     if ((flags & MAP_FIXED) && tab_any((uintptr_t)addr, (uintptr_t)addr + page_up(len))) {
-        pthread_mutex_lock(&g_conn_lock);
+        lab_lock(&g_conn_lock);
         void *res = real_mmap(addr, len, prot, flags, fd, off);
         int e = errno;
         if (res != MAP_FAILED)
             forget_replaced((uintptr_t)res, len);
-        pthread_mutex_unlock(&g_conn_lock);
+        lab_unlock(&g_conn_lock);
         errno = e;
         return res;
     }
@@ -1206,7 +1304,7 @@ static int lab_munmap(void *addr, size_t len)
     if (!g_on || !tab_any(s, e))
         return real_munmap(addr, len);
     /* Held across the real call so the daemon sees unmaps and maps in the order they happened. */
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     int r = real_munmap(addr, len);
     int err = errno;
     if (r == 0 && tab_cut(s, e)) {
@@ -1216,7 +1314,7 @@ static int lab_munmap(void *addr, size_t len)
         if (st)
             dbg("LAB_UNMAP %#lx+%#lx: %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = err;
     return r;
 }
@@ -1244,7 +1342,7 @@ int mprotect(void *addr, size_t len, int prot)
     uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
     if (!g_on || !tab_any(s, e))
         return real_mprotect(addr, len, prot);
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     int r = real_mprotect(addr, len, prot);
     int err = errno;
     if (r == 0) {
@@ -1253,7 +1351,7 @@ int mprotect(void *addr, size_t len, int prot)
         if (st)
             dbg("LAB_PROTECT %#lx+%#lx: %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = err;
     return r;
 }
@@ -1273,7 +1371,7 @@ int madvise(void *addr, size_t len, int advice)
         errno = EINVAL;
         return -1;
     }
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     int r = (int)syscall(SYS_madvise, addr, len, advice);
     int err = errno;
     if (r == 0) {
@@ -1282,7 +1380,7 @@ int madvise(void *addr, size_t len, int advice)
         if (st)
             dbg("LAB_ADVISE %#lx+%#lx %d: %s", (unsigned long)s, (unsigned long)(e - s), advice, strerror(st));
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = err;
     return r;
 }
@@ -1304,19 +1402,19 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
         int lock = g_on && (flags & MREMAP_FIXED) &&
                    tab_any((uintptr_t)want, (uintptr_t)want + page_up(new_size));
         if (lock)
-            pthread_mutex_lock(&g_conn_lock);
+            lab_lock(&g_conn_lock);
         void *res = real_mremap(old, old_size, new_size, flags, want);
         int e = errno;
         if (res != MAP_FAILED && g_on && (flags & MREMAP_FIXED) &&
             tab_cut((uintptr_t)res, (uintptr_t)res + page_up(new_size)))
             dbg("mremap onto lab memory at %p: forgotten", res);
         if (lock)
-            pthread_mutex_unlock(&g_conn_lock);
+            lab_unlock(&g_conn_lock);
         errno = e;
         return res;
     }
     /* Held across the real call: the LAB_REMAP below must follow the kernel's events in order. */
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     if (flags & MREMAP_DONTUNMAP) {
         /* The old range stays mapped and registered: the daemon must know before the event,
          * or a touch of it by another thread would find it missing. */
@@ -1329,7 +1427,7 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     int err = errno;
     if (res != MAP_FAILED) {
         uintptr_t n = (uintptr_t)res;
-        pthread_mutex_lock(&g_tab_lock);
+        lab_lock(&g_tab_lock);
         if (old_size && !(flags & MREMAP_DONTUNMAP))
             tab_cut(o, o + page_up(old_size));
         if (flags & MREMAP_FIXED)
@@ -1340,7 +1438,7 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
         moved.end = n + page_up(new_size);
         if (!tab_add(&moved))
             dbg("range table full: forgetting the moved range %#lx", (unsigned long)n);
-        pthread_mutex_unlock(&g_tab_lock);
+        lab_unlock(&g_tab_lock);
         /* A move reaches the daemon as a uffd REMAP event; growth in place has no event. */
         struct lab_remap rm = {o, page_up(old_size), n, page_up(new_size), flags, 0};
         int32_t st = lab_req(LAB_REMAP, &rm, sizeof rm, NULL, 0, NULL);
@@ -1350,7 +1448,7 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
         struct lab_remap pre = {o, page_up(old_size), 0, page_up(new_size), 0, 0}; /* nothing moved */
         lab_req(LAB_REMAP_PREPARE, &pre, sizeof pre, NULL, 0, NULL);
     }
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = err;
     return res;
 }
@@ -1414,6 +1512,9 @@ static void child_reconnect(void)
     if (g_agent_fd >= 0 && agent_fd_ours(g_agent_fd))
         close(g_agent_fd);
     g_agent_fd = -1;
+    /* a process that dropped its privileges keeps its own connection, but cannot open one
+     * for a child */
+    check_uid_served();
     struct lab_hello_reply rep = {0};   /* the reply may carry no payload */
     int fd = -1;
     say_hello(LAB_CHILD_HELLO, LAB_HELLO_FORK_CHILD, -1, &rep, &fd);
@@ -1445,29 +1546,29 @@ pid_t fork(void)
     if (!g_on)
         return g_real_fork();
 
-    pthread_mutex_lock(&g_conn_lock);
+    lab_lock(&g_conn_lock);
     int32_t st = lab_req(LAB_FORK_PREPARE, NULL, 0, NULL, 0, NULL);
     if (st != 0) {
         /* without the protection the child's copy-on-write would go unseen */
-        pthread_mutex_unlock(&g_conn_lock);
+        lab_unlock(&g_conn_lock);
         dbg("LAB_FORK_PREPARE refused: %s", strerror(st));
         errno = st;
         return -1;
     }
     /* The table too, so the child never inherits one half-updated by another thread. */
-    pthread_mutex_lock(&g_tab_lock);
+    lab_lock(&g_tab_lock);
     pid_t pid = g_real_fork();
     int err = errno;
     if (pid == 0) {
         child_reconnect();
         return 0;
     }
-    pthread_mutex_unlock(&g_tab_lock);
+    lab_unlock(&g_tab_lock);
     struct lab_fork_done fd = {pid < 0 ? -1 : (int32_t)pid, 0};
     st = lab_req(LAB_FORK_DONE, &fd, sizeof fd, NULL, 0, NULL);
     if (st)
         dbg("LAB_FORK_DONE: %s", strerror(st));
-    pthread_mutex_unlock(&g_conn_lock);
+    lab_unlock(&g_conn_lock);
     errno = err;
     return pid;
 }

@@ -2,9 +2,10 @@
  * program never sees these names. */
 #ifndef LAB_SHIM_H
 #define LAB_SHIM_H
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "labsys.h"
 
 #pragma GCC visibility push(hidden)
 
@@ -12,7 +13,7 @@ extern int g_on;                    /* connected: the wrappers act */
 extern int g_uffd;                  /* this process's lab uffd */
 extern size_t g_page;
 /* Held across every change of lab memory and its request to the daemon (recursive). */
-extern pthread_mutex_t g_conn_lock;
+extern struct lab_lock g_conn_lock;
 
 void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* One request to the daemon (ends the program if the daemon is gone); returns its status. */
