@@ -395,8 +395,6 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         return f == null ? null : _vnodes.GetValue(f, static x => new VnodeAdapter(x));
     }
 
-    static readonly LogLimiter RefusedMaps = new();
-
     public static Prot ToProt(int prot) =>
         ((prot & 1) != 0 ? Prot.Read : 0) | ((prot & 2) != 0 ? Prot.Write : 0) | ((prot & 4) != 0 ? Prot.Exec : 0);
 
@@ -412,7 +410,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
                 var v = Vnode(ino);
                 if (v == null)
                 {
-                    RefusedMaps.Error($"pid {p.Pid}: mmap of ino {ino} refused: no such regular file on the mount");
+                    Log.Error($"pid {p.Pid}: mmap of ino {ino} refused: no such regular file on the mount");
                     return Native.ENOENT;
                 }
                 p.Space.MapFile(addr, len, ToProt(prot), v, (long)offset, kind == Proto.MapFileShared);
@@ -457,8 +455,7 @@ public sealed record DaemonOptions
 /// <summary>The VM core's view of a file: the lab file system's page cache for it.</summary>
 public sealed class VnodeAdapter(CachedFile file) : IVnode
 {
-    // Pager failures: each faulting program gets SIGBUS; the daemon says why, without flooding its log.
-    static readonly LogLimiter PagerErrors = new();
+    // Pager failures: each faulting program gets SIGBUS; the daemon says why (Log rate-limits each line).
     int _holds; // holds this adapter's VM objects took on the cache
 
     public string Name => file.Name;
@@ -466,7 +463,7 @@ public sealed class VnodeAdapter(CachedFile file) : IVnode
     public void ObjectCreated()
     {
         if (file.Hold()) Interlocked.Increment(ref _holds);
-        else PagerErrors.Error($"file {Name} (ino {Ino}) was closed before the VM mapped it");
+        else Log.Error($"file {Name} (ino {Ino}) was closed before the VM mapped it");
     }
 
     public void ObjectTerminated()
@@ -479,7 +476,7 @@ public sealed class VnodeAdapter(CachedFile file) : IVnode
     {
         // ERANGE: the page is past EOF, SIGBUS as on Linux, not a failure of the lab.
         if (e != 0 && e != Errno.ERANGE)
-            PagerErrors.Error($"pager: page {pindex} of {Name} (ino {Ino}): {Native.StrError(e)}; the faulting program gets SIGBUS");
+            Log.Error($"pager: page {pindex} of {Name} (ino {Ino}): {Native.StrError(e)}; the faulting program gets SIGBUS");
         return e;
     }
 
