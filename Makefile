@@ -7,7 +7,7 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch $(BUILD)/mlockcheck $(BUILD)/preadcheck
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
 
@@ -39,6 +39,14 @@ $(BUILD)/fsx: tests/progs/fsx.c
 	$(CC) $(CFLAGS_C) -o $@ $<
 
 $(BUILD)/swapcheck: tests/progs/swapcheck.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/mlockcheck: tests/progs/mlockcheck.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/preadcheck: tests/progs/preadcheck.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 

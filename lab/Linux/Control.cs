@@ -12,7 +12,7 @@ public static class Proto
 
     public const uint Hello = 1, ChildHello = 2, Map = 3, OpenShared = 4, Unmap = 5, Msync = 6,
         Protect = 7, ForkPrepare = 8, ForkDone = 9, Stat = 10, Reaped = 11, Remap = 12, DropCaches = 13,
-        AgentHello = 14, Evict = 15, SetLimit = 16, Reply = 0x8000;
+        AgentHello = 14, Evict = 15, SetLimit = 16, Wire = 17, Reply = 0x8000;
 
     public const uint HelloForkChild = 1;
     public const int MapAnon = 1, MapFilePrivate = 2, MapFileShared = 3;
