@@ -208,6 +208,13 @@ public sealed unsafe class ControlServer : IDisposable
                 proc.Barrier();
                 proc.Space.Protect(Rd64(p, 0), Rd64(p, 8), LabDaemon.ToProt(Rd32(p, 16)));
                 return Reply(conn, m, 0);
+            case Proto.Wire when proc != null && p.Length >= Proto.RangeSize:
+                // mlock (before the real call: the kernel's populate faults then find the range
+                // wired) or munlock (after it): a locked page is never one the pageout may pick.
+                if ((Rd32(p, 20) & 1) != 0) proc.Space.MarkWired(Rd64(p, 0), Rd64(p, 8));
+                else proc.Space.Unwire(Rd64(p, 0), Rd64(p, 8));
+                _daemon.Pageout.Kick();
+                return Reply(conn, m, 0);
             case Proto.ForkPrepare when proc != null:
                 proc.Barrier();
                 proc.Space.ForkProtect();

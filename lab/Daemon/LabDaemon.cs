@@ -143,6 +143,10 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         sb.Append("resident_pages ").Append(resident).Append('\n');
         long limit = run == 0 ? Pageout.MountLimitPages : Pageout.LimitOf(run).Pages;
         sb.Append("resident_limit_pages ").Append(limit).Append('\n');
+        var pool = run == 0 ? Pageout.Mount : Pageout.LimitOf(run);
+        // The most pages the limited pool had wired (mlock) at once, and how often they alone exceeded its limit.
+        sb.Append("resident_wired_max_pages ").Append(pool.WiredMax).Append('\n');
+        sb.Append("resident_limit_below_wired ").Append(pool.WiredOverLimit).Append('\n');
         if (run == 0)
         {
             sb.Append("objects_alive ").Append(_vm.ObjectsAlive).Append('\n');
@@ -170,6 +174,9 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             sb.Append("pageout_pages ").Append(Pageout.PagesBegun).Append('\n');
             sb.Append("pageout_swap_full ").Append(Pageout.SwapFullStops).Append('\n');
             sb.Append("pageout_shared_pages ").Append(Pageout.SharedPagesWritten).Append('\n');
+            sb.Append("pageout_pinned_kept ").Append(Interlocked.Read(ref Pageout.PinnedKept)).Append('\n');
+            sb.Append("pageout_changed_kept ").Append(Interlocked.Read(ref Pageout.ChangedKept)).Append('\n');
+            sb.Append("pageout_locked_found ").Append(Interlocked.Read(ref Pageout.LockedFound)).Append('\n');
             sb.Append("pageout_scan_ms ").Append(Pageout.ScanTicks * 1000 / System.Diagnostics.Stopwatch.Frequency).Append('\n');
             sb.Append("pageout_commit_ms ").Append(Pageout.FlushTicks * 1000 / System.Diagnostics.Stopwatch.Frequency).Append('\n');
         }

@@ -227,7 +227,7 @@ public sealed unsafe class LabProcess
     bool Throttled => Agent is { Dead: false } && (Over(Limit, RunBase) || Over(MountLimit, MountBase));
 
     bool Over(RunLimit? l, int baseline) =>
-        l is { Pages: > 0, Stuck: false } && Volatile.Read(ref l.LastTotal) + (Space.ResidentPages - baseline) > l.Pages + l.Slack;
+        l is { Pages: > 0, Stuck: false } && Volatile.Read(ref l.LastTotal) + (Space.ResidentPages - baseline) > l.Effective + l.Slack;
 
     /// <summary>Resolve the held-back faults if the pool is back under its limit or they waited long enough.</summary>
     void ResolveDeferred(bool force)
@@ -324,7 +324,7 @@ public sealed unsafe class LabProcess
                 // Wake the pageout when over our run's limit, and every 64 pages under a
                 // mount-wide one (whose total only the pageout adds up).
                 int resident = Space.ResidentPages;
-                if ((Limit is { Pages: > 0 } l && resident > l.Pages) || (MountLimit is { Pages: > 0 } && (resident & 63) == 0))
+                if ((Limit is { Pages: > 0 } l && resident > l.Effective) || (MountLimit is { Pages: > 0 } && (resident & 63) == 0))
                     Pageout.Kick();
             }
         }
@@ -376,9 +376,9 @@ public sealed unsafe class LabProcess
     /// not yet applied would leave the model a page the kernel zapped, and reading that page's
     /// bytes would then fault into our own uffd and wait for the reader, which waits for us).
     /// </summary>
-    public int ScanForPageout(int want, Span<ulong> begun, out bool swapFull)
+    public int ScanForPageout(int want, Span<ulong> begun, Span<ulong> saved, out bool swapFull)
     {
-        lock (_handling) return Space.PageoutScan(want, begun, out swapFull);
+        lock (_handling) return Space.PageoutScan(want, begun, saved, out swapFull);
     }
 
     /// <summary>

@@ -22,11 +22,17 @@ public sealed class PageoutDaemon : IDisposable
     readonly long _mountLimitPages;
     readonly Dictionary<ulong, RunLimit> _runs = new();
     readonly AutoResetEvent _wake = new(false);
-    readonly ulong[] _begun = new ulong[Batch];
+    readonly ulong[] _begun = new ulong[Batch], _saved = new ulong[Batch];
     Thread? _thread;
     volatile bool _stop;
 
     public long Batches, PagesBegun, SwapFullStops, SharedPagesWritten, ScanTicks, FlushTicks;
+    /// <summary>Pages an agent left in place because the kernel held them pinned for I/O.</summary>
+    public long PinnedKept;
+    /// <summary>Pages an agent put back because they had changed since they were saved (written through a pin released meanwhile).</summary>
+    public long ChangedKept;
+    /// <summary>Pages the agent found mlock'd that the model did not know were wired.</summary>
+    public long LockedFound;
 
     public PageoutDaemon(Registry registry, StoreSwapDevice? swap, long mountLimitBytes)
     {
@@ -94,16 +100,19 @@ public sealed class PageoutDaemon : IDisposable
         if (_mountLimitPages > 0) Trim(live, Mount, mount: true);
     }
 
-    /// <summary>Add up the pool's resident pages, and note each process's share for its throttle.</summary>
+    /// <summary>Add up the pool's resident and wired pages, and note each process's share for its throttle.</summary>
     static long Total(LabProcess[] pool, RunLimit pl, bool mount)
     {
-        long resident = 0;
+        long resident = 0, wired = 0;
         foreach (var p in pool)
         {
             int r = p.Space.ResidentPages;
             if (mount) p.MountBase = r; else p.RunBase = r;
             resident += r;
+            wired += Math.Max(0, Interlocked.Read(ref p.Space.Counters.wired_pages));
         }
+        Volatile.Write(ref pl.LastWired, wired);
+        if (wired > pl.WiredMax) pl.WiredMax = wired;
         Volatile.Write(ref pl.LastTotal, resident);
         return resident;
     }
@@ -111,8 +120,18 @@ public sealed class PageoutDaemon : IDisposable
     /// <summary>Begin evictions in the pool until its resident pages are back under the limit (a little under, to batch).</summary>
     void Trim(LabProcess[] pool, RunLimit pl, bool mount)
     {
-        long limit = pl.Pages;
         long resident = Total(pool, pl, mount);
+        // Wired (mlock'd) pages cannot go: a limit below them is reported once, and the pool
+        // is held to its wired pages (the rest may still go), never spun on.
+        long wired = Volatile.Read(ref pl.LastWired);
+        if (wired > pl.Pages && !pl.WiredOverReported)
+        {
+            pl.WiredOverReported = true;
+            pl.WiredOverLimit++;
+            Log.Info($"{(mount ? "the mount" : $"run {pl.Run}")}: {wired} pages are wired (mlock), more than its resident limit of {pl.Pages} pages: they stay resident");
+        }
+        else if (wired <= pl.Pages) pl.WiredOverReported = false;
+        long limit = pl.Effective;
         if (resident <= limit) { pl.Stuck = false; return; }
         long excess = resident - limit + Math.Min(limit / 16, Batch);
         var tried = new HashSet<LabProcess>();
@@ -129,7 +148,7 @@ public sealed class PageoutDaemon : IDisposable
             if (victim == null) break;
             tried.Add(victim);
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            int n = victim.ScanForPageout((int)Math.Min(excess, Batch), _begun, out bool swapFull);
+            int n = victim.ScanForPageout((int)Math.Min(excess, Batch), _begun, _saved, out bool swapFull);
             long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
             ScanTicks += t1 - t0;
             if (swapFull) SwapFullStops++;
@@ -143,10 +162,10 @@ public sealed class PageoutDaemon : IDisposable
             // keeps them in the device's memory, where swap-ins find them).
             _swap?.Flush();
             FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t1;
-            Array.Sort(_begun, 0, n);   // ascending: runs for the write-back and the agent's spans
+            Array.Sort(_begun, _saved, 0, n);   // ascending: runs for the write-back and the agent's spans
             try { WriteBackShared(victim, n); }
             catch (Exception e) { Log.Error($"pid {victim.Pid}: write-back at pageout: {e.GetType().Name}: {e.Message}"); }
-            victim.Agent!.Send(_begun.AsSpan(0, n));   // false: the agent went; the evictions were aborted
+            victim.Agent!.Send(_begun.AsSpan(0, n), _saved.AsSpan(0, n));   // false: the agent went; the evictions were aborted
         }
         pl.Stuck = !progress;
     }
@@ -187,6 +206,13 @@ public sealed class RunLimit(ulong run)
 {
     public readonly ulong Run = run;
     public long Pages;
+    /// <summary>The pool's wired pages when the pageout last added them up, and the most it saw.</summary>
+    public long LastWired, WiredMax;
+    /// <summary>Times the wired pages alone went over the limit (each reported once in the log).</summary>
+    public long WiredOverLimit;
+    public bool WiredOverReported;
+    /// <summary>The limit the pageout holds the pool to: wired pages never go, so never below them.</summary>
+    public long Effective => Math.Max(Pages, Volatile.Read(ref LastWired));
     /// <summary>The pool's resident pages when the pageout last added them up.</summary>
     public long LastTotal;
     /// <summary>The pageout could take nothing from the pool last time: its faults do not wait.</summary>
@@ -215,7 +241,13 @@ public sealed class EvictAgent
     readonly ulong[] _pages = new ulong[PageoutDaemon.Batch];
     readonly int[] _pageSpan = new int[PageoutDaemon.Batch];
     readonly ulong[] _spanStart = new ulong[PageoutDaemon.Batch], _spanEnd = new ulong[PageoutDaemon.Batch];
-    int _pageCount, _spanCount;
+    // Pages the agent left in place (the low bits say why: KeptPinned, KeptLocked), from its reply.
+    readonly ulong[] _kept = new ulong[MaxKept];
+    int _keptCount;
+    int _pageCount, _spanCount, _payloadLength;
+    const int MaxKept = 512;
+    // Why a page was kept: pinned by the kernel, mlock'd, or written after it was saved (put back).
+    const ulong KeptPinned = 1, KeptLocked = 2, KeptChanged = 3;
     uint _seq;
     volatile bool _busy, _dead, _finishing, _detached;
 
@@ -229,8 +261,13 @@ public sealed class EvictAgent
     public bool Busy => _busy || _dead;
     public bool Dead => _dead;
 
-    /// <summary>Ask the agent to drop these pages (whose eviction has begun; ascending). False: the agent is gone; the evictions were aborted here.</summary>
-    public bool Send(ReadOnlySpan<ulong> vas)
+    /// <summary>
+    /// Ask the agent to drop these pages (whose eviction has begun; ascending), with the check
+    /// word of the bytes saved for each (0: none saved now): a page that no longer matches as it
+    /// leaves was written through a kernel pin meanwhile, and the agent puts it back. False: the
+    /// agent is gone; the evictions were aborted here.
+    /// </summary>
+    public bool Send(ReadOnlySpan<ulong> vas, ReadOnlySpan<ulong> saved)
     {
         lock (_gate)
         {
@@ -248,16 +285,23 @@ public sealed class EvictAgent
                 _spanEnd[_spanCount - 1] = va + 4096;
                 _pageSpan[i] = _spanCount - 1;
             }
+            // u32 spans, u32 pages, the spans, then each page's check word.
+            BinaryPrimitives.WriteUInt32LittleEndian(_payload, (uint)_spanCount);
+            BinaryPrimitives.WriteUInt32LittleEndian(_payload.AsSpan(4), (uint)_pageCount);
             for (int i = 0; i < _spanCount; i++)
             {
-                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(i * 16), _spanStart[i]);
-                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(i * 16 + 8), _spanEnd[i] - _spanStart[i]);
+                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(8 + i * 16), _spanStart[i]);
+                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(8 + i * 16 + 8), _spanEnd[i] - _spanStart[i]);
             }
+            int checks = 8 + _spanCount * Proto.SpanSize;
+            for (int i = 0; i < _pageCount; i++)
+                BinaryPrimitives.WriteUInt64LittleEndian(_payload.AsSpan(checks + i * 8), i < saved.Length ? saved[i] : 0);
+            _payloadLength = checks + _pageCount * 8;
             _busy = true;
             _seq++;
         }
         bool sent;
-        lock (_sendGate) sent = !_dead && _conn.Send(Proto.Evict, _seq, 0, _payload.AsSpan(0, _spanCount * Proto.SpanSize));
+        lock (_sendGate) sent = !_dead && _conn.Send(Proto.Evict, _seq, 0, _payload.AsSpan(0, _payloadLength));
         if (sent) return true;
         _dead = true;
         Finish(0);
@@ -292,6 +336,9 @@ public sealed class EvictAgent
                 if (m.Type != (Proto.Evict | Proto.Reply) || m.Seq != _seq || !_busy) break;   // not ours: drop the agent
                 var p = _conn.Payload(m);
                 int done = p.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(p), (uint)_spanCount) : 0;
+                _keptCount = p.Length >= 8 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(p[4..]), (uint)Math.Min(MaxKept, (p.Length - 8) / 8)) : 0;
+                for (int i = 0; i < _keptCount; i++) _kept[i] = BinaryPrimitives.ReadUInt64LittleEndian(p[(8 + i * 8)..]);
+                Array.Sort(_kept, 0, _keptCount);   // by address (the reason is in the low bits); Finish walks both in order
                 if (m.Status == 0 && p.Length >= 4) done = _spanCount;
                 else if (m.Status != Native.EAGAIN)
                     Log.Info($"pid {_proc.Pid}: the agent could not drop pages: {Native.StrError(m.Status)}");
@@ -304,6 +351,14 @@ public sealed class EvictAgent
             lock (_sendGate) _dead = true;
             Finish(0);
         }
+    }
+
+    /// <summary>Pages the program mlock'd behind the lab's back (madvise refused them): wired in the model from now on.</summary>
+    void LockedRun(ulong start, ulong end)
+    {
+        if (end <= start) return;
+        _proc.Space.MarkWired(start, end - start);
+        Interlocked.Add(ref _pageout.LockedFound, (long)((end - start) >> 12));
     }
 
     /// <summary>The process is being torn down: no more Finish touches its space or pmap after this returns.</summary>
@@ -333,11 +388,27 @@ public sealed class EvictAgent
                 if (!_busy || _finishing) return;
                 _finishing = true;
             }
+            // Kept pages stay: pinned ones (the kernel's I/O into them is under way) until a
+            // later pageout; mlock'd ones are wired from now on, so no pageout picks them again.
+            int k = 0;
+            ulong lockedStart = 0, lockedEnd = 0;
             for (int i = 0; i < _pageCount; i++)
             {
-                if (_pageSpan[i] < doneSpans) _proc.Space.CompleteEvict(_pages[i]);
-                else _proc.Space.AbortEvict(_pages[i]);
+                ulong va = _pages[i];
+                while (k < _keptCount && (_kept[k] & ~0xfffUL) < va) k++;
+                bool kept = k < _keptCount && (_kept[k] & ~0xfffUL) == va;
+                if (_pageSpan[i] < doneSpans && !kept) _proc.Space.CompleteEvict(va);
+                else _proc.Space.AbortEvict(va);
+                if (kept && (_kept[k] & 3) == KeptLocked)
+                {
+                    if (va != lockedEnd) { LockedRun(lockedStart, lockedEnd); lockedStart = va; }
+                    lockedEnd = va + 4096;
+                }
+                else if (kept && (_kept[k] & 3) == KeptChanged) Interlocked.Increment(ref _pageout.ChangedKept);
+                else if (kept) Interlocked.Increment(ref _pageout.PinnedKept);
             }
+            LockedRun(lockedStart, lockedEnd);
+            _keptCount = 0;
             for (int i = 0; i < _spanCount; i++) _proc.Pmap.Wake(_spanStart[i], _spanEnd[i] - _spanStart[i]);
             lock (_gate)
             {

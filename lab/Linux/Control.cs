@@ -12,7 +12,7 @@ public static class Proto
 
     public const uint Hello = 1, ChildHello = 2, Map = 3, OpenShared = 4, Unmap = 5, Msync = 6,
         Protect = 7, ForkPrepare = 8, ForkDone = 9, Stat = 10, Reaped = 11, Remap = 12, DropCaches = 13,
-        AgentHello = 14, Evict = 15, SetLimit = 16, Release = 17, Advise = 20, RemapPrepare = 21, Reply = 0x8000;
+        AgentHello = 14, Evict = 15, SetLimit = 16, Release = 17, Wire = 18, Advise = 20, RemapPrepare = 21, Reply = 0x8000;
 
     public const int MadvDontFork = 10, MadvDoFork = 11, MadvWipeOnFork = 18, MadvKeepOnFork = 19, MremapDontUnmap = 4;
 

@@ -25,6 +25,10 @@ public sealed class AddressSpace
     // page that is about to vanish. The count keeps the check off the fault path otherwise.
     readonly PageSet evicting = new();
     int evictingCount;
+    // Pages whose eviction was aborted: the kernel may have written them since their bytes were
+    // saved without a write-protect fault (a page pinned for I/O, written through the pin), so
+    // their next page-out saves them again rather than trusting the swap copy.
+    readonly PageSet mustSave = new();
     ulong version;
     bool destroyed;
     // Freed anons kept for reuse, so promotions allocate nothing in steady state.
@@ -333,15 +337,7 @@ public sealed class AddressSpace
         lock (MapLock)
         {
             ThrowIfDestroyed();
-            var (i, j) = ClipRange(start, end);
-            for (int k = i; k < j; k++)
-            {
-                var e = entries[k];
-                if (e.Wired) continue;
-                e.Wired = true;
-                Interlocked.Add(ref Counters.wired_pages, e.Pages);
-            }
-            Bump();
+            MarkWiredLocked(start, end);
         }
         for (ulong va = start; va < end; va += PageSize)
         {
@@ -363,6 +359,35 @@ public sealed class AddressSpace
             if (r is FaultResult.SigBus or FaultResult.SigSegv) return WireFailed(start, end);
         }
         return true;
+    }
+
+    /// <summary>
+    /// The entries in the range become wired without faulting anything in: the kernel has
+    /// locked (or is locking) the pages itself (mlock through the lab's shim, whose populate
+    /// faults come through the pmap as usual), so the pageout must never pick them.
+    /// </summary>
+    public void MarkWired(ulong start, ulong length)
+    {
+        ulong end = CheckRange(start, length);
+        if (end == start) return;
+        lock (MapLock)
+        {
+            if (destroyed) return;
+            MarkWiredLocked(start, end);
+        }
+    }
+
+    void MarkWiredLocked(ulong start, ulong end)
+    {
+        var (i, j) = ClipRange(start, end);
+        for (int k = i; k < j; k++)
+        {
+            var e = entries[k];
+            if (e.Wired) continue;
+            e.Wired = true;
+            Interlocked.Add(ref Counters.wired_pages, e.Pages);
+        }
+        Bump();
     }
 
     bool WireFailed(ulong start, ulong end)
@@ -445,6 +470,18 @@ public sealed class AddressSpace
         }
     }
 
+    // The check word of the bytes the last PageOut saved (under the map lock).
+    ulong lastSaveCheck;
+
+    /// <summary>A 64-bit check word of a page's bytes (FNV-1a over its words; never 0). The shim computes the same.</summary>
+    public static ulong PageCheck(ReadOnlySpan<byte> page)
+    {
+        var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(page);
+        ulong h = 0xcbf29ce484222325;
+        foreach (ulong w in words) h = (h ^ w) * 0x100000001b3;
+        return h | 1;
+    }
+
     /// <summary>The pmap has removed the page: forget it as installed and let its faults through.</summary>
     public void CompleteEvict(ulong va)
     {
@@ -455,6 +492,7 @@ public sealed class AddressSpace
             evictingCount--;
             installed.Remove(vpn);
             protectedByPageout.Remove(vpn);
+            mustSave.Remove(vpn);
         }
     }
 
@@ -462,7 +500,9 @@ public sealed class AddressSpace
     /// The pmap could not take the page out after all (the process's agent was busy or
     /// failed): the page stays installed. Its bytes are still equal to what
     /// <see cref="BeginEvict"/> saved (it is write-protected; a write would have waited), so
-    /// it is simply clean against its swap copy now; faults on it go through again.
+    /// it is clean against its swap copy as far as faults show; but the kernel may write a
+    /// page it holds pinned for I/O without a fault, so its next page-out saves it again.
+    /// Faults on it go through again.
     /// </summary>
     public void AbortEvict(ulong va)
     {
@@ -471,6 +511,7 @@ public sealed class AddressSpace
         {
             if (!evicting.Remove(vpn)) return;
             evictingCount--;
+            mustSave.Add(vpn);
             Bump();
         }
     }
@@ -516,10 +557,11 @@ public sealed class AddressSpace
     {
         switch (st.Content)
         {
-            case PageContent.Swap:
+            case PageContent.Swap when !mustSave.Contains(va >> Vm.PageShift):
             case PageContent.Zero:
             case PageContent.File:
                 return EvictResult.Clean;
+            case PageContent.Swap:
             case PageContent.InSpaces:
                 break;
             default:
@@ -527,6 +569,7 @@ public sealed class AddressSpace
         }
         long slot = PageOut(va, SwapOwnerKind.Object, o.Id, p);
         if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
+        mustSave.Remove(va >> Vm.PageShift);
         Vm.FreeSwapSlot(o.TakeSwapSlot(p));   // a stale copy (written since) goes
         o.SetSwapSlot(p, slot);
         o.pages[p] = new PageState(PageContent.Swap, swapped: true);
@@ -543,9 +586,10 @@ public sealed class AddressSpace
             if (anon == null) return EvictResult.Clean;
             switch (anon.Content)
             {
-                case PageContent.Swap:
+                case PageContent.Swap when !mustSave.Contains(va >> Vm.PageShift):
                 case PageContent.Zero:
                     return EvictResult.Clean;
+                case PageContent.Swap:
                 case PageContent.InSpaces:
                     break;
                 default:
@@ -554,6 +598,7 @@ public sealed class AddressSpace
             if (anon.an_id == 0) anon.an_id = Vm.NextAnonId();
             long slot = PageOut(va, SwapOwnerKind.Anon, anon.an_id, 0);
             if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
+            mustSave.Remove(va >> Vm.PageShift);
             if (slot > int.MaxValue)
             {
                 Vm.FreeSwapSlot(slot);
@@ -582,6 +627,7 @@ public sealed class AddressSpace
         }
         var buf = Pmap.Staging(1);
         if (!Pmap.ReadPage(va, buf)) return -1;
+        lastSaveCheck = PageCheck(buf[..PageSize]);
         long slot = Vm.SwapWrite(kind, ownerId, ownerIndex, buf);
         if (slot <= 0) return 0;
         Interlocked.Increment(ref Counters.pageouts);
@@ -625,7 +671,15 @@ public sealed class AddressSpace
     /// <paramref name="begun"/>; the caller has the pmap take them out and then calls
     /// <see cref="CompleteEvict"/> for each. Stops early when the swap device is full.
     /// </summary>
-    public int PageoutScan(int want, Span<ulong> begun, out bool swapFull)
+    public int PageoutScan(int want, Span<ulong> begun, out bool swapFull) => PageoutScan(want, begun, Span<ulong>.Empty, out swapFull);
+
+    /// <summary>
+    /// <see cref="PageoutScan(int, Span{ulong}, out bool)"/>, also giving for each page begun the
+    /// <see cref="PageCheck"/> of the bytes saved for it (0: nothing saved, its copy is older).
+    /// The pmap can compare it with the page as it leaves: the kernel may write a page it holds
+    /// pinned for I/O without a fault, after the bytes were saved.
+    /// </summary>
+    public int PageoutScan(int want, Span<ulong> begun, Span<ulong> saved, out bool swapFull)
     {
         swapFull = false;
         want = Math.Min(want, begun.Length);
@@ -653,8 +707,13 @@ public sealed class AddressSpace
                         continue;
                     }
                     ulong va = vpn << Vm.PageShift;
+                    lastSaveCheck = 0;
                     var r = BeginEvict(va);
-                    if (r is EvictResult.Evicted or EvictResult.Clean) begun[n++] = va;
+                    if (r is EvictResult.Evicted or EvictResult.Clean)
+                    {
+                        if (n < saved.Length) saved[n] = r == EvictResult.Evicted ? lastSaveCheck : 0;
+                        begun[n++] = va;
+                    }
                     // A dirty page with nowhere to go stays active; clean pages behind it are still taken.
                     else if (r == EvictResult.NoSwap) swapFull = true;
                 }
@@ -893,6 +952,7 @@ public sealed class AddressSpace
             referenced.Clear();
             inactive.Clear();
             protectedByPageout.Clear();
+            mustSave.Clear();
             inactiveCount = 0;
             evicting.Clear();
             evictingCount = 0;

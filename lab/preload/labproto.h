@@ -63,6 +63,9 @@ enum lab_msg_type {
     LAB_REMAP_PREPARE = 21, /* lab_remap (flags = MREMAP_DONTUNMAP): BEFORE a real mremap with
                              MREMAP_DONTUNMAP, so that its UFFD_EVENT_REMAP leaves the old range
                              mapped (empty) in the model at once; LAB_REMAP ends the expectation */
+    LAB_WIRE = 18,        /* lab_range (flags: LAB_WIRE_ON or 0): the range is being mlock'd (sent
+                             before the real call) or was munlock'd (after it): the daemon marks
+                             its entries wired or not, so the pageout never picks a locked page */
 
     /* daemon -> shim agent (on the agent connection) */
     LAB_EVICT = 15,       /* n x lab_span: take each span that is still lab memory out of the
@@ -70,7 +73,9 @@ enum lab_msg_type {
                              the scratch; MADV_DONTNEED in place for what will not move). Reply:
                              status 0 or an errno (EAGAIN: the shim was busy, try later); payload
                              u32 spans done (those before it are gone, the others untouched or
-                             partly done). The agent never touches lab memory itself, and its
+                             partly done), u32 count, then count u64s: pages of the done spans
+                             it left in place, the low bits saying why (1: pinned by the kernel
+                             for I/O, 2: mlock'd). The agent never touches lab memory itself, and its
                              madvise blocks until the daemon's uffd reader has read the
                              UFFD_EVENT_REMOVE it raises, so the daemon must answer faults meanwhile. */
 
@@ -158,6 +163,8 @@ struct lab_agent_hello {
                            zapped: its REMOVE events are the agent's), 0 if none */
     uint64_t scratch_len;
 };
+
+#define LAB_WIRE_ON 1
 
 struct lab_span {
     uint64_t addr;      /* page aligned */

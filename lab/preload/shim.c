@@ -642,6 +642,35 @@ int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t
     return status;
 }
 
+/* ---------- for lock.c (shim.h) ---------- */
+
+int lab_active(void) { return g_on; }
+void lab_conn_lock(void) { lab_lock(&g_conn_lock); }
+void lab_conn_unlock(void) { lab_unlock(&g_conn_lock); }
+
+void lab_wire_ranges(uintptr_t s, uintptr_t e, int wire)
+{
+    /* One request per lab range in [s, e): the table cannot change meanwhile (g_conn_lock). */
+    for (int i = 0;; i++) {
+        struct lab_range rg = {0, 0, 0, wire ? LAB_WIRE_ON : 0};
+        lab_lock(&g_tab_lock);
+        int more = i < g_ntab;
+        if (more && g_tab[i].start < e && s < g_tab[i].end) {
+            uintptr_t a = g_tab[i].start > s ? g_tab[i].start : s, b = g_tab[i].end < e ? g_tab[i].end : e;
+            rg.addr = a;
+            rg.len = b - a;
+        }
+        lab_unlock(&g_tab_lock);
+        if (!more)
+            break;
+        if (rg.len == 0)
+            continue;
+        int32_t st = lab_req(LAB_WIRE, &rg, sizeof rg, NULL, 0, NULL);
+        if (st != 0)
+            dbg("LAB_WIRE %#lx+%#lx: %s", (unsigned long)rg.addr, (unsigned long)rg.len, strerror(st));
+    }
+}
+
 /* The helper threads (watcher, agent) are raw threads (labsys.h): glibc does not know
  * them, so its set*id broadcast leaves them out and a single-threaded program stays
  * single-threaded for glibc. They keep the credentials they started with; they need no
@@ -682,7 +711,7 @@ static int g_agent_fd = -1;
 static dev_t g_agent_dev;
 static ino_t g_agent_ino;
 /* The request payload. Only the agent thread uses it (one per process). */
-static struct lab_span g_agent_buf[LAB_EVICT_MAX_SPANS];
+static uint64_t g_agent_buf[LAB_MAX_PAYLOAD / 8];
 
 /* Is fd still our agent socket? The program may close it (closefrom) and reuse the
  * number: then it is no longer ours to read, write or close. */
@@ -750,8 +779,61 @@ static void scratch_setup(void)
     g_scratch = (uintptr_t)a;
 }
 
+/* What each move put in the scratch: pages [src, src+pages) now at dst, the first one's check
+ * word at g_agent_checks[check] (checks < 0: none). */
+static struct move_run {
+    uintptr_t src, dst;
+    size_t pages;
+    long check;
+} g_runs[LAB_SCRATCH_PAGES];
+static int g_nruns;
+static const uint64_t *g_agent_checks; /* the request's check words, one per page (0: none) */
+static uint32_t g_agent_npages;
+
+static int agent_keep(uintptr_t a, unsigned why);
+#define LAB_KEPT_CHANGED 3u /* written after the daemon saved it (through a pin released since): put back */
+
+/* The same check word as AddressSpace.PageCheck: FNV-1a over the page's words, never 0. */
+static uint64_t page_check(const void *p)
+{
+    const uint64_t *w = p;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < g_page / sizeof *w; i++)
+        h = (h ^ w[i]) * 0x100000001b3ULL;
+    return h | 1;
+}
+
+/* Before the scratch is zapped: a moved page whose bytes are no longer those the daemon saved
+ * was written by the kernel through a pin that was released between the save and the move.
+ * Zapping it would lose that write: it goes back where it was, and the daemon keeps it. */
+static void scratch_verify(void)
+{
+    for (int r = 0; r < g_nruns; r++) {
+        struct move_run *m = &g_runs[r];
+        for (size_t i = 0; i < m->pages; i++) {
+            long c = m->check < 0 ? -1 : m->check + (long)i;
+            if (c < 0 || (uint32_t)c >= g_agent_npages || g_agent_checks[c] == 0)
+                continue;
+            uintptr_t d = m->dst + i * g_page, a = m->src + i * g_page;
+            unsigned char in = 0;
+            if (lab_sys3(SYS_mincore, d, g_page, &in) != 0 || !(in & 1))
+                continue; /* a hole (nothing was there to move): never read it, it would fault */
+            if (page_check((const void *)d) == g_agent_checks[c])
+                continue;
+            struct lab_uffdio_move back = {a, d, g_page, 0, 0};
+            long rc = lab_sys3(SYS_ioctl, g_uffd, LAB_UFFDIO_MOVE, &back);
+            if (rc == 0)
+                agent_keep(a, LAB_KEPT_CHANGED);
+            else
+                dbg("agent: %#lx changed after it was saved and cannot go back: %s", (unsigned long)a, strerror((int)-rc));
+        }
+    }
+    g_nruns = 0;
+}
+
 static void scratch_zap(void)
 {
+    scratch_verify();
     if (g_scratch_used == 0)
         return;
     lab_sys3(SYS_madvise, g_scratch, g_scratch_used * g_page, MADV_DONTNEED);
@@ -759,10 +841,12 @@ static void scratch_zap(void)
 }
 
 /* Move what can be moved of [s, e) to the scratch; returns where the first page that
- * could not be moved starts (e: all moved). */
-static uintptr_t move_out(uintptr_t s, uintptr_t e)
+ * could not be moved starts (e: all moved), and in *why the move's errno for it. */
+static uintptr_t move_out(uintptr_t s, uintptr_t e, long check, int *why)
 {
+    uintptr_t s0 = s;
     int again = 0;
+    *why = g_move_ok ? 0 : ENOTTY;
     while (s < e && g_scratch && g_move_ok) {
         if (g_scratch_used == LAB_SCRATCH_PAGES)
             scratch_zap();
@@ -774,6 +858,9 @@ static uintptr_t move_out(uintptr_t s, uintptr_t e)
         size_t moved = m.move > 0 ? (size_t)m.move & ~(g_page - 1) : 0;
         if (r == 0)
             moved = len;
+        if (moved > 0 && g_nruns < LAB_SCRATCH_PAGES)
+            g_runs[g_nruns++] = (struct move_run){s, g_scratch + g_scratch_used * g_page, moved / g_page,
+                                                  check < 0 ? -1 : check + (long)((s - s0) / g_page)};
         s += moved;
         g_scratch_used += moved / g_page;
         if (r == 0 || moved > 0)
@@ -782,10 +869,106 @@ static uintptr_t move_out(uintptr_t s, uintptr_t e)
             continue;
         if (err == ENOTTY)
             g_move_ok = 0; /* no UFFDIO_MOVE in this kernel: stop trying */
-        dbg("agent: move %#lx+%#lx: %s: zapped in place", (unsigned long)s, (unsigned long)len, strerror(err));
+        *why = err;
+        dbg("agent: move %#lx+%#lx: %s", (unsigned long)s, (unsigned long)len, strerror(err));
         break;
     }
     return s;
+}
+
+/* Pages an eviction left in place, with why (the low bits of the address): the daemon keeps
+ * them resident. Reply payload: u32 spans done, u32 count, then the u64s. */
+#define LAB_KEPT_PINNED 1u /* the kernel holds the page for I/O (pinned): zapping it would lose the I/O's bytes */
+#define LAB_KEPT_LOCKED 2u /* mlock'd: madvise refuses it */
+#define LAB_KEPT_MAX 512
+static struct {
+    uint32_t done, count;
+    uint64_t page[LAB_KEPT_MAX];
+} g_agent_reply;
+
+static int agent_keep(uintptr_t a, unsigned why)
+{
+    if (g_agent_reply.count == LAB_KEPT_MAX)
+        return -1;
+    g_agent_reply.page[g_agent_reply.count++] = (uint64_t)a | why;
+    return 0;
+}
+
+/* Bit 56 of /proc/self/pagemap: the page is mapped by this process alone. A private page that
+ * is mapped here alone yet refuses UFFDIO_MOVE with EBUSY is pinned: the kernel is doing I/O
+ * into or out of it (a direct-I/O read of the lab's own FUSE files pins the buffer until the
+ * reply). Returns 1, 0, or -1 (cannot tell). */
+static int page_alone(int pm, uintptr_t a)
+{
+    uint64_t ent;
+    if (pm < 0 || lab_sys4(SYS_pread64, pm, &ent, sizeof ent, a / g_page * sizeof ent) != (long)sizeof ent)
+        return -1;
+    return (int)((ent >> 56) & 1);
+}
+
+/* Zap [s, e) in place, a page at a time where the range refuses as a whole: pages madvise
+ * refuses with EINVAL are mlock'd ones, kept. Returns 0 or an errno. */
+static int zap_in_place(uintptr_t s, uintptr_t e)
+{
+    long rc = lab_sys3(SYS_madvise, s, (size_t)(e - s), MADV_DONTNEED);
+    if (rc == 0)
+        return 0;
+    if (rc != -EINVAL)
+        return (int)-rc;
+    for (uintptr_t a = s; a < e; a += g_page) {
+        rc = lab_sys3(SYS_madvise, a, g_page, MADV_DONTNEED);
+        if (rc == 0)
+            continue;
+        if (rc != -EINVAL)
+            return (int)-rc;
+        if (agent_keep(a, LAB_KEPT_LOCKED) != 0)
+            return E2BIG;
+    }
+    return 0;
+}
+
+/* One span: move what moves, zap in place what is COW-shared (after fork: EBUSY) or will not
+ * move (shared file mappings: EINVAL), keep what the kernel holds pinned. Returns 0 or an errno. */
+static int evict_span(uintptr_t s, uintptr_t e, long check)
+{
+    int pm = -1, err = 0;
+    uintptr_t s0 = s;
+    while (s < e) {
+        int why;
+        uintptr_t rest = move_out(s, e, check < 0 ? -1 : check + (long)((s - s0) / g_page), &why);
+        if (rest >= e)
+            break;
+        /* EINVAL: a shared file mapping (its page stays in the memfd) or a locked one; ENOTTY
+         * or no scratch (0): no moves at all. Zapped in place. Anything else (EBUSY, EAGAIN
+         * for ever): a page the kernel may hold, looked at one by one. */
+        if (why == EINVAL || why == ENOTTY || why == 0) {
+            err = zap_in_place(rest, e);
+            break;
+        }
+        if (pm < 0)
+            pm = (int)lab_sys4(SYS_openat, AT_FDCWD, "/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
+        int alone = page_alone(pm, rest);
+        dbg("agent: %#lx: %s, alone %d", (unsigned long)rest, strerror(why), alone);
+        if (alone == 1) {
+            if (agent_keep(rest, LAB_KEPT_PINNED) != 0) {
+                err = E2BIG;
+                break;
+            }
+            s = rest + g_page;
+            continue;
+        }
+        /* COW-shared pages (mapped by a fork child too) up to the next page mapped here alone,
+         * which may well move: zapped here (a pin of a shared page only reads it). */
+        uintptr_t z = rest + g_page;
+        while (z < e && page_alone(pm, z) == 0)
+            z += g_page;
+        if ((err = zap_in_place(rest, z)) != 0)
+            break;
+        s = z;
+    }
+    if (pm >= 0)
+        lab_sys1(SYS_close, pm);
+    return err;
 }
 
 static int32_t agent_evict_locked(uint32_t n, uint32_t *done);
@@ -793,6 +976,7 @@ static int32_t agent_evict_locked(uint32_t n, uint32_t *done);
 static int32_t agent_evict(uint32_t n, uint32_t *done)
 {
     *done = 0;
+    g_agent_reply.count = 0;
     /* A program thread holds g_conn_lock only briefly, unless it is itself stuck on a page
      * this request would release: then say "busy" rather than wait for ever. */
     if (lab_lock_timed(&g_conn_lock, 5) != 0)
@@ -808,9 +992,11 @@ static int32_t agent_evict(uint32_t n, uint32_t *done)
  * checked span cannot turn into program memory before it is moved or zapped. */
 static int32_t agent_evict_locked(uint32_t n, uint32_t *done)
 {
-    for (uint32_t i = 0; i < n; i++) {
-        uintptr_t s = (uintptr_t)g_agent_buf[i].addr;
-        uint64_t len = g_agent_buf[i].len;
+    const struct lab_span *spans = (const struct lab_span *)(g_agent_buf + 1);
+    long check = 0;
+    for (uint32_t i = 0; i < n; i++, check += (long)(spans[i - 1].len / g_page)) {
+        uintptr_t s = (uintptr_t)spans[i].addr;
+        uint64_t len = spans[i].len;
         if (len == 0) {
             (*done)++;
             continue;
@@ -818,21 +1004,14 @@ static int32_t agent_evict_locked(uint32_t n, uint32_t *done)
         if (s > UINTPTR_MAX - g_page || len > UINTPTR_MAX - g_page - s)
             return EINVAL;
         uintptr_t e = s + page_up((uintptr_t)len);
-        int r = 0, err = 0;
-        if (tab_covers(s, e)) {
-            uintptr_t rest = move_out(s, e);
-            if (rest < e) {
-                /* a page that would not move, and the rest of its span: zap them where they are */
-                long rc = lab_sys3(SYS_madvise, rest, (size_t)(e - rest), MADV_DONTNEED);
-                r = rc < 0 ? -1 : 0;
-                err = rc < 0 ? (int)-rc : 0;
-            }
-        } else {
+        int err = 0;
+        if (tab_covers(s, e))
+            err = evict_span(s, e, check);
+        else
             dbg("agent: %#lx+%#lx is no longer lab memory: skipped", (unsigned long)s, (unsigned long)len);
-        }
-        if (r != 0) {
-            dbg("agent: madvise %#lx+%#lx: %s", (unsigned long)s, (unsigned long)len, strerror(err));
-            return err ? err : EIO;
+        if (err != 0) {
+            dbg("agent: evicting %#lx+%#lx: %s", (unsigned long)s, (unsigned long)len, strerror(err));
+            return err;
         }
         (*done)++;
     }
@@ -911,13 +1090,19 @@ static void agent(void *arg)
         if (recv_exact(fd, &q, sizeof q, NULL) != 0 || agent_read_payload(fd, q.len, &big) != 0)
             break; /* EOF or error: the watcher deals with a dead daemon */
         struct lab_hdr a = {q.type | LAB_REPLY, 0, q.seq, EINVAL};
-        uint32_t done = 0;
+        g_agent_reply.done = g_agent_reply.count = 0;
         if (q.type == LAB_EVICT) {
-            a.len = sizeof done;
-            if (!big && q.len % sizeof(struct lab_span) == 0)
-                a.status = agent_evict(q.len / (uint32_t)sizeof(struct lab_span), &done);
+            /* u32 spans, u32 pages, the spans, then each page's check word */
+            uint32_t ns = (uint32_t)g_agent_buf[0], np = (uint32_t)(g_agent_buf[0] >> 32);
+            if (!big && q.len >= 8 && ns <= LAB_EVICT_MAX_SPANS && np <= LAB_EVICT_MAX_SPANS &&
+                q.len == 8 + ns * sizeof(struct lab_span) + np * 8u) {
+                g_agent_checks = g_agent_buf + 1 + 2 * ns;
+                g_agent_npages = np;
+                a.status = agent_evict(ns, &g_agent_reply.done);
+            }
+            a.len = 8 + g_agent_reply.count * 8;
         }
-        if (!agent_fd_ours(fd) || send_msg(fd, &a, &done, a.len, -1) != 0)
+        if (!agent_fd_ours(fd) || send_msg(fd, &a, &g_agent_reply, a.len, -1) != 0)
             break;
     }
     agent_quit(fd);
@@ -1264,7 +1449,8 @@ static void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t
 
     if (flags & MAP_ANONYMOUS) {
         if ((flags & LAB_MAP_TYPE) == MAP_PRIVATE && prot != PROT_NONE &&
-            !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_POPULATE | MAP_LOCKED)))
+            !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_POPULATE | MAP_LOCKED)) &&
+            !__atomic_load_n(&lab_lock_future, __ATOMIC_RELAXED))
             return map_anon(addr, len, prot, flags);
     } else if (fd >= 0 && g_have_mount) {
         struct stat st;

@@ -1,4 +1,4 @@
-/* What shim.c shares with the shim's other files (ownuffd.c, procmem.c). Hidden: a
+/* What shim.c shares with the shim's other files (ownuffd.c, procmem.c, lock.c). Hidden: a
  * program never sees these names. */
 #ifndef LAB_SHIM_H
 #define LAB_SHIM_H
@@ -22,6 +22,19 @@ int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t
 int tab_any(uintptr_t s, uintptr_t e);
 int tab_cut(uintptr_t s, uintptr_t e);
 int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *kind);
+
+/* The program runs under the lab (the shim is connected). */
+int lab_active(void);
+/* The control connection's lock: held across a real call and the requests that describe it,
+ * so the daemon sees them in the order they happened. Recursive. */
+void lab_conn_lock(void);
+void lab_conn_unlock(void);
+/* Tell the daemon that the lab memory in [s, e) is now wired (mlock'd) or no longer is.
+ * Caller holds the connection lock. */
+void lab_wire_ranges(uintptr_t s, uintptr_t e, int wire);
+/* mlockall(MCL_FUTURE) is in force: new anonymous mappings are locked by the kernel as they are
+ * made (populated before the shim could register them), so they stay program memory. */
+extern int lab_lock_future;
 
 #pragma GCC visibility pop
 

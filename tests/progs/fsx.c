@@ -1,7 +1,15 @@
 /*
  * fsx: a differential random exerciser for one file (the idea of the classic fsx).
  *
- *   fsx [-N ops] [-l maxlen] [-q] SEED TESTFILE REFFILE
+ *   fsx [-N ops] [-l maxlen] [-o maxoplen] [-c P] [-q] SEED TESTFILE REFFILE
+ *   fsx [-N ops] [-l maxlen] [-o maxoplen] [-c P] [-q] [-S SEED] TESTFILE
+ *
+ * The second form takes xfstests' fsx command line: the reference is then an unlinked file in
+ * $TMPDIR (or /tmp), and the whole files are compared at every close/reopen and at the end
+ * rather than after every step (reads still compare what they read). -c P: after one step in P
+ * (on average), close the test file, drop the kernel's caches as xfstests' fsx does (the shell
+ * command `echo 3 > /proc/sys/vm/drop_caches`, under the same environment) and reopen it.
+ * -o: the longest read, write or fallocate (default 65536).
  *
  * Applies the same random operations to TESTFILE (on the lab mount) and REFFILE (on a native
  * file system): pwrite, pread, ftruncate up and down, fallocate (allocate, keep-size, punch hole,
@@ -36,6 +44,8 @@ static unsigned long long seed;
 static int tfd, rfd;
 static const char *tpath, *rpath;
 static long maxlen = 256 * 1024;
+static long maxoplen = 65536;
+static int full_checks = 1; /* compare the whole files after every step */
 static long pagesz;
 static unsigned char *tbuf, *rbuf, *data;
 static int falloc_ok[4] = { 1, 1, 1, 1 };
@@ -77,7 +87,7 @@ static void fail(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "\n");
     dump_log();
-    fprintf(stderr, "fsx: reproduce with: fsx -N %ld -l %ld %llu TESTFILE REFFILE\n", steps_done + 1, maxlen, seed);
+    fprintf(stderr, "fsx: reproduce with: fsx -N %ld -l %ld -o %ld %llu TESTFILE REFFILE\n", steps_done + 1, maxlen, maxoplen, seed);
     exit(1);
 }
 
@@ -150,7 +160,7 @@ static void fill(long len)
 
 static void do_write(void)
 {
-    long off = rnd_below(maxlen), len = 1 + rnd_below(rnd_below(4) == 0 ? 65536 : 4096);
+    long off = rnd_below(maxlen), len = 1 + rnd_below(rnd_below(4) == 0 ? maxoplen : (maxoplen < 4096 ? maxoplen : 4096));
     if (off + len > maxlen) len = maxlen - off;
     if (len <= 0) return;
     log_op(OP_WRITE, off, len, 0);
@@ -162,7 +172,7 @@ static void do_write(void)
 static void do_read(void)
 {
     long size = fsize(rfd, "ref");
-    long off = rnd_below(size + 4096), len = 1 + rnd_below(65536);
+    long off = rnd_below(size + 4096), len = 1 + rnd_below(maxoplen);
     log_op(OP_READ, off, len, 0);
     long tg = full_pread(tfd, tbuf, len, off), rg = full_pread(rfd, rbuf, len, off);
     if (tg != rg) fail("pread %ld+%ld gave %ld bytes from the test file, %ld from the reference", off, len, tg, rg);
@@ -185,7 +195,7 @@ static void do_fallocate(void)
 {
     static const int modes[4] = { 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE };
     int m = (int)rnd_below(4);
-    long off = rnd_below(maxlen), len = 1 + rnd_below(65536);
+    long off = rnd_below(maxlen), len = 1 + rnd_below(maxoplen);
     if (off + len > maxlen) len = maxlen - off;
     if (len <= 0 || !falloc_ok[m]) return;
     log_op(OP_FALLOC, off, len, modes[m]);
@@ -281,35 +291,70 @@ static void do_mmap_write_private(void)
     /* check_all() then proves the store never reached the file. */
 }
 
+/* xfstests' docloseopen: close, drop the caches, reopen; then everything must still agree. */
+static void do_closeopen(void)
+{
+    if (close(tfd) != 0) fail("close: %s", strerror(errno));
+    int st = system("echo 3 > /proc/sys/vm/drop_caches");
+    if (st != 0) fail("dropping the caches (echo 3 > /proc/sys/vm/drop_caches) failed: status %#x", st);
+    tfd = open(tpath, O_RDWR);
+    if (tfd < 0) fail("reopen %s: %s", tpath, strerror(errno));
+    check_all();
+}
+
 int main(int argc, char **argv)
 {
     long nops = 10000;
-    int quiet = 0, c;
-    while ((c = getopt(argc, argv, "N:l:q")) != -1) {
+    int quiet = 0, c, have_seed = 0;
+    long closeprob = 0;
+    while ((c = getopt(argc, argv, "N:l:o:c:S:q")) != -1) {
         switch (c) {
         case 'N': nops = strtol(optarg, NULL, 10); break;
         case 'l': maxlen = strtol(optarg, NULL, 10); break;
+        case 'o': maxoplen = strtol(optarg, NULL, 10); break;
+        case 'c': closeprob = strtol(optarg, NULL, 10); break;
+        case 'S': seed = strtoull(optarg, NULL, 10); have_seed = 1; break;
         case 'q': quiet = 1; break;
         default: goto usage;
         }
     }
-    if (argc - optind != 3 || nops < 0 || maxlen < 1) {
+    int files = argc - optind - (have_seed ? 0 : 1);
+    if ((files != 1 && files != 2) || (files == 1 && !have_seed && argc - optind != 1) || nops < 0 || maxlen < 1 ||
+        maxoplen < 1 || closeprob < 0) {
 usage:
-        fprintf(stderr, "usage: fsx [-N ops] [-l maxlen] [-q] SEED TESTFILE REFFILE\n");
+        fprintf(stderr, "usage: fsx [-N ops] [-l maxlen] [-o maxoplen] [-c P] [-q] SEED TESTFILE REFFILE\n"
+                        "       fsx [-N ops] [-l maxlen] [-o maxoplen] [-c P] [-q] [-S SEED] TESTFILE\n");
         return 2;
     }
-    seed = strtoull(argv[optind], NULL, 10);
+    if (argc - optind == 1) {
+        files = 1; /* xfstests' form: the seed, if any, came with -S */
+    } else if (!have_seed) {
+        seed = strtoull(argv[optind++], NULL, 10);
+        files = argc - optind;
+    }
     rng_state = seed;
-    tpath = argv[optind + 1];
-    rpath = argv[optind + 2];
+    tpath = argv[optind];
+    char refpath[4096];
+    if (files == 2) {
+        rpath = argv[optind + 1];
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(refpath, sizeof refpath, "%s/fsx-ref-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        int fd = mkstemp(refpath);
+        if (fd < 0) { fprintf(stderr, "fsx: %s: %s\n", refpath, strerror(errno)); return 2; }
+        close(fd);
+        rpath = refpath;
+        full_checks = 0;
+    }
     pagesz = sysconf(_SC_PAGESIZE);
-    long bufsz = maxlen + 2 * 65536 + pagesz;
+    long bufsz = maxlen + 2 * (maxoplen > 65536 ? maxoplen : 65536) + pagesz;
     tbuf = malloc((size_t)bufsz); rbuf = malloc((size_t)bufsz); data = malloc((size_t)bufsz);
     if (!tbuf || !rbuf || !data) { fprintf(stderr, "fsx: out of memory\n"); return 2; }
     tfd = open(tpath, O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (tfd < 0) { fprintf(stderr, "fsx: %s: %s\n", tpath, strerror(errno)); return 2; }
     rfd = open(rpath, O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (rfd < 0) { fprintf(stderr, "fsx: %s: %s\n", rpath, strerror(errno)); return 2; }
+    if (files == 1) unlink(rpath); /* ours alone: gone when we are */
 
     long counts[OP_COUNT] = { 0 };
     for (steps_done = 0; steps_done < nops; steps_done++) {
@@ -327,7 +372,8 @@ usage:
         default: do_mmap_write_private(); break;
         }
         counts[op]++;
-        check_all();
+        if (closeprob > 0 && rnd_below(closeprob) == 0) do_closeopen();
+        else if (full_checks) check_all();
         if (!quiet && nops >= 100000 && steps_done % 100000 == 0 && steps_done)
             fprintf(stderr, "fsx: %ld steps\n", steps_done);
     }
