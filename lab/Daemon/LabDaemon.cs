@@ -179,6 +179,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         RemoveDeadSockets();
         _control = new ControlServer(this, System.IO.Path.Combine(SocketDirectory, $"lab-{Environment.ProcessId}.sock"));
         _fs = new LabFileSystem(_backing, this);
+        _fs.CachesInUse = () => Registry.LiveCount > 0;
         FuseServer.ClearStale(_mountpoint);
         _server = FuseServer.Mount(_mountpoint, _fs, new FuseMountOptions());
         _control.Start();
@@ -188,10 +189,12 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Set(); });
         using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; _stop.Set(); });
         _server.Completion.ContinueWith(_ => _stop.Set());
-        using var idle = new Timer(_ => Guard(IdleTick, "idle trim"), null, 1000, 1000);
+        var idle = new Timer(_ => Guard(IdleTick, "idle trim"), null, 1000, 1000);
         ready?.Invoke();
         _stop.Wait();
-        idle.Change(Timeout.Infinite, Timeout.Infinite);
+        // A trim in progress finishes before the swap store closes.
+        using (var stopped = new ManualResetEvent(false))
+            if (idle.Dispose(stopped)) stopped.WaitOne(TimeSpan.FromSeconds(30));
         Shutdown();
         return 0;
     }
@@ -230,12 +233,10 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     /// </summary>
     void TrimIdle()
     {
-        if (_swap != null)
-        {
-            _swap.Flush();
-            _swap.Store.Trim();
-        }
-        DropCaches();
+        // Each step on its own: one that fails is logged and the others still run.
+        if (_swap is { } swap) Guard(() => { swap.Flush(); swap.Store.Trim(); }, "idle trim of the swap store");
+        Guard(() => DropCaches(), "idle trim of the file caches");
+        Guard(() => _fs?.DropForgotten(), "idle trim of forgotten files");
         // Every object is gone: the adapters are rebuilt on the next map (the VM finds its objects by ino).
         if (_vm.ObjectsAlive == 0 && Registry.LiveCount == 0) _vnodes.Clear();
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
@@ -352,9 +353,10 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
 
     VnodeAdapter? Vnode(ulong ino)
     {
-        if (_vnodes.TryGetValue(ino, out var v)) return v;
         var f = File(ino);
-        return f == null ? null : _vnodes.GetOrAdd(ino, _ => new VnodeAdapter(f));
+        if (f == null) return null;
+        // The adapter of a cache that is gone (its node forgotten and freed, its file deleted) is replaced.
+        return _vnodes.AddOrUpdate(ino, _ => new VnodeAdapter(f), (_, old) => old.Wraps(f) ? old : new VnodeAdapter(f));
     }
 
     public static Prot ToProt(int prot) =>
@@ -414,6 +416,8 @@ public sealed record DaemonOptions
 public sealed class VnodeAdapter(CachedFile file) : IVnode
 {
     public string Name => file.Name;
+
+    public bool Wraps(CachedFile f) => ReferenceEquals(file, f);
 
     public long DropClean() => file.DropClean();
 
