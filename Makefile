@@ -7,9 +7,9 @@ CFLAGS_C := -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE
 DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 dotnet
 
 SHIM_SRC := $(wildcard lab/preload/*.c)
-PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch
+PROGS := $(BUILD)/mmapcheck $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/fsx $(BUILD)/swapcheck $(BUILD)/swaptouch $(BUILD)/churn
 
-.PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
+.PHONY: all build deps native dotnet test demo bench clean props-long fsx-long soak
 
 all: build
 
@@ -35,6 +35,10 @@ $(BUILD)/mmapcheck: tests/progs/mmapcheck.c
 	$(CC) $(CFLAGS_C) -o $@ $<
 
 $(BUILD)/fsx: tests/progs/fsx.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ $<
+
+$(BUILD)/churn: tests/progs/churn.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ $<
 
@@ -80,6 +84,10 @@ props-long: build
 
 fsx-long: build
 	LAB_FSX_LONG=1 LAB_REQUIRE_KERNEL=1 $(DOTNET) test tests/Lab.Tests/Lab.Tests.csproj -c $(CONFIG) --no-build --filter FullyQualifiedName~Fsx
+
+# Not in CI: real programs mixed for SOAK_MINUTES (default 30) under every design, the daemon's footprint sampled each minute.
+soak: build
+	@bash lab/scripts/soak.sh
 
 clean:
 	rm -rf $(BUILD)
