@@ -80,7 +80,7 @@ public sealed class GrowthTests(ITestOutputHelper output)
         try
         {
             var ready = lab.StandardOutput.ReadLineAsync();
-            if (!ready.Wait(60_000) || ready.Result != "ready") return $"run {i} ({vm}, kind {kind}): not ready: {ready.Status}";
+            if (!ready.Wait(180_000) || ready.Result != "ready") return $"run {i} ({vm}, kind {kind}): not ready: {ready.Status}";
             // `lab run` waits for the program: its child. SIGKILL it, as the OOM killer or a user would.
             var children = File.ReadAllText($"/proc/{lab.Id}/task/{lab.Id}/children").Split(' ', StringSplitOptions.RemoveEmptyEntries);
             foreach (var c in children) LabMount.Signal(int.Parse(c), 9);
