@@ -11,7 +11,7 @@ SHIM_SRC := $(wildcard lab/preload/*.c)
 TEST_PROGS := $(patsubst tests/progs/%.c,$(BUILD)/%,$(wildcard tests/progs/*.c))
 PROGS := $(TEST_PROGS) $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/swaptouch
 
-.PHONY: all build deps native dotnet test demo bench clean props-long fsx-long
+.PHONY: all build deps native dotnet test demo bench clean props-long fsx-long soak
 
 all: build
 
@@ -74,6 +74,10 @@ props-long: build
 
 fsx-long: build
 	LAB_FSX_LONG=1 LAB_REQUIRE_KERNEL=1 $(DOTNET) test tests/Lab.Tests/Lab.Tests.csproj -c $(CONFIG) --no-build --filter FullyQualifiedName~Fsx
+
+# Not in CI: real programs mixed for SOAK_MINUTES (default 30) under every design, the daemon's footprint sampled each minute.
+soak: build
+	@bash lab/scripts/soak.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -361,9 +361,9 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
             n.Lookups -= (long)Math.Min(nlookup, (ulong)long.MaxValue);
             if (n.Lookups > 0) return;
             n.Lookups = 0;
-            // A node with a page cache stays (the daemon may map its memfd) unless its file is gone:
-            // a file looked up again must find the same cache.
-            if (n.Cache != null && Stat(n.Fd, out var st) == 0 && st.Nlink > 0) return;
+            // A node with a page cache stays while the daemon may map its memfd (unless its file is
+            // gone); DropForgotten frees it once nothing can.
+            if (n.Cache != null && (CachesInUse?.Invoke() ?? true) && Stat(n.Fd, out var st) == 0 && st.Nlink > 0) return;
             _byId.Remove(node);
             _byKey.Remove((n.Dev, n.Ino));
             if (_byIno.TryGetValue(n.Ino, out var same) && same == n) _byIno.Remove(n.Ino);
@@ -1184,6 +1184,37 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         return Volatile.Read(ref n.Cache);
     }
 
+    /// <summary>The daemon's answer to "may a program map a page cache now?" (called under the node table lock).</summary>
+    public Func<bool>? CachesInUse;
+
+    /// <summary>
+    /// Frees the nodes the kernel has forgotten that were kept only for their page cache (the
+    /// daemon calls it when no program runs): their memfd, pages and descriptors go. Returns how many.
+    /// </summary>
+    public int DropForgotten()
+    {
+        List<Node> drop = new();
+        lock (_nodesLock)
+        {
+            if (_disposed) return 0;
+            foreach (var n in _byId.Values)
+                if (n.Lookups == 0 && n.Id != RootId) drop.Add(n);
+            foreach (var n in drop)
+            {
+                _byId.Remove(n.Id);
+                _byKey.Remove((n.Dev, n.Ino));
+                if (_byIno.TryGetValue(n.Ino, out var same) && same == n) _byIno.Remove(n.Ino);
+            }
+        }
+        foreach (var n in drop)
+        {
+            // The node's hold only: a VM object still mapping the file keeps the cache open.
+            n.Cache?.Release();
+            Native.Close(n.Fd);
+        }
+        return drop.Count;
+    }
+
     /// <summary>What the file system holds now (for the daemon's stats): nodes the kernel knows, page caches, open handles.</summary>
     public (int Nodes, int Caches, int Handles) Counts()
     {
@@ -1220,7 +1251,8 @@ public sealed unsafe class LabFileSystem : IFuseFileSystem, IDisposable
         }
         foreach (var n in nodes)
         {
-            if (n.Cache != null) { n.Cache.Flush(); n.Cache.Dispose(); }
+            // The node's hold only: a VM object still mapping the file keeps the cache open.
+            n.Cache?.Release();
             Native.Close(n.Fd);
         }
         foreach (var h in _handles.Values) Native.CloseQuiet(h.Fd);

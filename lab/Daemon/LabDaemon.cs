@@ -190,6 +190,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         RemoveDeadSockets();
         _control = new ControlServer(this, System.IO.Path.Combine(SocketDirectory, $"lab-{Environment.ProcessId}.sock"));
         _fs = new LabFileSystem(_backing, this);
+        _fs.CachesInUse = () => Registry.LiveCount > 0;
         FuseServer.ClearStale(_mountpoint);
         _server = FuseServer.Mount(_mountpoint, _fs, new FuseMountOptions());
         _control.Start();
@@ -200,10 +201,12 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Set(); });
         using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; _stop.Set(); });
         _server.Completion.ContinueWith(_ => _stop.Set());
-        using var idle = new Timer(_ => Guard(IdleTick, "idle trim"), null, 1000, 1000);
+        var idle = new Timer(_ => Guard(IdleTick, "idle trim"), null, 1000, 1000);
         ready?.Invoke();
         _stop.Wait();
-        idle.Change(Timeout.Infinite, Timeout.Infinite);
+        // A trim in progress finishes before the swap store closes.
+        using (var stopped = new ManualResetEvent(false))
+            if (idle.Dispose(stopped)) stopped.WaitOne(TimeSpan.FromSeconds(30));
         Shutdown();
         return 0;
     }
@@ -242,12 +245,10 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     /// </summary>
     void TrimIdle()
     {
-        if (_swap != null)
-        {
-            _swap.Flush();
-            _swap.Store.Trim();
-        }
-        DropCaches();
+        // Each step on its own: one that fails is logged and the others still run.
+        if (_swap is { } swap) Guard(() => { swap.Flush(); swap.Store.Trim(); }, "idle trim of the swap store");
+        Guard(() => DropCaches(), "idle trim of the file caches");
+        Guard(() => _fs?.DropForgotten(), "idle trim of forgotten files");
         // Every object is gone: drop the adapters (a file mapped again gets a new one).
         if (_vm.ObjectsAlive == 0 && Registry.LiveCount == 0) _vnodes.Clear();
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);

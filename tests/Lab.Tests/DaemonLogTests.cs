@@ -1,0 +1,80 @@
+using Lab.Linux;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Lab.Tests;
+
+/// <summary>The stats name each counter once; the daemon's log says what went wrong, once per kind and then in sum.</summary>
+public sealed class DaemonLogTests(ITestOutputHelper output)
+{
+    static string[] Duplicates(string text) =>
+        text.Split('\n').Where(l => l.Length > 0 && !l.StartsWith('#'))
+            .Select(l => l.Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries)[0])
+            .GroupBy(n => n).Where(g => g.Count() > 1).Select(g => g.Key).ToArray();
+
+    [KernelFact]
+    public void Every_stats_text_names_each_counter_once()
+    {
+        // With swap, so the store's counters are there too.
+        using var m = new LabMount("freebsd");
+        var r = Sh.Lab("run", "--mount", m.Mount, "--resident-limit", "1M", "--stats", "--", Repo.Prog("swapcheck"), "1024", "touch");
+        var c = LabMount.ParseCounters(r.Stderr);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.True(LabMount.Get(c, "pageins") > 0, r.Stderr);
+        var raw = Sh.Lab("stat", "--mount", m.Mount, "--raw");
+        Assert.True(raw.ExitCode == 0, raw.ToString());
+        var file = File.ReadAllText(m.M(".lab/stats"));
+        foreach (var (what, text) in new[] { ("lab stat --raw", raw.Stdout), (".lab/stats", file), ("lab run --stats", r.Stderr) })
+        {
+            output.WriteLine($"--- {what}\n{text}");
+            Assert.True(Duplicates(text).Length == 0, $"{what} names twice: {string.Join(", ", Duplicates(text))}");
+        }
+        // (The --stats table leaves out zeros.)
+        Assert.Contains("\ninternal_errors 0\n", raw.Stdout);
+        Assert.Contains("\ninternal_errors 0\n", file);
+        Assert.Contains("swap_store_bad_slots 0\n", raw.Stdout);
+    }
+
+    [KernelFact]
+    public void A_repeated_error_is_logged_once_then_counted()
+    {
+        // A short window so that the summary comes within the test (the default is a minute).
+        LabMount m;
+        lock (typeof(DaemonLogTests))
+        {
+            Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", "3000");
+            try { m = new LabMount(); }
+            finally { Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", null); }
+        }
+        using (m)
+        {
+            const int N = 40;
+            for (int i = 0; i < N; i++)
+            {
+                using var conn = ControlConnection.Connect(m.M(".lab/control"), out int e) ?? throw new InvalidOperationException($"connect: errno {e}");
+                var frame = new byte[20];
+                BitConverter.TryWriteBytes(frame.AsSpan(0), 999u);
+                BitConverter.TryWriteBytes(frame.AsSpan(4), 4u);
+                BitConverter.TryWriteBytes(frame.AsSpan(8), (uint)i);
+                unsafe { fixed (byte* p = frame) Assert.Equal(frame.Length, (int)Native.write(conn.Fd, p, (nuint)frame.Length)); }
+                Assert.Null(conn.Receive());
+            }
+            // Every one is accounted for: lines in full, plus the "N more like this" sums.
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            long full, summed;
+            while (true)
+            {
+                var lines = m.DaemonLog.Split('\n');
+                full = lines.Count(l => l.StartsWith("lab: closing the control connection of pid ") && l.EndsWith("malformed message (type 999, 4 bytes)"));
+                summed = lines.Where(l => l.Contains(" more like this in the last 3000 ms: closing the control connection"))
+                    .Sum(l => long.Parse(l["lab: ".Length..].Split(' ')[0]));
+                if (full + summed == N || DateTime.UtcNow > deadline) break;
+                Thread.Sleep(200);
+            }
+            output.WriteLine(m.DaemonLog);
+            Assert.Equal(N, full + summed);
+            Assert.InRange(full, 1, N / 4);
+            Assert.Equal(0, m.DaemonLog.Split('\n').Count(l => l.Contains("more like this") && !l.Contains("closing the control connection")));
+        }
+    }
+}
