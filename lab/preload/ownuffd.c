@@ -23,16 +23,21 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+ssize_t fd_link(int fd, char *link, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, cap - 1);
+    if (n >= 0)
+        link[n] = 0;
+    return n;
+}
+
 /* Is fd a userfaultfd (from userfaultfd(2) or /dev/userfaultfd)? Only asked on UFFDIO_REGISTER. */
 static int is_uffd(int fd)
 {
-    char path[64], link[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    if (n < 0)
-        return 0;
-    link[n] = 0;
-    return strcmp(link, "anon_inode:[userfaultfd]") == 0;
+    char link[64];
+    return fd_link(fd, link, sizeof link) >= 0 && strcmp(link, "anon_inode:[userfaultfd]") == 0;
 }
 
 /* Give [s,e)'s lab memory up to the program's uffd. Returns 0 or an errno for the call. */

@@ -36,12 +36,10 @@
 /* Is fd this process's /proc/PID/mem (or a thread's /proc/PID/task/TID/mem)? */
 static int is_own_mem(int fd)
 {
-    char path[64], link[96];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
+    char link[96];
+    ssize_t n = fd_link(fd, link, sizeof link);
     if (n < 0)
         return 0;
-    link[n] = 0;
     if (strncmp(link, "/proc/", 6) != 0 || n < 4 || strcmp(link + n - 4, "/mem") != 0)
         return 0;
     char *end;

@@ -3,6 +3,7 @@
 #ifndef LAB_SHIM_H
 #define LAB_SHIM_H
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 
 #include "labsys.h"
@@ -22,6 +23,9 @@ int32_t lab_req(uint32_t type, const void *pl, uint32_t len, void *rep, uint32_t
 int tab_any(uintptr_t s, uintptr_t e);
 int tab_cut(uintptr_t s, uintptr_t e);
 int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *kind);
+
+/* What /proc/self/fd/FD names, NUL-terminated in link[cap]: its length, or -1 (ownuffd.c). */
+ssize_t fd_link(int fd, char *link, size_t cap);
 
 /* The program runs under the lab (the shim is connected). */
 int lab_active(void);
