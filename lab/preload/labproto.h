@@ -12,7 +12,7 @@
  * connection; but a clone(CLONE_VM) child shares the connection and may be killed before
  * it reads its reply, so the shim reads and drops replies whose seq is not the one it
  * waits for. The daemon sends each message with one sendmsg. The C# mirror is
- * lab/Daemon/Protocol.cs: change both together.
+ * lab/Linux/Control.cs: change both together.
  */
 #ifndef LABPROTO_H
 #define LABPROTO_H
