@@ -15,7 +15,7 @@ public sealed class EndToEndTests(ITestOutputHelper output)
         return b;
     }
 
-    static void AssertOk(RunResult r, ITestOutputHelper output, LabMount m)
+    internal static void AssertOk(RunResult r, ITestOutputHelper output, LabMount m)
     {
         output.WriteLine(r.ToString());
         if (r.ExitCode != 0) output.WriteLine("--- daemon\n" + m.DaemonLog);
@@ -223,22 +223,6 @@ public sealed class EndToEndTests(ITestOutputHelper output)
     }
 
     [KernelFact]
-    public void SigintUnmountsCleanlyAndWritesBack()
-    {
-        using var m = new LabMount();
-        File.WriteAllBytes(m.B("s.bin"), new byte[4096]);
-        var r = m.Run(Repo.Python, "-c",
-            $"import mmap; f=open('{m.M("s.bin")}','r+b'); s=mmap.mmap(f.fileno(),0); s[0:3]=b'INT'; print('ok')");
-        AssertOk(r, output, m);
-        LabMount.Signal(m.Daemon.Id, 2);
-        // 60 s: in the full suite on 2 busy vCPUs the stop has taken over 20 s (alone: 3 s).
-        Assert.True(m.Daemon.WaitForExit(60_000), "the daemon did not stop on SIGINT; its threads wait in: " + Wchans(m.Daemon.Id));
-        Assert.Equal(0, m.Daemon.ExitCode);
-        Assert.DoesNotContain(" " + m.Mount + " ", File.ReadAllText("/proc/self/mountinfo"));
-        Assert.Equal("INT"u8.ToArray(), File.ReadAllBytes(m.B("s.bin"))[..3]);
-    }
-
-    [KernelFact]
     public void EverydayToolsWorkOnTheMountAndStatsAreThere()
     {
         using var m = new LabMount();
@@ -314,18 +298,5 @@ public sealed class EndToEndTests(ITestOutputHelper output)
             Assert.DoesNotContain("   at ", r.Stderr);            // no stack trace
             Assert.Single(r.Stderr.Trim().Split('\n'));
         }
-    }
-
-    static string Wchans(int pid)
-    {
-        try
-        {
-            return string.Join(", ", Directory.GetDirectories($"/proc/{pid}/task").Select(t =>
-            {
-                try { return File.ReadAllText(Path.Combine(t, "comm")).Trim() + ":" + File.ReadAllText(Path.Combine(t, "wchan")); }
-                catch (IOException) { return "?"; }
-            }));
-        }
-        catch (IOException e) { return e.Message; }
     }
 }
