@@ -9,7 +9,7 @@ namespace Lab.Linux;
 /// </summary>
 public static unsafe partial class Native
 {
-    public const int EINTR = 4, EAGAIN = 11, ENOENT = 2, ESRCH = 3, EEXIST = 17, EINVAL = 22, EBADF = 9, EPIPE = 32;
+    public const int EINTR = 4, EAGAIN = 11, ENOENT = 2, ESRCH = 3, EEXIST = 17, EFAULT = 14, EINVAL = 22, EBADF = 9, EPIPE = 32;
     public const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, SOL_SOCKET = 1, SO_PEERCRED = 17, SCM_RIGHTS = 1;
     public const int MSG_NOSIGNAL = 0x4000, MSG_CMSG_CLOEXEC = 0x40000000;
     public const short POLLIN = 0x1, POLLERR = 0x8, POLLHUP = 0x10, POLLNVAL = 0x20;
@@ -18,15 +18,15 @@ public static unsafe partial class Native
     // userfaultfd ioctls (x86-64).
     public const ulong UFFDIO_API = 0xc018aa3f, UFFDIO_WAKE = 0x8010aa02, UFFDIO_COPY = 0xc028aa03,
         UFFDIO_ZEROPAGE = 0xc020aa04, UFFDIO_WRITEPROTECT = 0xc018aa06, UFFDIO_POISON = 0xc020aa08,
-        UFFDIO_UNREGISTER = 0x8010aa01;
+        UFFDIO_UNREGISTER = 0x8010aa01, UFFDIO_CONTINUE = 0xc020aa07;
     public const ulong UFFD_API = 0xAA;
     public const ulong UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1 << 0, UFFD_FEATURE_EVENT_FORK = 1 << 1,
         UFFD_FEATURE_EVENT_REMAP = 1 << 2, UFFD_FEATURE_EVENT_REMOVE = 1 << 3, UFFD_FEATURE_MISSING_SHMEM = 1 << 5,
-        UFFD_FEATURE_EVENT_UNMAP = 1 << 6, UFFD_FEATURE_THREAD_ID = 1 << 8, UFFD_FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12,
+        UFFD_FEATURE_EVENT_UNMAP = 1 << 6, UFFD_FEATURE_THREAD_ID = 1 << 8, UFFD_FEATURE_MINOR_SHMEM = 1 << 10, UFFD_FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12,
         UFFD_FEATURE_POISON = 1 << 14, UFFD_FEATURE_MOVE = 1 << 16;
     public const byte UFFD_EVENT_PAGEFAULT = 0x12, UFFD_EVENT_FORK = 0x13, UFFD_EVENT_REMAP = 0x14,
         UFFD_EVENT_REMOVE = 0x15, UFFD_EVENT_UNMAP = 0x16;
-    public const ulong UFFD_PAGEFAULT_FLAG_WRITE = 1, UFFD_PAGEFAULT_FLAG_WP = 2;
+    public const ulong UFFD_PAGEFAULT_FLAG_WRITE = 1, UFFD_PAGEFAULT_FLAG_WP = 2, UFFD_PAGEFAULT_FLAG_MINOR = 4;
     public const ulong UFFDIO_COPY_MODE_DONTWAKE = 1, UFFDIO_COPY_MODE_WP = 2, UFFDIO_WRITEPROTECT_MODE_WP = 1;
 
     [StructLayout(LayoutKind.Sequential)]
@@ -35,6 +35,8 @@ public static unsafe partial class Native
     public struct UffdioRange { public ulong Start, Len; }
     [StructLayout(LayoutKind.Sequential)]
     public struct UffdioCopy { public ulong Dst, Src, Len, Mode; public long Copy; }
+    [StructLayout(LayoutKind.Sequential)]
+    public struct UffdioContinue { public UffdioRange Range; public ulong Mode; public long Mapped; }
     [StructLayout(LayoutKind.Sequential)]
     public struct UffdioZeropage { public UffdioRange Range; public ulong Mode; public long Zeropage; }
     [StructLayout(LayoutKind.Sequential)]

@@ -5,7 +5,7 @@ namespace Lab.Linux;
 
 /// <summary>
 /// The pmap of one real process: installs pages in its address space through the
-/// process's userfaultfd (UFFDIO_COPY / ZEROPAGE / WRITEPROTECT / POISON / WAKE).
+/// process's userfaultfd (UFFDIO_COPY / ZEROPAGE / CONTINUE / WRITEPROTECT / POISON / WAKE).
 /// Errors that mean "the page or the range changed under us" (EEXIST, ENOENT, EAGAIN,
 /// ESRCH) are not failures of the fault: the faulting thread is woken and retries, or
 /// the process is gone.
@@ -130,10 +130,26 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
 
     public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable)
     {
-        // The page is now in the object's memfd (the pager loaded it); the process maps that
-        // memfd, so waking the thread lets the kernel map the page-cache page itself.
-        Wake(va, Page);
-        return true;
+        // The page is in the object's memfd (the pager loaded it) and the process maps that
+        // memfd: UFFDIO_CONTINUE maps the page-cache page itself, as the entry allows. (The
+        // range is registered for minor faults, so a page the agent zapped faults again on
+        // its next touch instead of coming back from the page cache unseen.)
+        var c = new Native.UffdioContinue { Range = new Native.UffdioRange { Start = va, Len = Page } };
+        int tries = 0, e;
+        while (true)
+        {
+            if (Native.ioctl(_uffd, Native.UFFDIO_CONTINUE, &c) == 0) return true;
+            e = Native.Errno;
+            if (!AgainAfterDrain(e, ref tries)) break;
+        }
+        // EEXIST: mapped meanwhile (another thread's fault). EFAULT: the page left the memfd
+        // since it was loaded (a hole punched by drop_caches or a truncate): the woken thread
+        // faults again and the fault loads it again.
+        // EINVAL: the range is registered for missing faults only (a kernel without minor
+        // faults on shmem): the woken thread maps the cached page itself, unseen as before.
+        if (e is Native.EEXIST or Native.EINVAL) { Wake(va, Page); return true; }
+        if (e == Native.EFAULT) { Interlocked.Increment(ref Superseded); Wake(va, Page); return false; }
+        return Failed(e, va, Page);
     }
 
     public void Protect(ulong va, ulong length, bool writeProtect)

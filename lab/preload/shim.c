@@ -64,6 +64,12 @@
 #ifndef UFFD_FEATURE_PAGEFAULT_FLAG_WP
 #define UFFD_FEATURE_PAGEFAULT_FLAG_WP (1u << 0)
 #endif
+#ifndef UFFD_FEATURE_MINOR_SHMEM
+#define UFFD_FEATURE_MINOR_SHMEM (1u << 10)
+#endif
+#ifndef UFFDIO_REGISTER_MODE_MINOR
+#define UFFDIO_REGISTER_MODE_MINOR ((uint64_t)1 << 2)
+#endif
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1u << 13)
 #endif
@@ -1280,6 +1286,17 @@ static uint64_t private_modes(void)
     return m;
 }
 
+/* Shared file mappings map the file's memfd. Registered for minor faults as well, a page
+ * already in the memfd (written by another mapper, by write(2), or zapped here by the
+ * pageout) still faults on this process's first touch, so the daemon sees every one. */
+static uint64_t shared_modes(void)
+{
+    uint64_t m = UFFDIO_REGISTER_MODE_MISSING;
+    if (g_features & UFFD_FEATURE_MINOR_SHMEM)
+        m |= UFFDIO_REGISTER_MODE_MINOR;
+    return m;
+}
+
 /* A MAP_FIXED mapping replaced whatever lab memory was there: tell the daemon first,
  * so its unmap does not drop the new range announced right after. */
 static void forget_replaced(uintptr_t s, size_t len)
@@ -1433,7 +1450,7 @@ static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, o
         close(memfd); /* the mapping holds the object */
         if (flags & MAP_FIXED)
             forget_replaced((uintptr_t)res, len);
-        res = register_file_range(res, len, prot, flags, UFFDIO_REGISTER_MODE_MISSING, LAB_MAP_FILE_SHARED, st, off);
+        res = register_file_range(res, len, prot, flags, shared_modes(), LAB_MAP_FILE_SHARED, st, off);
     }
 out:
     e = errno;
