@@ -26,16 +26,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     private int _running;
     private int _destroyed;
     private bool _viaFusermount;
-    // Notifications: queued by any thread, written by one thread of their own (a write of
-    // INVAL_INODE waits for the kernel's page locks, which a request in flight may hold).
-    private readonly ConcurrentQueue<Note> _notes = new();
-    private readonly SemaphoreSlim _noteSignal = new(0);
-    private Thread? _noteThread;
-    private volatile bool _noteStop;
-    private long _notesPending, _notesSent;
-    private readonly ConcurrentDictionary<ulong, int> _inodeQueued = new(); // node -> 1 when widened
-
-    private readonly record struct Note(FuseNotifyCode Code, ulong Node, long Offset, long Length, byte[]? Name);
+    private readonly FuseNotifications _notifications;
 
     public string MountPoint { get; }
     /// <summary>Protocol minor the kernel offered, and the one we answered with.</summary>
@@ -49,6 +40,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         MountPoint = mountPoint;
         _fs = fs;
         _devFd = devFd;
+        _notifications = new FuseNotifications(() => _devFd);
     }
 
     /// <summary>Mounts an empty session at <paramref name="mountpoint"/>; call <see cref="Start"/> to serve it.
@@ -57,35 +49,8 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     public static FuseServer Mount(string mountpoint, IFuseFileSystem fs, FuseMountOptions? opts = null)
     {
         ArgumentNullException.ThrowIfNull(fs);
-        opts ??= new FuseMountOptions();
-        if (string.IsNullOrEmpty(mountpoint)) throw new FuseMountException("mount point is empty");
-        string mp = Path.GetFullPath(mountpoint).TrimEnd('/');
-        if (mp.Length == 0) mp = "/";
-        CheckMountPoint(mp);
-        var method = opts.Method;
-        if (method == FuseMountMethod.Auto) method = Native.GetEuid() == 0 ? FuseMountMethod.Syscall : FuseMountMethod.Fusermount;
-        FuseServer server;
-        if (method == FuseMountMethod.Fusermount)
-        {
-            int dev = Fusermount.Mount(mp, opts);
-            server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = true };
-        }
-        else
-        {
-            int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
-            if (fd < 0)
-                throw new FuseMountException($"/dev/fuse cannot be opened: {Native.StrError(Native.Errno)}");
-            string data = $"fd={fd},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
-            if (opts.AllowOther) data += ",allow_other";
-            if (opts.DefaultPermissions) data += ",default_permissions";
-            if (Native.Mount("lab", mp, "fuse.lab", Native.MS_NOSUID | Native.MS_NODEV, data) != 0)
-            {
-                int e = Native.Errno;
-                Native.Close(fd);
-                throw new FuseMountException($"mount of {mp} failed: {Native.StrError(e)}");
-            }
-            server = new FuseServer(mp, fs, fd) { _mounted = true };
-        }
+        int dev = FuseMounter.Mount(mountpoint, opts ?? new FuseMountOptions(), out string mp, out bool viaFusermount);
+        var server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = viaFusermount };
         server._fds.Add(server._devFd);
         fs.Attach(server);
         return server;
@@ -94,57 +59,12 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     /// <summary>Whether the mount was made by fusermount3 (and is undone by it when we are not root).</summary>
     public bool ViaFusermount => _viaFusermount;
 
-    private static void CheckMountPoint(string mp)
-    {
-        Native.Statx st, parent;
-        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
-        {
-            int e = Native.Errno;
-            throw new FuseMountException(e switch
-            {
-                Errno.ENOENT => $"mount point {mp} does not exist",
-                Errno.ENOTDIR => $"mount point {mp} is not a directory",
-                Errno.ENOTCONN => $"mount point {mp} is a dead FUSE mount (Transport endpoint is not connected); FuseServer.ClearStale clears it",
-                _ => $"mount point {mp} cannot be examined: {Native.StrError(e)}",
-            });
-        }
-        if ((st.Mode & 0xF000) != 0x4000) throw new FuseMountException($"mount point {mp} is not a directory");
-        bool listed = MountInfo.Read().Exists(m => m.MountPoint == mp);
-        string parentPath = Path.GetDirectoryName(mp) ?? "/";
-        bool otherDev = mp != "/" && Native.StatxPath(Native.AT_FDCWD, parentPath, 0, Native.STATX_BASIC_STATS, &parent) == 0
-            && parent.Dev != st.Dev;
-        if (listed || otherDev || mp == "/") throw new FuseMountException($"mount point {mp} is already a mount point");
-    }
-
     /// <summary>
     /// If <paramref name="mountpoint"/> is a FUSE mount whose server is gone ("Transport endpoint is not
     /// connected"), detaches it and returns true; otherwise false. The probe (stat, then statfs for a
     /// listed FUSE mount) goes to the server, so on a live but hung server it waits like any caller.
     /// </summary>
-    public static bool ClearStale(string mountpoint)
-    {
-        string mp = Path.GetFullPath(mountpoint).TrimEnd('/');
-        bool cleared = false;
-        for (int round = 0; round < 8; round++) // stacked dead mounts come off one at a time
-        {
-            if (!IsDead(mp)) break;
-            if (Native.Umount2(mp, Native.MNT_DETACH) != 0) break;
-            cleared = true;
-        }
-        return cleared;
-    }
-
-    private static bool IsDead(string mp)
-    {
-        Native.Statx st;
-        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
-            return Native.Errno == Errno.ENOTCONN;
-        // stat may be answered from cached attributes; statfs always goes to the server.
-        if (!MountInfo.Read().Exists(m => m.MountPoint == mp && m.FsType.StartsWith("fuse", StringComparison.Ordinal)))
-            return false;
-        Native.StatFs sf;
-        return Native.StatFsPath(mp, &sf) != 0 && Native.Errno == Errno.ENOTCONN;
-    }
+    public static bool ClearStale(string mountpoint) => FuseMounter.ClearStale(mountpoint);
 
     /// <summary>Answers INIT, then serves requests on <paramref name="threads"/> threads.</summary>
     public void Start(int threads = 4)
@@ -158,8 +78,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             _stopFd = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
             if (_stopFd < 0) throw new IOException($"eventfd: {Native.StrError(Native.Errno)}");
             _running = threads;
-            _noteThread = new Thread(NoteLoop) { IsBackground = true, Name = "fuse-notify" };
-            _noteThread.Start();
+            _notifications.Start(Minor);
             for (int i = 0; i < threads; i++)
             {
                 int fd = i == 0 ? _devFd : CloneDevFd();
@@ -295,10 +214,8 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             if (_unmounted) return;
             _unmounted = true;
         }
-        if (_mounted && Native.Umount2(MountPoint, Native.MNT_DETACH) != 0 // EINVAL: someone else already unmounted
-            && Native.Errno == Errno.EPERM && _viaFusermount)
-            Fusermount.Unmount(MountPoint);
-        StopNotes();
+        if (_mounted) FuseMounter.Unmount(MountPoint, _viaFusermount);
+        _notifications.Stop();
         if (_started)
         {
             // With nothing open on it the super block dies now and the threads read ENODEV; if some
@@ -320,103 +237,14 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     /// <summary>Same as <see cref="Unmount"/>; the file system object stays the caller's to dispose.</summary>
     public void Dispose() => Unmount();
 
-    // ---------------- notifications ----------------
+    // ---------------- notifications (FuseNotifications) ----------------
 
-    public bool InvalidateInode(ulong node, long offset, long length)
-    {
-        // One queued note per node: a second one while the first waits widens it to the whole file.
-        if (!_inodeQueued.TryAdd(node, 0))
-        {
-            _inodeQueued.TryUpdate(node, 1, 0);
-            if (_inodeQueued.ContainsKey(node)) return true;
-            _inodeQueued.TryAdd(node, 0); // it was just written: queue anew
-        }
-        if (Queue(new Note(FuseNotifyCode.InvalInode, node, offset, length, null))) return true;
-        _inodeQueued.TryRemove(node, out _);
-        return false;
-    }
-
-    public bool InvalidateEntry(ulong parent, ReadOnlySpan<byte> name)
-    {
-        if (name.Length == 0 || name.Length > 255 || name.IndexOfAny((byte)0, (byte)'/') >= 0) return false;
-        return Queue(new Note(FuseNotifyCode.InvalEntry, parent, 0, 0, name.ToArray()));
-    }
-
+    public bool InvalidateInode(ulong node, long offset, long length) => _notifications.InvalidateInode(node, offset, length);
+    public bool InvalidateEntry(ulong parent, ReadOnlySpan<byte> name) => _notifications.InvalidateEntry(parent, name);
     /// <summary>Notifications written to the kernel so far (including those it answered ENOENT: not cached).</summary>
-    public long NotificationsSent => Interlocked.Read(ref _notesSent);
-
-    private bool Queue(in Note n)
-    {
-        if (_noteStop || _noteThread == null || Minor < 12) return false;
-        Interlocked.Increment(ref _notesPending);
-        _notes.Enqueue(n);
-        _noteSignal.Release();
-        return true;
-    }
-
+    public long NotificationsSent => _notifications.Sent;
     /// <summary>Waits until every queued notification has been written; false on timeout.</summary>
-    public bool WaitNotifications(int timeoutMs)
-    {
-        long until = Environment.TickCount64 + timeoutMs;
-        while (Interlocked.Read(ref _notesPending) > 0)
-        {
-            if (Environment.TickCount64 > until) return false;
-            Thread.Sleep(1);
-        }
-        return true;
-    }
-
-    private void NoteLoop()
-    {
-        byte* buf = stackalloc byte[FuseConst.OutHeaderSize + 24 + 256];
-        while (true)
-        {
-            _noteSignal.Wait();
-            if (_noteStop) break;
-            if (!_notes.TryDequeue(out var n)) continue;
-            try
-            {
-                int len;
-                var span = new Span<byte>(buf, FuseConst.OutHeaderSize + 24 + 256);
-                if (n.Code == FuseNotifyCode.InvalInode)
-                {
-                    bool widened = _inodeQueued.TryRemove(n.Node, out int w) && w == 1;
-                    var o = widened ? new FuseNotifyInvalInodeOut { Ino = n.Node, Off = 0, Len = 0 }
-                                    : new FuseNotifyInvalInodeOut { Ino = n.Node, Off = n.Offset, Len = n.Length };
-                    MemoryMarshal.Write(span[FuseConst.OutHeaderSize..], in o);
-                    len = FuseConst.OutHeaderSize + sizeof(FuseNotifyInvalInodeOut);
-                }
-                else
-                {
-                    var name = n.Name!;
-                    var o = new FuseNotifyInvalEntryOut { Parent = n.Node, NameLen = (uint)name.Length };
-                    MemoryMarshal.Write(span[FuseConst.OutHeaderSize..], in o);
-                    int at = FuseConst.OutHeaderSize + sizeof(FuseNotifyInvalEntryOut);
-                    name.CopyTo(span[at..]);
-                    span[at + name.Length] = 0;
-                    len = at + name.Length + 1;
-                }
-                // unique 0 and the code in the error field mark a notification.
-                var h = new FuseOutHeader { Len = (uint)len, Error = (int)n.Code, Unique = 0 };
-                MemoryMarshal.Write(span, in h);
-                int fd = _devFd;
-                // ENOENT: the kernel does not have that node or name cached: nothing to drop.
-                if (fd >= 0) Native.Write(fd, buf, (nuint)len);
-                Interlocked.Increment(ref _notesSent);
-            }
-            finally { Interlocked.Decrement(ref _notesPending); }
-        }
-    }
-
-    private void StopNotes()
-    {
-        var t = _noteThread;
-        if (t == null) return;
-        _noteStop = true;
-        _noteSignal.Release();
-        t.Join(5000);
-        while (_notes.TryDequeue(out _)) Interlocked.Decrement(ref _notesPending);
-    }
+    public bool WaitNotifications(int timeoutMs) => _notifications.Wait(timeoutMs);
 
     /// <summary>Test hook: closes the device without unmounting, leaving a dead mount behind.</summary>
     internal void AbandonForTest()
