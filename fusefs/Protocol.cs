@@ -140,6 +140,10 @@ internal struct FuseMknodIn { public uint Mode, Rdev, Umask, Padding; }
 [StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseMkdirIn { public uint Mode, Umask; }
 [StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct FuseRenameIn { public ulong NewDir; }
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct FuseLinkIn { public ulong OldNodeId; }
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseRename2In { public ulong NewDir; public uint Flags, Padding; }
 [StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseOpenIn { public uint Flags, OpenFlags; }
