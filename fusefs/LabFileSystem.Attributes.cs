@@ -1,5 +1,3 @@
-using System.Text;
-
 namespace Lab.Fusefs;
 
 // Attributes, links, permissions and extended attributes: GETATTR, SETATTR, READLINK, ACCESS, *XATTR.
@@ -7,16 +5,9 @@ public sealed unsafe partial class LabFileSystem
 {
     public int GetAttr(in FuseContext c, ulong node, ulong? fh, out FuseAttrOut attr)
     {
+        if (IsVirtual(node)) return _tree!.GetAttr(node, out attr);
         attr = default;
         attr.AttrValid = 1;
-        if (IsVirtual(node))
-        {
-            var v = GetV(node);
-            if (v == null) return Errno.ENOENT;
-            VirtualAttr(v, out attr.Attr);
-            attr.AttrValid = VirtualValid(node);
-            return 0;
-        }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         int err = Stat(n.Fd, out var st);
@@ -86,15 +77,8 @@ public sealed unsafe partial class LabFileSystem
 
     public int ReadLink(in FuseContext c, ulong node, Span<byte> dest, out int length)
     {
+        if (IsVirtual(node)) return _tree!.ReadLink(node, dest, out length);
         length = 0;
-        if (node == ControlId)
-        {
-            var target = _lab?.ControlSocketPath ?? "";
-            if (Encoding.UTF8.GetByteCount(target) > dest.Length) return Errno.ENAMETOOLONG;
-            length = Encoding.UTF8.GetBytes(target, dest);
-            return 0;
-        }
-        if (IsVirtual(node)) return Errno.EINVAL;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         fixed (byte* d = dest)
@@ -108,7 +92,7 @@ public sealed unsafe partial class LabFileSystem
 
     public int Access(in FuseContext c, ulong node, int mask)
     {
-        if (IsVirtual(node)) return (mask & 2) != 0 ? Errno.EACCES : 0;
+        if (IsVirtual(node)) return LabTree.Access(mask);
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         if (n.Type == S_IFLNK) return 0;
@@ -128,11 +112,16 @@ public sealed unsafe partial class LabFileSystem
         return 0;
     }
 
-    private static int XName(ReadOnlySpan<byte> name, byte* dst)
+    /// <summary>The target as above and the attribute name NUL-terminated in <paramref name="xn"/> (256
+    /// bytes); a .lab node gets <paramref name="onLab"/>: its files have no attributes and take none.</summary>
+    private int XattrTarget(ulong node, ReadOnlySpan<byte> name, byte* path, byte* xn, int onLab)
     {
+        int err = XattrTarget(node, path, out bool v);
+        if (err != 0) return err;
+        if (v) return onLab;
         if (name.Length == 0 || name.Length > 255) return Errno.ERANGE;
-        name.CopyTo(new Span<byte>(dst, 256));
-        dst[name.Length] = 0;
+        name.CopyTo(new Span<byte>(xn, 256));
+        xn[name.Length] = 0;
         return 0;
     }
 
@@ -140,10 +129,8 @@ public sealed unsafe partial class LabFileSystem
     {
         size = 0;
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
-        int err = XattrTarget(node, path, out bool v);
+        int err = XattrTarget(node, name, path, xn, Errno.ENODATA);
         if (err != 0) return err;
-        if (v) return Errno.ENODATA;
-        if ((err = XName(name, xn)) != 0) return err;
         fixed (byte* d = dest)
         {
             nint r = Native.GetXattr(path, xn, dest.Length == 0 ? null : d, (nuint)dest.Length);
@@ -156,10 +143,8 @@ public sealed unsafe partial class LabFileSystem
     public int SetXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name, ReadOnlySpan<byte> value, int flags)
     {
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
-        int err = XattrTarget(node, path, out bool v);
+        int err = XattrTarget(node, name, path, xn, Errno.EPERM);
         if (err != 0) return err;
-        if (v) return Errno.EPERM;
-        if ((err = XName(name, xn)) != 0) return err;
         fixed (byte* val = value)
             return Native.SetXattr(path, xn, val, (nuint)value.Length, flags) == 0 ? 0 : Err();
     }
@@ -183,10 +168,8 @@ public sealed unsafe partial class LabFileSystem
     public int RemoveXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name)
     {
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
-        int err = XattrTarget(node, path, out bool v);
+        int err = XattrTarget(node, name, path, xn, Errno.EPERM);
         if (err != 0) return err;
-        if (v) return Errno.EPERM;
-        if ((err = XName(name, xn)) != 0) return err;
         return Native.RemoveXattr(path, xn) == 0 ? 0 : Err();
     }
 }

@@ -8,15 +8,9 @@ public sealed unsafe partial class LabFileSystem
         open = default;
         if (IsVirtual(node))
         {
-            var v = GetV(node);
-            if (v == null) return Errno.ENOENT;
-            if (v.Type != S_IFDIR) return Errno.ENOTDIR;
-            // Listed now, so a directory gone since its lookup fails the open, not a later read.
-            var h = new Handle { VDir = v };
-            int err = SnapshotLab(h);
-            if (err != 0) return err;
-            open.Fh = AddHandle(h);
-            return 0;
+            int err = _tree!.OpenDir(node, out var h);
+            if (err == 0) open.Fh = AddHandle(h!);
+            return err;
         }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
@@ -41,7 +35,7 @@ public sealed unsafe partial class LabFileSystem
         {
             if (h.Entries == null || (offset == 0 && h.Served))
             {
-                int err = h.VDir != null ? SnapshotLab(h) : Snapshot(h, node == RootId && _lab != null);
+                int err = h.VDir != null ? _tree!.Snapshot(h) : Snapshot(h, node == RootId && _tree != null);
                 if (err != 0) return err;
             }
             h.Served = true;
@@ -63,10 +57,10 @@ public sealed unsafe partial class LabFileSystem
         byte* cn = stackalloc byte[256];
         lock (h.Gate)
         {
-            bool root = node == RootId && _lab != null;
+            bool root = node == RootId && _tree != null;
             if (h.Entries == null || (offset == 0 && h.Served))
             {
-                int err = h.VDir != null ? SnapshotLab(h) : Snapshot(h, root);
+                int err = h.VDir != null ? _tree!.Snapshot(h) : Snapshot(h, root);
                 if (err != 0) return err;
             }
             h.Served = true;
@@ -78,7 +72,7 @@ public sealed unsafe partial class LabFileSystem
                 if (!writer.Fits(name.Length)) break;
                 if (h.VDir != null)
                 {
-                    if (LabDirEntry(h.VDir, name, d.Type, out var ve)) writer.AddPlus(in ve, name, d.Type, (ulong)(i + 1));
+                    if (_tree!.DirEntryPlus(h.VDir, name, d.Type, out var ve)) writer.AddPlus(in ve, name, d.Type, (ulong)(i + 1));
                     else writer.Add(name, d.Ino, d.Type, (ulong)(i + 1));
                     continue;
                 }

@@ -20,14 +20,9 @@ public sealed unsafe partial class LabFileSystem
         open.OpenFlags = FuseOpenOut.DirectIo;
         if (IsVirtual(node))
         {
-            var v = GetV(node);
-            if (v == null) return Errno.ENOENT;
-            if (v.Type != S_IFREG) return v.Type == S_IFDIR ? Errno.EISDIR : Errno.EINVAL;
-            if (((int)flags & Native.O_ACCMODE) != Native.O_RDONLY || ((int)flags & Native.O_TRUNC) != 0) return Errno.EACCES;
-            var content = _lab!.Render(v.Path);
-            if (content == null) return Errno.ENOENT; // gone since the lookup
-            open.Fh = AddHandle(new Handle { Virtual = content });
-            return 0;
+            int err = _tree!.Open(node, flags, out var content);
+            if (err == 0) open.Fh = AddHandle(new Handle { Virtual = content });
+            return err;
         }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
@@ -61,15 +56,9 @@ public sealed unsafe partial class LabFileSystem
         if (cache != null) return cache.ReadForFuse(offset, dest, out read);
         fixed (byte* d = dest)
         {
-            while (read < dest.Length)
-            {
-                nint r = Native.PRead(h.Fd, d + read, (nuint)(dest.Length - read), offset + read);
-                if (r < 0) { int e = Err(); if (e == Errno.EINTR) continue; return read > 0 ? 0 : e; }
-                if (r == 0) break;
-                read += (int)r;
-            }
+            int e = CachedFile.FullPRead(h.Fd, d, dest.Length, offset, out read);
+            return read > 0 ? 0 : e;
         }
-        return 0;
     }
 
     public int Write(in FuseContext c, ulong node, ulong fh, long offset, ReadOnlySpan<byte> data, out int written)

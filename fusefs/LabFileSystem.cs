@@ -36,16 +36,6 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         { Id = id; Dev = dev; Ino = ino; Type = type; Fd = fd; Name = name; }
     }
 
-    /// <summary>A virtual node under .lab: one path and type, kept while the kernel holds a lookup on it.</summary>
-    private sealed class VNode
-    {
-        public readonly ulong Id;
-        public readonly string Path; // relative to .lab, "" for .lab itself
-        public readonly uint Type;   // S_IFDIR, S_IFREG or S_IFLNK (control)
-        public long Lookups;
-        public VNode(ulong id, string path, uint type) { Id = id; Path = path; Type = type; }
-    }
-
     private struct DirEnt { public int NameStart, NameLen; public ulong Ino; public uint Type; }
 
     private sealed class Handle
@@ -60,16 +50,12 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         public readonly object Gate = new();
     }
 
-    private readonly ILabDirectory? _lab;
+    private readonly LabTree? _tree; // the .lab subtree; null without an ILabDirectory
     private readonly object _nodesLock = new(); // guards the node tables only, never held over I/O of pages
     private readonly Dictionary<ulong, Node> _byId = new();
     private readonly Dictionary<(ulong Dev, ulong Ino), Node> _byKey = new();
     private readonly Dictionary<ulong, Node> _byIno = new();
     private readonly ConcurrentDictionary<ulong, Handle> _handles = new();
-    private readonly object _labLock = new(); // guards the virtual tables; never taken for backing nodes
-    private readonly Dictionary<ulong, VNode> _vById = new();
-    private readonly Dictionary<string, VNode> _vByPath = new(StringComparer.Ordinal);
-    private ulong _nextVirtualId = LabFileBase;
     private readonly Node _root;
     private readonly uint _uid = Native.GetEuid(), _gid = Native.GetEgid();
     private IFuseNotifier? _notifier;
@@ -82,7 +68,6 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     public LabFileSystem(string backingDir, ILabDirectory? labDir)
     {
         BackingDir = Path.GetFullPath(backingDir);
-        _lab = labDir;
         int fd = Native.Open(BackingDir, Native.O_PATH | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
         if (fd < 0) throw new IOException($"backing directory {BackingDir}: {Native.StrError(Native.Errno)}");
         Native.Statx st;
@@ -95,10 +80,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         _byId[RootId] = _root;
         _byKey[(st.Dev, st.Ino)] = _root;
         _byIno[st.Ino] = _root;
-        var labDirNode = new VNode(LabDirId, "", S_IFDIR);
-        _vById[LabDirId] = labDirNode;
-        _vByPath[""] = labDirNode;
-        _vById[ControlId] = new VNode(ControlId, "control", S_IFLNK); // not by path: the provider's "control" is never asked
+        if (labDir != null) _tree = new LabTree(labDir, st.Ino, _uid, _gid);
     }
 
     // ---------------- helpers ----------------
@@ -122,11 +104,11 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         lock (_nodesLock) return _byId.GetValueOrDefault(id);
     }
 
-    // By range only, so the backing nodes' requests take no lock here.
-    private bool IsVirtual(ulong id) => _lab != null && id >= LabDirId && id < FirstRealId;
+    /// <summary>Whether a node is the .lab subtree's: its requests go to <see cref="_tree"/>.</summary>
+    private bool IsVirtual(ulong id) => _tree != null && LabTree.Owns(id);
 
     private bool IsLabName(ulong parent, ReadOnlySpan<byte> name) =>
-        _lab != null && parent == RootId && name.SequenceEqual(LabName);
+        _tree != null && parent == RootId && name.SequenceEqual(LabName);
 
     /// <summary>The errno for changing a name in (parent, name) when that touches .lab.</summary>
     private int Protected(ulong parent, ReadOnlySpan<byte> name) =>
@@ -218,8 +200,8 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         byte* cn = stackalloc byte[256];
         int err = CName(name, cn);
         if (err != 0) return err;
-        if (IsVirtual(parent)) return LookupLab(parent, name, out entry);
-        if (IsLabName(parent, name)) { VirtualEntry(GetV(LabDirId)!, out entry); return 0; }
+        if (IsVirtual(parent)) return _tree!.Lookup(parent, name, out entry);
+        if (IsLabName(parent, name)) { _tree!.DirEntry(out entry); return 0; }
         var p = Get(parent);
         if (p == null) return Errno.ENOENT;
         return LookupReal(p, cn, name, out entry);
@@ -228,7 +210,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     public void Forget(ulong node, ulong nlookup)
     {
         if (node == RootId) return;
-        if (IsVirtual(node)) { ForgetV(node, nlookup); return; }
+        if (IsVirtual(node)) { _tree!.Forget(node, nlookup); return; }
         Node? drop = null;
         lock (_nodesLock)
         {
