@@ -51,14 +51,11 @@ internal static unsafe class FuseOps
             t[(int)op] = new FuseOp(name, inSize, names, replies, h);
         int S<T>() where T : unmanaged => sizeof(T);
 
-        // Never answered (the kernel waits for no reply); parsed by ParseForget.
-        Add(FuseOpcode.Forget, "FORGET", 0, 0, null, replies: false);
-        Add(FuseOpcode.BatchForget, "BATCH_FORGET", 0, 0, null, replies: false);
-        Add(FuseOpcode.Interrupt, "INTERRUPT", 0, 0, null, replies: false);
-        // Answered once, by FuseServer.Negotiate; no handler: a second one is refused.
-        Add(FuseOpcode.Init, "INIT", 0, 0, null);
-
+        // By opcode number, as linux/fuse.h lists them. Opcodes not here (locks, BMAP, IOCTL, POLL, DESTROY,
+        // the DAX mappings...) are answered ENOSYS.
         Add(FuseOpcode.Lookup, "LOOKUP", 0, 1, Lookup);
+        // Never answered (the kernel waits for no reply): FuseServer.Forget takes it.
+        Add(FuseOpcode.Forget, "FORGET", 0, 0, null, replies: false);
         // GETATTR's struct is optional (older kernels send none): the handler reads it from Tail.
         Add(FuseOpcode.GetAttr, "GETATTR", 0, 0, GetAttr);
         Add(FuseOpcode.SetAttr, "SETATTR", S<FuseSetAttrIn>(), 0, SetAttr);
@@ -69,32 +66,36 @@ internal static unsafe class FuseOps
         Add(FuseOpcode.Unlink, "UNLINK", 0, 1, Unlink);
         Add(FuseOpcode.Rmdir, "RMDIR", 0, 1, Rmdir);
         Add(FuseOpcode.Rename, "RENAME", S<FuseRenameIn>(), 2, Rename);
-        Add(FuseOpcode.Rename2, "RENAME2", S<FuseRename2In>(), 2, Rename2);
         Add(FuseOpcode.Link, "LINK", S<FuseLinkIn>(), 1, Link);
         Add(FuseOpcode.Open, "OPEN", S<FuseOpenIn>(), 0, Open);
-        Add(FuseOpcode.OpenDir, "OPENDIR", S<FuseOpenIn>(), 0, OpenDir);
-        Add(FuseOpcode.Create, "CREATE", S<FuseCreateIn>(), 1, Create);
-        // The name TMPFILE comes with is a placeholder ("/"): not parsed.
-        Add(FuseOpcode.Tmpfile, "TMPFILE", S<FuseCreateIn>(), 0, Tmpfile);
         Add(FuseOpcode.Read, "READ", S<FuseReadIn>(), 0, Read);
         Add(FuseOpcode.Write, "WRITE", S<FuseWriteIn>(), 0, Write);
         Add(FuseOpcode.StatFs, "STATFS", 0, 0, StatFs);
         Add(FuseOpcode.Release, "RELEASE", S<FuseReleaseIn>(), 0, Release);
-        Add(FuseOpcode.ReleaseDir, "RELEASEDIR", S<FuseReleaseIn>(), 0, ReleaseDir);
         Add(FuseOpcode.Fsync, "FSYNC", S<FuseFsyncIn>(), 0, Fsync);
-        Add(FuseOpcode.FsyncDir, "FSYNCDIR", S<FuseFsyncIn>(), 0, FsyncDir);
-        Add(FuseOpcode.Flush, "FLUSH", S<FuseFlushIn>(), 0, Flush);
         Add(FuseOpcode.SetXattr, "SETXATTR", S<FuseSetXattrIn>(), 1, SetXattr);
         Add(FuseOpcode.GetXattr, "GETXATTR", S<FuseGetXattrIn>(), 1, GetXattr);
         Add(FuseOpcode.ListXattr, "LISTXATTR", S<FuseGetXattrIn>(), 0, ListXattr);
         Add(FuseOpcode.RemoveXattr, "REMOVEXATTR", 0, 1, RemoveXattr);
+        Add(FuseOpcode.Flush, "FLUSH", S<FuseFlushIn>(), 0, Flush);
+        // Answered once, by FuseServer.Negotiate; no handler: a second one is refused.
+        Add(FuseOpcode.Init, "INIT", 0, 0, null);
+        Add(FuseOpcode.OpenDir, "OPENDIR", S<FuseOpenIn>(), 0, OpenDir);
         Add(FuseOpcode.ReadDir, "READDIR", S<FuseReadIn>(), 0, ReadDir);
+        Add(FuseOpcode.ReleaseDir, "RELEASEDIR", S<FuseReleaseIn>(), 0, ReleaseDir);
+        Add(FuseOpcode.FsyncDir, "FSYNCDIR", S<FuseFsyncIn>(), 0, FsyncDir);
+        Add(FuseOpcode.Access, "ACCESS", S<FuseAccessIn>(), 0, Access);
+        Add(FuseOpcode.Create, "CREATE", S<FuseCreateIn>(), 1, Create);
+        Add(FuseOpcode.Interrupt, "INTERRUPT", 0, 0, null, replies: false);
+        Add(FuseOpcode.BatchForget, "BATCH_FORGET", 0, 0, null, replies: false);
+        Add(FuseOpcode.Fallocate, "FALLOCATE", S<FuseFallocateIn>(), 0, Fallocate);
         Add(FuseOpcode.ReadDirPlus, "READDIRPLUS", S<FuseReadIn>(), 0, ReadDir);
+        Add(FuseOpcode.Rename2, "RENAME2", S<FuseRename2In>(), 2, Rename2);
+        Add(FuseOpcode.Lseek, "LSEEK", S<FuseLseekIn>(), 0, Lseek);
         Add(FuseOpcode.CopyFileRange, "COPY_FILE_RANGE", S<FuseCopyFileRangeIn>(), 0, CopyFileRange);
         Add(FuseOpcode.SyncFs, "SYNCFS", 0, 0, SyncFs);
-        Add(FuseOpcode.Access, "ACCESS", S<FuseAccessIn>(), 0, Access);
-        Add(FuseOpcode.Fallocate, "FALLOCATE", S<FuseFallocateIn>(), 0, Fallocate);
-        Add(FuseOpcode.Lseek, "LSEEK", S<FuseLseekIn>(), 0, Lseek);
+        // The name TMPFILE comes with is a placeholder ("/"): not parsed.
+        Add(FuseOpcode.Tmpfile, "TMPFILE", S<FuseCreateIn>(), 0, Tmpfile);
         return t;
     }
 
