@@ -237,7 +237,8 @@ internal static unsafe class FuseOps
     private static int Write(IFuseFileSystem fs, in FuseRequest r, Span<byte> reply)
     {
         var wi = r.Arg<FuseWriteIn>();
-        if (wi.Size > r.Tail.Length || wi.Offset > long.MaxValue) return FuseReply.Error(reply, r.Unique, Errno.EINVAL);
+        if (wi.Size > r.Tail.Length) return FuseReply.Malformed;
+        if (wi.Offset > long.MaxValue) return FuseReply.Error(reply, r.Unique, Errno.EINVAL);
         int err = fs.Write(in r.Context, r.Node, wi.Fh, (long)wi.Offset, r.Tail[..(int)wi.Size], out int n);
         var wo = new FuseWriteOut { Size = (uint)n };
         return FuseReply.Result(reply, r.Unique, err, in wo);
@@ -279,7 +280,7 @@ internal static unsafe class FuseOps
     private static int SetXattr(IFuseFileSystem fs, in FuseRequest r, Span<byte> reply)
     {
         var xi = r.Arg<FuseSetXattrIn>();
-        if (xi.Size > r.Tail.Length) return FuseReply.Error(reply, r.Unique, Errno.EINVAL);
+        if (xi.Size > r.Tail.Length) return FuseReply.Malformed;
         return FuseReply.Error(reply, r.Unique, fs.SetXattr(in r.Context, r.Node, r.Name, r.Tail[..(int)xi.Size], (int)xi.Flags));
     }
 
@@ -354,6 +355,10 @@ internal static unsafe class FuseOps
 /// <summary>Encodes replies: a struct fuse_out_header, then the payload.</summary>
 internal static unsafe class FuseReply
 {
+    /// <summary>What a handler returns for a request whose own size field overruns the data it came with:
+    /// the transport refuses it (EINVAL) and logs it, as it does a request too short for its opcode.</summary>
+    public const int Malformed = -1;
+
     public static Span<byte> Payload(Span<byte> reply) => reply[FuseConst.OutHeaderSize..];
 
     public static int Header(Span<byte> reply, int len, int errno, ulong unique)

@@ -312,7 +312,8 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         if (FuseOps.Parse(op, code, in c, h.NodeId, body, out var r) is { } why) return Refuse(reply, unique, opcode, why);
         try
         {
-            return op.Handler(_fs, in r, reply);
+            int len = op.Handler(_fs, in r, reply);
+            return len != FuseReply.Malformed ? len : Refuse(reply, unique, opcode, "its size field overruns the data");
         }
         catch (Exception)
         {

@@ -103,11 +103,20 @@ public class SafetyTests
                 unique++;
             }
         }
-        Assert.Equal(Inputs.Sum(i => (i.Size > 0 ? 1 : 0) + (i.Names > 0 ? 1 : 0)), log.Count);
+        // WRITE and SETXATTR whose size field says more than came with them.
+        var write = new byte[40 + 4];
+        BinaryPrimitives.WriteUInt32LittleEndian(write.AsSpan(16), 5);
+        Assert.Equal((22, unique, 16), Reply(s.DispatchForTest(Request(16, unique, 1, write))));
+        Assert.Contains($"refused WRITE (unique {unique++})", log[^1]);
+        var setx = new byte[8].Concat(Z("user.x")).Concat("ab"u8.ToArray()).ToArray();
+        BinaryPrimitives.WriteUInt32LittleEndian(setx, 3);
+        Assert.Equal((22, unique, 16), Reply(s.DispatchForTest(Request(21, unique, 1, setx))));
+        Assert.Contains($"refused SETXATTR (unique {unique++})", log[^1]);
+        Assert.Equal(Inputs.Sum(i => (i.Size > 0 ? 1 : 0) + (i.Names > 0 ? 1 : 0)) + 2, log.Count);
         Assert.Empty(Directory.GetFileSystemEntries(m.Backing)); // nothing was made by a refused request
         // A request that is whole is not refused: the struct-only SETATTR of the root answers its attributes.
         Assert.Equal((0, 999UL, 16 + 104), Reply(s.DispatchForTest(Request(4, 999, 1, new byte[88]))));
-        Assert.Equal(Inputs.Sum(i => (i.Size > 0 ? 1 : 0) + (i.Names > 0 ? 1 : 0)), log.Count);
+        Assert.Equal(Inputs.Sum(i => (i.Size > 0 ? 1 : 0) + (i.Names > 0 ? 1 : 0)) + 2, log.Count);
     }
 
     [KernelFact]
