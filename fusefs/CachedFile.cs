@@ -96,7 +96,9 @@ public sealed unsafe class CachedFile : IDisposable
     private static void Set(ulong[] map, long p) => map[p >> 6] |= 1UL << (int)(p & 63);
     private static void Clear(ulong[] map, long p) { if ((ulong)p < (ulong)map.Length * 64) map[p >> 6] &= ~(1UL << (int)(p & 63)); }
 
-    private static int FullPRead(int fd, byte* buf, int count, long offset, out int got)
+    /// <summary>pread until <paramref name="count"/> bytes or EOF; on an error, <paramref name="got"/> says
+    /// how many came before it.</summary>
+    internal static int FullPRead(int fd, byte* buf, int count, long offset, out int got)
     {
         got = 0;
         while (got < count)

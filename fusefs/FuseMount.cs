@@ -20,6 +20,94 @@ public sealed class FuseMountException : Exception
     public FuseMountException(string message) : base(message) { }
 }
 
+/// <summary>Every way a session's mount is made, checked and undone: mount(2) as root, fusermount3 otherwise.</summary>
+internal static unsafe class FuseMounter
+{
+    /// <summary>Checks and mounts <paramref name="mountpoint"/>; returns the /dev/fuse fd of the new session.</summary>
+    public static int Mount(string mountpoint, FuseMountOptions opts, out string mp, out bool viaFusermount)
+    {
+        mp = "";
+        viaFusermount = false;
+        if (string.IsNullOrEmpty(mountpoint)) throw new FuseMountException("mount point is empty");
+        mp = Path.GetFullPath(mountpoint).TrimEnd('/');
+        if (mp.Length == 0) mp = "/";
+        CheckMountPoint(mp);
+        var method = opts.Method;
+        if (method == FuseMountMethod.Auto) method = Native.GetEuid() == 0 ? FuseMountMethod.Syscall : FuseMountMethod.Fusermount;
+        viaFusermount = method == FuseMountMethod.Fusermount;
+        if (viaFusermount) return Fusermount.Mount(mp, opts);
+        int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
+        if (fd < 0)
+            throw new FuseMountException($"/dev/fuse cannot be opened: {Native.StrError(Native.Errno)}");
+        string data = $"fd={fd},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
+        if (opts.AllowOther) data += ",allow_other";
+        if (opts.DefaultPermissions) data += ",default_permissions";
+        if (Native.Mount("lab", mp, "fuse.lab", Native.MS_NOSUID | Native.MS_NODEV, data) != 0)
+        {
+            int e = Native.Errno;
+            Native.Close(fd);
+            throw new FuseMountException($"mount of {mp} failed: {Native.StrError(e)}");
+        }
+        return fd;
+    }
+
+    /// <summary>Detaches the mount; a user who is refused (EPERM) asks fusermount3, which made it.</summary>
+    public static void Unmount(string mp, bool viaFusermount)
+    {
+        if (Native.Umount2(mp, Native.MNT_DETACH) != 0 // EINVAL: someone else already unmounted
+            && Native.Errno == Errno.EPERM && viaFusermount)
+            Fusermount.Unmount(mp);
+    }
+
+    private static void CheckMountPoint(string mp)
+    {
+        Native.Statx st, parent;
+        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
+        {
+            int e = Native.Errno;
+            throw new FuseMountException(e switch
+            {
+                Errno.ENOENT => $"mount point {mp} does not exist",
+                Errno.ENOTDIR => $"mount point {mp} is not a directory",
+                Errno.ENOTCONN => $"mount point {mp} is a dead FUSE mount (Transport endpoint is not connected); FuseServer.ClearStale clears it",
+                _ => $"mount point {mp} cannot be examined: {Native.StrError(e)}",
+            });
+        }
+        if ((st.Mode & 0xF000) != 0x4000) throw new FuseMountException($"mount point {mp} is not a directory");
+        bool listed = MountInfo.Read().Exists(m => m.MountPoint == mp);
+        string parentPath = Path.GetDirectoryName(mp) ?? "/";
+        bool otherDev = mp != "/" && Native.StatxPath(Native.AT_FDCWD, parentPath, 0, Native.STATX_BASIC_STATS, &parent) == 0
+            && parent.Dev != st.Dev;
+        if (listed || otherDev || mp == "/") throw new FuseMountException($"mount point {mp} is already a mount point");
+    }
+
+    /// <summary>See <see cref="FuseServer.ClearStale"/>.</summary>
+    public static bool ClearStale(string mountpoint)
+    {
+        string mp = Path.GetFullPath(mountpoint).TrimEnd('/');
+        bool cleared = false;
+        for (int round = 0; round < 8; round++) // stacked dead mounts come off one at a time
+        {
+            if (!IsDead(mp)) break;
+            if (Native.Umount2(mp, Native.MNT_DETACH) != 0) break;
+            cleared = true;
+        }
+        return cleared;
+    }
+
+    private static bool IsDead(string mp)
+    {
+        Native.Statx st;
+        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
+            return Native.Errno == Errno.ENOTCONN;
+        // stat may be answered from cached attributes; statfs always goes to the server.
+        if (!MountInfo.Read().Exists(m => m.MountPoint == mp && m.FsType.StartsWith("fuse", StringComparison.Ordinal)))
+            return false;
+        Native.StatFs sf;
+        return Native.StatFsPath(mp, &sf) != 0 && Native.Errno == Errno.ENOTCONN;
+    }
+}
+
 /// <summary>
 /// Mounting and unmounting through fusermount3 (libfuse's protocol): it gets one end of a socket pair in
 /// _FUSE_COMMFD, opens /dev/fuse, mounts, and sends the device fd back with SCM_RIGHTS.

@@ -26,16 +26,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     private int _running;
     private int _destroyed;
     private bool _viaFusermount;
-    // Notifications: queued by any thread, written by one thread of their own (a write of
-    // INVAL_INODE waits for the kernel's page locks, which a request in flight may hold).
-    private readonly ConcurrentQueue<Note> _notes = new();
-    private readonly SemaphoreSlim _noteSignal = new(0);
-    private Thread? _noteThread;
-    private volatile bool _noteStop;
-    private long _notesPending, _notesSent;
-    private readonly ConcurrentDictionary<ulong, int> _inodeQueued = new(); // node -> 1 when widened
-
-    private readonly record struct Note(FuseNotifyCode Code, ulong Node, long Offset, long Length, byte[]? Name);
+    private readonly FuseNotifications _notifications;
 
     public string MountPoint { get; }
     /// <summary>Protocol minor the kernel offered, and the one we answered with.</summary>
@@ -49,6 +40,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         MountPoint = mountPoint;
         _fs = fs;
         _devFd = devFd;
+        _notifications = new FuseNotifications(() => _devFd);
     }
 
     /// <summary>Mounts an empty session at <paramref name="mountpoint"/>; call <see cref="Start"/> to serve it.
@@ -57,35 +49,8 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     public static FuseServer Mount(string mountpoint, IFuseFileSystem fs, FuseMountOptions? opts = null)
     {
         ArgumentNullException.ThrowIfNull(fs);
-        opts ??= new FuseMountOptions();
-        if (string.IsNullOrEmpty(mountpoint)) throw new FuseMountException("mount point is empty");
-        string mp = Path.GetFullPath(mountpoint).TrimEnd('/');
-        if (mp.Length == 0) mp = "/";
-        CheckMountPoint(mp);
-        var method = opts.Method;
-        if (method == FuseMountMethod.Auto) method = Native.GetEuid() == 0 ? FuseMountMethod.Syscall : FuseMountMethod.Fusermount;
-        FuseServer server;
-        if (method == FuseMountMethod.Fusermount)
-        {
-            int dev = Fusermount.Mount(mp, opts);
-            server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = true };
-        }
-        else
-        {
-            int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
-            if (fd < 0)
-                throw new FuseMountException($"/dev/fuse cannot be opened: {Native.StrError(Native.Errno)}");
-            string data = $"fd={fd},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
-            if (opts.AllowOther) data += ",allow_other";
-            if (opts.DefaultPermissions) data += ",default_permissions";
-            if (Native.Mount("lab", mp, "fuse.lab", Native.MS_NOSUID | Native.MS_NODEV, data) != 0)
-            {
-                int e = Native.Errno;
-                Native.Close(fd);
-                throw new FuseMountException($"mount of {mp} failed: {Native.StrError(e)}");
-            }
-            server = new FuseServer(mp, fs, fd) { _mounted = true };
-        }
+        int dev = FuseMounter.Mount(mountpoint, opts ?? new FuseMountOptions(), out string mp, out bool viaFusermount);
+        var server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = viaFusermount };
         server._fds.Add(server._devFd);
         fs.Attach(server);
         return server;
@@ -94,57 +59,12 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     /// <summary>Whether the mount was made by fusermount3 (and is undone by it when we are not root).</summary>
     public bool ViaFusermount => _viaFusermount;
 
-    private static void CheckMountPoint(string mp)
-    {
-        Native.Statx st, parent;
-        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
-        {
-            int e = Native.Errno;
-            throw new FuseMountException(e switch
-            {
-                Errno.ENOENT => $"mount point {mp} does not exist",
-                Errno.ENOTDIR => $"mount point {mp} is not a directory",
-                Errno.ENOTCONN => $"mount point {mp} is a dead FUSE mount (Transport endpoint is not connected); FuseServer.ClearStale clears it",
-                _ => $"mount point {mp} cannot be examined: {Native.StrError(e)}",
-            });
-        }
-        if ((st.Mode & 0xF000) != 0x4000) throw new FuseMountException($"mount point {mp} is not a directory");
-        bool listed = MountInfo.Read().Exists(m => m.MountPoint == mp);
-        string parentPath = Path.GetDirectoryName(mp) ?? "/";
-        bool otherDev = mp != "/" && Native.StatxPath(Native.AT_FDCWD, parentPath, 0, Native.STATX_BASIC_STATS, &parent) == 0
-            && parent.Dev != st.Dev;
-        if (listed || otherDev || mp == "/") throw new FuseMountException($"mount point {mp} is already a mount point");
-    }
-
     /// <summary>
     /// If <paramref name="mountpoint"/> is a FUSE mount whose server is gone ("Transport endpoint is not
     /// connected"), detaches it and returns true; otherwise false. The probe (stat, then statfs for a
     /// listed FUSE mount) goes to the server, so on a live but hung server it waits like any caller.
     /// </summary>
-    public static bool ClearStale(string mountpoint)
-    {
-        string mp = Path.GetFullPath(mountpoint).TrimEnd('/');
-        bool cleared = false;
-        for (int round = 0; round < 8; round++) // stacked dead mounts come off one at a time
-        {
-            if (!IsDead(mp)) break;
-            if (Native.Umount2(mp, Native.MNT_DETACH) != 0) break;
-            cleared = true;
-        }
-        return cleared;
-    }
-
-    private static bool IsDead(string mp)
-    {
-        Native.Statx st;
-        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
-            return Native.Errno == Errno.ENOTCONN;
-        // stat may be answered from cached attributes; statfs always goes to the server.
-        if (!MountInfo.Read().Exists(m => m.MountPoint == mp && m.FsType.StartsWith("fuse", StringComparison.Ordinal)))
-            return false;
-        Native.StatFs sf;
-        return Native.StatFsPath(mp, &sf) != 0 && Native.Errno == Errno.ENOTCONN;
-    }
+    public static bool ClearStale(string mountpoint) => FuseMounter.ClearStale(mountpoint);
 
     /// <summary>Answers INIT, then serves requests on <paramref name="threads"/> threads.</summary>
     public void Start(int threads = 4)
@@ -158,8 +78,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             _stopFd = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
             if (_stopFd < 0) throw new IOException($"eventfd: {Native.StrError(Native.Errno)}");
             _running = threads;
-            _noteThread = new Thread(NoteLoop) { IsBackground = true, Name = "fuse-notify" };
-            _noteThread.Start();
+            _notifications.Start(Minor);
             for (int i = 0; i < threads; i++)
             {
                 int fd = i == 0 ? _devFd : CloneDevFd();
@@ -234,7 +153,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
                 byte* reply = stackalloc byte[FuseConst.OutHeaderSize + sizeof(FuseInitOut)];
                 var rs = new Span<byte>(reply, FuseConst.OutHeaderSize + sizeof(FuseInitOut));
                 MemoryMarshal.Write(rs[FuseConst.OutHeaderSize..], in o);
-                WriteHeader(rs, rs.Length, 0, h.Unique);
+                FuseReply.Header(rs, rs.Length, 0, h.Unique);
                 if (Native.Write(_devFd, reply, (nuint)rs.Length) < 0)
                     throw new IOException($"FUSE INIT reply failed: {Native.StrError(Native.Errno)}");
                 return;
@@ -295,10 +214,8 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             if (_unmounted) return;
             _unmounted = true;
         }
-        if (_mounted && Native.Umount2(MountPoint, Native.MNT_DETACH) != 0 // EINVAL: someone else already unmounted
-            && Native.Errno == Errno.EPERM && _viaFusermount)
-            Fusermount.Unmount(MountPoint);
-        StopNotes();
+        if (_mounted) FuseMounter.Unmount(MountPoint, _viaFusermount);
+        _notifications.Stop();
         if (_started)
         {
             // With nothing open on it the super block dies now and the threads read ENODEV; if some
@@ -320,103 +237,14 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     /// <summary>Same as <see cref="Unmount"/>; the file system object stays the caller's to dispose.</summary>
     public void Dispose() => Unmount();
 
-    // ---------------- notifications ----------------
+    // ---------------- notifications (FuseNotifications) ----------------
 
-    public bool InvalidateInode(ulong node, long offset, long length)
-    {
-        // One queued note per node: a second one while the first waits widens it to the whole file.
-        if (!_inodeQueued.TryAdd(node, 0))
-        {
-            _inodeQueued.TryUpdate(node, 1, 0);
-            if (_inodeQueued.ContainsKey(node)) return true;
-            _inodeQueued.TryAdd(node, 0); // it was just written: queue anew
-        }
-        if (Queue(new Note(FuseNotifyCode.InvalInode, node, offset, length, null))) return true;
-        _inodeQueued.TryRemove(node, out _);
-        return false;
-    }
-
-    public bool InvalidateEntry(ulong parent, ReadOnlySpan<byte> name)
-    {
-        if (name.Length == 0 || name.Length > 255 || name.IndexOfAny((byte)0, (byte)'/') >= 0) return false;
-        return Queue(new Note(FuseNotifyCode.InvalEntry, parent, 0, 0, name.ToArray()));
-    }
-
+    public bool InvalidateInode(ulong node, long offset, long length) => _notifications.InvalidateInode(node, offset, length);
+    public bool InvalidateEntry(ulong parent, ReadOnlySpan<byte> name) => _notifications.InvalidateEntry(parent, name);
     /// <summary>Notifications written to the kernel so far (including those it answered ENOENT: not cached).</summary>
-    public long NotificationsSent => Interlocked.Read(ref _notesSent);
-
-    private bool Queue(in Note n)
-    {
-        if (_noteStop || _noteThread == null || Minor < 12) return false;
-        Interlocked.Increment(ref _notesPending);
-        _notes.Enqueue(n);
-        _noteSignal.Release();
-        return true;
-    }
-
+    public long NotificationsSent => _notifications.Sent;
     /// <summary>Waits until every queued notification has been written; false on timeout.</summary>
-    public bool WaitNotifications(int timeoutMs)
-    {
-        long until = Environment.TickCount64 + timeoutMs;
-        while (Interlocked.Read(ref _notesPending) > 0)
-        {
-            if (Environment.TickCount64 > until) return false;
-            Thread.Sleep(1);
-        }
-        return true;
-    }
-
-    private void NoteLoop()
-    {
-        byte* buf = stackalloc byte[FuseConst.OutHeaderSize + 24 + 256];
-        while (true)
-        {
-            _noteSignal.Wait();
-            if (_noteStop) break;
-            if (!_notes.TryDequeue(out var n)) continue;
-            try
-            {
-                int len;
-                var span = new Span<byte>(buf, FuseConst.OutHeaderSize + 24 + 256);
-                if (n.Code == FuseNotifyCode.InvalInode)
-                {
-                    bool widened = _inodeQueued.TryRemove(n.Node, out int w) && w == 1;
-                    var o = widened ? new FuseNotifyInvalInodeOut { Ino = n.Node, Off = 0, Len = 0 }
-                                    : new FuseNotifyInvalInodeOut { Ino = n.Node, Off = n.Offset, Len = n.Length };
-                    MemoryMarshal.Write(span[FuseConst.OutHeaderSize..], in o);
-                    len = FuseConst.OutHeaderSize + sizeof(FuseNotifyInvalInodeOut);
-                }
-                else
-                {
-                    var name = n.Name!;
-                    var o = new FuseNotifyInvalEntryOut { Parent = n.Node, NameLen = (uint)name.Length };
-                    MemoryMarshal.Write(span[FuseConst.OutHeaderSize..], in o);
-                    int at = FuseConst.OutHeaderSize + sizeof(FuseNotifyInvalEntryOut);
-                    name.CopyTo(span[at..]);
-                    span[at + name.Length] = 0;
-                    len = at + name.Length + 1;
-                }
-                // unique 0 and the code in the error field mark a notification.
-                var h = new FuseOutHeader { Len = (uint)len, Error = (int)n.Code, Unique = 0 };
-                MemoryMarshal.Write(span, in h);
-                int fd = _devFd;
-                // ENOENT: the kernel does not have that node or name cached: nothing to drop.
-                if (fd >= 0) Native.Write(fd, buf, (nuint)len);
-                Interlocked.Increment(ref _notesSent);
-            }
-            finally { Interlocked.Decrement(ref _notesPending); }
-        }
-    }
-
-    private void StopNotes()
-    {
-        var t = _noteThread;
-        if (t == null) return;
-        _noteStop = true;
-        _noteSignal.Release();
-        t.Join(5000);
-        while (_notes.TryDequeue(out _)) Interlocked.Decrement(ref _notesPending);
-    }
+    public bool WaitNotifications(int timeoutMs) => _notifications.Wait(timeoutMs);
 
     /// <summary>Test hook: closes the device without unmounting, leaving a dead mount behind.</summary>
     internal void AbandonForTest()
@@ -444,65 +272,52 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         finally { NativeMemory.AlignedFree(reply); }
     }
 
-    private static int WriteHeader(Span<byte> reply, int len, int errno, ulong unique)
+    /// <summary>Called with one line for each malformed request refused (opcode name, unique id, why);
+    /// null: refused quietly. The reply is the same either way.</summary>
+    public Action<string>? RefusalLog { get; set; }
+
+    private int Refuse(Span<byte> reply, ulong unique, uint opcode, string why)
     {
-        var h = new FuseOutHeader { Len = (uint)len, Error = -errno, Unique = unique };
-        MemoryMarshal.Write(reply, in h);
-        return len;
+        RefusalLog?.Invoke($"fuse: refused {FuseOps.NameOf(opcode)} (unique {unique}): {why}");
+        return FuseReply.Error(reply, unique, Errno.EINVAL);
     }
 
-    private static int Error(Span<byte> reply, ulong unique, int errno) =>
-        WriteHeader(reply, FuseConst.OutHeaderSize, errno, unique);
-
-    private static int Ok<T>(Span<byte> reply, ulong unique, in T value) where T : unmanaged
-    {
-        MemoryMarshal.Write(reply[FuseConst.OutHeaderSize..], in value);
-        return WriteHeader(reply, FuseConst.OutHeaderSize + sizeof(T), 0, unique);
-    }
-
-    private static int Result<T>(Span<byte> reply, ulong unique, int errno, in T value) where T : unmanaged =>
-        errno == 0 ? Ok(reply, unique, in value) : Error(reply, unique, errno);
-
-    /// <summary>Splits one NUL-terminated name off the front of <paramref name="body"/>.</summary>
-    private static bool TakeName(scoped ref ReadOnlySpan<byte> body, out ReadOnlySpan<byte> name)
-    {
-        int nul = body.IndexOf((byte)0);
-        if (nul < 0) { name = default; return false; }
-        name = body[..nul];
-        body = body[(nul + 1)..];
-        return true;
-    }
-
-    /// <summary>Decodes one request, calls the file system and encodes the reply into
-    /// <paramref name="reply"/>. Returns the reply length, 0 when there is none to send.</summary>
+    /// <summary>Decodes one request through the opcode table, calls the file system and encodes the reply
+    /// into <paramref name="reply"/>. Returns the reply length, 0 when there is none to send.</summary>
     internal int Dispatch(ReadOnlySpan<byte> req, Span<byte> reply)
     {
         if (req.Length < 16) return 0; // no unique id to answer to
         ulong unique = BinaryPrimitives.ReadUInt64LittleEndian(req[8..]);
-        if (req.Length < FuseConst.InHeaderSize) return Error(reply, unique, Errno.EINVAL);
+        uint opcode = BinaryPrimitives.ReadUInt32LittleEndian(req[4..]);
+        if (req.Length < FuseConst.InHeaderSize) return Refuse(reply, unique, opcode, $"{req.Length} bytes, shorter than the header");
         var h = MemoryMarshal.Read<FuseInHeader>(req);
-        if (h.Len != req.Length) return Error(reply, unique, Errno.EINVAL);
-        var op = (FuseOpcode)h.Opcode;
+        if (h.Len != req.Length) return Refuse(reply, unique, opcode, $"length field {h.Len}, {req.Length} bytes read");
+        var code = (FuseOpcode)h.Opcode;
+        var op = FuseOps.Get(code);
         // Requests without replies: never answer them, even when malformed. INTERRUPT is ignored on
         // purpose: no request here waits for anything but the backing file system, so the interrupted
         // request's own reply comes promptly and the kernel then drops the interrupt.
-        if (op is FuseOpcode.Forget or FuseOpcode.BatchForget or FuseOpcode.Interrupt)
+        if (op is { Replies: false })
         {
-            try { Forget(op, h.NodeId, req[(FuseConst.InHeaderSize + h.TotalExtlen * 8)..]); }
+            try { Forget(code, h.NodeId, req[(FuseConst.InHeaderSize + h.TotalExtlen * 8)..]); }
             catch (Exception) { /* nothing to answer */ }
             return 0;
         }
         int ext = h.TotalExtlen * 8;
-        if (FuseConst.InHeaderSize + ext > req.Length) return Error(reply, unique, Errno.EINVAL);
+        if (FuseConst.InHeaderSize + ext > req.Length) return Refuse(reply, unique, opcode, $"extensions of {ext} bytes do not fit");
+        if (op == null) return FuseReply.Error(reply, unique, Errno.ENOSYS);
+        if (op.Handler == null) return Refuse(reply, unique, opcode, "only once, at the start of the session");
         var body = req[FuseConst.InHeaderSize..(req.Length - ext)];
         var c = new FuseContext(unique, h.Uid, h.Gid, h.Pid);
+        if (FuseOps.Parse(op, code, in c, h.NodeId, body, out var r) is { } why) return Refuse(reply, unique, opcode, why);
         try
         {
-            return Handle(op, in c, h.NodeId, body, reply);
+            int len = op.Handler(_fs, in r, reply);
+            return len != FuseReply.Malformed ? len : Refuse(reply, unique, opcode, "its size field overruns the data");
         }
         catch (Exception)
         {
-            return Error(reply, unique, Errno.EIO);
+            return FuseReply.Error(reply, unique, Errno.EIO);
         }
     }
 
@@ -522,244 +337,5 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
                 _fs.Forget(one.NodeId, one.NLookup);
             }
         }
-    }
-
-    private static bool Need<T>(ReadOnlySpan<byte> body, out T value) where T : unmanaged
-    {
-        if (body.Length < sizeof(T)) { value = default; return false; }
-        value = MemoryMarshal.Read<T>(body);
-        return true;
-    }
-
-    private int Handle(FuseOpcode op, in FuseContext c, ulong node, ReadOnlySpan<byte> body, Span<byte> reply)
-    {
-        ulong u = c.Unique;
-        int err;
-        FuseEntryOut entry;
-        ReadOnlySpan<byte> name, name2;
-        var payload = reply[FuseConst.OutHeaderSize..];
-        switch (op)
-        {
-            case FuseOpcode.Lookup:
-                if (!TakeName(ref body, out name)) break;
-                err = _fs.Lookup(in c, node, name, out entry);
-                return Result(reply, u, err, in entry);
-            case FuseOpcode.GetAttr:
-            {
-                ulong? fh = null;
-                if (Need(body, out FuseGetAttrIn gi) && (gi.GetAttrFlags & FuseConst.GetAttrFh) != 0) fh = gi.Fh;
-                err = _fs.GetAttr(in c, node, fh, out var attr);
-                return Result(reply, u, err, in attr);
-            }
-            case FuseOpcode.SetAttr:
-            {
-                if (!Need(body, out FuseSetAttrIn si)) break;
-                err = _fs.SetAttr(in c, node, in si, out var attr);
-                return Result(reply, u, err, in attr);
-            }
-            case FuseOpcode.ReadLink:
-            {
-                err = _fs.ReadLink(in c, node, payload[..Math.Min(payload.Length, 4096)], out int len);
-                return err != 0 ? Error(reply, u, err) : WriteHeader(reply, FuseConst.OutHeaderSize + len, 0, u);
-            }
-            case FuseOpcode.Symlink:
-                if (!TakeName(ref body, out name) || !TakeName(ref body, out name2)) break;
-                err = _fs.Symlink(in c, node, name, name2, out entry);
-                return Result(reply, u, err, in entry);
-            case FuseOpcode.Mknod:
-            {
-                if (!Need(body, out FuseMknodIn mi)) break;
-                body = body[sizeof(FuseMknodIn)..];
-                if (!TakeName(ref body, out name)) break;
-                err = _fs.Mknod(in c, node, name, mi.Mode, mi.Rdev, out entry);
-                return Result(reply, u, err, in entry);
-            }
-            case FuseOpcode.Mkdir:
-            {
-                if (!Need(body, out FuseMkdirIn mi)) break;
-                body = body[sizeof(FuseMkdirIn)..];
-                if (!TakeName(ref body, out name)) break;
-                err = _fs.Mkdir(in c, node, name, mi.Mode, out entry);
-                return Result(reply, u, err, in entry);
-            }
-            case FuseOpcode.Unlink:
-                if (!TakeName(ref body, out name)) break;
-                return Error(reply, u, _fs.Unlink(in c, node, name));
-            case FuseOpcode.Rmdir:
-                if (!TakeName(ref body, out name)) break;
-                return Error(reply, u, _fs.Rmdir(in c, node, name));
-            case FuseOpcode.Rename:
-            case FuseOpcode.Rename2:
-            {
-                ulong newDir;
-                uint flags = 0;
-                if (op == FuseOpcode.Rename)
-                {
-                    if (body.Length < 8) break;
-                    newDir = BinaryPrimitives.ReadUInt64LittleEndian(body);
-                    body = body[8..];
-                }
-                else
-                {
-                    if (!Need(body, out FuseRename2In ri)) break;
-                    newDir = ri.NewDir;
-                    flags = ri.Flags;
-                    body = body[sizeof(FuseRename2In)..];
-                }
-                if (!TakeName(ref body, out name) || !TakeName(ref body, out name2)) break;
-                return Error(reply, u, _fs.Rename(in c, node, name, newDir, name2, flags));
-            }
-            case FuseOpcode.Link:
-            {
-                if (body.Length < 8) break;
-                ulong oldNode = BinaryPrimitives.ReadUInt64LittleEndian(body);
-                body = body[8..];
-                if (!TakeName(ref body, out name)) break;
-                err = _fs.Link(in c, oldNode, node, name, out entry);
-                return Result(reply, u, err, in entry);
-            }
-            case FuseOpcode.Open:
-            case FuseOpcode.OpenDir:
-            {
-                if (!Need(body, out FuseOpenIn oi)) break;
-                FuseOpenOut oo;
-                err = op == FuseOpcode.Open ? _fs.Open(in c, node, oi.Flags, out oo) : _fs.OpenDir(in c, node, oi.Flags, out oo);
-                return Result(reply, u, err, in oo);
-            }
-            case FuseOpcode.Create:
-            {
-                if (!Need(body, out FuseCreateIn ci)) break;
-                body = body[sizeof(FuseCreateIn)..];
-                if (!TakeName(ref body, out name)) break;
-                err = _fs.Create(in c, node, name, ci.Flags, ci.Mode, out entry, out var oo);
-                if (err != 0) return Error(reply, u, err);
-                MemoryMarshal.Write(payload, in entry);
-                MemoryMarshal.Write(payload[sizeof(FuseEntryOut)..], in oo);
-                return WriteHeader(reply, FuseConst.OutHeaderSize + sizeof(FuseEntryOut) + sizeof(FuseOpenOut), 0, u);
-            }
-            case FuseOpcode.Read:
-            {
-                if (!Need(body, out FuseReadIn ri)) break;
-                if (ri.Offset > long.MaxValue) return Error(reply, u, Errno.EINVAL);
-                int size = (int)Math.Min(ri.Size, (uint)payload.Length);
-                err = _fs.Read(in c, node, ri.Fh, (long)ri.Offset, payload[..size], out int n);
-                return err != 0 ? Error(reply, u, err) : WriteHeader(reply, FuseConst.OutHeaderSize + Math.Clamp(n, 0, size), 0, u);
-            }
-            case FuseOpcode.Write:
-            {
-                if (!Need(body, out FuseWriteIn wi)) break;
-                var data = body[sizeof(FuseWriteIn)..];
-                if (wi.Size > data.Length || wi.Offset > long.MaxValue) break;
-                err = _fs.Write(in c, node, wi.Fh, (long)wi.Offset, data[..(int)wi.Size], out int n);
-                var wo = new FuseWriteOut { Size = (uint)n };
-                return Result(reply, u, err, in wo);
-            }
-            case FuseOpcode.StatFs:
-                err = _fs.StatFs(in c, node, out var sf);
-                return Result(reply, u, err, in sf);
-            case FuseOpcode.Release:
-            case FuseOpcode.ReleaseDir:
-            {
-                if (!Need(body, out FuseReleaseIn ri)) break;
-                if (op == FuseOpcode.Release) _fs.Release(in c, node, ri.Fh);
-                else _fs.ReleaseDir(in c, node, ri.Fh);
-                return Error(reply, u, 0);
-            }
-            case FuseOpcode.Fsync:
-            case FuseOpcode.FsyncDir:
-            {
-                if (!Need(body, out FuseFsyncIn fi)) break;
-                bool dataOnly = (fi.FsyncFlags & 1) != 0;
-                return Error(reply, u, op == FuseOpcode.Fsync ? _fs.Fsync(in c, node, fi.Fh, dataOnly) : _fs.FsyncDir(in c, node, fi.Fh, dataOnly));
-            }
-            case FuseOpcode.Flush:
-                if (!Need(body, out FuseFlushIn fl)) break;
-                return Error(reply, u, _fs.Flush(in c, node, fl.Fh));
-            case FuseOpcode.SetXattr:
-            {
-                if (!Need(body, out FuseSetXattrIn xi)) break;
-                body = body[sizeof(FuseSetXattrIn)..];
-                if (!TakeName(ref body, out name) || xi.Size > body.Length) break;
-                return Error(reply, u, _fs.SetXattr(in c, node, name, body[..(int)xi.Size], (int)xi.Flags));
-            }
-            case FuseOpcode.GetXattr:
-            case FuseOpcode.ListXattr:
-            {
-                if (!Need(body, out FuseGetXattrIn xi)) break;
-                body = body[sizeof(FuseGetXattrIn)..];
-                name = default;
-                if (op == FuseOpcode.GetXattr && !TakeName(ref body, out name)) break;
-                int cap = (int)Math.Min(xi.Size, (uint)payload.Length);
-                int size;
-                err = op == FuseOpcode.GetXattr
-                    ? _fs.GetXattr(in c, node, name, payload[..cap], out size)
-                    : _fs.ListXattr(in c, node, payload[..cap], out size);
-                if (err != 0) return Error(reply, u, err);
-                if (xi.Size == 0) // the caller asks how big
-                {
-                    var xo = new FuseGetXattrOut { Size = (uint)size };
-                    return Ok(reply, u, in xo);
-                }
-                return WriteHeader(reply, FuseConst.OutHeaderSize + Math.Clamp(size, 0, cap), 0, u);
-            }
-            case FuseOpcode.RemoveXattr:
-                if (!TakeName(ref body, out name)) break;
-                return Error(reply, u, _fs.RemoveXattr(in c, node, name));
-            case FuseOpcode.ReadDir:
-            case FuseOpcode.ReadDirPlus:
-            {
-                if (!Need(body, out FuseReadIn ri)) break;
-                if (ri.Offset > long.MaxValue) return Error(reply, u, Errno.EINVAL);
-                bool plus = op == FuseOpcode.ReadDirPlus;
-                var w = new FuseDirWriter(payload[..(int)Math.Min(ri.Size, (uint)payload.Length)], plus);
-                err = plus ? _fs.ReadDirPlus(in c, node, ri.Fh, (long)ri.Offset, ref w)
-                           : _fs.ReadDir(in c, node, ri.Fh, (long)ri.Offset, ref w);
-                return err != 0 ? Error(reply, u, err) : WriteHeader(reply, FuseConst.OutHeaderSize + w.Used, 0, u);
-            }
-            case FuseOpcode.CopyFileRange:
-            {
-                if (!Need(body, out FuseCopyFileRangeIn ci)) break;
-                if (ci.OffIn > long.MaxValue || ci.OffOut > long.MaxValue) return Error(reply, u, Errno.EINVAL);
-                // The reply holds a 32-bit count; a short copy makes the caller ask again.
-                long len = (long)Math.Min(ci.Len, 1UL << 30);
-                err = _fs.CopyFileRange(in c, node, ci.FhIn, (long)ci.OffIn, ci.NodeIdOut, ci.FhOut, (long)ci.OffOut,
-                                        len, ci.Flags, out long copied);
-                var wo = new FuseWriteOut { Size = (uint)Math.Clamp(copied, 0, len) };
-                return Result(reply, u, err, in wo);
-            }
-            case FuseOpcode.Tmpfile:
-            {
-                // The name the kernel sends with it is a placeholder ("/"): not used.
-                if (!Need(body, out FuseCreateIn ci)) break;
-                err = _fs.Tmpfile(in c, node, ci.Flags, ci.Mode, out entry, out var oo);
-                if (err != 0) return Error(reply, u, err);
-                MemoryMarshal.Write(payload, in entry);
-                MemoryMarshal.Write(payload[sizeof(FuseEntryOut)..], in oo);
-                return WriteHeader(reply, FuseConst.OutHeaderSize + sizeof(FuseEntryOut) + sizeof(FuseOpenOut), 0, u);
-            }
-            case FuseOpcode.SyncFs:
-                return Error(reply, u, _fs.SyncFs(in c));
-            case FuseOpcode.Access:
-                if (!Need(body, out FuseAccessIn ai)) break;
-                return Error(reply, u, _fs.Access(in c, node, (int)ai.Mask));
-            case FuseOpcode.Fallocate:
-            {
-                if (!Need(body, out FuseFallocateIn fi)) break;
-                if (fi.Offset > long.MaxValue || fi.Length > long.MaxValue) return Error(reply, u, Errno.EINVAL);
-                return Error(reply, u, _fs.Fallocate(in c, node, fi.Fh, (int)fi.Mode, (long)fi.Offset, (long)fi.Length));
-            }
-            case FuseOpcode.Lseek:
-            {
-                if (!Need(body, out FuseLseekIn li)) break;
-                err = _fs.Lseek(in c, node, li.Fh, (long)li.Offset, (int)li.Whence, out long pos);
-                var lo = new FuseLseekOut { Offset = (ulong)pos };
-                return Result(reply, u, err, in lo);
-            }
-            case FuseOpcode.Init:
-                break; // only once, at Start
-            default:
-                return Error(reply, u, Errno.ENOSYS);
-        }
-        return Error(reply, u, Errno.EINVAL); // too short for its struct, or a name without its NUL
     }
 }

@@ -77,19 +77,13 @@ internal static unsafe partial class Native
         public readonly ulong Dev => ((ulong)DevMajor << 32) | DevMinor;
     }
 
-    // x86_64/aarch64 struct statfs (all fields are 64-bit words except f_fsid).
-    [StructLayout(LayoutKind.Explicit, Size = 120)]
+    // x86_64/aarch64 struct statfs: every field a 64-bit word but f_fsid (two ints), so in sequence.
     public struct StatFs
     {
-        [FieldOffset(0)] public long Type;
-        [FieldOffset(8)] public long Bsize;
-        [FieldOffset(16)] public ulong Blocks;
-        [FieldOffset(24)] public ulong Bfree;
-        [FieldOffset(32)] public ulong Bavail;
-        [FieldOffset(40)] public ulong Files;
-        [FieldOffset(48)] public ulong Ffree;
-        [FieldOffset(64)] public long Namelen;
-        [FieldOffset(72)] public long Frsize;
+        public long Type, Bsize;
+        public ulong Blocks, Bfree, Bavail, Files, Ffree;
+        public long Fsid, Namelen, Frsize, Flags;
+        public fixed long Spare[4];
     }
 
     /// <summary>"" for the *at calls with AT_EMPTY_PATH.</summary>

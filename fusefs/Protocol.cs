@@ -133,53 +133,35 @@ public unsafe struct FuseStatfsOut
     public fixed uint Spare[6];
 }
 
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
+// The small request and reply structs. C# lays a struct out in sequence with natural alignment, as
+// the kernel does; none of these has implicit padding, and FuseStructTests checks every size against
+// linux/fuse.h (the opcode table takes its size checks from them).
 internal struct FuseGetAttrIn { public uint GetAttrFlags, Dummy; public ulong Fh; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseMknodIn { public uint Mode, Rdev, Umask, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseMkdirIn { public uint Mode, Umask; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct FuseRenameIn { public ulong NewDir; }
+internal struct FuseLinkIn { public ulong OldNodeId; }
 internal struct FuseRename2In { public ulong NewDir; public uint Flags, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseOpenIn { public uint Flags, OpenFlags; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseCreateIn { public uint Flags, Mode, Umask, OpenFlags; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseReadIn { public ulong Fh, Offset; public uint Size, ReadFlags; public ulong LockOwner; public uint Flags, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseWriteIn { public ulong Fh, Offset; public uint Size, WriteFlags; public ulong LockOwner; public uint Flags, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseReleaseIn { public ulong Fh; public uint Flags, ReleaseFlags; public ulong LockOwner; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseFlushIn { public ulong Fh; public uint Unused, Padding; public ulong LockOwner; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseFsyncIn { public ulong Fh; public uint FsyncFlags, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseForgetOne { public ulong NodeId, NLookup; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseBatchForgetIn { public uint Count, Dummy; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseAccessIn { public uint Mask, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseGetXattrIn { public uint Size, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
-internal struct FuseGetXattrOut { public uint Size, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
-internal struct FuseWriteOut { public uint Size, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseSetXattrIn { public uint Size, Flags; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseFallocateIn { public ulong Fh, Offset, Length; public uint Mode, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseLseekIn { public ulong Fh, Offset; public uint Whence, Padding; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
-internal struct FuseLseekOut { public ulong Offset; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseCopyFileRangeIn { public ulong FhIn, OffIn, NodeIdOut, FhOut, OffOut, Len, Flags; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
+// Replies and notifications.
+internal struct FuseGetXattrOut { public uint Size, Padding; }
+internal struct FuseWriteOut { public uint Size, Padding; }
+internal struct FuseLseekOut { public ulong Offset; }
 internal struct FuseNotifyInvalInodeOut { public ulong Ino; public long Off, Len; }
-[StructLayout(LayoutKind.Sequential, Pack = 4)]
 internal struct FuseNotifyInvalEntryOut { public ulong Parent; public uint NameLen, Flags; }
 
 /// <summary>Caller identity of a request.</summary>

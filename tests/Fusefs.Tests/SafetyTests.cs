@@ -64,6 +64,61 @@ public class SafetyTests
         Assert.Contains("still", Sh.Ok("ls -l", m.MountPoint));
     }
 
+    // linux/fuse.h: opcode, kernel name, size of the fixed input struct, how many NUL-terminated names follow.
+    private static readonly (uint Op, string Name, int Size, int Names)[] Inputs =
+    [
+        (1, "LOOKUP", 0, 1), (4, "SETATTR", 88, 0), (6, "SYMLINK", 0, 2), (8, "MKNOD", 16, 1), (9, "MKDIR", 8, 1),
+        (10, "UNLINK", 0, 1), (11, "RMDIR", 0, 1), (12, "RENAME", 8, 2), (13, "LINK", 8, 1), (14, "OPEN", 8, 0),
+        (15, "READ", 40, 0), (16, "WRITE", 40, 0), (18, "RELEASE", 24, 0), (20, "FSYNC", 16, 0),
+        (21, "SETXATTR", 8, 1), (22, "GETXATTR", 8, 1), (23, "LISTXATTR", 8, 0), (24, "REMOVEXATTR", 0, 1),
+        (25, "FLUSH", 24, 0), (27, "OPENDIR", 8, 0), (28, "READDIR", 40, 0), (29, "RELEASEDIR", 24, 0),
+        (30, "FSYNCDIR", 16, 0), (34, "ACCESS", 8, 0), (35, "CREATE", 16, 1), (43, "FALLOCATE", 32, 0),
+        (44, "READDIRPLUS", 40, 0), (45, "RENAME2", 16, 2), (46, "LSEEK", 24, 0), (47, "COPY_FILE_RANGE", 56, 0),
+        (51, "TMPFILE", 16, 0),
+    ];
+
+    [KernelFact]
+    public void A_request_too_short_for_its_opcode_is_refused_with_EINVAL_and_logged_by_name()
+    {
+        using var m = new TestMount();
+        var s = m.Server;
+        var log = new List<string>();
+        s.RefusalLog = line => { lock (log) log.Add(line); };
+        ulong unique = 100;
+        foreach (var (op, name, size, names) in Inputs)
+        {
+            // One byte short of the struct (zeros: were it read anyway, the handler would fail otherwise).
+            if (size > 0)
+            {
+                Assert.Equal((22, unique, 16), Reply(s.DispatchForTest(Request(op, unique, 1, new byte[size - 1]))));
+                Assert.Contains($"refused {name} (unique {unique})", log[^1]);
+                unique++;
+            }
+            // The struct whole, but the last name without its NUL.
+            if (names > 0)
+            {
+                var body = new byte[size].Concat(names == 2 ? Z("first") : []).Concat(Encoding.UTF8.GetBytes("made")).ToArray();
+                Assert.Equal((22, unique, 16), Reply(s.DispatchForTest(Request(op, unique, 1, body))));
+                Assert.Contains($"refused {name} (unique {unique})", log[^1]);
+                unique++;
+            }
+        }
+        // WRITE and SETXATTR whose size field says more than came with them.
+        var write = new byte[40 + 4];
+        BinaryPrimitives.WriteUInt32LittleEndian(write.AsSpan(16), 5);
+        Assert.Equal((22, unique, 16), Reply(s.DispatchForTest(Request(16, unique, 1, write))));
+        Assert.Contains($"refused WRITE (unique {unique++})", log[^1]);
+        var setx = new byte[8].Concat(Z("user.x")).Concat("ab"u8.ToArray()).ToArray();
+        BinaryPrimitives.WriteUInt32LittleEndian(setx, 3);
+        Assert.Equal((22, unique, 16), Reply(s.DispatchForTest(Request(21, unique, 1, setx))));
+        Assert.Contains($"refused SETXATTR (unique {unique++})", log[^1]);
+        Assert.Equal(Inputs.Sum(i => (i.Size > 0 ? 1 : 0) + (i.Names > 0 ? 1 : 0)) + 2, log.Count);
+        Assert.Empty(Directory.GetFileSystemEntries(m.Backing)); // nothing was made by a refused request
+        // A request that is whole is not refused: the struct-only SETATTR of the root answers its attributes.
+        Assert.Equal((0, 999UL, 16 + 104), Reply(s.DispatchForTest(Request(4, 999, 1, new byte[88]))));
+        Assert.Equal(Inputs.Sum(i => (i.Size > 0 ? 1 : 0) + (i.Names > 0 ? 1 : 0)) + 2, log.Count);
+    }
+
     [KernelFact]
     public void Names_that_would_escape_are_rejected()
     {
