@@ -193,6 +193,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         _fs.CachesInUse = () => Registry.LiveCount > 0;
         FuseServer.ClearStale(_mountpoint);
         _server = FuseServer.Mount(_mountpoint, _fs, new FuseMountOptions());
+        _server.RefusalLog = line => Log.Error(line);   // malformed requests: logged, rate-limited
         _control.Start();
         _execWatch = ExecWatch.TryStart(this, _control.Path);
         _server.Start(fuseThreads);
