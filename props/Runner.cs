@@ -194,11 +194,11 @@ public sealed partial class Runner
         foreach (var p in exited) CheckCounters(p, final: true);
     }
 
-    /// <summary>The resolved execution (for failures that compare two runs).</summary>
     /// <summary>Every Evict result, in order.</summary>
     public readonly List<EvictResult> EvictResults = new();
     /// <summary>The model state without SwapSlotsInUse.</summary>
     public string FinalStateNoSwap => FinalState[..FinalState.LastIndexOf(", SwapSlotsInUse", StringComparison.Ordinal)];
+    /// <summary>The resolved execution (for failures that compare two runs).</summary>
     public string Trace => string.Join("\n    ", trace.TakeLast(80));
 
     string DescribeState()
