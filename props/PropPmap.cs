@@ -4,12 +4,6 @@ using Lab.Vm;
 namespace Lab.Props;
 
 /// <summary>
-/// The simulated page table of one process (the kernel's side of a pmap): present pages
-/// with their own bytes, or the file's page-cache page for a shared mapping, a writable
-/// bit, and poison markers. Every call the VM makes is checked against the oracle by the
-/// <see cref="Runner"/> (prefault safety, protection, EOF, the faulting space).
-/// </summary>
-/// <summary>
 /// An injected install result (§4.12). The pmap contract: false means the page is present
 /// already (or gone, and an unmap event follows). So an injection installs the page and
 /// reports false, as if a duplicate fault message's resolution had got there first
@@ -18,6 +12,12 @@ namespace Lab.Props;
 /// </summary>
 public enum Injected { No, Present, PresentReadOnly }
 
+/// <summary>
+/// The simulated page table of one process (the kernel's side of a pmap): present pages
+/// with their own bytes, or the file's page-cache page for a shared mapping, a writable
+/// bit, and poison markers. Every call the VM makes is checked against the oracle by the
+/// <see cref="Runner"/> (prefault safety, protection, EOF, the faulting space).
+/// </summary>
 public sealed class PropPmap(Runner runner, Runner.Proc owner) : IPmap
 {
     public const int Page = Layout.PageSize;

@@ -113,48 +113,47 @@ public sealed class Properties
     /// <summary>§4.2: private memory after fork: a write on one side is never seen on the other.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ForkIsolation(string design) =>
-        Check(design, nameof(ForkIsolation), PrivateForks, w => Runner.Run(w, design, Checks.NoWritableSharing));
+        Check(design, nameof(ForkIsolation), PrivateForks, Checks.NoWritableSharing);
 
     /// <summary>§4.3: MAP_SHARED pages are the file's: every mapper sees a write at once; msync puts it in the file.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void SharedCoherence(string design) =>
-        Check(design, nameof(SharedCoherence), SharedHeavy, w => Runner.Run(w, design, Checks.Cache | Checks.Msync));
+        Check(design, nameof(SharedCoherence), SharedHeavy, Checks.Cache | Checks.Msync);
 
     /// <summary>§4.4: private writes never reach the page cache or the backing file.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void PrivateNeverWritesThrough(string design) =>
-        Check(design, nameof(PrivateNeverWritesThrough), PrivateFiles, w => Runner.Run(w, design, Checks.Cache | Checks.Msync));
+        Check(design, nameof(PrivateNeverWritesThrough), PrivateFiles, Checks.Cache | Checks.Msync);
 
     /// <summary>§4.5: a never-touched anonymous page reads zero, and its first fault counts exactly one zero fill.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ZeroFill(string design) =>
-        Check(design, nameof(ZeroFill), AnonHeavy, w => Runner.Run(w, design, Checks.ZeroFill));
+        Check(design, nameof(ZeroFill), AnonHeavy, Checks.ZeroFill);
 
     /// <summary>§4.7/4.8: deep fork trees with exits in the middle: what every address reads follows the chain rule, the chains stay consistent.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ChainLookupAndCollapseTransparency(string design) =>
-        Check(design, nameof(ChainLookupAndCollapseTransparency), DeepForks,
-            w => Runner.Run(w, design, Checks.Structure | Checks.NoWritableSharing));
+        Check(design, nameof(ChainLookupAndCollapseTransparency), DeepForks, Checks.Structure | Checks.NoWritableSharing);
 
     /// <summary>§4.9: a page installed writable is owned by that space alone; nothing writable in a read-only mapping.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void NoWritableSharing(string design) =>
-        Check(design, nameof(NoWritableSharing), General, w => Runner.Run(w, design, Checks.NoWritableSharing));
+        Check(design, nameof(NoWritableSharing), General, Checks.NoWritableSharing);
 
     /// <summary>§4.10: reference and shadow counts match the maps; after every process exits, nothing is alive.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ReferenceCountsReturnToBaseline(string design) =>
-        Check(design, nameof(ReferenceCountsReturnToBaseline), General, w => Runner.Run(w, design, Checks.Structure));
+        Check(design, nameof(ReferenceCountsReturnToBaseline), General, Checks.Structure);
 
     /// <summary>§4.14: an injected pager error gives SIGBUS on exactly that file page, never silent bytes, nothing else fails.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ErrorContainment(string design) =>
-        Check(design, nameof(ErrorContainment), Errors, w => Runner.Run(w, design, Checks.Counters | Checks.Cache));
+        Check(design, nameof(ErrorContainment), Errors, Checks.Counters | Checks.Cache);
 
     /// <summary>§4.15: access at or past EOF is SIGBUS; the tail of the last partial page reads zero.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void Eof(string design) =>
-        Check(design, nameof(Eof), PastEof, w => Runner.Run(w, design, Checks.Counters | Checks.Cache));
+        Check(design, nameof(Eof), PastEof, Checks.Counters | Checks.Cache);
 
     /// <summary>
     /// §4.16: read-ahead, read-behind and prefault change no byte read: the same workload on a cold
@@ -213,8 +212,7 @@ public sealed class Properties
     /// </summary>
     [Theory, MemberData(nameof(Designs))]
     public void SwapRoundTrip(string design) =>
-        Check(design, nameof(SwapRoundTrip), Swapping,
-            w => Runner.Run(w, design, Checks.SwapRoundTrip | Checks.Agreement | Checks.NoWritableSharing | Checks.Counters));
+        Check(design, nameof(SwapRoundTrip), Swapping, Checks.SwapRoundTrip | Checks.Agreement | Checks.NoWritableSharing | Checks.Counters);
 
     /// <summary>
     /// Injected pager latency: while a fault has the map unlocked for file I/O, pages next to
@@ -317,24 +315,22 @@ public sealed class Properties
     /// </summary>
     [Theory, MemberData(nameof(Designs))]
     public void RemoveSemantics(string design) =>
-        Check(design, nameof(RemoveSemantics), Removes,
-            w => Runner.Run(w, design, Checks.RemoveSemantics | Checks.Agreement));
+        Check(design, nameof(RemoveSemantics), Removes, Checks.RemoveSemantics | Checks.Agreement);
 
     /// <summary>§4.24: the pages the model believes installed are exactly the pages the page table has.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void ModelPmapAgreement(string design) =>
-        Check(design, nameof(ModelPmapAgreement), General, w => Runner.Run(w, design, Checks.Agreement));
+        Check(design, nameof(ModelPmapAgreement), General, Checks.Agreement);
 
     /// <summary>§4.22: counter relations (cow_optim ≤ cow_faults, ozfod ≤ zfod, UVM cases ≤ faults, faults = MMU faults ...).</summary>
     [Theory, MemberData(nameof(Designs))]
     public void CounterConservation(string design) =>
-        Check(design, nameof(CounterConservation), General, w => Runner.Run(w, design, Checks.Counters));
+        Check(design, nameof(CounterConservation), General, Checks.Counters);
 
     /// <summary>§4.18: a forbidden access is SIGSEGV, the VM refuses it as well, and nothing changes.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void Protection(string design) =>
-        Check(design, nameof(Protection), Protections,
-            w => Runner.Run(w, design, Checks.ProtectionProbe | Checks.Counters | Checks.Cache));
+        Check(design, nameof(Protection), Protections, Checks.ProtectionProbe | Checks.Counters | Checks.Cache);
 
     // ---- driver ----
 
@@ -356,6 +352,10 @@ public sealed class Properties
                     $"(page hash {x.Hash:x16}), {bn} gave {y.Outcome} (page hash {y.Hash:x16})");
         }
     }
+
+    /// <summary>The property holds for every generated workload run with <paramref name="checks"/>.</summary>
+    internal static void Check(string design, string property, Profile profile, Checks checks) =>
+        Check(design, property, profile, w => Runner.Run(w, design, checks));
 
     internal static void Check(string design, string property, Profile profile, Action<Workload> body)
     {

@@ -19,16 +19,18 @@ now() { date +%s%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 
 declare -A T
+# side_dir SIDE: the directory an operation runs in on that side.
+side_dir() { if [ "$1" = lab ]; then echo "$MNT"; else echo "$BACK"; fi; }
 # time_cmd KEY SIDE CMD...: seconds of one run of CMD
 time_cmd() { local k=$1 s=$2; shift 2; local a b; a=$(now); "$@" >/dev/null; b=$(now); T[$k.$s]=$(secs "$a" "$b"); }
 
 for side in native lab; do
-  dir=$BACK; [ "$side" = lab ] && dir=$MNT
+  dir=$(side_dir $side)
   # Sequential write: 1 MiB blocks, data on the file system's disk at the end (fdatasync).
   time_cmd seqwrite $side dd if=/dev/zero of="$dir/seq.$side" bs=1M count="$SIZE_MB" conv=fdatasync status=none
 done
 for side in native lab; do
-  dir=$BACK; [ "$side" = lab ] && dir=$MNT
+  dir=$(side_dir $side)
   drop
   time_cmd seqread $side dd if="$dir/seq.native" of=/dev/null bs=1M status=none
 done
@@ -47,10 +49,7 @@ t = time.perf_counter()
 for o in offs: os.pread(fd, 4096, o)
 print("%.6f" % (time.perf_counter() - t))
 EOF
-for side in native lab; do
-  dir=$BACK; [ "$side" = lab ] && dir=$MNT
-  T[randread.$side]=$("$PY" "$WORK/rand.py" "$dir/seq.native" "$RANDOM_READS")
-done
+for side in native lab; do T[randread.$side]=$("$PY" "$WORK/rand.py" "$(side_dir $side)/seq.native" "$RANDOM_READS"); done
 
 # Metadata: create, stat and unlink FILES files in one directory.
 cat > "$WORK/meta.py" <<'EOF'
@@ -64,10 +63,7 @@ for i in range(n): os.stat("%s/f%d" % (d, i))
 for i in range(n): os.unlink("%s/f%d" % (d, i))
 print("%.6f" % (time.perf_counter() - t))
 EOF
-for side in native lab; do
-  dir=$BACK; [ "$side" = lab ] && dir=$MNT
-  T[meta.$side]=$("$PY" "$WORK/meta.py" "$dir/meta.$side" "$FILES")
-done
+for side in native lab; do T[meta.$side]=$("$PY" "$WORK/meta.py" "$(side_dir $side)/meta.$side" "$FILES"); done
 rm -f "$BACK/seq.native" "$BACK/seq.lab"
 
 # git status on a committed tree of TREE files (second run of each: the index is warm).
@@ -82,7 +78,7 @@ mkdir -p "$BACK/repo"
   git add -A && git -c user.name=bench -c user.email=bench@example.invalid commit -qm tree
 )
 for side in native lab; do
-  dir=$BACK; [ "$side" = lab ] && dir=$MNT
+  dir=$(side_dir $side)
   git -C "$dir/repo" status --porcelain >/dev/null
   time_cmd gitstatus $side git -C "$dir/repo" status --porcelain
 done

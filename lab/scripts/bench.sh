@@ -11,20 +11,16 @@ SIZE_MB=${SIZE_MB:-256}
 head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom > "$BACK/big.dat"
 "$LAB" mount "$BACK" "$MNT" >/dev/null
 
+# Each configuration: its key, what it is, its command.
 declare -A NAME CMD
-order=(native fuse floor floorpin labpriv labshared)
-NAME[native]="native file, kernel page cache (mmap, no lab)"
-NAME[fuse]="lab mount without lab run (kernel's FUSE mmap path)"
-NAME[floor]="minimal C uffd handler (in-process thread, the floor)"
-NAME[floorpin]="minimal C uffd handler, pinned to one vCPU"
-NAME[labpriv]="lab run, MAP_PRIVATE (freebsd resolver)"
-NAME[labshared]="lab run, MAP_SHARED (memfd page cache)"
-CMD[native]="$TOUCH $BACK/big.dat"
-CMD[fuse]="$TOUCH $MNT/big.dat"
-CMD[floor]="$FLOOR $BACK/big.dat"
-CMD[floorpin]="taskset -c 0 $FLOOR $BACK/big.dat"
-CMD[labpriv]="$LAB run --mount $MNT --stats -- $TOUCH $MNT/big.dat"
-CMD[labshared]="$LAB run --mount $MNT --stats -- $TOUCH $MNT/big.dat --shared"
+order=()
+config() { order+=("$1"); NAME[$1]=$2; CMD[$1]=$3; }
+config native "native file, kernel page cache (mmap, no lab)" "$TOUCH $BACK/big.dat"
+config fuse "lab mount without lab run (kernel's FUSE mmap path)" "$TOUCH $MNT/big.dat"
+config floor "minimal C uffd handler (in-process thread, the floor)" "$FLOOR $BACK/big.dat"
+config floorpin "minimal C uffd handler, pinned to one vCPU" "taskset -c 0 $FLOOR $BACK/big.dat"
+config labpriv "lab run, MAP_PRIVATE (freebsd resolver)" "$LAB run --mount $MNT --stats -- $TOUCH $MNT/big.dat"
+config labshared "lab run, MAP_SHARED (memfd page cache)" "$LAB run --mount $MNT --stats -- $TOUCH $MNT/big.dat --shared"
 
 declare -A RES SUM FAULTS
 for ((i = 1; i <= RUNS; i++)); do

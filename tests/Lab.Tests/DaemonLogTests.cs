@@ -1,6 +1,4 @@
 using Lab.Linux;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Lab.Tests;
 

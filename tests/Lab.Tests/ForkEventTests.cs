@@ -1,6 +1,3 @@
-using Xunit;
-using Xunit.Abstractions;
-
 namespace Lab.Tests;
 
 /// <summary>
@@ -19,6 +16,15 @@ public sealed class ForkEventTests(ITestOutputHelper output)
         return (r, c);
     }
 
+    /// <summary>forkcheck's malloc or fixed mode: n children a round, every one ends well.</summary>
+    Dictionary<string, long> RunChildren(LabMount m, string mode, int n, int rounds)
+    {
+        var (r, c) = Run(m, mode, $"{n}", $"{rounds}");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal($"{mode} children={n * rounds} killed=0 bad=0\n", r.Stdout);
+        return c;
+    }
+
     static void AssertClean(Dictionary<string, long> c, long processes)
     {
         Assert.Equal(0, LabMount.Get(c, "lookup_miss"));
@@ -35,9 +41,7 @@ public sealed class ForkEventTests(ITestOutputHelper output)
     {
         using var m = new LabMount(vm);
         const int n = 8, rounds = 12;
-        var (r, c) = Run(m, "malloc", $"{n}", $"{rounds}");
-        Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Equal($"malloc children={n * rounds} killed=0 bad=0\n", r.Stdout);
+        var c = RunChildren(m, "malloc", n, rounds);
         AssertClean(c, 1 + n * rounds);
     }
 
@@ -49,9 +53,7 @@ public sealed class ForkEventTests(ITestOutputHelper output)
     {
         using var m = new LabMount(vm);
         const int n = 8, rounds = 5;
-        var (r, c) = Run(m, "fixed", $"{n}", $"{rounds}");
-        Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Equal($"fixed children={n * rounds} killed=0 bad=0\n", r.Stdout);
+        var c = RunChildren(m, "fixed", n, rounds);
         Assert.Equal(n * rounds * 16, LabMount.Get(c, vm.StartsWith("uvm") ? "flt_przero" : "v_zfod"));
         AssertClean(c, 1 + n * rounds);
     }

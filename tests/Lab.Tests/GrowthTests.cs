@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Lab.Tests;
 

@@ -1,6 +1,4 @@
 using Lab.Fusefs;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Lab.Tests;
 

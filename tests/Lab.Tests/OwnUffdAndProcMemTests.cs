@@ -1,6 +1,4 @@
 using System.Text.RegularExpressions;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Lab.Tests;
 
@@ -20,6 +18,23 @@ public sealed class OwnUffdAndProcMemTests(ITestOutputHelper output)
         return b;
     }
 
+    /// <summary>
+    /// The program natively (on the same FUSE mount, without the lab) and under the lab: both
+    /// exit 0 and print <paramref name="expected"/>. Returns the lab run and its counters.
+    /// </summary>
+    (RunResult R, Dictionary<string, long> C) NativeThenLab(LabMount m, string prog, string expected, string nativeArg, string labArg)
+    {
+        var native = Sh.Run(Repo.Prog(prog), new[] { nativeArg });
+        Assert.True(native.ExitCode == 0, native.ToString());
+        Assert.Equal(expected, native.Stdout);
+
+        var (r, c) = m.RunCounted(Repo.Prog(prog), labArg);
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        Assert.Equal(expected, r.Stdout);
+        return (r, c);
+    }
+
     [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
     public void AProgramsOwnUserfaultfdTakesItsRangesFromTheLab(string vm)
     {
@@ -27,14 +42,7 @@ public sealed class OwnUffdAndProcMemTests(ITestOutputHelper output)
         File.WriteAllBytes(m.B("two.dat"), Pattern(4 * 4096));
         // Natively (on the same FUSE mount, without the lab) the program serves its own faults,
         // and the kernel refuses to register a FUSE file mapping.
-        var native = Sh.Run(Repo.Prog("ownuffd"), new[] { m.M("two.dat") });
-        Assert.True(native.ExitCode == 0, native.ToString());
-        Assert.Equal(OwnUffdOutput, native.Stdout);
-
-        var (r, c) = m.RunCounted(Repo.Prog("ownuffd"), m.M("two.dat"));
-        output.WriteLine(r.ToString());
-        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
-        Assert.Equal(OwnUffdOutput, r.Stdout);
+        var (r, c) = NativeThenLab(m, "ownuffd", OwnUffdOutput, m.M("two.dat"), m.M("two.dat"));
         // Both ranges were lab memory (anonymous mmap, a malloc block of 2 MiB) and left it whole.
         long registered = long.Parse(Regex.Match(r.Stderr, @"registered (\d+)").Groups[1].Value);
         Assert.Equal(2, LabMount.Get(c, "uffd_released_ranges"));
@@ -85,14 +93,7 @@ public sealed class OwnUffdAndProcMemTests(ITestOutputHelper output)
     public void WritesThroughProcSelfMemReachLabMemory(string vm)
     {
         using var m = new LabMount(vm);
-        var native = Sh.Run(Repo.Prog("procmem"), new[] { m.M("native.dat") });
-        Assert.True(native.ExitCode == 0, native.ToString());
-        Assert.Equal(ProcMemOutput, native.Stdout);
-
-        var (r, c) = m.RunCounted(Repo.Prog("procmem"), m.M("lab.dat"));
-        output.WriteLine(r.ToString());
-        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
-        Assert.Equal(ProcMemOutput, r.Stdout);
+        var (r, c) = NativeThenLab(m, "procmem", ProcMemOutput, m.M("native.dat"), m.M("lab.dat"));
         // The mappings were lab memory and the lab served them without a miss.
         Assert.True(LabMount.Get(c, "v_vm_faults") > 0, "no fault reached the lab");
         Assert.Equal(0, LabMount.Get(c, "lookup_miss"));

@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Lab.Tests;
 

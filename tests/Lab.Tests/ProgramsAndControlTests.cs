@@ -1,7 +1,5 @@
 using System.Text;
 using Lab.Linux;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Lab.Tests;
 

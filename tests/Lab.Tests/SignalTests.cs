@@ -1,6 +1,3 @@
-using Xunit;
-using Xunit.Abstractions;
-
 namespace Lab.Tests;
 
 /// <summary>Runs alone, after the parallel classes: in the full suite on 2 busy vCPUs the daemon's

@@ -144,23 +144,29 @@ static __attribute__((noinline)) pid_t vfork_child(void)
     return pid;
 }
 
+/* The child must exit 0, and the parent's lab memory must read right afterwards. */
+static void wait_child_then_check(pid_t pid, const char *how, int r)
+{
+    int st;
+    if (waitpid(pid, &st, 0) != pid)
+        fail("waitpid");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "clonevm: %s child status %#x in round %d\n", how, st, r);
+        exit(1);
+    }
+    if (anon_round() != 0) {
+        fprintf(stderr, "clonevm: parent's lab memory wrong after %s round %d\n", how, r);
+        exit(1);
+    }
+}
+
 static void mode_vfork(int rounds)
 {
     for (int r = 0; r < rounds; r++) {
         pid_t pid = vfork_child();
         if (pid < 0)
             fail("vfork");
-        int st;
-        if (waitpid(pid, &st, 0) != pid)
-            fail("waitpid");
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "clonevm: vfork child status %#x in round %d\n", st, r);
-            exit(1);
-        }
-        if (anon_round() != 0) {
-            fprintf(stderr, "clonevm: parent's lab memory wrong after vfork round %d\n", r);
-            exit(1);
-        }
+        wait_child_then_check(pid, "vfork", r);
     }
 }
 
@@ -174,17 +180,7 @@ static void mode_spawn(int rounds)
             errno = e;
             fail("posix_spawn");
         }
-        int st;
-        if (waitpid(pid, &st, 0) != pid)
-            fail("waitpid");
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "clonevm: spawned child status %#x in round %d\n", st, r);
-            exit(1);
-        }
-        if (anon_round() != 0) {
-            fprintf(stderr, "clonevm: parent's lab memory wrong after spawn round %d\n", r);
-            exit(1);
-        }
+        wait_child_then_check(pid, "spawn", r);
     }
 }
 

@@ -92,7 +92,8 @@ static int child_fixed(int k)
     return 0;
 }
 
-static int run_fixed(int n, int rounds)
+/* n children per round, each running child(k); their exit statuses summed up by reap. */
+static int run_children(const char *what, int (*child)(int), int n, int rounds)
 {
     int bad = 0, killed = 0;
     for (int r = 0; r < rounds; r++) {
@@ -101,28 +102,11 @@ static int run_fixed(int n, int rounds)
             if (p < 0)
                 return fail("fork");
             if (p == 0)
-                _exit(child_fixed(k));
+                _exit(child(k));
         }
         bad += reap(n, &killed);
     }
-    printf("fixed children=%d killed=%d bad=%d\n", n * rounds, killed, bad);
-    return bad != 0;
-}
-
-static int run_malloc(int n, int rounds)
-{
-    int bad = 0, killed = 0;
-    for (int r = 0; r < rounds; r++) {
-        for (int k = 0; k < n; k++) {
-            pid_t p = fork();
-            if (p < 0)
-                return fail("fork");
-            if (p == 0)
-                _exit(child_malloc(k));
-        }
-        bad += reap(n, &killed);
-    }
-    printf("malloc children=%d killed=%d bad=%d\n", n * rounds, killed, bad);
+    printf("%s children=%d killed=%d bad=%d\n", what, n * rounds, killed, bad);
     return bad != 0;
 }
 
@@ -393,9 +377,9 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 4 && strcmp(argv[1], "malloc") == 0)
-        return run_malloc(atoi(argv[2]), atoi(argv[3]));
+        return run_children("malloc", child_malloc, atoi(argv[2]), atoi(argv[3]));
     if (argc == 4 && strcmp(argv[1], "fixed") == 0)
-        return run_fixed(atoi(argv[2]), atoi(argv[3]));
+        return run_children("fixed", child_fixed, atoi(argv[2]), atoi(argv[3]));
     if (argc == 4 && strcmp(argv[1], "pwrite") == 0)
         return run_pwrite(argv[2], atoi(argv[3]));
     if (argc == 3 && strcmp(argv[1], "mremap") == 0)
