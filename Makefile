@@ -28,9 +28,10 @@ deps:
 
 native: $(BUILD)/liblabpreload.so $(PROGS)
 
+# Hidden by default: only the interposed libc calls (LAB_EXPORT, lab/preload/shim.h) are exported.
 $(BUILD)/liblabpreload.so: $(SHIM_SRC) $(wildcard lab/preload/*.h)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
+	$(CC) $(CFLAGS_C) -fPIC -shared -fvisibility=hidden -o $@ $(SHIM_SRC) -lpthread -ldl
 
 $(BUILD)/%: tests/progs/%.c
 	@mkdir -p $(BUILD)

@@ -25,7 +25,7 @@ static void reaped(pid_t pid)
     errno = err;
 }
 
-pid_t wait4(pid_t pid, int *status, int options, struct rusage *ru)
+LAB_EXPORT pid_t wait4(pid_t pid, int *status, int options, struct rusage *ru)
 {
     if (!g_real_wait4)
         g_real_wait4 = (pid_t(*)(pid_t, int *, int, struct rusage *))dlsym(RTLD_NEXT, "wait4");
@@ -39,11 +39,11 @@ pid_t wait4(pid_t pid, int *status, int options, struct rusage *ru)
     return r;
 }
 
-pid_t waitpid(pid_t pid, int *status, int options) { return wait4(pid, status, options, NULL); }
-pid_t wait(int *status) { return wait4(-1, status, 0, NULL); }
-pid_t wait3(int *status, int options, struct rusage *ru) { return wait4(-1, status, options, ru); }
+LAB_EXPORT pid_t waitpid(pid_t pid, int *status, int options) { return wait4(pid, status, options, NULL); }
+LAB_EXPORT pid_t wait(int *status) { return wait4(-1, status, 0, NULL); }
+LAB_EXPORT pid_t wait3(int *status, int options, struct rusage *ru) { return wait4(-1, status, options, ru); }
 
-int waitid(idtype_t idtype, id_t id, siginfo_t *info, int options)
+LAB_EXPORT int waitid(idtype_t idtype, id_t id, siginfo_t *info, int options)
 {
     if (!g_real_waitid)
         g_real_waitid = (int (*)(idtype_t, id_t, siginfo_t *, int))dlsym(RTLD_NEXT, "waitid");
@@ -99,7 +99,7 @@ static void child_reconnect(void)
     start_agent();
 }
 
-pid_t fork(void)
+LAB_EXPORT pid_t fork(void)
 {
     if (!g_real_fork)
         g_real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");

@@ -192,11 +192,11 @@ static void *lab_memalign(size_t align, size_t n)
     return heap_alloc(n, a);
 }
 
-void *malloc(size_t n) { return lab_malloc(n); }
+LAB_EXPORT void *malloc(size_t n) { return lab_malloc(n); }
 
-void free(void *p) { lab_free(p); }
+LAB_EXPORT void free(void *p) { lab_free(p); }
 
-void *calloc(size_t n, size_t m)
+LAB_EXPORT void *calloc(size_t n, size_t m)
 {
     size_t t;
     if (__builtin_mul_overflow(n, m, &t)) {
@@ -208,9 +208,9 @@ void *calloc(size_t n, size_t m)
     return __libc_calloc(n, m);
 }
 
-void *realloc(void *p, size_t n) { return lab_realloc(p, n); }
+LAB_EXPORT void *realloc(void *p, size_t n) { return lab_realloc(p, n); }
 
-void *reallocarray(void *p, size_t n, size_t m)
+LAB_EXPORT void *reallocarray(void *p, size_t n, size_t m)
 {
     size_t t;
     if (__builtin_mul_overflow(n, m, &t)) {
@@ -220,9 +220,9 @@ void *reallocarray(void *p, size_t n, size_t m)
     return lab_realloc(p, t);
 }
 
-void *memalign(size_t align, size_t n) { return lab_memalign(align, n); }
+LAB_EXPORT void *memalign(size_t align, size_t n) { return lab_memalign(align, n); }
 
-void *aligned_alloc(size_t align, size_t n)
+LAB_EXPORT void *aligned_alloc(size_t align, size_t n)
 {
     if (align == 0 || (align & (align - 1))) { /* glibc 2.38's rule */
         errno = EINVAL;
@@ -231,7 +231,7 @@ void *aligned_alloc(size_t align, size_t n)
     return lab_memalign(align, n);
 }
 
-int posix_memalign(void **out, size_t align, size_t n)
+LAB_EXPORT int posix_memalign(void **out, size_t align, size_t n)
 {
     if (align == 0 || (align & (align - 1)) || align % sizeof(void *))
         return EINVAL;
@@ -245,9 +245,9 @@ int posix_memalign(void **out, size_t align, size_t n)
     return 0;
 }
 
-void *valloc(size_t n) { return lab_memalign(g_page, n); }
+LAB_EXPORT void *valloc(size_t n) { return lab_memalign(g_page, n); }
 
-void *pvalloc(size_t n)
+LAB_EXPORT void *pvalloc(size_t n)
 {
     if (n > SIZE_MAX - g_page) {
         errno = ENOMEM;
@@ -256,7 +256,7 @@ void *pvalloc(size_t n)
     return lab_memalign(g_page, page_up(n));
 }
 
-size_t malloc_usable_size(void *p)
+LAB_EXPORT size_t malloc_usable_size(void *p)
 {
     if (!p)
         return 0;

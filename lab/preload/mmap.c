@@ -172,12 +172,12 @@ void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
     return real_mmap(addr, len, prot, flags, fd, off);
 }
 
-void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+LAB_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
     return lab_mmap(addr, len, prot, flags, fd, off);
 }
 
-void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off64_t off)
+LAB_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off64_t off)
 {
     return lab_mmap(addr, len, prot, flags, fd, (off_t)off);
 }
@@ -205,9 +205,9 @@ int lab_munmap(void *addr, size_t len)
     return r;
 }
 
-int munmap(void *addr, size_t len) { return lab_munmap(addr, len); }
+LAB_EXPORT int munmap(void *addr, size_t len) { return lab_munmap(addr, len); }
 
-int msync(void *addr, size_t len, int flags)
+LAB_EXPORT int msync(void *addr, size_t len, int flags)
 {
     uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
     int r = real_msync(addr, len, flags);
@@ -223,7 +223,7 @@ int msync(void *addr, size_t len, int flags)
     return 0;
 }
 
-int mprotect(void *addr, size_t len, int prot)
+LAB_EXPORT int mprotect(void *addr, size_t len, int prot)
 {
     uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
     if (!g_on || !tab_any(s, e))
@@ -245,7 +245,7 @@ int mprotect(void *addr, size_t len, int prot)
 /* What a fork child inherits is the daemon's to model: wipe-on-fork and don't-fork are told to
  * it (under the connection lock, which fork takes). Other advice reaches it as uffd events, or
  * not at all. */
-int madvise(void *addr, size_t len, int advice)
+LAB_EXPORT int madvise(void *addr, size_t len, int advice)
 {
     uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
     int wipe = advice == MADV_WIPEONFORK || advice == MADV_KEEPONFORK;
@@ -271,7 +271,7 @@ int madvise(void *addr, size_t len, int advice)
     return r;
 }
 
-void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
+LAB_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
 {
     void *want = NULL;
     if (flags & MREMAP_FIXED) {
