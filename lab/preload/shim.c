@@ -7,25 +7,34 @@
  * thread ends the process with a clear message as soon as the daemon's socket
  * closes. Without LAB_CONTROL every wrapper passes straight through.
  *
- * An agent thread evicts pages for the daemon's pageout: the daemon cannot zap
- * another process's private anonymous memory, so the agent opens a second
- * connection (LAB_AGENT_HELLO), after which the daemon sends it LAB_EVICT
- * requests and it runs madvise(MADV_DONTNEED) on each span that is still lab
- * memory. It never touches lab memory or the heap, and it gives up quietly (the
- * process then runs without eviction) if the daemon refuses it or the
- * connection ends; the watcher alone decides that the daemon is gone.
+ * An agent thread (agent.c) evicts pages for the daemon's pageout: the daemon cannot
+ * zap another process's private anonymous memory, so the agent opens a second
+ * connection (LAB_AGENT_HELLO, announcing its scratch area), after which the daemon
+ * sends it LAB_EVICT requests. For each span that is still lab memory it moves the
+ * pages into its scratch with UFFDIO_MOVE (no event), then zaps the scratch with one
+ * madvise; pages that will not move (COW-shared after fork, shared file mappings, no
+ * UFFDIO_MOVE) are zapped in place with MADV_DONTNEED. A moved page whose check word no
+ * longer matches what the daemon saved goes back, and pages the kernel holds pinned for
+ * I/O or that are mlock'd stay; the reply lists those so the daemon keeps them resident.
+ * It works under the connection lock (busy: EAGAIN), never faults lab memory in, and
+ * gives up quietly (the process then runs without eviction) if the daemon refuses it or
+ * the connection ends; the watcher alone decides that the daemon is gone.
  *
  * Big heap blocks (>= LAB_HEAP_MIN bytes, default 1 MiB, 0 = off) are lab
- * anonymous memory too, mapped through the same path as a program's anonymous
+ * anonymous memory too (heap.c), mapped through the same path as a program's anonymous
  * mmap; smaller ones, and everything before the constructor has connected, go
  * to glibc (__libc_malloc and friends).
  *
- * Interposed: mmap, mmap64, munmap, mprotect, msync, mremap, madvise (fork inheritance), fork, the wait
- * family (wait, waitpid, wait3, wait4, waitid) for LAB_REAPED, and the malloc
- * family (malloc, free, calloc, realloc, reallocarray, memalign, posix_memalign,
- * aligned_alloc, valloc, pvalloc, malloc_usable_size). In their own files: ioctl
- * (ownuffd.c: a program's own UFFDIO_REGISTER takes lab memory out of the lab), and
- * read, write, pread, pwrite (procmem.c: /proc/self/mem on lab memory).
+ * Interposed (each marked LAB_EXPORT; everything else is hidden): mmap, mmap64, munmap,
+ * mprotect, msync, mremap, madvise (fork inheritance) in mmap.c; fork and the wait family
+ * (wait, waitpid, wait3, wait4, waitid: LAB_REAPED) in fork.c; the malloc family (malloc,
+ * free, calloc, realloc, reallocarray, memalign, posix_memalign, aligned_alloc, valloc,
+ * pvalloc, malloc_usable_size) in heap.c; mlock, mlock2, munlock, mlockall, munlockall
+ * (lock.c: the daemon never pages out a locked page); ioctl (ownuffd.c: a program's own
+ * UFFDIO_REGISTER takes lab memory out of the lab); read, write, pread, pwrite (procmem.c:
+ * /proc/self/mem on lab memory). shim.h lists the files and what they share.
+ *
+ * This file: the process state, the one-line deaths, and start-up (the constructor).
  */
 #include "labproto.h"
 #include "shim.h"
