@@ -202,6 +202,12 @@ static void die_no_uffd(int err)
 static void die_refused(int status) __attribute__((noreturn));
 static void die_refused(int status)
 {
+    /* The daemon speaks another protocol version: this liblabpreload.so is not the one built
+     * with that lab (LAB_PRELOAD, or a copy left from another build). */
+    if (status == EPROTONOSUPPORT)
+        die_line("lab: %s (pid %d) cannot be served by the lab: its shim speaks control protocol version %d and "
+                 "the lab daemon another; use the liblabpreload.so built with this lab (check LAB_PRELOAD)",
+                 g_comm, (int)getpid(), LAB_PROTO_VERSION);
     die_line("lab: the lab daemon refused this process: %s", strerror(status));
 }
 
