@@ -5,7 +5,7 @@ using Lab.Daemon;
 namespace Lab.Linux;
 
 /// <summary>
-/// The C# mirror of lab/preload/labproto.h. Change both together: ProtoLayoutTests compares
+/// The C# mirror of lab/preload/labproto.h. Change both together: ControlProtocolTests compares
 /// every struct's size and field offsets with what the C compiler prints (tests/progs/protolayout.c).
 /// </summary>
 public static class Proto

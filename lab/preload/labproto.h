@@ -14,9 +14,9 @@
  * waits for. The daemon sends each message with one sendmsg.
  *
  * The C# mirror is lab/Linux/Control.cs ([StructLayout] structs read and written with
- * MemoryMarshal): change both together. The sizes below are asserted here; the test
- * ProtoLayoutTests compares every struct's size and every field's offset with the mirror
- * (tests/progs/protolayout.c prints them from this header).
+ * MemoryMarshal): change both together. The sizes below are asserted here, and
+ * tests/Lab.Tests/ControlProtocolTests.cs compares every struct's size and every field's
+ * offset with the mirror (tests/progs/protolayout.c prints them from this header).
  *
  * HELLO and CHILD_HELLO carry LAB_PROTO_VERSION: a daemon refuses any other version with
  * status EPROTONOSUPPORT (and logs it once), and the shim then stops the program with one

@@ -1,6 +1,6 @@
 /* Prints the control protocol's layout as the C compiler sees it (lab/preload/labproto.h):
  * "STRUCT size N" for every message struct, "STRUCT.FIELD offset N" for every field, and
- * "version N". ProtoLayoutTests compares each line with the C# mirror in lab/Linux/Control.cs. */
+ * "version N". ControlProtocolTests compares each line with the C# mirror in lab/Linux/Control.cs. */
 #include <stddef.h>
 #include <stdio.h>
 
