@@ -26,11 +26,17 @@ deps:
 	fi
 	@command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
 
-native: $(BUILD)/liblabpreload.so $(PROGS)
+native: $(BUILD)/liblabpreload.so $(BUILD)/liblabpreload-proto0.so $(PROGS)
 
+# Hidden by default: only the interposed libc calls (LAB_EXPORT, lab/preload/shim.h) are exported.
 $(BUILD)/liblabpreload.so: $(SHIM_SRC) $(wildcard lab/preload/*.h)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $(SHIM_SRC) -lpthread -ldl
+	$(CC) $(CFLAGS_C) -fPIC -shared -fvisibility=hidden -o $@ $(SHIM_SRC) -lpthread -ldl
+
+# For a test only: a shim that speaks another protocol version, as a stale build would.
+$(BUILD)/liblabpreload-proto0.so: $(SHIM_SRC) $(wildcard lab/preload/*.h)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_C) -DLAB_PROTO_VERSION=0 -fPIC -shared -fvisibility=hidden -o $@ $(SHIM_SRC) -lpthread -ldl
 
 $(BUILD)/%: tests/progs/%.c
 	@mkdir -p $(BUILD)

@@ -144,7 +144,7 @@ public static class Cli
         {
             var m = Path.GetFullPath(r.GetValue(mountpoint)!);
             if (!Mounts.IsLabMount(m)) throw new LabException($"{m} is not a lab mount");
-            var conn = ControlConnection.Connect(Path.Combine(m, ".lab", "control"), out _);
+            var conn = ControlClient.TryConnect(Path.Combine(m, ".lab", "control"), out _);
             if (conn == null)
             {
                 // The daemon is gone (killed): what is left is a dead mount; clear it.
@@ -153,7 +153,7 @@ public static class Cli
                 return 0;
             }
             int pid;
-            using (conn) pid = conn.PeerCred().Pid;
+            using (conn) pid = conn.DaemonPid;
             Native.kill(pid, 15);
             var deadline = DateTime.UtcNow.AddSeconds(60);
             while (Mounts.IsLabMount(m))
@@ -187,21 +187,12 @@ public static class Cli
         };
     }
 
-    static ControlConnection ConnectDaemon(string mount, out string socket)
+    static ControlClient ConnectDaemon(string mount, out string socket)
     {
         var link = Path.Combine(mount, ".lab", "control");
         socket = new FileInfo(link).LinkTarget ?? link;
-        return ControlConnection.Connect(link, out int e)
+        return ControlClient.TryConnect(link, out int e)
             ?? throw new LabException($"the lab daemon for {mount} is not running ({Native.StrError(e)})");
-    }
-
-    static string Stat(ControlConnection conn, ulong run)
-    {
-        Span<byte> p = stackalloc byte[8];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(p, run);
-        if (!conn.Send(Proto.Stat, 1, 0, p) || conn.Receive() is not Message m || m.Type != (Proto.Stat | Proto.Reply))
-            throw new LabException("the lab daemon did not answer");
-        return System.Text.Encoding.UTF8.GetString(conn.Payload(m));
     }
 
     static Command RunCommand()
@@ -228,7 +219,7 @@ public static class Cli
             // The counters tell whether a program of the run ran outside the lab. A daemon that
             // went away cannot say: the program has been stopped with its own message then.
             string? text = null;
-            try { text = Stat(conn, run); }
+            try { text = conn.Stat(run); }
             catch (LabException) when (!r.GetValue(stats)) { }
             if (r.GetValue(stats)) Console.Error.Write(Table(text!));
             if (text != null && Unserved(text) is long n and > 0)
@@ -300,7 +291,7 @@ public static class Cli
             string? firstOut = null;
             foreach (var vm in Resolvers.Names)
             {
-                DropCaches(conn);   // every design starts from a cold page cache
+                conn.DropCaches();   // every design starts from a cold page cache
                 var (psi, run) = LabProgram(m, socket, argv, vm);
                 psi.RedirectStandardOutput = true;
                 psi.RedirectStandardInput = true;
@@ -313,7 +304,7 @@ public static class Cli
                 firstOut ??= output;
                 if (output != firstOut)
                     throw new LabException($"{argv[0]} printed different output under --vm {vm} than under --vm {Resolvers.Names[0]}");
-                var text = Stat(conn, run);
+                var text = conn.Stat(run);
                 if (Unserved(text) is long n and > 0)
                     throw new LabException($"{argv[0]} exec'd {n} statically linked program(s) under --vm {vm}: they ran outside the lab");
                 columns.Add((vm, ParseStats(text)));
@@ -340,21 +331,10 @@ public static class Cli
         return new Command("swap", "the swap store") { inspect };
     }
 
-    static void SetLimit(ControlConnection conn, ulong run, long bytes)
+    static void SetLimit(ControlClient conn, ulong run, long bytes)
     {
-        Span<byte> p = stackalloc byte[16];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(p, run);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(p[8..], (ulong)bytes);
-        if (!conn.Send(Proto.SetLimit, 3, 0, p) || conn.Receive() is not Message m || m.Type != (Proto.SetLimit | Proto.Reply))
-            throw new LabException("the lab daemon did not answer");
-        if (m.Status != 0) throw new LabException($"the lab daemon refused the limit: {Native.StrError(m.Status)}");
-    }
-
-    static void DropCaches(ControlConnection conn)
-    {
-        if (!conn.Send(Proto.DropCaches, 2, 0, ReadOnlySpan<byte>.Empty) || conn.Receive() is not Message m
-            || m.Type != (Proto.DropCaches | Proto.Reply))
-            throw new LabException("the lab daemon did not answer");
+        int status = conn.SetLimit(run, (ulong)bytes);
+        if (status != 0) throw new LabException($"the lab daemon refused the limit: {Native.StrError(status)}");
     }
 
     static Dictionary<string, string> ParseStats(string text)
@@ -401,7 +381,7 @@ public static class Cli
         {
             var m = FindMount(r.GetValue(mount));
             using var conn = ConnectDaemon(m, out _);
-            var text = Stat(conn, r.GetValue(run));
+            var text = conn.Stat(r.GetValue(run));
             Console.Out.Write(r.GetValue(raw) ? text : Table(text));
             return 0;
         });

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Text;
 using Lab.Linux;
 using Lab.Vm;
@@ -121,22 +120,23 @@ public sealed unsafe class ControlServer : IDisposable
         var p = conn.Payload(m);
         switch (m.Type)
         {
-            case Proto.Hello when proc == null && p.Length >= Proto.HelloSize:
+            case Proto.Hello when proc == null && Proto.TryRead(p, out LabHello h):
             {
-                var (pid, run, vm, comm) = ParseHello(p);
+                if (!VersionOk(conn, m, h, peerPid)) { if (m.Fd >= 0) Native.close(m.Fd); return false; }
+                int pid = h.Pid;
                 if (m.Fd < 0) return Reply(conn, m, Native.EINVAL);
                 if (pid != peerPid) { Native.close(m.Fd); return Reply(conn, m, Native.EINVAL) && false; }
                 int err = UffdPmap.Api(m.Fd, Features, out ulong got);
                 if (err != 0) { Native.close(m.Fd); Reply(conn, m, err); return false; }
-                proc = _daemon.NewProcess(m.Fd, pid, run, vm, comm, out err);
+                proc = _daemon.NewProcess(m.Fd, pid, h.RunId, h.VmName(), h.CommName(), out err);
                 if (proc == null) { Reply(conn, m, err); return false; }
-                Span<byte> r = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(r, got);
-                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, r);
+                var r = new LabHelloReply { Features = got };
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, in r);
             }
-            case Proto.ChildHello when proc == null && p.Length >= Proto.HelloSize:
+            case Proto.ChildHello when proc == null && Proto.TryRead(p, out LabHello h):
             {
-                var (pid, _, _, _) = ParseHello(p);
+                if (!VersionOk(conn, m, h, peerPid)) return false;
+                int pid = h.Pid;
                 if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
                 var child = _daemon.Registry.ClaimForked(pid, TimeSpan.FromSeconds(10));
                 if (child == null) { Reply(conn, m, Native.ESRCH); return false; }
@@ -145,55 +145,44 @@ public sealed unsafe class ControlServer : IDisposable
                 proc = child;
                 return conn.Send(m.Type | Proto.Reply, m.Seq, 0, ReadOnlySpan<byte>.Empty, child.Pmap.Uffd);
             }
-            case Proto.AgentHello when proc == null && p.Length >= 8:
+            case Proto.AgentHello when proc == null && Proto.TryRead(p, out LabAgentHello ah):
             {
                 // The shim's agent thread: from now on this connection carries our LAB_EVICT requests.
-                int pid = Rd32(p, 0);
+                int pid = ah.Pid;
                 if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
                 var target = _daemon.Registry.Live().LastOrDefault(x => x.Pid == pid && x.Agent == null);
                 if (target == null) { Reply(conn, m, Native.ESRCH); return false; }
-                ulong scratch = p.Length >= 24 ? Rd64(p, 8) : 0, scratchLen = p.Length >= 24 ? Rd64(p, 16) : 0;
-                var agent = new EvictAgent(conn, target, _daemon.Pageout, scratch, scratchLen);
+                var agent = new EvictAgent(conn, target, _daemon.Pageout, ah.Scratch, ah.ScratchLen);
                 if (!Reply(conn, m, 0)) return false;
                 target.Agent = agent;
                 agent.ReadReplies();
                 return false;
             }
-            case Proto.SetLimit when proc == null && p.Length >= 16:
-                _daemon.Pageout.SetRunLimit(Rd64(p, 0), (long)Math.Min(Rd64(p, 8), long.MaxValue / 2));
+            case Proto.SetLimit when proc == null && Proto.TryRead(p, out LabSetLimit sl):
+                _daemon.Pageout.SetRunLimit(sl.RunId, (long)Math.Min(sl.Bytes, long.MaxValue / 2));
                 return Reply(conn, m, 0);
-            case Proto.Stat when p.Length >= 8:
-            {
-                ulong run = BinaryPrimitives.ReadUInt64LittleEndian(p);
-                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, Encoding.UTF8.GetBytes(_daemon.StatsText(run)));
-            }
+            case Proto.Stat when Proto.TryRead(p, out LabStat st):
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, Encoding.UTF8.GetBytes(_daemon.StatsText(st.RunId)));
             case Proto.DropCaches when proc == null:
             {
-                Span<byte> r = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(r, (ulong)_daemon.DropCaches());
-                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, r);
+                ulong dropped = (ulong)_daemon.DropCaches();
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, in dropped);
             }
-            case Proto.Map when proc != null && p.Length >= Proto.MapSize:
-            {
-                ulong addr = Rd64(p, 0), len = Rd64(p, 8);
-                int prot = Rd32(p, 16), kind = Rd32(p, 24);
-                ulong ino = Rd64(p, 32), offset = Rd64(p, 40);
+            case Proto.Map when proc != null && Proto.TryRead(p, out LabMap mp):
                 proc.Barrier();   // an event read before this request (the unmap that freed the range) applies first
-                return Reply(conn, m, _daemon.Map(proc, addr, len, prot, kind, ino, offset));
-            }
-            case Proto.OpenShared when proc != null && p.Length >= 8:
+                return Reply(conn, m, _daemon.Map(proc, mp.Addr, mp.Len, mp.Prot, mp.Kind, mp.Ino, mp.Offset));
+            case Proto.OpenShared when proc != null && Proto.TryRead(p, out LabOpenShared os):
             {
-                var file = _daemon.File(Rd64(p, 0));
+                var file = _daemon.File(os.Ino);
                 if (file == null) return Reply(conn, m, Native.ENOENT);
-                Span<byte> r = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(r, (ulong)file.Size);
-                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, r, file.MemfdFd);
+                var r = new LabOpenSharedReply { Size = (ulong)file.Size };
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, in r, file.MemfdFd);
             }
-            case Proto.Unmap when proc != null && p.Length >= Proto.RangeSize:
-                return Reply(conn, m, _daemon.Unmap(proc, Rd64(p, 0), Rd64(p, 8)));
-            case Proto.Release when proc != null && p.Length >= Proto.RangeSize:
+            case Proto.Unmap when proc != null && Proto.TryRead(p, out LabRange rg):
+                return Reply(conn, m, _daemon.Unmap(proc, rg.Addr, rg.Len));
+            case Proto.Release when proc != null && Proto.TryRead(p, out LabRange rg):
             {
-                ulong addr = Rd64(p, 0), len = Rd64(p, 8);
+                ulong addr = rg.Addr, len = rg.Len;
                 if (len == 0 || ((addr | len) & 0xfff) != 0 || addr + len < addr || addr + len > LabDaemon.UserTop)
                 {
                     Log.Info($"pid {peerPid}: refused a release of {addr:x}+{len:x}: not a page-aligned user range");
@@ -203,17 +192,17 @@ public sealed unsafe class ControlServer : IDisposable
                 int flushed = proc.FlushPending();
                 return Reply(conn, m, err != 0 ? err : flushed);
             }
-            case Proto.Msync when proc != null && p.Length >= Proto.RangeSize:
-                return Reply(conn, m, _daemon.Msync(proc, Rd64(p, 0), Rd64(p, 8)));
-            case Proto.Protect when proc != null && p.Length >= Proto.RangeSize:
+            case Proto.Msync when proc != null && Proto.TryRead(p, out LabRange rg):
+                return Reply(conn, m, _daemon.Msync(proc, rg.Addr, rg.Len));
+            case Proto.Protect when proc != null && Proto.TryRead(p, out LabRange rg):
                 proc.Barrier();
-                proc.Space.Protect(Rd64(p, 0), Rd64(p, 8), LabDaemon.ToProt(Rd32(p, 16)));
+                proc.Space.Protect(rg.Addr, rg.Len, LabDaemon.ToProt(rg.Prot));
                 return Reply(conn, m, 0);
-            case Proto.Wire when proc != null && p.Length >= Proto.RangeSize:
+            case Proto.Wire when proc != null && Proto.TryRead(p, out LabRange rg):
                 // mlock (before the real call: the kernel's populate faults then find the range
                 // wired) or munlock (after it): a locked page is never one the pageout may pick.
-                if ((Rd32(p, 20) & 1) != 0) proc.Space.MarkWired(Rd64(p, 0), Rd64(p, 8));
-                else proc.Space.Unwire(Rd64(p, 0), Rd64(p, 8));
+                if ((rg.Flags & Proto.WireOn) != 0) proc.Space.MarkWired(rg.Addr, rg.Len);
+                else proc.Space.Unwire(rg.Addr, rg.Len);
                 _daemon.Pageout.Kick();
                 return Reply(conn, m, 0);
             case Proto.ForkPrepare when proc != null:
@@ -222,32 +211,32 @@ public sealed unsafe class ControlServer : IDisposable
                 return Reply(conn, m, 0);
             case Proto.ForkDone when proc != null:
                 // Names the child of this fork (its uffd came in the FORK event, without a pid).
-                if (p.Length >= 4 && Rd32(p, 0) > 0) proc.ForkDone(Rd32(p, 0));
+                if (Proto.TryRead(p, out LabForkDone fd) && fd.ChildPid > 0) proc.ForkDone(fd.ChildPid);
                 return Reply(conn, m, 0);
-            case Proto.Reaped when proc != null && p.Length >= 4:
-                _daemon.Reaped(Rd32(p, 0));
+            case Proto.Reaped when proc != null && Proto.TryRead(p, out LabReaped rp):
+                _daemon.Reaped(rp.Pid);
                 return Reply(conn, m, 0);
-            case Proto.Remap when proc != null && p.Length >= 32:
+            case Proto.Remap when proc != null && Proto.TryRead(p, out LabRemap rm):
                 proc.Barrier();   // a move arrives as a uffd REMAP event: applied before we grow
                 proc.ExpectDontUnmap(0, 0);
-                proc.Space.Grow(Rd64(p, 16), Rd64(p, 8), Rd64(p, 24));
+                proc.Space.Grow(rm.NewAddr, rm.OldLen, rm.NewLen);
                 return Reply(conn, m, 0);
-            case Proto.RemapPrepare when proc != null && p.Length >= 40:
+            case Proto.RemapPrepare when proc != null && Proto.TryRead(p, out LabRemap rm):
                 // Before an mremap(MREMAP_DONTUNMAP): its REMAP event keeps the old range (flags 0: it failed).
-                if ((Rd32(p, 32) & Proto.MremapDontUnmap) != 0) proc.ExpectDontUnmap(Rd64(p, 0), Rd64(p, 8));
+                if ((rm.Flags & Proto.MremapDontUnmap) != 0) proc.ExpectDontUnmap(rm.OldAddr, rm.OldLen);
                 else proc.ExpectDontUnmap(0, 0);
                 return Reply(conn, m, 0);
-            case Proto.Advise when proc != null && p.Length >= Proto.RangeSize:
+            case Proto.Advise when proc != null && Proto.TryRead(p, out LabRange rg):
             {
-                int advice = Rd32(p, 20);
+                int advice = rg.Flags;
                 proc.Barrier();
                 switch (advice)
                 {
                     case Proto.MadvWipeOnFork or Proto.MadvKeepOnFork:
-                        proc.Space.SetWipeOnFork(Rd64(p, 0), Rd64(p, 8), advice == Proto.MadvWipeOnFork);
+                        proc.Space.SetWipeOnFork(rg.Addr, rg.Len, advice == Proto.MadvWipeOnFork);
                         return Reply(conn, m, 0);
                     case Proto.MadvDontFork or Proto.MadvDoFork:
-                        proc.Space.SetDontFork(Rd64(p, 0), Rd64(p, 8), advice == Proto.MadvDontFork);
+                        proc.Space.SetDontFork(rg.Addr, rg.Len, advice == Proto.MadvDontFork);
                         return Reply(conn, m, 0);
                     default:
                         Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");
@@ -260,12 +249,18 @@ public sealed unsafe class ControlServer : IDisposable
         }
     }
 
-    static (int pid, ulong run, string vm, string comm) ParseHello(ReadOnlySpan<byte> p) =>
-        (BinaryPrimitives.ReadInt32LittleEndian(p[8..]), BinaryPrimitives.ReadUInt64LittleEndian(p[64..]),
-         Proto.CString(p.Slice(16, 16)), Proto.CString(p.Slice(32, 32)));
-
-    static ulong Rd64(ReadOnlySpan<byte> p, int o) => BinaryPrimitives.ReadUInt64LittleEndian(p[o..]);
-    static int Rd32(ReadOnlySpan<byte> p, int o) => BinaryPrimitives.ReadInt32LittleEndian(p[o..]);
+    /// <summary>
+    /// A HELLO from a shim of another protocol version is refused with EPROTONOSUPPORT (the shim
+    /// then stops its program with one line) and logged here once; its other fields are not trusted.
+    /// </summary>
+    static bool VersionOk(ControlConnection conn, Message m, LabHello h, int peerPid)
+    {
+        if (h.Version == Proto.Version) return true;
+        Log.Info($"refused pid {peerPid} ({h.CommName()}): its shim speaks control protocol version {h.Version}, "
+            + $"this daemon {Proto.Version} (a liblabpreload.so from another build of the lab)");
+        conn.Send(m.Type | Proto.Reply, m.Seq, Proto.EProtoNoSupport, ReadOnlySpan<byte>.Empty);
+        return false;
+    }
 
     static bool Reply(ControlConnection conn, Message m, int status)
     {

@@ -1,13 +1,16 @@
-using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Lab.Daemon;
 
 namespace Lab.Linux;
 
-/// <summary>The C# mirror of lab/preload/labproto.h. Change both together.</summary>
+/// <summary>
+/// The C# mirror of lab/preload/labproto.h. Change both together: ControlProtocolTests compares
+/// every struct's size and field offsets with what the C compiler prints (tests/progs/protolayout.c).
+/// </summary>
 public static class Proto
 {
     public const uint Version = 1;
-    public const int HeaderSize = 16;
     public const int MaxPayload = 65536;
 
     public const uint Hello = 1, ChildHello = 2, Map = 3, OpenShared = 4, Unmap = 5, Msync = 6,
@@ -18,12 +21,25 @@ public static class Proto
 
     public const uint HelloForkChild = 1;
     public const int MapAnon = 1, MapFilePrivate = 2, MapFileShared = 3;
+    public const int WireOn = 1;
+    /// <summary>EPROTONOSUPPORT: the status of a HELLO whose version is not <see cref="Version"/>.</summary>
+    public const int EProtoNoSupport = 93;
 
-    public const int HelloSize = 4 + 4 + 4 + 4 + 16 + 32 + 8;   // struct lab_hello
-    public const int MapSize = 8 + 8 + 4 + 4 + 4 + 4 + 8 + 8;    // struct lab_map
-    public const int RangeSize = 8 + 8 + 4 + 4;                  // struct lab_range
-    public const int SpanSize = 16;                              // struct lab_span
-    public const int MaxEvictSpans = MaxPayload / SpanSize;
+    public static readonly int HeaderSize = Unsafe.SizeOf<LabHdr>();
+    public static readonly int SpanSize = Unsafe.SizeOf<LabSpan>();
+    public static readonly int MaxEvictSpans = MaxPayload / SpanSize;
+
+    /// <summary>A message struct from the start of a payload: false if the payload is shorter.</summary>
+    public static bool TryRead<T>(ReadOnlySpan<byte> payload, out T value) where T : unmanaged
+    {
+        if (payload.Length < Unsafe.SizeOf<T>()) { value = default; return false; }
+        value = MemoryMarshal.Read<T>(payload);
+        return true;
+    }
+
+    /// <summary>A message struct's bytes, to send as a payload (no copy).</summary>
+    public static ReadOnlySpan<byte> Bytes<T>(ref readonly T value) where T : unmanaged =>
+        MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in value));
 
     public static string CString(ReadOnlySpan<byte> b)
     {
@@ -31,6 +47,67 @@ public static class Proto
         return System.Text.Encoding.UTF8.GetString(n < 0 ? b : b[..n]);
     }
 }
+
+// The message structs, field for field as in labproto.h (x86-64: natural alignment, little-endian).
+
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct LabHdr { public uint Type; public uint Len; public uint Seq; public int Status; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public unsafe struct LabHello
+{
+    public uint Version;
+    public uint Flags;
+    public int Pid;
+    public int Ppid;
+    public fixed byte Vm[16];
+    public fixed byte Comm[32];
+    public ulong RunId;
+
+    public string VmName() { fixed (byte* b = Vm) return Proto.CString(new ReadOnlySpan<byte>(b, 16)); }
+    public string CommName() { fixed (byte* b = Comm) return Proto.CString(new ReadOnlySpan<byte>(b, 32)); }
+}
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabHelloReply { public ulong Features; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabMap
+{
+    public ulong Addr, Len;
+    public int Prot, Flags, Kind, Pad;
+    public ulong Ino, Offset;
+}
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabOpenShared { public ulong Ino; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabOpenSharedReply { public ulong Size; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabRange { public ulong Addr, Len; public int Prot, Flags; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct LabReaped { public int Pid, Pad; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabRemap { public ulong OldAddr, OldLen, NewAddr, NewLen; public int Flags, Pad; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabStat { public ulong RunId; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabAgentHello { public int Pid, Pad; public ulong Scratch, ScratchLen; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabSpan { public ulong Addr, Len; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabSetLimit { public ulong RunId, Bytes; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct LabForkDone { public int ChildPid, Pad; }
 
 public readonly record struct Message(uint Type, uint Seq, int Status, int Length, int Fd);
 
@@ -76,13 +153,10 @@ public sealed unsafe class ControlConnection : IDisposable
     {
         int fd = -1;
         if (!ReadExact(0, Proto.HeaderSize, ref fd)) { CloseFd(fd); return null; }
-        uint type = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(0));
-        uint len = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(4));
-        uint seq = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(8));
-        int status = BinaryPrimitives.ReadInt32LittleEndian(_buffer.AsSpan(12));
-        if (len > Proto.MaxPayload) { CloseFd(fd); return null; }
-        if (len > 0 && !ReadExact(Proto.HeaderSize, (int)len, ref fd)) { CloseFd(fd); return null; }
-        return new Message(type, seq, status, (int)len, fd);
+        var h = MemoryMarshal.Read<LabHdr>(_buffer);
+        if (h.Len > Proto.MaxPayload) { CloseFd(fd); return null; }
+        if (h.Len > 0 && !ReadExact(Proto.HeaderSize, (int)h.Len, ref fd)) { CloseFd(fd); return null; }
+        return new Message(h.Type, h.Seq, h.Status, (int)h.Len, fd);
     }
 
     bool ReadExact(int offset, int count, ref int fd)
@@ -114,16 +188,16 @@ public sealed unsafe class ControlConnection : IDisposable
         return true;
     }
 
+    /// <summary>Send a message whose payload is one message struct.</summary>
+    public bool Send<T>(uint type, uint seq, int status, in T payload, int fd = -1) where T : unmanaged =>
+        Send(type, seq, status, Proto.Bytes(in payload), fd);
+
     /// <summary>Send a message; <paramref name="fd"/> &gt;= 0 travels as SCM_RIGHTS. Returns false if the peer is gone.</summary>
     public bool Send(uint type, uint seq, int status, ReadOnlySpan<byte> payload, int fd = -1)
     {
-        Span<byte> hdr = stackalloc byte[Proto.HeaderSize];
-        BinaryPrimitives.WriteUInt32LittleEndian(hdr, type);
-        BinaryPrimitives.WriteUInt32LittleEndian(hdr[4..], (uint)payload.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(hdr[8..], seq);
-        BinaryPrimitives.WriteInt32LittleEndian(hdr[12..], status);
+        var hdr = new LabHdr { Type = type, Len = (uint)payload.Length, Seq = seq, Status = status };
         byte* cbuf = stackalloc byte[24];
-        fixed (byte* h = hdr)
+        byte* h = (byte*)&hdr;
         fixed (byte* p = payload)
         {
             var iov = stackalloc Native.IoVec[2];
@@ -169,4 +243,57 @@ public sealed unsafe class ControlConnection : IDisposable
         int fd = Interlocked.Exchange(ref _fd, -1);
         if (fd >= 0) Native.close(fd);
     }
+}
+
+/// <summary>
+/// A client of the daemon's control socket: the `lab` command's requests (stat, set-limit,
+/// drop-caches), one at a time, each checked to be answered by its own reply.
+/// </summary>
+public sealed class ControlClient : IDisposable
+{
+    readonly ControlConnection _conn;
+    uint _seq;
+
+    ControlClient(ControlConnection conn) { _conn = conn; }
+
+    /// <summary>Connect to the control socket at path; null (and errno) if no daemon answers there.</summary>
+    public static ControlClient? TryConnect(string path, out int errno)
+    {
+        var conn = ControlConnection.Connect(path, out errno);
+        return conn == null ? null : new ControlClient(conn);
+    }
+
+    /// <summary>The daemon's pid (SO_PEERCRED).</summary>
+    public int DaemonPid => _conn.PeerCred().Pid;
+
+    /// <summary>The counters, as text lines "name value" (run 0: the whole mount).</summary>
+    public string Stat(ulong run)
+    {
+        var q = new LabStat { RunId = run };
+        var m = Request(Proto.Stat, Proto.Bytes(in q));
+        return System.Text.Encoding.UTF8.GetString(_conn.Payload(m));
+    }
+
+    /// <summary>The resident limit of one run (0: none); 0 or the daemon's errno.</summary>
+    public int SetLimit(ulong run, ulong bytes)
+    {
+        var q = new LabSetLimit { RunId = run, Bytes = bytes };
+        return Request(Proto.SetLimit, Proto.Bytes(in q)).Status;
+    }
+
+    /// <summary>Drop the clean pages of the lab's page cache.</summary>
+    public void DropCaches() => Request(Proto.DropCaches, ReadOnlySpan<byte>.Empty);
+
+    Message Request(uint type, ReadOnlySpan<byte> payload)
+    {
+        uint seq = ++_seq;
+        if (!_conn.Send(type, seq, 0, payload) || _conn.Receive() is not Message m)
+            throw new LabException("the lab daemon did not answer");
+        if (m.Fd >= 0) Native.close(m.Fd);
+        if (m.Type != (type | Proto.Reply) || m.Seq != seq)
+            throw new LabException($"the lab daemon answered request {type} (seq {seq}) with message {m.Type} (seq {m.Seq})");
+        return m;
+    }
+
+    public void Dispose() => _conn.Dispose();
 }

@@ -11,14 +11,25 @@
  * on its connection with a lock, so there is at most one request in flight per
  * connection; but a clone(CLONE_VM) child shares the connection and may be killed before
  * it reads its reply, so the shim reads and drops replies whose seq is not the one it
- * waits for. The daemon sends each message with one sendmsg. The C# mirror is
- * lab/Linux/Control.cs: change both together.
+ * waits for. The daemon sends each message with one sendmsg.
+ *
+ * The C# mirror is lab/Linux/Control.cs ([StructLayout] structs read and written with
+ * MemoryMarshal): change both together. The sizes below are asserted here, and
+ * tests/Lab.Tests/ControlProtocolTests.cs compares every struct's size and every field's
+ * offset with the mirror (tests/progs/protolayout.c prints them from this header).
+ *
+ * HELLO and CHILD_HELLO carry LAB_PROTO_VERSION: a daemon refuses any other version with
+ * status EPROTONOSUPPORT (and logs it once), and the shim then stops the program with one
+ * line on stderr, so a stale liblabpreload.so never runs half-understood.
  */
 #ifndef LABPROTO_H
 #define LABPROTO_H
 #include <stdint.h>
 
+/* Tests build a shim with another version (-DLAB_PROTO_VERSION=0) to check the refusal. */
+#ifndef LAB_PROTO_VERSION
 #define LAB_PROTO_VERSION 1
+#endif
 #define LAB_MAX_PAYLOAD 65536
 
 enum lab_msg_type {
@@ -181,5 +192,37 @@ struct lab_fork_done {
     int32_t child_pid;  /* <0: fork failed, the daemon undoes nothing (protection stays) */
     int32_t pad;
 };
+
+/* The wire layout (x86-64, natural alignment): a change here is a protocol change. */
+_Static_assert(sizeof(struct lab_hdr) == 16, "lab_hdr");
+_Static_assert(sizeof(struct lab_hello) == 72, "lab_hello");
+_Static_assert(sizeof(struct lab_hello_reply) == 8, "lab_hello_reply");
+_Static_assert(sizeof(struct lab_map) == 48, "lab_map");
+_Static_assert(sizeof(struct lab_open_shared) == 8, "lab_open_shared");
+_Static_assert(sizeof(struct lab_open_shared_reply) == 8, "lab_open_shared_reply");
+_Static_assert(sizeof(struct lab_range) == 24, "lab_range");
+_Static_assert(sizeof(struct lab_reaped) == 8, "lab_reaped");
+_Static_assert(sizeof(struct lab_remap) == 40, "lab_remap");
+_Static_assert(sizeof(struct lab_stat) == 8, "lab_stat");
+_Static_assert(sizeof(struct lab_agent_hello) == 24, "lab_agent_hello");
+_Static_assert(sizeof(struct lab_span) == 16, "lab_span");
+_Static_assert(sizeof(struct lab_set_limit) == 16, "lab_set_limit");
+_Static_assert(sizeof(struct lab_fork_done) == 8, "lab_fork_done");
+
+/* The wire layout (x86-64, natural alignment): a change here is a protocol change. */
+_Static_assert(sizeof(struct lab_hdr) == 16, "lab_hdr");
+_Static_assert(sizeof(struct lab_hello) == 72, "lab_hello");
+_Static_assert(sizeof(struct lab_hello_reply) == 8, "lab_hello_reply");
+_Static_assert(sizeof(struct lab_map) == 48, "lab_map");
+_Static_assert(sizeof(struct lab_open_shared) == 8, "lab_open_shared");
+_Static_assert(sizeof(struct lab_open_shared_reply) == 8, "lab_open_shared_reply");
+_Static_assert(sizeof(struct lab_range) == 24, "lab_range");
+_Static_assert(sizeof(struct lab_reaped) == 8, "lab_reaped");
+_Static_assert(sizeof(struct lab_remap) == 40, "lab_remap");
+_Static_assert(sizeof(struct lab_stat) == 8, "lab_stat");
+_Static_assert(sizeof(struct lab_agent_hello) == 24, "lab_agent_hello");
+_Static_assert(sizeof(struct lab_span) == 16, "lab_span");
+_Static_assert(sizeof(struct lab_set_limit) == 16, "lab_set_limit");
+_Static_assert(sizeof(struct lab_fork_done) == 8, "lab_fork_done");
 
 #endif

@@ -40,11 +40,11 @@ static int lock_range(const void *addr, size_t len, long nr, unsigned flags)
     return r;
 }
 
-int mlock(const void *addr, size_t len) { return lock_range(addr, len, SYS_mlock, 0); }
+LAB_EXPORT int mlock(const void *addr, size_t len) { return lock_range(addr, len, SYS_mlock, 0); }
 
-int mlock2(const void *addr, size_t len, unsigned int flags) { return lock_range(addr, len, SYS_mlock2, flags); }
+LAB_EXPORT int mlock2(const void *addr, size_t len, unsigned int flags) { return lock_range(addr, len, SYS_mlock2, flags); }
 
-int munlock(const void *addr, size_t len)
+LAB_EXPORT int munlock(const void *addr, size_t len)
 {
     if (!lab_active())
         return (int)syscall(SYS_munlock, addr, len);
@@ -58,7 +58,7 @@ int munlock(const void *addr, size_t len)
     return r;
 }
 
-int mlockall(int flags)
+LAB_EXPORT int mlockall(int flags)
 {
     if (!lab_active())
         return (int)syscall(SYS_mlockall, flags);
@@ -76,7 +76,7 @@ int mlockall(int flags)
     return r;
 }
 
-int munlockall(void)
+LAB_EXPORT int munlockall(void)
 {
     if (!lab_active())
         return (int)syscall(SYS_munlockall);

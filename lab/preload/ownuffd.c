@@ -64,7 +64,7 @@ static int give_up(uintptr_t s, uintptr_t e)
     return err;
 }
 
-int ioctl(int fd, unsigned long req, ...)
+LAB_EXPORT int ioctl(int fd, unsigned long req, ...)
 {
     va_list ap;
     va_start(ap, req);

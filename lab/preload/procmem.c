@@ -170,7 +170,7 @@ __attribute__((constructor(102))) static void procmem_init(void)
     next_pwrite = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
 }
 
-ssize_t pread64(int fd, void *buf, size_t n, off_t off)
+LAB_EXPORT ssize_t pread64(int fd, void *buf, size_t n, off_t off)
 {
     ssize_t r = next_pread ? next_pread(fd, buf, n, off) : real_pread(fd, buf, n, off);
     if (r >= 0 && (size_t)r == n)
@@ -178,7 +178,7 @@ ssize_t pread64(int fd, void *buf, size_t n, off_t off)
     return finish(fd, buf, n, (uintptr_t)off, r, errno, 0);
 }
 
-ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
+LAB_EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
     ssize_t r = next_pwrite ? next_pwrite(fd, buf, n, off) : real_pwrite(fd, (void *)buf, n, off);
     if (r >= 0 && (size_t)r == n)
@@ -186,8 +186,8 @@ ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
     return finish(fd, (char *)buf, n, (uintptr_t)off, r, errno, 1);
 }
 
-ssize_t pread(int fd, void *buf, size_t n, off_t off) { return pread64(fd, buf, n, off); }
-ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) { return pwrite64(fd, buf, n, off); }
+LAB_EXPORT ssize_t pread(int fd, void *buf, size_t n, off_t off) { return pread64(fd, buf, n, off); }
+LAB_EXPORT ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) { return pwrite64(fd, buf, n, off); }
 
 /* read/write at the file position: only a failure (EIO) is looked at, never a short count
  * (pipes and sockets are short all the time); a program repeats a short call and gets here. */
@@ -211,7 +211,7 @@ static ssize_t at_position(int fd, char *buf, size_t n, ssize_t r, int err, int 
     return k;
 }
 
-ssize_t read(int fd, void *buf, size_t n)
+LAB_EXPORT ssize_t read(int fd, void *buf, size_t n)
 {
     ssize_t r = next_read ? next_read(fd, buf, n) : syscall(SYS_read, fd, buf, n);
     if (r >= 0)
@@ -219,7 +219,7 @@ ssize_t read(int fd, void *buf, size_t n)
     return at_position(fd, buf, n, r, errno, 0);
 }
 
-ssize_t write(int fd, const void *buf, size_t n)
+LAB_EXPORT ssize_t write(int fd, const void *buf, size_t n)
 {
     ssize_t r = next_write ? next_write(fd, buf, n) : syscall(SYS_write, fd, buf, n);
     if (r >= 0)
