@@ -2,45 +2,16 @@ using Lab.Vm.Uvm;
 
 namespace Lab.Vm;
 
-// The UVM map layer (uvm2000, uvm2019): an amap over an optional uobj.
+// The UVM parts that belong to the space: amap_copy (a map change) and the anon free list.
+// The rest of the UVM map layer is Uvm/AmapMap.cs.
 public sealed partial class AddressSpace
 {
-    /// <summary>UVM: the anon in this entry's amap slot, or the uobj's page (clean) when there is none.</summary>
-    EvictResult EvictAnon(VmMapEntry e, ulong va)
-    {
-        if (e.aref_amap is not { } amap) return EvictResult.Clean;
-        lock (amap.am_lock)
-        {
-            var anon = amap.am_anon[e.SlotOf(va)];
-            if (anon == null) return EvictResult.Clean;
-            switch (anon.Content)
-            {
-                case PageContent.Swap when !mustSave.Contains(va >> Vm.PageShift):
-                case PageContent.Zero:
-                    return EvictResult.Clean;
-                case PageContent.Swap:
-                case PageContent.InSpaces:
-                    break;
-                default:
-                    return EvictResult.Busy;
-            }
-            if (anon.an_id == 0) anon.an_id = Vm.NextAnonId();
-            long slot = PageOut(va, SwapOwnerKind.Anon, anon.an_id, 0);
-            if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
-            mustSave.Remove(va >> Vm.PageShift);
-            if (slot > int.MaxValue)
-            {
-                Vm.FreeSwapSlot(slot);
-                return EvictResult.NoSwap;
-            }
-            Vm.FreeSwapSlot(anon.an_swslot);
-            anon.an_swslot = (int)slot;
-            anon.Content = PageContent.Swap;
-            return EvictResult.Evicted;
-        }
-    }
-
-    // ---- UVM map layer (caller holds MapLock) ----
+    // Freed anons kept for reuse, so promotions allocate nothing in steady state.
+    // A stack in an array rather than a link in each anon: the link would cost every
+    // live anon 8 bytes. It grows to the most anons this space ever freed at once and
+    // is kept, so refaulting a range after MADV_DONTNEED allocates nothing.
+    Anon[] anonFree = [];
+    int anonFreeCount;
 
     /// <summary>
     /// amap_copy as uvmfault_amapcopy asks for it (the page at <paramref name="va"/>):
@@ -92,32 +63,6 @@ public sealed partial class AddressSpace
             e.aref_pageoff = 0;
             e.needs_copy = false;
             return true;
-        }
-    }
-
-    /// <summary>
-    /// Remove's UVM side: this space's anons in [s, t) leave its amap (copying a shared
-    /// amap first), so the uobj (the file) or zero fill shows through again.
-    /// </summary>
-    void ForgetAnons(VmMapEntry e, ulong s, ulong t)
-    {
-        if (e.aref_amap is not { } amap) return;
-        int slot = e.SlotOf(s), n = (int)((t - s) >> Vm.PageShift);
-        lock (amap.am_lock)
-            if (!amap.Any(slot, n)) return;
-        if (e.needs_copy) AmapCopy(e, s, canchunk: false);
-        amap = e.aref_amap!;
-        slot = e.SlotOf(s);
-        lock (amap.am_lock)
-        {
-            for (int i = slot; i < slot + n; i++)
-            {
-                var anon = amap.am_anon[i];
-                if (anon == null) continue;
-                amap.am_anon[i] = null;
-                amap.am_nused--;
-                AnonUnref(anon);
-            }
         }
     }
 

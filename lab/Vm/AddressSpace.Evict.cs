@@ -31,11 +31,11 @@ public sealed partial class AddressSpace
         ulong vpn = va >> Vm.PageShift;
         lock (MapLock)
         {
-            var e = destroyed ? null : FindEntry(va);
+            var e = Live(OnDestroyed.Ignore) ? FindEntry(va) : null;
             if (e == null || !installed.Contains(vpn)) return EvictResult.NotResident;
             if (e.Wired) return EvictResult.Wired;
             if (evictingCount > 0 && evicting.Contains(vpn)) return EvictResult.Busy;
-            var r = e.Shared ? EvictResult.Clean : Uvm ? EvictAnon(e, va) : EvictChainPage(e, va);
+            var r = e.Shared ? EvictResult.Clean : Layer.Evict(this, e, va);
             if (r is not (EvictResult.Evicted or EvictResult.Clean)) return r;
             if (r == EvictResult.Clean) Interlocked.Increment(ref Counters.evict_clean);
             evicting.Add(vpn);
@@ -45,9 +45,6 @@ public sealed partial class AddressSpace
             return r;
         }
     }
-
-    // The check word of the bytes the last PageOut saved (under the map lock).
-    ulong lastSaveCheck;
 
     /// <summary>A 64-bit check word of a page's bytes (FNV-1a over its words; never 0). The shim computes the same.</summary>
     public static ulong PageCheck(ReadOnlySpan<byte> page)
@@ -67,7 +64,7 @@ public sealed partial class AddressSpace
             if (!evicting.Remove(vpn)) return;
             evictingCount--;
             installed.Remove(vpn);
-            protectedByPageout.Remove(vpn);
+            queues.Unprotected(vpn);
             mustSave.Remove(vpn);
         }
     }
@@ -93,7 +90,13 @@ public sealed partial class AddressSpace
     }
 
     /// <summary>Whether a page-out of <paramref name="va"/> is under way. Caller holds the map lock.</summary>
-    internal bool EvictingPage(ulong va) => evictingCount > 0 && evicting.Contains(va >> Vm.PageShift);
+    internal bool EvictingPage(ulong va) => EvictingVpn(va >> Vm.PageShift);
+
+    /// <summary><see cref="EvictingPage"/> by page number. Caller holds the map lock.</summary>
+    internal bool EvictingVpn(ulong vpn) => evictingCount > 0 && evicting.Contains(vpn);
+
+    /// <summary>Whether the page's next page-out must save its bytes again (its eviction was aborted). Caller holds the map lock.</summary>
+    internal bool MustSave(ulong va) => mustSave.Contains(va >> Vm.PageShift);
 
 
     /// <summary>
@@ -102,12 +105,13 @@ public sealed partial class AddressSpace
     /// Returns the slot, 0 without a device or when it is full, -1 when the bytes could
     /// not be read. Caller holds the map lock.
     /// </summary>
-    long PageOut(ulong va, SwapOwnerKind kind, long ownerId, long ownerIndex)
+    internal long PageOut(ulong va, SwapOwnerKind kind, long ownerId, long ownerIndex)
     {
+        AssertMapLocked();
         if (Vm.Swap == null) return 0;
-        if (!protectedByPageout.Remove(va >> Vm.PageShift) && !Pmap.TryWriteProtect(va, PageSize))
+        if (!queues.TakeProtected(va >> Vm.PageShift) && !Pmap.TryWriteProtect(va, PageSize))
         {
-            pmapRefused = true;
+            queues.PmapRefused();
             return -1;   // without it a write could be lost: later
         }
         var buf = Pmap.Staging(1);
@@ -117,6 +121,7 @@ public sealed partial class AddressSpace
         if (slot <= 0) return 0;
         Interlocked.Increment(ref Counters.pageouts);
         Interlocked.Increment(ref Counters.swap_slots_used);
+        mustSave.Remove(va >> Vm.PageShift);   // saved now: the copy is current again
         return slot;
     }
 }

@@ -30,8 +30,7 @@ public sealed partial class AddressSpace
         }
     }
 
-    int EntryDepth(VmMapEntry e) =>
-        Uvm ? (e.aref_amap != null ? 1 : 0) + (e.Object != null ? 1 : 0) : e.Object!.ChainDepth;
+    int EntryDepth(VmMapEntry e) => Layer.Depth(e);
 
     /// <summary>Shared file pages in the range (msync / munmap write-back): the daemon marks them dirty and flushes.</summary>
     public IReadOnlyList<(IVnode Vnode, long FirstPindex, long Count)> SharedRanges(ulong start, ulong length)
@@ -55,10 +54,6 @@ public sealed partial class AddressSpace
         return list;
     }
 
-    /// <summary>
-    /// One line per entry: start-end prot kind object offset needs_copy, then the chain
-    /// depth (Mach) or the amap's used slots, size and references (UVM).
-    /// </summary>
     /// <summary>Every object the map reaches: first objects and their backing chains, once each (inspection).</summary>
     public IReadOnlyList<VmObject> Objects()
     {
@@ -72,6 +67,10 @@ public sealed partial class AddressSpace
         return list;
     }
 
+    /// <summary>
+    /// One line per entry: start-end prot kind object offset needs_copy, then the chain
+    /// depth (Mach) or the amap's used slots, size and references (UVM).
+    /// </summary>
     public string DescribeMaps()
     {
         var sb = new StringBuilder();
@@ -84,10 +83,7 @@ public sealed partial class AddressSpace
                 char x = (e.Protection & Prot.Exec) != 0 ? 'x' : '-';
                 sb.Append($"{e.Start:x12}-{e.End:x12} {r}{w}{x} {e.KindName} {(object?)e.Object ?? "none"} ")
                   .Append($"offset {e.Offset} needs_copy {(e.needs_copy ? 1 : 0)}");
-                if (!Uvm) sb.Append($" depth {e.Object!.ChainDepth}");
-                else if (e.aref_amap is { } a)
-                    lock (a.am_lock) sb.Append($" amap {a.am_nused}/{a.Slots} ref {a.am_ref}");
-                else sb.Append(" amap none");
+                Layer.Describe(e, sb);
                 sb.Append('\n');
             }
         }
@@ -146,27 +142,9 @@ public sealed partial class AddressSpace
         va &= ~PageMask;
         lock (MapLock)
         {
-            if (destroyed || installed.Contains(va >> Vm.PageShift)) return false;
+            if (!Live(OnDestroyed.Ignore) || installed.Contains(va >> Vm.PageShift)) return false;
             var e = FindEntry(va);
-            if (e == null || e.Shared) return false;
-            if (Uvm)
-            {
-                if (e.aref_amap is not { } a) return false;
-                lock (a.am_lock) return a.am_anon[e.SlotOf(va)] is { Content: PageContent.Swap };
-            }
-            long pindex = e.PindexOf(va);
-            for (var o = e.Object; o != null;)
-            {
-                VmObject? next;
-                lock (o.Lock)
-                {
-                    if (o.Lookup(pindex, out var st) != PageLookup.Absent) return st.Content == PageContent.Swap;
-                    next = o.backing_object;
-                    pindex += o.backing_object_offset;
-                }
-                o = next;
-            }
-            return false;
+            return e != null && !e.Shared && Layer.IsPagedOut(this, e, va);
         }
     }
 }

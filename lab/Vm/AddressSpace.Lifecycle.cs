@@ -12,7 +12,7 @@ public sealed partial class AddressSpace
     {
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             var pages = new List<ulong>();
             foreach (var e in entries)
             {
@@ -43,7 +43,7 @@ public sealed partial class AddressSpace
         var child = Vm.CreateSpace(childPmap, Resolver);
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return child;
             var pages = new List<ulong>();
             foreach (var e in entries)
             {
@@ -57,9 +57,7 @@ public sealed partial class AddressSpace
                     child.entries.Add(z);
                     continue;
                 }
-                // vm_map_copy_entry collapses the object it is about to share, so the
-                // chains the two spaces inherit are as short as they can be.
-                if (!Uvm && !e.Shared && e.Object != null) Vm.Collapse(e.Object, Counters);
+                Layer.BeforeFork(this, e);   // Mach: collapse the object about to be shared
                 var c = e.Clone();
                 c.Wired = false;   // wiring is not inherited (mlock is per process)
                 if (e.Object != null) Vm.Reference(e.Object);
@@ -71,7 +69,7 @@ public sealed partial class AddressSpace
                     c.needs_copy = true;
                     pages.Clear();
                     CollectInstalled(e.Start, e.End, pages);
-                    foreach (var vpn in pages) { child.installed.Add(vpn); child.referenced.Add(vpn); }
+                    foreach (var vpn in pages) { child.installed.Add(vpn); child.queues.Reference(vpn); }
                 }
                 child.entries.Add(c);
             }
@@ -85,15 +83,12 @@ public sealed partial class AddressSpace
     {
         lock (MapLock)
         {
-            if (destroyed) return;
+            if (!Live(OnDestroyed.Ignore)) return;
             foreach (var e in entries) ReleaseEntry(e);
             entries.Clear();
             installed.Clear();
-            referenced.Clear();
-            inactive.Clear();
-            protectedByPageout.Clear();
+            queues.Clear();
             mustSave.Clear();
-            inactiveCount = 0;
             evicting.Clear();
             evictingCount = 0;
             destroyed = true;

@@ -7,20 +7,13 @@ public sealed partial class AddressSpace
 
     public void MapAnon(ulong start, ulong length, Prot prot)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             UnmapLocked(start, end);
-            // UVM: no uobj, and needs_copy so the first fault makes the amap (as mmap does).
-            var e = new VmMapEntry
-            {
-                Start = start, End = end, Protection = prot,
-                Object = Uvm ? null : Vm.AllocateAnonymous((long)((end - start) >> Vm.PageShift)),
-                needs_copy = Uvm,
-                read_ahead = VmMapEntry.ReadAheadInit,
-            };
+            var e = new VmMapEntry { Start = start, End = end, Protection = prot, read_ahead = VmMapEntry.ReadAheadInit };
+            Layer.MapAnonymous(this, e);
             Insert(e);
             Bump();
         }
@@ -39,7 +32,7 @@ public sealed partial class AddressSpace
         if (end == start) return;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             UnmapLocked(start, end);
             long pindex = offset >> Vm.PageShift;
             var e = new VmMapEntry
@@ -57,11 +50,10 @@ public sealed partial class AddressSpace
     /// <summary>munmap / UFFD_EVENT_UNMAP. Idempotent; partial ranges split entries.</summary>
     public void Unmap(ulong start, ulong length)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            if (destroyed) return;
+            if (!Live(OnDestroyed.Ignore)) return;
             UnmapLocked(start, end);
             Bump();
         }
@@ -74,17 +66,16 @@ public sealed partial class AddressSpace
     /// </summary>
     public void Remove(ulong start, ulong length)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            if (destroyed) return;
+            if (!Live(OnDestroyed.Ignore)) return;
             foreach (var e in entries)
             {
                 if (e.End <= start || e.Start >= end) continue;
                 if (e.Shared) continue;
                 ulong s = Math.Max(start, e.Start), t = Math.Min(end, e.End);
-                if (Uvm) ForgetAnons(e, s, t); else Forget(e, s, t);
+                Layer.Forget(this, e, s, t);
             }
             DropInstalled(start, end);
             Bump();
@@ -106,7 +97,7 @@ public sealed partial class AddressSpace
             throw new ArgumentException("mremap source and destination overlap");
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             UnmapLocked(to, toEnd);
             var (i, j) = ClipRange(from, fromEnd);
             var moving = entries.GetRange(i, j - i);
@@ -125,9 +116,7 @@ public sealed partial class AddressSpace
             foreach (var vpn in pages)
             {
                 installed.Remove(vpn);
-                refs.Add(referenced.Remove(vpn));
-                inactive.Remove(vpn);
-                protectedByPageout.Remove(vpn);
+                refs.Add(queues.MoveOut(vpn));
                 // A page-out under way at the old address: the page moved with its bytes, which
                 // its swap copy still equals, so it stays, clean, at the new one. The old
                 // address stays "evicting" until the pageout is done there, so that nothing
@@ -136,7 +125,7 @@ public sealed partial class AddressSpace
             for (int k = 0; k < pages.Count; k++)
             {
                 installed.Add(pages[k] + delta);
-                if (refs[k]) referenced.Add(pages[k] + delta);
+                queues.MovedIn(pages[k] + delta, refs[k]);
             }
             Bump();
         }
@@ -154,7 +143,7 @@ public sealed partial class AddressSpace
         if (newEnd <= oldEnd || oldEnd == start) return;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             var e = FindEntry(oldEnd - PageSize);
             if (e == null || e.End != oldEnd) return;
             UnmapLocked(oldEnd, newEnd);
@@ -171,6 +160,7 @@ public sealed partial class AddressSpace
     /// </summary>
     VmMapEntry Continuation(VmMapEntry e, ulong start, ulong end, ulong at)
     {
+        AssertMapLocked();
         var g = new VmMapEntry
         {
             Start = start, End = end, Protection = e.Protection, Shared = e.Shared, IsFile = e.IsFile,
@@ -185,26 +175,21 @@ public sealed partial class AddressSpace
         else if (e.IsFile)
         {
             // The file under the (possibly shadowed) object, at the page of `at`.
-            var o = e.Object!;
-            long p = e.PindexOf(at);
-            while (o.Vnode == null && o.BackingObject is { } b) { p += o.BackingObjectOffset; o = b; }
+            var (o, p) = e.Object!.Bottom(e.PindexOf(at));
             g.Object = Vm.ReferenceVnode(o.Vnode!); g.Offset = p; g.needs_copy = true; g.next_read = p;
         }
-        else if (Uvm)
-            g.needs_copy = true;
         else
-            g.Object = Vm.AllocateAnonymous((long)((end - start) >> Vm.PageShift));
+            Layer.MapAnonymous(this, g);
         return g;
     }
 
     /// <summary>madvise(MADV_DONTFORK / MADV_DOFORK) (BSD: minherit VM_INHERIT_NONE / _COPY): the entries in the range are split out and flagged.</summary>
     public void SetDontFork(ulong start, ulong length, bool dontFork)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             var (i, j) = ClipRange(start, end);
             for (int k = i; k < j; k++) entries[k].DontFork = dontFork;
             Bump();
@@ -218,11 +203,10 @@ public sealed partial class AddressSpace
     /// </summary>
     public void SetWipeOnFork(ulong start, ulong length, bool wipe)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             var (i, j) = ClipRange(start, end);
             for (int k = i; k < j; k++)
                 if (!entries[k].Shared && !entries[k].IsFile) entries[k].WipeOnFork = wipe;
@@ -233,12 +217,11 @@ public sealed partial class AddressSpace
     /// <summary>mprotect: the kernel enforces it; the model records it for lookups.</summary>
     public void Protect(ulong start, ulong length, Prot prot)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            if (protectedByPageout.Count > 0) protectedByPageout.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
+            queues.Unprotected(start >> Vm.PageShift, end >> Vm.PageShift);
             var (i, j) = ClipRange(start, end);
             for (int k = i; k < j; k++)
             {
@@ -256,11 +239,10 @@ public sealed partial class AddressSpace
     /// </summary>
     public void Advise(ulong start, ulong length, Advice advice)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return;
             var (i, j) = ClipRange(start, end);
             for (int k = i; k < j; k++) entries[k].Advice = advice;
             Bump();

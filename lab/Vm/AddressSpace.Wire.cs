@@ -14,11 +14,10 @@ public sealed partial class AddressSpace
     /// </summary>
     public bool Wire(ulong start, ulong length)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return true;
+        if (!PageRange(start, length, out ulong end)) return true;
         lock (MapLock)
         {
-            ThrowIfDestroyed();
+            if (!Live(OnDestroyed.Throw)) return false;
             MarkWiredLocked(start, end);
         }
         for (ulong va = start; va < end; va += PageSize)
@@ -26,7 +25,7 @@ public sealed partial class AddressSpace
             FaultAccess access;
             lock (MapLock)
             {
-                var e = Destroyed ? null : FindEntry(va);
+                var e = Live(OnDestroyed.Ignore) ? FindEntry(va) : null;
                 if (e == null || e.Protection == Prot.None) continue;
                 if (!e.Wired) return WireFailed(start, end);   // unwired or remapped meanwhile
                 bool write = (e.Protection & Prot.Write) != 0;
@@ -50,17 +49,17 @@ public sealed partial class AddressSpace
     /// </summary>
     public void MarkWired(ulong start, ulong length)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            if (destroyed) return;
+            if (!Live(OnDestroyed.Ignore)) return;
             MarkWiredLocked(start, end);
         }
     }
 
     void MarkWiredLocked(ulong start, ulong end)
     {
+        AssertMapLocked();
         var (i, j) = ClipRange(start, end);
         for (int k = i; k < j; k++)
         {
@@ -82,11 +81,10 @@ public sealed partial class AddressSpace
     /// <summary>munlock / vm_map_unwire: the entries in the range are no longer wired, so their pages may be evicted again.</summary>
     public void Unwire(ulong start, ulong length)
     {
-        ulong end = CheckRange(start, length);
-        if (end == start) return;
+        if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
-            if (destroyed) return;
+            if (!Live(OnDestroyed.Ignore)) return;
             var (i, j) = ClipRange(start, end);
             for (int k = i; k < j; k++)
             {
@@ -104,7 +102,7 @@ public sealed partial class AddressSpace
     {
         lock (MapLock)
         {
-            var e = destroyed ? null : FindEntry(va & ~PageMask);
+            var e = Live(OnDestroyed.Ignore) ? FindEntry(va & ~PageMask) : null;
             return e != null && !e.Wired;
         }
     }

@@ -1,4 +1,6 @@
-using System.Text;
+using System.Diagnostics;
+using Lab.Vm.Mach;
+using Lab.Vm.Pageout;
 using Lab.Vm.Uvm;
 
 namespace Lab.Vm;
@@ -31,23 +33,18 @@ public sealed partial class AddressSpace
     readonly PageSet mustSave = new();
     ulong version;
     bool destroyed;
-    // Freed anons kept for reuse, so promotions allocate nothing in steady state.
-    // A stack in an array rather than a link in each anon: the link would cost every
-    // live anon 8 bytes. It grows to the most anons this space ever freed at once and
-    // is kept, so refaulting a range after MADV_DONTNEED allocates nothing.
-    Anon[] anonFree = [];
-    int anonFreeCount;
 
     internal AddressSpace(Vm vm, IPmap pmap, IResolver resolver)
     {
         Vm = vm;
         Pmap = pmap;
         Resolver = resolver;
-        Uvm = resolver is IAmapDesign;
+        Layer = resolver is IAmapDesign ? AmapMap.Instance : ChainMap.Instance;
+        queues = new PageQueues(this);
     }
 
-    /// <summary>UVM map layer (amap over uobj) rather than Mach object chains.</summary>
-    internal readonly bool Uvm;
+    /// <summary>The map layer of the resolver's lineage: UVM amaps over a uobj, or Mach object chains.</summary>
+    internal readonly IMapLayer Layer;
 
     public Vm Vm { get; }
     public VmCounters Counters { get; } = new();
@@ -69,6 +66,10 @@ public sealed partial class AddressSpace
 
     internal bool Destroyed => destroyed;
 
+    /// <summary>Debug builds: the contract "caller holds the map lock" is checked.</summary>
+    [Conditional("DEBUG")]
+    internal void AssertMapLocked() => Debug.Assert(Monitor.IsEntered(MapLock), "caller holds the map lock");
+
     internal VmMapEntry? FindEntry(ulong va)
     {
         int lo = 0, hi = entries.Count - 1;
@@ -89,8 +90,7 @@ public sealed partial class AddressSpace
     {
         ulong vpn = va >> Vm.PageShift;
         installed.Add(vpn);
-        referenced.Add(vpn);   // the pageout's reference bit: this page was just used
-        if (protectedByPageout.Count > 0) protectedByPageout.Remove(vpn);
+        queues.Installed(vpn);
     }
 
     /// <summary>
@@ -103,7 +103,7 @@ public sealed partial class AddressSpace
         lock (MapLock)
         {
             installed.Remove(va >> Vm.PageShift);
-            protectedByPageout.Remove(va >> Vm.PageShift);
+            queues.Unprotected(va >> Vm.PageShift);
         }
     }
 
@@ -122,9 +122,38 @@ public sealed partial class AddressSpace
         return start + len;
     }
 
-    void ThrowIfDestroyed()
+    /// <summary>What an operation does when the space is already destroyed (the process exited).</summary>
+    enum OnDestroyed
     {
-        if (destroyed) throw new InvalidOperationException("address space destroyed");
+        /// <summary>An operation that makes or changes mappings: calling it on an exited process is the caller's bug.</summary>
+        Throw,
+        /// <summary>An operation that takes something away, records a fact or scans: it may race with the exit (a late event) and does nothing.</summary>
+        Ignore,
+    }
+
+    /// <summary>
+    /// The prologue rule of every operation, written once: under the map lock, a live space
+    /// goes on (true); a destroyed one throws or gives false, as <paramref name="rule"/> says.
+    /// Throw: MapAnon, MapFile, Remap, Grow, Protect, Advise, SetDontFork, SetWipeOnFork, Wire,
+    /// ForkProtect, Fork. Ignore: Unmap, Remove, MarkWired, Unwire, PageoutScan, Destroy and the
+    /// eviction and inspection calls.
+    /// </summary>
+    bool Live(OnDestroyed rule)
+    {
+        AssertMapLocked();
+        if (!destroyed) return true;
+        if (rule == OnDestroyed.Throw) throw new InvalidOperationException("address space destroyed");
+        return false;
+    }
+
+    /// <summary>
+    /// The range check of every ranged operation: <paramref name="start"/> page aligned, the
+    /// length rounded up to pages, no wrap (else ArgumentException). False for an empty range.
+    /// </summary>
+    static bool PageRange(ulong start, ulong length, out ulong end)
+    {
+        end = CheckRange(start, length);
+        return end != start;
     }
 
     void Insert(VmMapEntry e)
@@ -184,7 +213,7 @@ public sealed partial class AddressSpace
         if (e.IsFile && e.Object != null)
         {
             // Read-ahead pages of the range this entry mapped that no space installed: wasted.
-            var (vobj, p0) = Mach.ChainFault.Bottom(e.Object, e.Offset);
+            var (vobj, p0) = e.Object.Bottom(e.Offset);
             vobj.DropReadAhead(p0, e.Pages, Counters);
         }
         Vm.Deallocate(e.Object, Counters);
@@ -198,7 +227,7 @@ public sealed partial class AddressSpace
     void DropInstalled(ulong start, ulong end)
     {
         installed.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
-        if (protectedByPageout.Count > 0) protectedByPageout.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
+        queues.Unprotected(start >> Vm.PageShift, end >> Vm.PageShift);
     }
 
     void CollectInstalled(ulong start, ulong end, List<ulong> into) =>

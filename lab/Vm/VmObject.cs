@@ -136,6 +136,26 @@ public sealed class VmObject
         }
     }
 
+    /// <summary>
+    /// The object at the bottom of this one's chain (the vnode object under a private file
+    /// mapping, or the anonymous object at the end) and the pindex there of this object's
+    /// page <paramref name="pindex"/>. The one walk to the bottom: each object's lock is held
+    /// while its link and offset are read, never two at once, so any caller may use it.
+    /// </summary>
+    internal (VmObject Object, long Pindex) Bottom(long pindex)
+    {
+        var o = this;
+        while (true)
+        {
+            VmObject? b;
+            long off;
+            lock (o.Lock) { b = o.backing_object; off = o.backing_object_offset; }
+            if (b == null) return (o, pindex);
+            pindex += off;
+            o = b;
+        }
+    }
+
     /// <summary>vm_page_lookup. Caller holds <see cref="Lock"/>.</summary>
     internal PageLookup Lookup(long pindex, out PageState st)
     {

@@ -416,7 +416,7 @@ internal static class ChainFault
                 break;
             case PageContent.File:
             {
-                var (vobj, vpindex) = Bottom(src, fs.src_pindex);
+                var (vobj, vpindex) = src.Bottom(fs.src_pindex);
                 if (vpindex >= vobj.Size)
                 {
                     Interlocked.Increment(ref fs.counters.eof_faults);
@@ -514,20 +514,6 @@ internal static class ChainFault
 
     static void CountInstall(ref FaultState fs) => Interlocked.Increment(ref fs.counters.pages_installed);
 
-    /// <summary>The vnode object at the bottom of <paramref name="o"/>'s chain and the pindex there.</summary>
-    public static (VmObject, long) Bottom(VmObject o, long pindex)
-    {
-        while (true)
-        {
-            VmObject? b;
-            long off;
-            lock (o.Lock) { b = o.backing_object; off = o.backing_object_offset; }
-            if (b == null) return (o, pindex);
-            pindex += off;
-            o = b;
-        }
-    }
-
     // ---- prefault resident neighbours ----
 
     /// <summary>
@@ -612,7 +598,7 @@ internal static class ChainFault
                 break;
             case PageContent.File:
             {
-                var (vobj, vpindex) = Bottom(lobject, pindex);
+                var (vobj, vpindex) = lobject.Bottom(pindex);
                 if (vpindex >= vobj.Size) return;
                 if (vobj.Vnode!.ReadPages(vpindex, 1, pmap.Staging(1)) != 0) return;
                 CountPrefault(ref fs);

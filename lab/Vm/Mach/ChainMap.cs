@@ -1,10 +1,52 @@
-namespace Lab.Vm;
+using System.Text;
 
-// The Mach map layer (FreeBSD, DragonFly): entries point at object chains.
-public sealed partial class AddressSpace
+namespace Lab.Vm.Mach;
+
+/// <summary>
+/// The Mach map layer (FreeBSD, DragonFly): each entry points at the first object of a
+/// chain of shadows over a vnode or anonymous object. Every member is called with the
+/// space's map lock held; object locks are taken top down.
+/// </summary>
+internal sealed class ChainMap : IMapLayer
 {
+    public static readonly ChainMap Instance = new();
+
+    ChainMap() { }
+
+    /// <summary>A new anonymous object of the entry's size.</summary>
+    public void MapAnonymous(AddressSpace space, VmMapEntry e) =>
+        e.Object = space.Vm.AllocateAnonymous((long)((e.End - e.Start) >> Vm.PageShift));
+
+    /// <summary>vm_map_copy_entry collapses the object it is about to share, so the chains the two spaces inherit are as short as they can be.</summary>
+    public void BeforeFork(AddressSpace space, VmMapEntry e)
+    {
+        if (!e.Shared && e.Object != null) space.Vm.Collapse(e.Object, space.Counters);
+    }
+
+    public int Depth(VmMapEntry e) => e.Object!.ChainDepth;
+
+    public void Describe(VmMapEntry e, StringBuilder sb) => sb.Append($" depth {e.Object!.ChainDepth}");
+
+    /// <summary>The first page the chain holds at <paramref name="va"/> says whether its bytes are only in swap.</summary>
+    public bool IsPagedOut(AddressSpace space, VmMapEntry e, ulong va)
+    {
+        long pindex = e.PindexOf(va);
+        for (var o = e.Object; o != null;)
+        {
+            VmObject? next;
+            lock (o.Lock)
+            {
+                if (o.Lookup(pindex, out var st) != PageLookup.Absent) return st.Content == PageContent.Swap;
+                next = o.backing_object;
+                pindex += o.backing_object_offset;
+            }
+            o = next;
+        }
+        return false;
+    }
+
     /// <summary>Mach: the shallowest page of the chain at <paramref name="va"/> is the one installed here.</summary>
-    EvictResult EvictChainPage(VmMapEntry e, ulong va)
+    public EvictResult Evict(AddressSpace space, VmMapEntry e, ulong va)
     {
         while (true)
         {
@@ -21,7 +63,7 @@ public sealed partial class AddressSpace
                     if (o.pages.TryGetValue(p, out var st))
                     {
                         if (st.Busy) return EvictResult.Busy;
-                        if (o.Kind == VmObjectKind.Anonymous) return EvictObjectPage(o, p, st, va);
+                        if (o.Kind == VmObjectKind.Anonymous) return EvictObjectPage(space, o, p, st, va);
                     }
                     // A vnode page: the installed copy equals the file.
                     if (o.Kind == VmObjectKind.Vnode) return EvictResult.Clean;
@@ -37,11 +79,11 @@ public sealed partial class AddressSpace
     }
 
     /// <summary>One anonymous object's page. Caller holds the map lock and <paramref name="o"/>'s lock.</summary>
-    EvictResult EvictObjectPage(VmObject o, long p, PageState st, ulong va)
+    static EvictResult EvictObjectPage(AddressSpace space, VmObject o, long p, PageState st, ulong va)
     {
         switch (st.Content)
         {
-            case PageContent.Swap when !mustSave.Contains(va >> Vm.PageShift):
+            case PageContent.Swap when !space.MustSave(va):
             case PageContent.Zero:
             case PageContent.File:
                 return EvictResult.Clean;
@@ -51,10 +93,9 @@ public sealed partial class AddressSpace
             default:
                 return EvictResult.Busy;
         }
-        long slot = PageOut(va, SwapOwnerKind.Object, o.Id, p);
+        long slot = space.PageOut(va, SwapOwnerKind.Object, o.Id, p);
         if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
-        mustSave.Remove(va >> Vm.PageShift);
-        Vm.FreeSwapSlot(o.TakeSwapSlot(p));   // a stale copy (written since) goes
+        space.Vm.FreeSwapSlot(o.TakeSwapSlot(p));   // a stale copy (written since) goes
         o.SetSwapSlot(p, slot);
         o.pages[p] = new PageState(PageContent.Swap, swapped: true);
         return EvictResult.Evicted;
@@ -66,7 +107,7 @@ public sealed partial class AddressSpace
     /// older anonymous content, a marker says what Linux gives instead (zeros for
     /// anonymous memory, the file for a private file mapping).
     /// </summary>
-    void Forget(VmMapEntry e, ulong s, ulong t)
+    public void Forget(AddressSpace space, VmMapEntry e, ulong s, ulong t)
     {
         long rel0 = (long)((s - e.Start) >> Vm.PageShift);
         long n = (long)((t - s) >> Vm.PageShift);
@@ -74,7 +115,7 @@ public sealed partial class AddressSpace
         {
             // The first object is shared with another space: hiding needs a private shadow.
             if (!AnonymousBelow(e.Object!, e.Offset + rel0, n)) return;
-            if (Vm.Shadow(e)) Interlocked.Increment(ref Counters.shadows_created);
+            if (space.Vm.Shadow(e)) Interlocked.Increment(ref space.Counters.shadows_created);
         }
         var first = e.Object!;
         if (first.Kind == VmObjectKind.Vnode) return;
@@ -84,17 +125,17 @@ public sealed partial class AddressSpace
             if (n > first.pages.Count)
             {
                 foreach (var kv in first.pages)
-                    if (kv.Key >= p0 && kv.Key < p0 + n && !kv.Value.Busy) DropPage(first, kv.Key, kv.Value);
+                    if (kv.Key >= p0 && kv.Key < p0 + n && !kv.Value.Busy) DropPage(space, first, kv.Key, kv.Value);
             }
             else
             {
                 for (long p = p0; p < p0 + n; p++)
-                    if (first.pages.TryGetValue(p, out var st) && !st.Busy) DropPage(first, p, st);
+                    if (first.pages.TryGetValue(p, out var st) && !st.Busy) DropPage(space, first, p, st);
             }
         }
         var below = first.BackingObject;
         if (below == null) return;
-        var marker = new PageState(BottomIsVnode(below) ? PageContent.File : PageContent.Zero);
+        var marker = new PageState(below.Bottom(0).Object.Kind == VmObjectKind.Vnode ? PageContent.File : PageContent.Zero);
         for (long p = p0; p < p0 + n; p++)
         {
             if (!AnonymousBelow(first, p, 1, skipFirst: true)) continue;
@@ -104,10 +145,10 @@ public sealed partial class AddressSpace
     }
 
     /// <summary>A page leaves its object, and its swap slot with it. Caller holds the object's lock.</summary>
-    void DropPage(VmObject o, long p, PageState st)
+    static void DropPage(AddressSpace space, VmObject o, long p, PageState st)
     {
         o.pages.Remove(p);
-        if (st.Swapped) Vm.FreeSwapSlot(o.TakeSwapSlot(p));
+        if (st.Swapped) space.Vm.FreeSwapSlot(o.TakeSwapSlot(p));
     }
 
     /// <summary>
@@ -143,11 +184,5 @@ public sealed partial class AddressSpace
             x = next;
         }
         return false;
-    }
-
-    static bool BottomIsVnode(VmObject o)
-    {
-        while (o.BackingObject is { } b) o = b;
-        return o.Kind == VmObjectKind.Vnode;
     }
 }
