@@ -22,6 +22,7 @@ public sealed partial class AddressSpace
     /// </summary>
     internal bool AmapCopy(VmMapEntry e, ulong va, bool canchunk)
     {
+        AssertMapLocked();
         Bump();
         var src = e.aref_amap;
         if (src == null)
@@ -35,7 +36,7 @@ public sealed partial class AddressSpace
                 e = FindEntry(va)!;
             }
             var amap = new Amap((int)e.Pages, null);
-            amap.Ref(0, (int)e.Pages);
+            lock (amap.am_lock) amap.Ref(0, (int)e.Pages);   // not shared yet; the lock keeps the contract
             e.aref_amap = amap;
             e.aref_pageoff = 0;
             e.needs_copy = false;

@@ -18,6 +18,9 @@ public sealed partial class AddressSpace
     const int PageSize = Vm.PageSize;
     const ulong PageMask = PageSize - 1;
 
+    // Lock order: MapLock, then an amap's am_lock (UVM), then object locks from a first
+    // object down (upwards only by TryEnter); the vnode table lock inside MapLock and outside
+    // any object lock. Never two spaces' map locks at once. See lab/Vm/README.md "Lock order".
     internal readonly object MapLock = new();
     readonly List<VmMapEntry> entries = new();
     // Virtual page numbers present in the pmap: what Linux has, as far as we know.
@@ -72,6 +75,7 @@ public sealed partial class AddressSpace
 
     internal VmMapEntry? FindEntry(ulong va)
     {
+        AssertMapLocked();
         int lo = 0, hi = entries.Count - 1;
         while (lo <= hi)
         {
@@ -88,6 +92,7 @@ public sealed partial class AddressSpace
 
     internal void MarkInstalled(ulong va)
     {
+        AssertMapLocked();
         ulong vpn = va >> Vm.PageShift;
         installed.Add(vpn);
         queues.Installed(vpn);
@@ -158,6 +163,7 @@ public sealed partial class AddressSpace
 
     void Insert(VmMapEntry e)
     {
+        AssertMapLocked();
         int lo = 0, hi = entries.Count;
         while (lo < hi)
         {
@@ -170,6 +176,7 @@ public sealed partial class AddressSpace
     /// <summary>vm_map_clip_start: split the entry containing <paramref name="at"/> so an entry starts there.</summary>
     void Clip(ulong at)
     {
+        AssertMapLocked();
         var e = FindEntry(at);
         if (e == null || e.Start == at) return;
         var tail = e.Clone();
@@ -189,6 +196,7 @@ public sealed partial class AddressSpace
     /// <summary>Clip at both ends; returns the index range of the entries inside [start, end).</summary>
     (int, int) ClipRange(ulong start, ulong end)
     {
+        AssertMapLocked();
         Clip(start);
         Clip(end);
         int i = 0;
@@ -200,6 +208,7 @@ public sealed partial class AddressSpace
 
     void UnmapLocked(ulong start, ulong end)
     {
+        AssertMapLocked();
         var (i, j) = ClipRange(start, end);
         for (int k = i; k < j; k++) ReleaseEntry(entries[k]);
         entries.RemoveRange(i, j - i);
@@ -209,6 +218,7 @@ public sealed partial class AddressSpace
     /// <summary>An entry leaves the map: its object reference and its amap reference go.</summary>
     void ReleaseEntry(VmMapEntry e)
     {
+        AssertMapLocked();
         if (e.Wired) Interlocked.Add(ref Counters.wired_pages, -e.Pages);
         if (e.IsFile && e.Object != null)
         {
@@ -226,6 +236,7 @@ public sealed partial class AddressSpace
 
     void DropInstalled(ulong start, ulong end)
     {
+        AssertMapLocked();
         installed.RemoveRange(start >> Vm.PageShift, end >> Vm.PageShift);
         queues.Unprotected(start >> Vm.PageShift, end >> Vm.PageShift);
     }

@@ -48,6 +48,7 @@ internal sealed class ChainMap : IMapLayer
     /// <summary>Mach: the shallowest page of the chain at <paramref name="va"/> is the one installed here.</summary>
     public EvictResult Evict(AddressSpace space, VmMapEntry e, ulong va)
     {
+        space.AssertMapLocked();
         while (true)
         {
             var o = e.Object!;
@@ -81,6 +82,7 @@ internal sealed class ChainMap : IMapLayer
     /// <summary>One anonymous object's page. Caller holds the map lock and <paramref name="o"/>'s lock.</summary>
     static EvictResult EvictObjectPage(AddressSpace space, VmObject o, long p, PageState st, ulong va)
     {
+        System.Diagnostics.Debug.Assert(Monitor.IsEntered(space.MapLock) && Monitor.IsEntered(o.Lock), "caller holds the map lock and the object's lock");
         switch (st.Content)
         {
             case PageContent.Swap when !space.MustSave(va):
@@ -109,6 +111,7 @@ internal sealed class ChainMap : IMapLayer
     /// </summary>
     public void Forget(AddressSpace space, VmMapEntry e, ulong s, ulong t)
     {
+        space.AssertMapLocked();
         long rel0 = (long)((s - e.Start) >> Vm.PageShift);
         long n = (long)((t - s) >> Vm.PageShift);
         if (e.needs_copy)
@@ -147,6 +150,7 @@ internal sealed class ChainMap : IMapLayer
     /// <summary>A page leaves its object, and its swap slot with it. Caller holds the object's lock.</summary>
     static void DropPage(AddressSpace space, VmObject o, long p, PageState st)
     {
+        System.Diagnostics.Debug.Assert(Monitor.IsEntered(o.Lock), "caller holds the object's lock");
         o.pages.Remove(p);
         if (st.Swapped) space.Vm.FreeSwapSlot(o.TakeSwapSlot(p));
     }

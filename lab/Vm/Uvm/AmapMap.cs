@@ -38,6 +38,7 @@ internal sealed class AmapMap : IMapLayer
     /// <summary>UVM: the anon in this entry's amap slot, or the uobj's page (clean) when there is none.</summary>
     public EvictResult Evict(AddressSpace space, VmMapEntry e, ulong va)
     {
+        space.AssertMapLocked();
         if (e.aref_amap is not { } amap) return EvictResult.Clean;
         lock (amap.am_lock)
         {
@@ -69,14 +70,13 @@ internal sealed class AmapMap : IMapLayer
         }
     }
 
-    // ---- UVM map layer (caller holds MapLock) ----
-
     /// <summary>
     /// Remove's UVM side: this space's anons in [s, t) leave its amap (copying a shared
     /// amap first), so the uobj (the file) or zero fill shows through again.
     /// </summary>
     public void Forget(AddressSpace space, VmMapEntry e, ulong s, ulong t)
     {
+        space.AssertMapLocked();
         if (e.aref_amap is not { } amap) return;
         int slot = e.SlotOf(s), n = (int)((t - s) >> Vm.PageShift);
         lock (amap.am_lock)

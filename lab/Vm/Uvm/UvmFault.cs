@@ -206,6 +206,7 @@ internal static class UvmFault
     /// </summary>
     public static void UpperLookup(ref UvmCtx ctx)
     {
+        AssertAmapLocked(ref ctx);
         ctx.dontcare = 0;
         ctx.shadowed = false;
         var e = ctx.entry;
@@ -382,6 +383,7 @@ internal static class UvmFault
     /// </summary>
     public static UvmStep AnonGet(ref UvmCtx ctx, Anon anon)
     {
+        AssertAmapLocked(ref ctx);
         ctx.staged = false;
         if (anon.Content != PageContent.Swap || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va))
             return UvmStep.Ok;
@@ -534,6 +536,11 @@ internal static class UvmFault
         Interlocked.Increment(ref ctx.counters.internal_errors);
         return Fail(ref ctx);
     }
+
+    /// <summary>Debug builds: the contract "caller holds the amap lock" (when there is an amap) is checked.</summary>
+    [System.Diagnostics.Conditional("DEBUG")]
+    static void AssertAmapLocked(ref UvmCtx ctx) =>
+        System.Diagnostics.Debug.Assert(ctx.amap == null || Monitor.IsEntered(ctx.amap.am_lock), "caller holds the amap lock");
 
     static void LockAmap(ref UvmCtx ctx)
     {
