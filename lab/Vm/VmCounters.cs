@@ -32,7 +32,7 @@ public sealed class VmCounters
     public long fault_retries;    // RetryFault loops (busy page, changed map)
     public long internal_errors;  // the model could not supply bytes it should have
     public long revalidate_retries; // retries because the map changed while the fault had it unlocked
-    public long behind_deactivated; // pages deactivated/cached behind a sequential fault (model only: no page queues yet)
+    public long behind_deactivated; // pages deactivated/cached behind a sequential fault (model only: the page queues do not take this advice)
     // NetBSD UVM (uvmexp.*); zero for the Mach-lineage designs.
     public long faults;           // every UVM fault, counted once (uvmexp.faults / cpu_nfault)
     public long fltanget;         // uvmfault_anonget calls

@@ -136,9 +136,34 @@ public sealed class VmObject
         }
     }
 
+    /// <summary>
+    /// The object at the bottom of this one's chain (the vnode object under a private file
+    /// mapping, or the anonymous object at the end) and the pindex there of this object's
+    /// page <paramref name="pindex"/>. The one walk to the bottom: each object's lock is held
+    /// while its link and offset are read, never two at once, so any caller may use it.
+    /// </summary>
+    internal (VmObject Object, long Pindex) Bottom(long pindex)
+    {
+        var o = this;
+        while (true)
+        {
+            VmObject? b;
+            long off;
+            lock (o.Lock) { b = o.backing_object; off = o.backing_object_offset; }
+            if (b == null) return (o, pindex);
+            pindex += off;
+            o = b;
+        }
+    }
+
+    /// <summary>Debug builds: the contract "caller holds <see cref="Lock"/>" is checked.</summary>
+    [System.Diagnostics.Conditional("DEBUG")]
+    void AssertLocked() => System.Diagnostics.Debug.Assert(Monitor.IsEntered(Lock), "caller holds the object's lock");
+
     /// <summary>vm_page_lookup. Caller holds <see cref="Lock"/>.</summary>
     internal PageLookup Lookup(long pindex, out PageState st)
     {
+        AssertLocked();
         if (pages.TryGetValue(pindex, out st))
             return st.Busy ? PageLookup.Busy : PageLookup.Found;
         if (Vnode is { } v && pindex < Size && v.IsResident(pindex))
@@ -152,6 +177,7 @@ public sealed class VmObject
     /// <summary>Sleep until the page at <paramref name="pindex"/> is not busy. Caller holds <see cref="Lock"/> (released while waiting).</summary>
     internal void SleepWhileBusy(long pindex)
     {
+        AssertLocked();
         waiters++;
         try
         {
@@ -164,12 +190,14 @@ public sealed class VmObject
     /// <summary>Wake sleepers after a page stopped being busy. Caller holds <see cref="Lock"/>.</summary>
     internal void WakeupBusy()
     {
+        AssertLocked();
         if (waiters > 0) Monitor.PulseAll(Lock);
     }
 
     /// <summary>Clear the busy bit (or drop a bare placeholder). Caller holds <see cref="Lock"/>.</summary>
     internal void Unbusy(long pindex)
     {
+        AssertLocked();
         if (pages.TryGetValue(pindex, out var st) && st.Busy)
         {
             if (st.Content == PageContent.None) pages.Remove(pindex);
@@ -181,6 +209,7 @@ public sealed class VmObject
     /// <summary>Link <paramref name="shadow"/> into this object's shadow list. Caller holds <see cref="Lock"/>.</summary>
     internal void LinkShadow(VmObject shadow)
     {
+        AssertLocked();
         shadow.shadow_prev = null;
         shadow.shadow_next = shadow_first;
         if (shadow_first != null) shadow_first.shadow_prev = shadow;
@@ -191,6 +220,7 @@ public sealed class VmObject
     /// <summary>Unlink <paramref name="shadow"/> from this object's shadow list. Caller holds <see cref="Lock"/>.</summary>
     internal void UnlinkShadow(VmObject shadow)
     {
+        AssertLocked();
         if (shadow.shadow_prev != null) shadow.shadow_prev.shadow_next = shadow.shadow_next;
         else shadow_first = shadow.shadow_next;
         if (shadow.shadow_next != null) shadow.shadow_next.shadow_prev = shadow.shadow_prev;
@@ -199,19 +229,30 @@ public sealed class VmObject
     }
 
     /// <summary>The slot of the page at <paramref name="pindex"/> (0: none). Caller holds <see cref="Lock"/>.</summary>
-    internal long SwapSlot(long pindex) =>
-        swapSlots != null && swapSlots.TryGetValue(pindex, out var s) ? s : 0;
+    internal long SwapSlot(long pindex)
+    {
+        AssertLocked();
+        return swapSlots != null && swapSlots.TryGetValue(pindex, out var s) ? s : 0;
+    }
 
     /// <summary>Record the slot of the page at <paramref name="pindex"/>. Caller holds <see cref="Lock"/>.</summary>
-    internal void SetSwapSlot(long pindex, long slot) => (swapSlots ??= new())[pindex] = slot;
+    internal void SetSwapSlot(long pindex, long slot)
+    {
+        AssertLocked();
+        (swapSlots ??= new())[pindex] = slot;
+    }
 
     /// <summary>Forget and return the slot of the page at <paramref name="pindex"/> (0: none). Caller holds <see cref="Lock"/>.</summary>
-    internal long TakeSwapSlot(long pindex) =>
-        swapSlots != null && swapSlots.Remove(pindex, out var s) ? s : 0;
+    internal long TakeSwapSlot(long pindex)
+    {
+        AssertLocked();
+        return swapSlots != null && swapSlots.Remove(pindex, out var s) ? s : 0;
+    }
 
     /// <summary>Free every slot (the object dies or is emptied). Caller holds <see cref="Lock"/>.</summary>
     internal void FreeAllSwap(Vm vm)
     {
+        AssertLocked();
         if (swapSlots == null || swapSlots.Count == 0) return;
         foreach (var s in swapSlots.Values) vm.FreeSwapSlot(s);
         swapSlots.Clear();
@@ -220,6 +261,7 @@ public sealed class VmObject
     /// <summary>Remember pages [first, first+n) as read ahead and not yet used. Caller holds <see cref="Lock"/>.</summary>
     internal void NoteReadAhead(long first, int n)
     {
+        AssertLocked();
         if (n <= 0) return;
         readAhead ??= new();
         for (long p = first; p < first + n; p++) readAhead.Add(p);

@@ -1,6 +1,3 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 public sealed class ApiTests

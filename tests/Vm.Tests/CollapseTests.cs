@@ -1,19 +1,11 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>
 /// Shadow-chain collapse and bypass (freebsd, dragonfly): transparency (invariant 7),
 /// chain depth after exits, reference counts back to baseline (invariant 10).
 /// </summary>
-public sealed class CollapseTests
+public sealed class CollapseTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
-
     public static TheoryData<string> ChainDesigns => new() { "freebsd", "dragonfly" };
 
     public static TheoryData<string, int, bool> Trees
@@ -28,10 +20,6 @@ public sealed class CollapseTests
             return d;
         }
     }
-
-    static ulong Pg(int i) => A + (ulong)i * P;
-
-    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
 
     /// <summary>
     /// What a walk from the entry's object finds for the page at <paramref name="va"/>:

@@ -1,26 +1,9 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>What DragonFly (seed 002) does differently from FreeBSD, with exact counter deltas.</summary>
-public sealed class DragonFlyFaultTests
+public sealed class DragonFlyFaultTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-    const ulong B = 0x2000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
-
-    static ulong Pg(int i) => A + (ulong)i * P;
-
     SimProcess Proc() => new(vm, Resolvers.Create("dragonfly"));
-
-    static void AssertPageIsFile(SimProcess p, ulong va, MemVnode v, long pindex)
-    {
-        for (ulong i = 0; i < P; i += 97)
-            Assert.Equal(v.Data[pindex * (long)P + (long)i], p.Read(va + i));
-    }
 
     [Fact]
     public void ReadWindow_RandomFault_SevenBehindEightAhead_ThenSequentialFoldsAndCachesBehind()

@@ -1,25 +1,8 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>FreeBSD's own counters and windows (the generic behaviour is in <see cref="GenericFaultTests"/>).</summary>
-public sealed class FreeBsdFaultTests
+public sealed class FreeBsdFaultTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;   // where the tests map things
-    const ulong B = 0x2000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
-
-    static ulong Pg(int i) => A + (ulong)i * P;
-
-    static void AssertPageIsFile(SimProcess p, ulong va, MemVnode v, long pindex)
-    {
-        for (ulong i = 0; i < P; i += 97)
-            Assert.Equal(v.Data[pindex * (long)P + (long)i], p.Read(va + i));
-    }
-
     [Fact]
     public void ZeroFill_ReadThenWrite()
     {

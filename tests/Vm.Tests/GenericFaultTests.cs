@@ -1,29 +1,8 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>Behaviour every design must show: bytes, signals, protection, reference counts. Run for each resolver.</summary>
-public sealed class GenericFaultTests
+public sealed class GenericFaultTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;   // where the tests map things
-    const ulong B = 0x2000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
-
-    public static TheoryData<string> Designs => new(Resolvers.Names);
-
-    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
-
-    static ulong Pg(int i) => A + (ulong)i * P;
-
-    static void AssertPageIsFile(SimProcess p, ulong va, MemVnode v, long pindex)
-    {
-        for (ulong i = 0; i < P; i += 97)
-            Assert.Equal(v.Data[pindex * (long)P + (long)i], p.Read(va + i));
-    }
-
     [Theory, MemberData(nameof(Designs))]
     public void ZeroFill_ReadThenWrite(string design)
     {

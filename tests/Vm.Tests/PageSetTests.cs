@@ -1,6 +1,3 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>The installed-page bitmap against a HashSet, across chunk boundaries.</summary>

@@ -1,6 +1,3 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>
@@ -10,21 +7,11 @@ namespace Lab.Tests.Vm;
 /// design. The SimPmap's Remove zaps synchronously; the scan's caller completes each
 /// eviction it was handed (the daemon's contract).
 /// </summary>
-public sealed class PageoutTests
+public sealed class PageoutTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
     readonly MemSwap swap = new();
 
     public PageoutTests() => vm.Swap = swap;
-
-    public static TheoryData<string> Designs => new(Resolvers.Names);
-
-    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
-
-    static ulong Pg(int i) => A + (ulong)i * P;
 
     static ulong[] Pages(int first, int count) => Enumerable.Range(first, count).Select(Pg).ToArray();
 

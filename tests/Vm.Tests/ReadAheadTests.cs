@@ -1,6 +1,3 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>vm_fault_dontneed (FreeBSD) and read-ahead used/wasted accounting.</summary>

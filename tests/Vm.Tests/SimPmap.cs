@@ -1,5 +1,3 @@
-using Lab.Vm;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>A signal the simulated MMU raised.</summary>

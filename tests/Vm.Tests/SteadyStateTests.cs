@@ -1,13 +1,7 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
-public sealed class SteadyStateTests
+public sealed class SteadyStateTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-
     /// <summary>A pmap that allocates nothing and is safe for concurrent spaces.</summary>
     sealed class NullPmap : IPmap
     {
@@ -31,8 +25,6 @@ public sealed class SteadyStateTests
         for (int i = 0; i < pages; i++) s.Fault(start + (ulong)i * P, access);
         return GC.GetAllocatedBytesForCurrentThread() - before;
     }
-
-    public static TheoryData<string> Designs => new(Resolvers.Names);
 
     [Theory, MemberData(nameof(Designs))]
     public void ZeroFillFaults_AllocateNothingOnceTablesAreWarm(string design)

@@ -1,24 +1,11 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>Eviction to the swap device and swap-in, for every design (SEEDS §4 invariants 6, 14, 20, 21).</summary>
-public sealed class SwapTests
+public sealed class SwapTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
     readonly MemSwap swap = new();
 
     public SwapTests() => vm.Swap = swap;
-
-    public static TheoryData<string> Designs => new(Resolvers.Names);
-
-    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
-
-    static ulong Pg(int i) => A + (ulong)i * P;
 
     static void Fill(SimProcess p, ulong va, byte seed)
     {

@@ -1,22 +1,9 @@
-using Lab.Vm;
-using Xunit;
-
 namespace Lab.Tests.Vm;
 
 /// <summary>NetBSD UVM cases 1A, 1B, 2A, 2B with exact counter deltas, for both UVM designs.</summary>
-public sealed class UvmFaultTests
+public sealed class UvmFaultTests : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-    const ulong B = 0x2000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
-
-    public static TheoryData<string> Designs => new() { "uvm2000", "uvm2019" };
-
-    static ulong Pg(int i) => A + (ulong)i * P;
-
-    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
+    public static new TheoryData<string> Designs => new() { "uvm2000", "uvm2019" };
 
     /// <summary>Counter deltas since construction: only the named ones may have moved.</summary>
     sealed class Delta
@@ -31,12 +18,6 @@ public sealed class UvmFaultTests
                 Assert.True(want.GetValueOrDefault(name) == value - before[name],
                     $"{name}: expected +{want.GetValueOrDefault(name)}, got +{value - before[name]}");
         }
-    }
-
-    static void AssertPageIsFile(SimProcess p, ulong va, MemVnode v, long pindex)
-    {
-        for (ulong i = 0; i < P; i += 97)
-            Assert.Equal(v.Data[pindex * (long)P + (long)i], p.Read(va + i));
     }
 
     [Theory, MemberData(nameof(Designs))]

@@ -1,23 +1,10 @@
-using Lab.Vm;
-using Xunit;
 using Xunit.Abstractions;
 
 namespace Lab.Tests.Vm;
 
 /// <summary>Wire / Unwire (invariant 19) and the swap-slot hooks (invariant 21), every design.</summary>
-public sealed class WiringTests(ITestOutputHelper output)
+public sealed class WiringTests(ITestOutputHelper output) : VmTest
 {
-    const ulong P = 4096;
-    const ulong A = 0x1000_0000;
-
-    readonly Lab.Vm.Vm vm = new();
-
-    public static TheoryData<string> Designs => new(Resolvers.Names);
-
-    static ulong Pg(int i) => A + (ulong)i * P;
-
-    SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
-
     static bool IsUvm(string design) => design.StartsWith("uvm", StringComparison.Ordinal);
 
     /// <summary>Counter deltas: exactly the named ones moved, by exactly that much.</summary>

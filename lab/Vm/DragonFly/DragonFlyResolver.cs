@@ -101,8 +101,8 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign
     /// <summary>
     /// Walk back from the faulting page through up to 32 first-object pages, stopping at
     /// the first one missing; busy pages are skipped. Dirty pages would be unmapped and
-    /// deactivated, clean ones moved to the cache queue. The lab has no page queues and
-    /// cannot unmap another thread's view, so this only counts (behind_deactivated).
+    /// deactivated, clean ones moved to the cache queue. The lab's page queues do not take this
+    /// advice and the VM cannot unmap another thread's view, so this only counts (behind_deactivated).
     /// </summary>
     static void CacheBehindPages(ref FaultState fs)
     {

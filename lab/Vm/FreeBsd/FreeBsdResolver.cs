@@ -143,7 +143,7 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
     /// <paramref name="ahead"/>+1 pages of a DontneedPages-aligned cluster of the address
     /// space, the whole cluster before it (clipped to the entry) would be advised away
     /// (pmap_advise DONTNEED) and its valid, non-busy first-object pages deactivated.
-    /// The lab has no page queues and cannot zap another thread's pages, so it counts
+    /// The lab's page queues do not take this advice and the VM cannot zap another thread's pages, so it counts
     /// those pages in behind_deactivated. Backing-object pages are not its concern (the
     /// seed's fault deactivates them elsewhere). A vnode first object's valid pages are
     /// its resident page-cache pages.

@@ -370,17 +370,9 @@ internal static class ChainFault
         if (fs.access == FaultAccess.WriteProtect)
         {
             // The bytes are already in the space: the model's COW is done, unprotect.
-            if (!writable)
-            {
-                Interlocked.Increment(ref fs.counters.superseded);
-                pmap.Wake(va, PageSize);
-                return FaultResult.Superseded;
-            }
+            if (!writable) return Install.Superseded(space, fs.counters, va);
             SetFirstContent(ref fs, PageContent.InSpaces);
-            Interlocked.Increment(ref fs.counters.wp_resolved);
-            space.MarkInstalled(va);
-            pmap.Protect(va, PageSize, false);
-            return FaultResult.Resolved;
+            return Install.Unprotect(space, fs.counters, va);
         }
 
         var src = fs.src!;
@@ -391,43 +383,29 @@ internal static class ChainFault
             {
                 var vnode = src.Vnode!;
                 src.NoteInstalled(fs.src_pindex, fs.counters);
-                if (fs.entry.Shared && inFirst)
-                {
-                    int err = vnode.LoadPages(fs.src_pindex, 1);
-                    if (err != 0) return PagerError(ref fs);
-                    CountInstall(ref fs);
-                    ok = pmap.EnterShared(va, vnode, fs.src_pindex, writable);
-                }
-                else
-                {
-                    int err = vnode.ReadPages(fs.src_pindex, 1, pmap.Staging(1));
-                    if (err != 0) return PagerError(ref fs);
-                    SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.File);
-                    CountInstall(ref fs);
-                    ok = pmap.EnterCopy(va, 1, writable);
-                }
+                bool shared = fs.entry.Shared && inFirst;
+                if (Install.Fetch(pmap, vnode, fs.src_pindex, shared) != 0) return PagerError(ref fs);
+                if (!shared) SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.File);
+                ok = Install.Map(space, fs.counters, va, shared ? InstallFrom.Shared : InstallFrom.Staging, writable, vnode, fs.src_pindex);
                 break;
             }
             case PageContent.Zero:
                 SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.Zero);
                 if (fs.zerofill) Interlocked.Increment(ref fs.counters.v_ozfod);
-                CountInstall(ref fs);
-                ok = pmap.EnterZero(va, writable);
+                ok = Install.Map(space, fs.counters, va, InstallFrom.Zero, writable);
                 break;
             case PageContent.File:
             {
-                var (vobj, vpindex) = Bottom(src, fs.src_pindex);
+                var (vobj, vpindex) = src.Bottom(fs.src_pindex);
                 if (vpindex >= vobj.Size)
                 {
                     Interlocked.Increment(ref fs.counters.eof_faults);
                     Fail(ref fs);
                     return FaultResult.SigBus;
                 }
-                int err = vobj.Vnode!.ReadPages(vpindex, 1, pmap.Staging(1));
-                if (err != 0) return PagerError(ref fs);
+                if (Install.Fetch(pmap, vobj.Vnode!, vpindex, shared: false) != 0) return PagerError(ref fs);
                 SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.File);
-                CountInstall(ref fs);
-                ok = pmap.EnterCopy(va, 1, writable);
+                ok = Install.Map(space, fs.counters, va, InstallFrom.Staging, writable);
                 break;
             }
             case PageContent.Swap:
@@ -455,8 +433,7 @@ internal static class ChainFault
                 // so the write that makes its swap copy stale is seen.
                 bool w = writable && fs.write;
                 if (w) SetFirstContent(ref fs, PageContent.InSpaces);
-                CountInstall(ref fs);
-                ok = pmap.EnterCopy(va, 1, w);
+                ok = Install.Map(space, fs.counters, va, InstallFrom.Staging, w);
                 break;
             }
             default:
@@ -466,11 +443,8 @@ internal static class ChainFault
                     InternalError(ref fs);
                     return FaultResult.SigBus;
                 }
-                Interlocked.Increment(ref fs.counters.superseded);
-                pmap.Wake(va, PageSize);
-                return FaultResult.Superseded;
+                return Install.Superseded(space, fs.counters, va);
         }
-        space.MarkInstalled(va);   // false means present already (or gone: the unmap event will say)
         if (ok) return FaultResult.Resolved;
         Interlocked.Increment(ref fs.counters.superseded);
         return FaultResult.Superseded;
@@ -510,22 +484,6 @@ internal static class ChainFault
             }
         }
         if (freed) Interlocked.Increment(ref fs.counters.swap_slots_freed_on_dirty);
-    }
-
-    static void CountInstall(ref FaultState fs) => Interlocked.Increment(ref fs.counters.pages_installed);
-
-    /// <summary>The vnode object at the bottom of <paramref name="o"/>'s chain and the pindex there.</summary>
-    public static (VmObject, long) Bottom(VmObject o, long pindex)
-    {
-        while (true)
-        {
-            VmObject? b;
-            long off;
-            lock (o.Lock) { b = o.backing_object; off = o.backing_object_offset; }
-            if (b == null) return (o, pindex);
-            pindex += off;
-            o = b;
-        }
     }
 
     // ---- prefault resident neighbours ----
@@ -593,42 +551,29 @@ internal static class ChainFault
         switch (content)
         {
             case PageContent.Cache:
+            {
                 lobject.NoteInstalled(pindex, fs.counters);
-                if (fs.entry.Shared)
-                {
-                    CountPrefault(ref fs);
-                    pmap.EnterShared(addr, lobject.Vnode!, pindex, false);
-                }
-                else
-                {
-                    if (lobject.Vnode!.ReadPages(pindex, 1, pmap.Staging(1)) != 0) return;
-                    CountPrefault(ref fs);
-                    pmap.EnterCopy(addr, 1, false);
-                }
+                bool shared = fs.entry.Shared;
+                // A shared page is resident already (the walk found it): no pager call.
+                if (!shared && Install.Fetch(pmap, lobject.Vnode!, pindex, shared: false) != 0) return;
+                Install.Map(space, fs.counters, addr, shared ? InstallFrom.Shared : InstallFrom.Staging, false,
+                    lobject.Vnode, pindex, neighbour: true);
                 break;
+            }
             case PageContent.Zero:
-                CountPrefault(ref fs);
-                pmap.EnterZero(addr, false);
+                Install.Map(space, fs.counters, addr, InstallFrom.Zero, false, neighbour: true);
                 break;
             case PageContent.File:
             {
-                var (vobj, vpindex) = Bottom(lobject, pindex);
+                var (vobj, vpindex) = lobject.Bottom(pindex);
                 if (vpindex >= vobj.Size) return;
-                if (vobj.Vnode!.ReadPages(vpindex, 1, pmap.Staging(1)) != 0) return;
-                CountPrefault(ref fs);
-                pmap.EnterCopy(addr, 1, false);
+                if (Install.Fetch(pmap, vobj.Vnode!, vpindex, shared: false) != 0) return;
+                Install.Map(space, fs.counters, addr, InstallFrom.Staging, false, neighbour: true);
                 break;
             }
             default:
                 return;   // anonymous bytes we do not have here: nothing to map
         }
-        space.MarkInstalled(addr);
-    }
-
-    static void CountPrefault(ref FaultState fs)
-    {
-        Interlocked.Increment(ref fs.counters.pages_prefaulted);
-        Interlocked.Increment(ref fs.counters.pages_installed);
     }
 
     // ---- failures and cleanup ----
@@ -636,9 +581,8 @@ internal static class ChainFault
     /// <summary>Poison the page: the access raises SIGBUS.</summary>
     public static Step Fail(ref FaultState fs)
     {
-        Interlocked.Increment(ref fs.counters.sigbus);
+        Install.Poison(fs.space, fs.counters, fs.va);
         fs.result = FaultResult.SigBus;
-        fs.space.Pmap.Poison(fs.va);
         return Step.Done;
     }
 

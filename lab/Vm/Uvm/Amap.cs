@@ -59,9 +59,14 @@ internal sealed class Amap
 
     public int Slots => am_anon.Length;
 
+    /// <summary>Debug builds: the contract "caller holds am_lock" is checked.</summary>
+    [System.Diagnostics.Conditional("DEBUG")]
+    void AssertLocked() => System.Diagnostics.Debug.Assert(Monitor.IsEntered(am_lock), "caller holds am_lock");
+
     /// <summary>amap_ref: one more entry uses slots [slot, slot+n). Caller holds am_lock.</summary>
     public void Ref(int slot, int n)
     {
+        AssertLocked();
         am_ref++;
         for (int i = slot; i < slot + n; i++) am_ppref[i]++;
     }
@@ -72,6 +77,7 @@ internal sealed class Amap
     /// </summary>
     public void Unref(int slot, int n, AddressSpace space)
     {
+        AssertLocked();
         am_ref--;
         for (int i = slot; i < slot + n; i++)
         {
@@ -87,6 +93,7 @@ internal sealed class Amap
     /// <summary>amap_add: put <paramref name="anon"/> in a slot (replacing: anon COW). Caller holds am_lock.</summary>
     public void Add(int slot, Anon anon, bool replace)
     {
+        AssertLocked();
         if (!replace) am_nused++;
         am_anon[slot] = anon;
     }
@@ -94,6 +101,7 @@ internal sealed class Amap
     /// <summary>Whether any slot in [slot, slot+n) holds an anon. Caller holds am_lock.</summary>
     public bool Any(int slot, int n)
     {
+        AssertLocked();
         for (int i = slot; i < slot + n; i++) if (am_anon[i] != null) return true;
         return false;
     }

@@ -206,6 +206,7 @@ internal static class UvmFault
     /// </summary>
     public static void UpperLookup(ref UvmCtx ctx)
     {
+        AssertAmapLocked(ref ctx);
         ctx.dontcare = 0;
         ctx.shadowed = false;
         var e = ctx.entry;
@@ -238,10 +239,8 @@ internal static class UvmFault
         if (anon.Content != PageContent.Zero) return;
         bool writable = anon.an_ref == 1 && (ctx.enter_prot & Prot.Write) != 0;
         Interlocked.Increment(ref ctx.counters.fltnamap);
-        CountNeighbor(ref ctx);
         if (writable) anon.Content = PageContent.InSpaces;
-        ctx.space.Pmap.EnterZero(va, writable);
-        ctx.space.MarkInstalled(va);
+        Install.Map(ctx.space, ctx.counters, va, InstallFrom.Zero, writable, neighbour: true);
     }
 
     // ---- lower neighbours (uvm_fault_lower_lookup / _neighbor) ----
@@ -282,30 +281,15 @@ internal static class UvmFault
         var pmap = ctx.space.Pmap;
         ctx.uobj.NoteInstalled(pindex, ctx.counters);
         bool writable = !CopyOnWrite(e) && (ctx.enter_prot & Prot.Write) != 0;   // enter_prot & MASK(entry)
-        if (e.Shared)
-        {
-            Interlocked.Increment(ref ctx.counters.fltnomap);
-            CountNeighbor(ref ctx);
-            pmap.EnterShared(va, vnode, pindex, writable);
-        }
-        else
-        {
-            if (vnode.ReadPages(pindex, 1, pmap.Staging(1)) != 0) return;
-            Interlocked.Increment(ref ctx.counters.fltnomap);
-            CountNeighbor(ref ctx);
-            pmap.EnterCopy(va, 1, false);
-        }
-        ctx.space.MarkInstalled(va);
+        // A shared page is resident already (the lookup found it): no pager call.
+        if (!e.Shared && Install.Fetch(pmap, vnode, pindex, shared: false) != 0) return;
+        Interlocked.Increment(ref ctx.counters.fltnomap);
+        if (e.Shared) Install.Map(ctx.space, ctx.counters, va, InstallFrom.Shared, writable, vnode, pindex, neighbour: true);
+        else Install.Map(ctx.space, ctx.counters, va, InstallFrom.Staging, false, neighbour: true);
     }
 
     /// <summary>UVM_ET_ISCOPYONWRITE: every private mapping.</summary>
     public static bool CopyOnWrite(VmMapEntry e) => !e.Shared;
-
-    static void CountNeighbor(ref UvmCtx ctx)
-    {
-        Interlocked.Increment(ref ctx.counters.pages_prefaulted);
-        Interlocked.Increment(ref ctx.counters.pages_installed);
-    }
 
     // ---- blocking object get (uvm_fault_lower_io) ----
 
@@ -399,6 +383,7 @@ internal static class UvmFault
     /// </summary>
     public static UvmStep AnonGet(ref UvmCtx ctx, Anon anon)
     {
+        AssertAmapLocked(ref ctx);
         ctx.staged = false;
         if (anon.Content != PageContent.Swap || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va))
             return UvmStep.Ok;
@@ -443,10 +428,7 @@ internal static class UvmFault
             // The bytes are in the space (installed read-only): the model's part is done.
             if (!writable) return Superseded(ref ctx);
             anon.Content = PageContent.InSpaces;   // written: a slot it holds is stale now (kept, as UVM does)
-            Interlocked.Increment(ref ctx.counters.wp_resolved);
-            space.MarkInstalled(va);
-            pmap.Protect(va, PageSize, false);
-            return FaultResult.Resolved;
+            return Install.Unprotect(space, ctx.counters, va);
         }
         if (space.Installed(va)) return Superseded(ref ctx);   // a duplicate message
         bool ok;
@@ -457,9 +439,7 @@ internal static class UvmFault
             ctx.staged = false;
             bool w = writable && (ctx.write || anon.an_swslot == 0);
             anon.Content = anon.an_swslot != 0 && !w ? PageContent.Swap : PageContent.InSpaces;
-            Interlocked.Increment(ref ctx.counters.pages_installed);
-            ok = pmap.EnterCopy(va, 1, w);
-            space.MarkInstalled(va);
+            ok = Install.Map(space, ctx.counters, va, InstallFrom.Staging, w);
             return ok ? FaultResult.Resolved : Superseded(ref ctx);
         }
         if (from == PageContent.InSpaces)
@@ -469,7 +449,7 @@ internal static class UvmFault
         }
         if (from == PageContent.Cache)
         {
-            if (ctx.uobj!.Vnode!.ReadPages(uobjPindex, 1, pmap.Staging(1)) != 0)
+            if (Install.Fetch(pmap, ctx.uobj!.Vnode!, uobjPindex, shared: false) != 0)
             {
                 // The promoted anon has no bytes: take it out again.
                 int slot = ctx.entry.SlotOf(va);
@@ -484,17 +464,14 @@ internal static class UvmFault
                 return FaultResult.SigBus;
             }
             anon.Content = PageContent.InSpaces;   // a copy is made for a write, so it is installed writable
-            Interlocked.Increment(ref ctx.counters.pages_installed);
-            ok = pmap.EnterCopy(va, 1, writable);
+            ok = Install.Map(space, ctx.counters, va, InstallFrom.Staging, writable);
         }
         else
         {
             // Zero fill, or an anon whose page is known zero.
             anon.Content = writable ? PageContent.InSpaces : PageContent.Zero;
-            Interlocked.Increment(ref ctx.counters.pages_installed);
-            ok = pmap.EnterZero(va, writable);
+            ok = Install.Map(space, ctx.counters, va, InstallFrom.Zero, writable);
         }
-        space.MarkInstalled(va);
         return ok ? FaultResult.Resolved : Superseded(ref ctx);
     }
 
@@ -512,25 +489,10 @@ internal static class UvmFault
         if (ctx.access == FaultAccess.WriteProtect)
         {
             if (!writable) return Superseded(ref ctx);
-            Interlocked.Increment(ref ctx.counters.wp_resolved);
-            space.MarkInstalled(va);
-            pmap.Protect(va, PageSize, false);
-            return FaultResult.Resolved;
+            return Install.Unprotect(space, ctx.counters, va);
         }
-        bool ok;
-        if (e.Shared)
-        {
-            if (vnode.LoadPages(pindex, 1) != 0) return PagerError(ref ctx);
-            Interlocked.Increment(ref ctx.counters.pages_installed);
-            ok = pmap.EnterShared(va, vnode, pindex, writable);
-        }
-        else
-        {
-            if (vnode.ReadPages(pindex, 1, pmap.Staging(1)) != 0) return PagerError(ref ctx);
-            Interlocked.Increment(ref ctx.counters.pages_installed);
-            ok = pmap.EnterCopy(va, 1, writable);
-        }
-        space.MarkInstalled(va);
+        if (Install.Fetch(pmap, vnode, pindex, e.Shared) != 0) return PagerError(ref ctx);
+        bool ok = Install.Map(space, ctx.counters, va, e.Shared ? InstallFrom.Shared : InstallFrom.Staging, writable, vnode, pindex);
         return ok ? FaultResult.Resolved : Superseded(ref ctx);
     }
 
@@ -541,12 +503,7 @@ internal static class UvmFault
         return FaultResult.SigBus;
     }
 
-    static FaultResult Superseded(ref UvmCtx ctx)
-    {
-        Interlocked.Increment(ref ctx.counters.superseded);
-        ctx.space.Pmap.Wake(ctx.va, PageSize);
-        return FaultResult.Superseded;
-    }
+    static FaultResult Superseded(ref UvmCtx ctx) => Install.Superseded(ctx.space, ctx.counters, ctx.va);
 
     // ---- allocation, failure, locks ----
 
@@ -568,9 +525,8 @@ internal static class UvmFault
     /// <summary>Poison the page: the access raises SIGBUS.</summary>
     public static UvmStep Fail(ref UvmCtx ctx)
     {
-        Interlocked.Increment(ref ctx.counters.sigbus);
+        Install.Poison(ctx.space, ctx.counters, ctx.va);
         ctx.result = FaultResult.SigBus;
-        ctx.space.Pmap.Poison(ctx.va);
         return UvmStep.Done;
     }
 
@@ -580,6 +536,11 @@ internal static class UvmFault
         Interlocked.Increment(ref ctx.counters.internal_errors);
         return Fail(ref ctx);
     }
+
+    /// <summary>Debug builds: the contract "caller holds the amap lock" (when there is an amap) is checked.</summary>
+    [System.Diagnostics.Conditional("DEBUG")]
+    static void AssertAmapLocked(ref UvmCtx ctx) =>
+        System.Diagnostics.Debug.Assert(ctx.amap == null || Monitor.IsEntered(ctx.amap.am_lock), "caller holds the amap lock");
 
     static void LockAmap(ref UvmCtx ctx)
     {
