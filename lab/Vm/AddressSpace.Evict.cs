@@ -55,6 +55,19 @@ public sealed partial class AddressSpace
         return h | 1;
     }
 
+    /// <summary>
+    /// What evicting a page holding <paramref name="content"/> takes: Clean (its bytes are
+    /// kept elsewhere: a current swap copy, zero, the file), Evicted (they must be saved to
+    /// swap first) or Busy (in transit). <paramref name="mustSave"/>: its swap copy is stale.
+    /// </summary>
+    internal static EvictResult EvictNeeds(PageContent content, bool mustSave) => content switch
+    {
+        PageContent.Swap when !mustSave => EvictResult.Clean,
+        PageContent.Zero or PageContent.File => EvictResult.Clean,
+        PageContent.Swap or PageContent.InSpaces => EvictResult.Evicted,
+        _ => EvictResult.Busy,
+    };
+
     /// <summary>The pmap has removed the page: forget it as installed and let its faults through.</summary>
     public void CompleteEvict(ulong va)
     {

@@ -184,67 +184,48 @@ public sealed partial class AddressSpace
     }
 
     /// <summary>madvise(MADV_DONTFORK / MADV_DOFORK) (BSD: minherit VM_INHERIT_NONE / _COPY): the entries in the range are split out and flagged.</summary>
-    public void SetDontFork(ulong start, ulong length, bool dontFork)
-    {
-        if (!PageRange(start, length, out ulong end)) return;
-        lock (MapLock)
-        {
-            if (!Live(OnDestroyed.Throw)) return;
-            var (i, j) = ClipRange(start, end);
-            for (int k = i; k < j; k++) entries[k].DontFork = dontFork;
-            Bump();
-        }
-    }
+    public void SetDontFork(ulong start, ulong length, bool dontFork) =>
+        UpdateEntries(start, length, dontFork, static (e, v) => e.DontFork = v);
 
     /// <summary>
     /// madvise(MADV_WIPEONFORK / MADV_KEEPONFORK) (BSD: minherit VM_INHERIT_ZERO / _COPY): the
     /// private anonymous entries in the range are split out and flagged. Linux refuses the
     /// advice on anything else, so the shim never sends it for other ranges.
     /// </summary>
-    public void SetWipeOnFork(ulong start, ulong length, bool wipe)
-    {
-        if (!PageRange(start, length, out ulong end)) return;
-        lock (MapLock)
-        {
-            if (!Live(OnDestroyed.Throw)) return;
-            var (i, j) = ClipRange(start, end);
-            for (int k = i; k < j; k++)
-                if (!entries[k].Shared && !entries[k].IsFile) entries[k].WipeOnFork = wipe;
-            Bump();
-        }
-    }
+    public void SetWipeOnFork(ulong start, ulong length, bool wipe) =>
+        UpdateEntries(start, length, wipe, static (e, v) => { if (!e.Shared && !e.IsFile) e.WipeOnFork = v; });
 
     /// <summary>mprotect: the kernel enforces it; the model records it for lookups.</summary>
-    public void Protect(ulong start, ulong length, Prot prot)
-    {
-        if (!PageRange(start, length, out ulong end)) return;
-        lock (MapLock)
+    public void Protect(ulong start, ulong length, Prot prot) =>
+        UpdateEntries(start, length, prot, static (e, v) =>
         {
-            if (!Live(OnDestroyed.Throw)) return;
-            queues.Unprotected(start >> Vm.PageShift, end >> Vm.PageShift);
-            var (i, j) = ClipRange(start, end);
-            for (int k = i; k < j; k++)
-            {
-                entries[k].Protection = prot;
-                if ((prot & Prot.Write) != 0) entries[k].EverWritable = true;
-            }
-            Bump();
-        }
-    }
+            e.Protection = v;
+            if ((v & Prot.Write) != 0) e.EverWritable = true;
+        }, forgetProtections: true);
 
     /// <summary>
     /// madvise(MADV_NORMAL / MADV_RANDOM / MADV_SEQUENTIAL): the entries in the range get
     /// the advice (split where needed). Linux sends no event for it; the daemon or a
     /// lab client calls this.
     /// </summary>
-    public void Advise(ulong start, ulong length, Advice advice)
+    public void Advise(ulong start, ulong length, Advice advice) =>
+        UpdateEntries(start, length, advice, static (e, v) => e.Advice = v);
+
+    /// <summary>
+    /// The entries of the range, split at its ends, each changed by <paramref name="update"/>
+    /// under the map lock (a destroyed space throws, as for every map-making operation).
+    /// <paramref name="forgetProtections"/>: the page queues' write protections in the range
+    /// no longer hold (mprotect set the range's protection anew).
+    /// </summary>
+    void UpdateEntries<T>(ulong start, ulong length, T value, Action<VmMapEntry, T> update, bool forgetProtections = false)
     {
         if (!PageRange(start, length, out ulong end)) return;
         lock (MapLock)
         {
             if (!Live(OnDestroyed.Throw)) return;
+            if (forgetProtections) queues.Unprotected(start >> Vm.PageShift, end >> Vm.PageShift);
             var (i, j) = ClipRange(start, end);
-            for (int k = i; k < j; k++) entries[k].Advice = advice;
+            for (int k = i; k < j; k++) update(entries[k], value);
             Bump();
         }
     }

@@ -209,20 +209,4 @@ _Static_assert(sizeof(struct lab_span) == 16, "lab_span");
 _Static_assert(sizeof(struct lab_set_limit) == 16, "lab_set_limit");
 _Static_assert(sizeof(struct lab_fork_done) == 8, "lab_fork_done");
 
-/* The wire layout (x86-64, natural alignment): a change here is a protocol change. */
-_Static_assert(sizeof(struct lab_hdr) == 16, "lab_hdr");
-_Static_assert(sizeof(struct lab_hello) == 72, "lab_hello");
-_Static_assert(sizeof(struct lab_hello_reply) == 8, "lab_hello_reply");
-_Static_assert(sizeof(struct lab_map) == 48, "lab_map");
-_Static_assert(sizeof(struct lab_open_shared) == 8, "lab_open_shared");
-_Static_assert(sizeof(struct lab_open_shared_reply) == 8, "lab_open_shared_reply");
-_Static_assert(sizeof(struct lab_range) == 24, "lab_range");
-_Static_assert(sizeof(struct lab_reaped) == 8, "lab_reaped");
-_Static_assert(sizeof(struct lab_remap) == 40, "lab_remap");
-_Static_assert(sizeof(struct lab_stat) == 8, "lab_stat");
-_Static_assert(sizeof(struct lab_agent_hello) == 24, "lab_agent_hello");
-_Static_assert(sizeof(struct lab_span) == 16, "lab_span");
-_Static_assert(sizeof(struct lab_set_limit) == 16, "lab_set_limit");
-_Static_assert(sizeof(struct lab_fork_done) == 8, "lab_fork_done");
-
 #endif

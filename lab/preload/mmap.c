@@ -195,10 +195,7 @@ int lab_munmap(void *addr, size_t len)
     int err = errno;
     if (r == 0 && tab_cut(s, e)) {
         /* synchronous: the daemon writes shared dirty pages back before it replies */
-        struct lab_range rg = {s, e - s, 0, 0};
-        int32_t st = lab_req(LAB_UNMAP, &rg, sizeof rg, NULL, 0, NULL);
-        if (st)
-            dbg("LAB_UNMAP %#lx+%#lx: %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
+        range_req(LAB_UNMAP, "LAB_UNMAP", s, e, 0, 0);
     }
     lab_unlock(&g_conn_lock);
     errno = err;
@@ -232,10 +229,7 @@ LAB_EXPORT int mprotect(void *addr, size_t len, int prot)
     int r = real_mprotect(addr, len, prot);
     int err = errno;
     if (r == 0) {
-        struct lab_range rg = {s, e - s, prot, 0};
-        int32_t st = lab_req(LAB_PROTECT, &rg, sizeof rg, NULL, 0, NULL);
-        if (st)
-            dbg("LAB_PROTECT %#lx+%#lx: %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
+        range_req(LAB_PROTECT, "LAB_PROTECT", s, e, prot, 0);
     }
     lab_unlock(&g_conn_lock);
     errno = err;
@@ -261,10 +255,7 @@ LAB_EXPORT int madvise(void *addr, size_t len, int advice)
     int r = (int)syscall(SYS_madvise, addr, len, advice);
     int err = errno;
     if (r == 0) {
-        struct lab_range rg = {s, e - s, 0, advice};
-        int32_t st = lab_req(LAB_ADVISE, &rg, sizeof rg, NULL, 0, NULL);
-        if (st)
-            dbg("LAB_ADVISE %#lx+%#lx %d: %s", (unsigned long)s, (unsigned long)(e - s), advice, strerror(st));
+        range_req(LAB_ADVISE, "LAB_ADVISE", s, e, 0, advice);
     }
     lab_unlock(&g_conn_lock);
     errno = err;

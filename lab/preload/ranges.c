@@ -213,6 +213,17 @@ uint64_t private_modes(void)
     return m;
 }
 
+/* Tell the daemon about [s, e) with one LAB_* range request; a refusal is only logged
+ * (the program's own call has already happened). Returns the daemon's status. */
+int32_t range_req(uint32_t type, const char *name, uintptr_t s, uintptr_t e, int32_t prot, int32_t flags)
+{
+    struct lab_range rg = {s, e - s, prot, flags};
+    int32_t st = lab_req(type, &rg, sizeof rg, NULL, 0, NULL);
+    if (st)
+        dbg("%s %#lx+%#lx (%d %d): %s", name, (unsigned long)s, (unsigned long)(e - s), prot, flags, strerror(st));
+    return st;
+}
+
 /* Shared file mappings map the file's memfd. Registered for minor faults as well, a page
  * already in the memfd (written by another mapper, by write(2), or zapped here by the
  * pageout) still faults on this process's first touch, so the daemon sees every one. */
@@ -230,10 +241,7 @@ void forget_replaced(uintptr_t s, size_t len)
 {
     uintptr_t e = s + page_up(len);
     if (tab_cut(s, e)) {
-        struct lab_range rg = {s, e - s, 0, 0};
-        int32_t st = lab_req(LAB_UNMAP, &rg, sizeof rg, NULL, 0, NULL);
-        if (st)
-            dbg("LAB_UNMAP %#lx+%#lx (replaced): %s", (unsigned long)s, (unsigned long)(e - s), strerror(st));
+        range_req(LAB_UNMAP, "LAB_UNMAP (replaced)", s, e, 0, 0);
     }
 }
 

@@ -142,6 +142,7 @@ int tab_covers(uintptr_t s, uintptr_t e);
 int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode);
 uint64_t private_modes(void);
 uint64_t shared_modes(void);
+int32_t range_req(uint32_t type, const char *name, uintptr_t s, uintptr_t e, int32_t prot, int32_t flags);
 void forget_replaced(uintptr_t s, size_t len);
 void *announce(void *res, size_t len, int prot, int flags, int kind, uint64_t ino, uint64_t off);
 

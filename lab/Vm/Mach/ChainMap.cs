@@ -83,18 +83,8 @@ internal sealed class ChainMap : IMapLayer
     static EvictResult EvictObjectPage(AddressSpace space, VmObject o, long p, PageState st, ulong va)
     {
         System.Diagnostics.Debug.Assert(Monitor.IsEntered(space.MapLock) && Monitor.IsEntered(o.Lock), "caller holds the map lock and the object's lock");
-        switch (st.Content)
-        {
-            case PageContent.Swap when !space.MustSave(va):
-            case PageContent.Zero:
-            case PageContent.File:
-                return EvictResult.Clean;
-            case PageContent.Swap:
-            case PageContent.InSpaces:
-                break;
-            default:
-                return EvictResult.Busy;
-        }
+        var need = AddressSpace.EvictNeeds(st.Content, space.MustSave(va));
+        if (need != EvictResult.Evicted) return need;
         long slot = space.PageOut(va, SwapOwnerKind.Object, o.Id, p);
         if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
         space.Vm.FreeSwapSlot(o.TakeSwapSlot(p));   // a stale copy (written since) goes

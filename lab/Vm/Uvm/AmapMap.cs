@@ -44,17 +44,8 @@ internal sealed class AmapMap : IMapLayer
         {
             var anon = amap.am_anon[e.SlotOf(va)];
             if (anon == null) return EvictResult.Clean;
-            switch (anon.Content)
-            {
-                case PageContent.Swap when !space.MustSave(va):
-                case PageContent.Zero:
-                    return EvictResult.Clean;
-                case PageContent.Swap:
-                case PageContent.InSpaces:
-                    break;
-                default:
-                    return EvictResult.Busy;
-            }
+            var need = AddressSpace.EvictNeeds(anon.Content, space.MustSave(va));
+            if (need != EvictResult.Evicted) return need;
             if (anon.an_id == 0) anon.an_id = space.Vm.NextAnonId();
             long slot = space.PageOut(va, SwapOwnerKind.Anon, anon.an_id, 0);
             if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;
