@@ -23,7 +23,13 @@ public sealed unsafe class LabProcess : IUffdEvents
     public long ReleasedRanges, ReleasedPages;
     int _releaseLogged;
     /// <summary>The shim's agent (pageout's MADV_DONTNEED in the process); null until it connects.</summary>
-    public volatile EvictAgent? Agent;
+    public EvictAgent? Agent
+    {
+        get => _agent;
+        // The pmap first: the pageout picks a process by this getter, then has its pmap send.
+        set { Pmap.Agent = value; _agent = value; }
+    }
+    volatile EvictAgent? _agent;
     /// <summary>The run's resident limit, and the pageout to wake when this process passes it.</summary>
     public RunLimit? Limit, MountLimit;
     public PageoutDaemon? Pageout;
