@@ -10,7 +10,7 @@ namespace Lab.Daemon;
 /// uffd), and the thread that reads that uffd. Faults of one process are served by its
 /// own thread, so no lock is shared between processes on the fault path.
 /// </summary>
-public sealed unsafe class LabProcess
+public sealed unsafe class LabProcess : IUffdEvents
 {
     public int Pid;
     public readonly ulong RunId;
@@ -23,7 +23,13 @@ public sealed unsafe class LabProcess
     public long ReleasedRanges, ReleasedPages;
     int _releaseLogged;
     /// <summary>The shim's agent (pageout's MADV_DONTNEED in the process); null until it connects.</summary>
-    public volatile EvictAgent? Agent;
+    public EvictAgent? Agent
+    {
+        get => _agent;
+        // The pmap first: the pageout picks a process by this getter, then has its pmap send.
+        set { Pmap.Agent = value; _agent = value; }
+    }
+    volatile EvictAgent? _agent;
     /// <summary>The run's resident limit, and the pageout to wake when this process passes it.</summary>
     public RunLimit? Limit, MountLimit;
     public PageoutDaemon? Pageout;
@@ -37,13 +43,9 @@ public sealed unsafe class LabProcess
     /// <summary>A fork child: the pid its parent's fork returned; 0 until the parent's LAB_FORK_DONE.</summary>
     public int ForkPid;
     readonly Registry _registry;
-    readonly int _stopFd;
-    Thread? _thread;
-    int _stopped, _gone;
-    // Held while a batch of uffd messages is read and applied. The kernel releases a
-    // program's munmap/mremap once its event is *read*; a control request that follows
-    // takes this lock to know the event has also been *applied* (see Barrier).
-    readonly object _handling = new();
+    /// <summary>The thread that reads this process's uffd; its lock is held while what it read is applied.</summary>
+    public readonly UffdReader Reader;
+    int _gone;
 
     readonly ManualResetEventSlim _torndown = new();
 
@@ -58,114 +60,24 @@ public sealed unsafe class LabProcess
     public LabProcess(Registry registry, int pid, ulong runId, string comm, AddressSpace space, UffdPmap pmap)
     {
         _registry = registry; Pid = pid; RunId = runId; Comm = comm; Space = space; Pmap = pmap;
-        _stopFd = Native.eventfd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
-        pmap.DrainEvents = DrainEvents;
+        Reader = new UffdReader(pmap, this, comm);
     }
 
-    public void Start()
-    {
-        _thread = new Thread(Loop) { IsBackground = true, Name = $"uffd {Comm}" };
-        _thread.Start();
-    }
+    int IUffdEvents.Pid => Pid;
+
+    public void Start() => Reader.Start();
 
     /// <summary>Stop the fault thread and wait for it; the caller then destroys the space.</summary>
-    public void Stop()
+    public void Stop() => Reader.Stop();
+
+    bool IUffdEvents.TakeOwnRemove(ulong start, ulong end)
     {
-        if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
-        ulong one = 1;
-        Native.write(_stopFd, &one, 8);
-        if (_thread != null && _thread != Thread.CurrentThread) _thread.Join();
-        Native.close(_stopFd);
+        if (Agent?.Covers(start, end) != true) return false;
+        Interlocked.Increment(ref Events);
+        return true;
     }
 
-    void Loop()
-    {
-        Pmap.ReaderThreadId = Environment.CurrentManagedThreadId;
-        try { ReadEvents(); }
-        catch (Exception e) { Log.Error($"uffd thread of pid {Pid}: {e.GetType().Name}: {e.Message}"); }
-        finally { NativeMemory.Free(_aside); }
-    }
-
-    void ReadEvents()
-    {
-        const int Batch = 16;
-        var msgs = (Native.UffdMsg*)NativeMemory.Alloc((nuint)(Batch * sizeof(Native.UffdMsg)));
-        var fds = stackalloc Native.PollFd[2];
-        try
-        {
-            while (true)
-            {
-                fds[0] = new Native.PollFd { Fd = Pmap.Uffd, Events = Native.POLLIN };
-                fds[1] = new Native.PollFd { Fd = _stopFd, Events = Native.POLLIN };
-                int rc = Native.poll(fds, 2, PollTimeout);
-                if (rc < 0) { if (Native.Errno == Native.EINTR) continue; break; }
-                if (fds[1].Revents != 0) break;
-                if ((fds[0].Revents & (Native.POLLERR | Native.POLLNVAL)) != 0) break;
-                if (rc == 0)
-                {
-                    lock (_handling) { HandleSetAside(); Settle(); }
-                    continue;
-                }
-                lock (_handling)
-                {
-                    nint n = Native.read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
-                    if (n < 0)
-                    {
-                        int e = Native.Errno;
-                        if (e is Native.EAGAIN or Native.EINTR) continue;
-                        break;
-                    }
-                    int count = (int)(n / sizeof(Native.UffdMsg));
-                    for (int i = 0; i < count; i++) Handle(ref msgs[i]);
-                    HandleSetAside();   // read after this batch, so handled after it
-                    Settle();
-                }
-            }
-        }
-        finally { NativeMemory.Free(msgs); }
-    }
-
-    // Messages read by DrainEvents while a fault was being installed, handled in order after it.
-    const int AsideCapacity = 1024;
-    readonly Native.UffdMsg* _aside = (Native.UffdMsg*)NativeMemory.Alloc((nuint)(AsideCapacity * sizeof(Native.UffdMsg)));
-    int _asideHead, _asideCount;
-
-    /// <summary>
-    /// Reader thread, inside an install that got EAGAIN: an event is waiting behind the
-    /// pending faults. Read messages aside until it has been read (or none are left), so the
-    /// install can go through; they are handled, in order, once the current fault is done.
-    /// Our agent's own REMOVE needs nothing from the model and is consumed here.
-    /// </summary>
-    void DrainEvents()
-    {
-        while (_asideCount < AsideCapacity)
-        {
-            Native.UffdMsg m;
-            nint n = Native.read(Pmap.Uffd, &m, (nuint)sizeof(Native.UffdMsg));
-            if (n != sizeof(Native.UffdMsg)) return;   // EAGAIN: nothing more to read
-            if (m.Event == Native.UFFD_EVENT_REMOVE && Agent?.Covers(m.Arg0, m.Arg1) == true)
-            {
-                Interlocked.Increment(ref Events);
-                return;
-            }
-            _aside[(_asideHead + _asideCount) % AsideCapacity] = m;
-            _asideCount++;
-            if (m.Event != Native.UFFD_EVENT_PAGEFAULT) return;
-        }
-    }
-
-    void HandleSetAside()
-    {
-        while (_asideCount > 0)
-        {
-            var m = _aside[_asideHead];
-            _asideHead = (_asideHead + 1) % AsideCapacity;
-            _asideCount--;
-            Handle(ref m);
-        }
-    }
-
-    void Handle(ref Native.UffdMsg m)
+    void IUffdEvents.Handle(ref Native.UffdMsg m)
     {
         try
         {
@@ -239,15 +151,9 @@ public sealed unsafe class LabProcess
         for (int i = 0; i < n; i++) FaultNow(_deferFlags[i], _deferAddr[i]);
     }
 
-    /// <summary>Poll timeout: none while messages wait aside, short while faults are held back.</summary>
-    int PollTimeout => _asideCount > 0 ? 0 : _deferCount > 0 ? 1 : -1;
+    bool IUffdEvents.Deferring => _deferCount > 0;
 
-    /// <summary>Resolve held-back faults that may go, and handle whatever that read aside.</summary>
-    void Settle()
-    {
-        ResolveDeferred(force: false);
-        HandleSetAside();
-    }
+    void IUffdEvents.ResolveDeferred() => ResolveDeferred(force: false);
 
     void Fault(ulong flags, ulong address)
     {
@@ -378,7 +284,7 @@ public sealed unsafe class LabProcess
     /// </summary>
     public int ScanForPageout(int want, Span<ulong> begun, Span<ulong> saved, out bool swapFull)
     {
-        lock (_handling) return Space.PageoutScan(want, begun, saved, out swapFull);
+        lock (Reader.Handling) return Space.PageoutScan(want, begun, saved, out swapFull);
     }
 
     /// <summary>
@@ -394,7 +300,7 @@ public sealed unsafe class LabProcess
     public int Release(ulong addr, ulong len)
     {
         int err;
-        lock (_handling)
+        lock (Reader.Handling)
         {
             // We are the reader meanwhile: an install that meets an unread event reads it aside.
             int reader = Pmap.ReaderThreadId;
@@ -409,7 +315,7 @@ public sealed unsafe class LabProcess
         return err;
     }
 
-    // Caller holds _handling and stands in for the reader thread.
+    // Caller holds Reader.Handling and stands in for the reader thread.
     int ReleaseLocked(ulong addr, ulong len)
     {
         int kept = 0;
@@ -438,15 +344,8 @@ public sealed unsafe class LabProcess
         Space.Unmap(addr, len);
         int err = Pmap.Unregister(addr, len);
         // Faults in the range read aside meanwhile were woken by the unregister; the rest go on.
-        kept = 0;
-        for (int i = 0, n = _asideCount; i < n; i++)
-        {
-            var msg = _aside[(_asideHead + i) % AsideCapacity];
-            if (msg.Event == Native.UFFD_EVENT_PAGEFAULT && msg.Arg1 >= addr && msg.Arg1 - addr < len) continue;
-            _aside[(_asideHead + kept++) % AsideCapacity] = msg;
-        }
-        _asideCount = kept;
-        HandleSetAside();
+        Reader.DropAsideFaults(addr, len);
+        Reader.HandleSetAside();
         if (err == 0)
         {
             Interlocked.Increment(ref ReleasedRanges);
@@ -460,7 +359,7 @@ public sealed unsafe class LabProcess
         return err;
     }
 
-    // The range of an mremap(MREMAP_DONTUNMAP) under way (read and written under _handling).
+    // The range of an mremap(MREMAP_DONTUNMAP) under way (read and written under Reader.Handling).
     ulong _dontUnmapAddr, _dontUnmapLen;
 
     /// <summary>
@@ -469,11 +368,11 @@ public sealed unsafe class LabProcess
     /// </summary>
     public void ExpectDontUnmap(ulong addr, ulong len)
     {
-        lock (_handling) { _dontUnmapAddr = addr; _dontUnmapLen = len; }
+        lock (Reader.Handling) { _dontUnmapAddr = addr; _dontUnmapLen = len; }
     }
 
     /// <summary>Wait until every uffd event already read has been applied to the map.</summary>
-    public void Barrier() { lock (_handling) { } }
+    public void Barrier() { lock (Reader.Handling) { } }
 
     /// <summary>
     /// LAB_FORK_DONE: our fork returned <paramref name="pid"/>. The kernel returns from fork

@@ -8,9 +8,10 @@ namespace Lab.Daemon;
 /// The pageout daemon: one thread that keeps each limited run (`lab run --resident-limit`)
 /// and the whole mount (`lab mount --memory`) under their budgets. It chooses pages with
 /// the VM's page queues (<see cref="AddressSpace.PageoutScan"/>: the VM saves dirty
-/// anonymous pages to swap), commits the swap cluster, and asks the process's agent to drop
-/// the pages (<see cref="EvictAgent"/>). It never waits for an agent: a process whose agent
-/// is busy is skipped until its reply wakes us.
+/// anonymous pages to swap; the pmap queues each page it removes for the process's agent),
+/// commits the swap cluster, and has the pmap send the batch to the agent
+/// (<see cref="UffdPmap.SendRemoved"/>, <see cref="EvictAgent"/>). It never waits for an
+/// agent: a process whose agent is busy is skipped until its reply wakes us.
 /// </summary>
 public sealed class PageoutDaemon : IDisposable
 {
@@ -165,7 +166,7 @@ public sealed class PageoutDaemon : IDisposable
             Array.Sort(_begun, _saved, 0, n);   // ascending: runs for the write-back and the agent's spans
             try { WriteBackShared(victim, n); }
             catch (Exception e) { Log.Error($"pid {victim.Pid}: write-back at pageout: {e.GetType().Name}: {e.Message}"); }
-            victim.Agent!.Send(_begun.AsSpan(0, n), _saved.AsSpan(0, n));   // false: the agent went; the evictions were aborted
+            victim.Pmap.SendRemoved(_begun.AsSpan(0, n), _saved.AsSpan(0, n));   // false: the agent went; the evictions were aborted
         }
         pl.Stuck = !progress;
     }
@@ -228,7 +229,7 @@ public sealed class RunLimit(ulong run)
 /// against their committed swap copies) and wakes the threads that faulted on them
 /// meanwhile. One request in flight at a time.
 /// </summary>
-public sealed class EvictAgent
+public sealed class EvictAgent : IUffdAgent
 {
     readonly ControlConnection _conn;
     readonly LabProcess _proc;

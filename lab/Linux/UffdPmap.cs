@@ -4,8 +4,23 @@ using Lab.Vm;
 namespace Lab.Linux;
 
 /// <summary>
+/// The process's agent (the shim's thread inside it): takes pages out of the process.
+/// </summary>
+public interface IUffdAgent
+{
+    /// <summary>
+    /// Drop these pages (ascending), each with the check word of the bytes saved for it (0:
+    /// none saved now); once they are out, their evictions complete. Never waits for the
+    /// agent. False: the agent is gone (the evictions were aborted).
+    /// </summary>
+    bool Send(ReadOnlySpan<ulong> vas, ReadOnlySpan<ulong> saved);
+}
+
+/// <summary>
 /// The pmap of one real process: installs pages in its address space through the
-/// process's userfaultfd (UFFDIO_COPY / ZEROPAGE / CONTINUE / WRITEPROTECT / POISON / WAKE).
+/// process's userfaultfd (UFFDIO_COPY / ZEROPAGE / CONTINUE / WRITEPROTECT / POISON / WAKE),
+/// and takes them out through the process's agent (<see cref="Remove"/>). It is the only
+/// place that issues UFFDIO_WAKE.
 /// Errors that mean "the page or the range changed under us" (EEXIST, ENOENT, EAGAIN,
 /// ESRCH) are not failures of the fault: the faulting thread is woken and retries, or
 /// the process is gone.
@@ -232,9 +247,49 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         }
     }
 
-    // Nothing here: the page-out's removal runs inside the process (the shim's agent thread),
-    // asked by the pageout for a whole batch (EvictAgent), which completes the evictions.
-    public void Remove(ulong va, int pages) { }
+    /// <summary>The process's agent, which takes removed pages out of the process; null until it connects.</summary>
+    public volatile IUffdAgent? Agent;
+
+    // Pages removed since the last SendRemoved, in the order the VM began their evictions
+    // (pageout thread only: the VM calls Remove from the pageout's scan).
+    ulong[] _removing = new ulong[256], _removingChecks = new ulong[256];
+    int _removingCount;
+
+    /// <summary>
+    /// The page-out's removal: queued for the process's agent, which madvises them away
+    /// inside the process. The batch goes once its saved bytes are committed
+    /// (<see cref="SendRemoved"/>); the agent's reply completes the evictions.
+    /// </summary>
+    public void Remove(ulong va, int pages)
+    {
+        if (_removingCount + pages > _removing.Length)
+        {
+            Array.Resize(ref _removing, Math.Max(_removing.Length * 2, _removingCount + pages));
+            Array.Resize(ref _removingChecks, _removing.Length);
+        }
+        for (int i = 0; i < pages; i++) _removing[_removingCount++] = va + (ulong)i * Page;
+    }
+
+    /// <summary>
+    /// Pageout thread, once the saved bytes of the pages removed since the last call are
+    /// committed: send them to the agent in one request. <paramref name="scanned"/> (ascending)
+    /// and <paramref name="checks"/>: the check word of the bytes saved for each page, as the
+    /// VM's scan gave them. False: the agent is gone (it aborted the evictions).
+    /// </summary>
+    public bool SendRemoved(ReadOnlySpan<ulong> scanned, ReadOnlySpan<ulong> checks)
+    {
+        int n = _removingCount;
+        _removingCount = 0;
+        if (n == 0) return true;
+        if (Agent is not { } agent) throw new InvalidOperationException($"{n} pages removed from pid {Pid}, which has no agent");
+        Array.Sort(_removing, 0, n);   // ascending: the agent's spans
+        for (int i = 0, j = 0; i < n; i++)
+        {
+            while (j < scanned.Length && scanned[j] < _removing[i]) j++;
+            _removingChecks[i] = j < scanned.Length && j < checks.Length && scanned[j] == _removing[i] ? checks[j] : 0;
+        }
+        return agent.Send(_removing.AsSpan(0, n), _removingChecks.AsSpan(0, n));
+    }
 
     static bool Benign(int e) => e is Native.EEXIST or Native.ENOENT or Native.EAGAIN or Native.ESRCH or Native.EINVAL;
 
