@@ -11,6 +11,22 @@ namespace Lab.Daemon;
 /// The lab daemon: one FUSE mount, one VM, one control socket. `lab mount` starts it;
 /// SIGINT, SIGTERM or `lab unmount` end it, after dirty pages are written back.
 /// </summary>
+/// <remarks>
+/// Lock order (the daemon's locks; a lock may be taken while holding only those above it):
+/// <code>
+///   EvictAgent._finishGate               (an agent's reply; Pageout.cs)
+///     UffdReader.Handling                (a process's uffd messages being applied; lab/Linux)
+///       AddressSpace.MapLock → amap → objects   (the VM's own order: lab/Vm/README.md)
+///         EvictAgent._gate               (Covers, asked with the map lock held; never held while taking it)
+///         CachedFile._lock, StoreSwapDevice._gate   (page cache and swap I/O; leaves)
+///   Registry._gate → LabProcess._children
+///   PageoutDaemon._runs, ControlServer._conns, EvictAgent._sendGate   (leaves)
+///   Log's gate                           (a leaf: logging is allowed under any lock)
+/// </code>
+/// FUSE request threads take CachedFile locks (and a map lock to render a `.lab` file);
+/// nothing on the fault path holds a lock while it waits for a FUSE request, so the fault
+/// path never waits on FUSE.
+/// </remarks>
 public sealed class LabDaemon : ILabDirectory, IDisposable
 {
     public readonly Registry Registry;

@@ -318,6 +318,7 @@ public sealed unsafe class LabProcess : IUffdEvents
     // Caller holds Reader.Handling and stands in for the reader thread.
     int ReleaseLocked(ulong addr, ulong len)
     {
+        System.Diagnostics.Debug.Assert(Monitor.IsEntered(Reader.Handling), "caller holds Reader.Handling");
         int kept = 0;
         for (int i = 0; i < _deferCount; i++)
             if (_deferAddr[i] < addr || _deferAddr[i] - addr >= len)

@@ -159,14 +159,22 @@ public sealed class PageoutDaemon : IDisposable
             Batches++;
             PagesBegun += n;
             excess -= n;
-            // The saved pages are committed before they leave the process (a failed commit
-            // keeps them in the device's memory, where swap-ins find them).
-            _swap?.Flush();
-            FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t1;
-            Array.Sort(_begun, _saved, 0, n);   // ascending: runs for the write-back and the agent's spans
-            try { WriteBackShared(victim, n); }
-            catch (Exception e) { Log.Error($"pid {victim.Pid}: write-back at pageout: {e.GetType().Name}: {e.Message}"); }
-            victim.Pmap.SendRemoved(_begun.AsSpan(0, n), _saved.AsSpan(0, n));   // false: the agent went; the evictions were aborted
+            try
+            {
+                // The saved pages are committed before they leave the process (a failed commit
+                // keeps them in the device's memory, where swap-ins find them).
+                _swap?.Flush();
+                FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t1;
+                Array.Sort(_begun, _saved, 0, n);   // ascending: runs for the write-back and the agent's spans
+                try { WriteBackShared(victim, n); }
+                catch (Exception e) { Log.Error($"pid {victim.Pid}: write-back at pageout: {e.GetType().Name}: {e.Message}"); }
+            }
+            finally
+            {
+                // Whatever failed above, the batch goes: evictions begun and never sent would
+                // hold their pages' faults back for good, and the next batch would not fit.
+                victim.Pmap.SendRemoved(_begun.AsSpan(0, n), _saved.AsSpan(0, n));   // false: the agent went; the evictions were aborted
+            }
         }
         pl.Stuck = !progress;
     }

@@ -145,6 +145,7 @@ public sealed unsafe class UffdReader
     /// <summary>Hand over the messages read aside, in order. Caller holds <see cref="Handling"/>.</summary>
     public void HandleSetAside()
     {
+        System.Diagnostics.Debug.Assert(Monitor.IsEntered(Handling), "caller holds Handling");
         while (_asideCount > 0)
         {
             var m = _aside[_asideHead];
@@ -170,6 +171,7 @@ public sealed unsafe class UffdReader
     /// </summary>
     public void DropAsideFaults(ulong addr, ulong len)
     {
+        System.Diagnostics.Debug.Assert(Monitor.IsEntered(Handling), "caller holds Handling");
         int kept = 0;
         for (int i = 0, n = _asideCount; i < n; i++)
         {
