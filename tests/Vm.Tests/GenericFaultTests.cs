@@ -477,10 +477,10 @@ public sealed class GenericFaultTests : VmTest
     {
         var v = new MemVnode(16 * (long)P) { LoadDelayMs = 50 };
         var spaces = new AddressSpace[8];
-        var pmaps = new CountingPmap[8];
+        var pmaps = new NullPmap[8];
         for (int i = 0; i < spaces.Length; i++)
         {
-            pmaps[i] = new CountingPmap();
+            pmaps[i] = new NullPmap(readPage: false);
             spaces[i] = vm.CreateSpace(pmaps[i], Resolvers.Create(design));
             spaces[i].MapFile(A, 16 * P, Prot.Read, v, 0, shared: true);
         }
@@ -492,22 +492,5 @@ public sealed class GenericFaultTests : VmTest
         Assert.Equal(1, io);
         foreach (var s in spaces) s.Destroy();
         Assert.Equal(0, vm.ObjectsAlive);
-    }
-
-    /// <summary>A thread-safe pmap that only records installs (for the concurrency test).</summary>
-    sealed class CountingPmap : IPmap
-    {
-        public int PageSize => 4096;
-        public int Installed;
-        readonly byte[] staging = new byte[4096 * 4];
-        public Span<byte> Staging(int pages) => staging.AsSpan(0, pages * 4096);
-        public bool EnterCopy(ulong va, int pages, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public bool EnterZero(ulong va, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public void Protect(ulong va, ulong length, bool writeProtect) { }
-        public void Poison(ulong va) { }
-        public void Wake(ulong va, ulong length) { }
-        public bool ReadPage(ulong va, Span<byte> dest) => false;
-        public void Remove(ulong va, int pages) { }
     }
 }
