@@ -129,9 +129,7 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(FileByte(v, depth + 3), leaf.Read(Pg(depth + 3)));
         Assert.Equal(deep, leaf.C.chain_walk_17_up + leaf.C.chain_walk_5_16);
 
-        p0.Exit();
-        leaf.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p0, leaf);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
@@ -163,12 +161,11 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(0, child.C.shadows_created);
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(20, parent.Read(Pg(1)));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
+        AssertNoInternalErrors(parent, child);
 
         child.Exit();
         Assert.True(old.IsDead);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
@@ -191,8 +188,7 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(v.Data[0], child.Read(Pg(0)));
         child.Exit();
         Assert.Equal(1, vobj.RefCount);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
@@ -214,10 +210,8 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(1, p2.Read(Pg(0)));
         p2.Write(Pg(0), 5);
         Assert.Equal(1, p1.Read(Pg(0)));
-        Assert.Equal(0, p1.C.internal_errors + p2.C.internal_errors);
-        p1.Exit();
-        p2.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        AssertNoInternalErrors(p1, p2);
+        ExitAndAssertNoObjects(p1, p2);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
@@ -236,8 +230,7 @@ public sealed class CollapseTests : VmTest
         p1.DontNeed(Pg(2), P);
         Assert.Equal(v.Data[2 * P], p1.Read(Pg(2)));
         Assert.Equal(0, p1.C.internal_errors);
-        p1.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p1);
     }
 
     /// <summary>

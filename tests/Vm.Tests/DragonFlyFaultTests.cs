@@ -80,8 +80,7 @@ public sealed class DragonFlyFaultTests : VmTest
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(11, parent.Read(Pg(1)));
         Assert.Equal(0, parent.C.fault_retries);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Fact]

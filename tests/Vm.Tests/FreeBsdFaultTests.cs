@@ -186,8 +186,7 @@ public sealed class FreeBsdFaultTests : VmTest
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(0, parent.C.internal_errors);
 
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Fact]

@@ -64,10 +64,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void PrivateFile_WriteFault_CopiesUp_FileUnchanged(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var before = (byte[])v.Data.Clone();
-        var p = Proc(design);
-        p.MapFile(A, 4 * P, v);
+        var p = ProcWithFile(design, 4, out var v, out var before);
 
         p.Write(Pg(2) + 10, 0xEE);
         Assert.Equal(1, p.C.v_vm_faults);
@@ -123,10 +120,8 @@ public sealed class GenericFaultTests : VmTest
         parent.Write(Pg(1), 11);
         Assert.Equal(11, parent.Read(Pg(1)));
         Assert.Equal(10, parent.Read(Pg(0)));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertFreed(parent);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -159,10 +154,8 @@ public sealed class GenericFaultTests : VmTest
         Assert.Equal(9, parent.Read(Pg(1)));
         AssertPageIsFile(child, Pg(1), v, 1);
         Assert.Equal(MemVnode.Pattern(0), v.Data[0]);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertNoObjects(parent, child);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -188,7 +181,7 @@ public sealed class GenericFaultTests : VmTest
         Assert.Equal(2, p1.Read(Pg(1)));
         AssertPageIsFile(p0, Pg(1), v, 1);
         AssertPageIsFile(p1, Pg(3), v, 3);
-        Assert.Equal(0, p0.C.internal_errors + p1.C.internal_errors + p2.C.internal_errors);
+        AssertNoInternalErrors(p0, p1, p2);
 
         // p2 hides everything: its pages read the file again, not its ancestors' writes.
         p2.DontNeed(A, 4 * P);
@@ -307,7 +300,7 @@ public sealed class GenericFaultTests : VmTest
         child2.DontNeed(B, P);
         AssertPageIsFile(child2, B, v, 0);            // the file, not the parent's copy
         Assert.Equal(1, parent.Read(B));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors + child2.C.internal_errors);
+        AssertNoInternalErrors(parent, child, child2);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -377,7 +370,7 @@ public sealed class GenericFaultTests : VmTest
         a.MapAnon(A, P);
         a.Space.Grow(A, P, 3 * P);
         Assert.Equal(0, a.Read(A + 2 * P));
-        Assert.Equal(0, p.C.internal_errors + s.C.internal_errors + a.C.internal_errors);
+        AssertNoInternalErrors(p, s, a);
         Assert.Equal(0, p.C.sigsegv + s.C.sigsegv + a.C.sigsegv);
     }
 
@@ -430,11 +423,7 @@ public sealed class GenericFaultTests : VmTest
         c.Write(A + P, 6);
         c.Munmap(A + P, P);
         Assert.True(vm.ObjectsAlive > 0);
-        a.Exit();
-        b.Exit();
-        c.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertFreed(a, b, c);
     }
 
     [Theory, MemberData(nameof(Designs))]

@@ -48,13 +48,7 @@ public sealed class PageoutTests : VmTest
         return got;
     }
 
-    void AssertBaseline()
-    {
-        Assert.Equal(0, vm.SwapSlotsInUse);
-        Assert.Equal(0, swap.InUse);
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
-    }
+    void ExitAndAssertBaseline(params SimProcess[] ps) => ExitAndAssertNothingLeft(swap, ps);
 
     static void AssertNoErrors(SimProcess p) => Assert.Equal(0, p.C.internal_errors + p.C.sigbus + p.C.swap_bad_slots);
 
@@ -103,8 +97,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(64, p.Space.ResidentPages);
         Assert.Equal(16, swap.Writes);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -146,8 +139,7 @@ public sealed class PageoutTests : VmTest
         }
         Assert.Equal(32, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -174,8 +166,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), i == 2 ? two : Pattern(i));
         Assert.Equal(8, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -213,8 +204,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(8, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Never-written zero pages of a read-only mapping are dropped without swap I/O.</summary>
@@ -236,8 +226,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), new byte[P]);
         Assert.Equal(0, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Pages read back from swap and not written since: their slot is current, so the next eviction writes nothing.</summary>
@@ -262,8 +251,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(16, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -296,9 +284,7 @@ public sealed class PageoutTests : VmTest
         p.Write(Pg(3), 0x3C);                               // write-protected while inactive: resolves
         Assert.Equal(0x3C, p.Read(Pg(3)));
         AssertNoErrors(p);
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertFreed(p);
     }
 
     /// <summary>
@@ -371,8 +357,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 16; i++) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(16, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Inactive pages unmapped meanwhile are dropped from the queue quietly; the scan takes the next ones.</summary>
@@ -393,8 +378,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++)
             if (i is not (2 or 3)) AssertPage(p, Pg(i), Pattern(i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -424,8 +408,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(new[] { Pg(7), Pg(2) }, Scan(p, 2));
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), Pattern(i == 2 ? 99 : i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -485,8 +468,7 @@ public sealed class PageoutTests : VmTest
         AssertNoErrors(child);
         parent.Exit();
         for (int i = 0; i < 8; i++) AssertPage(child, Pg(i), i == 1 ? c1 : Pattern(i));
-        child.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(child);
     }
 
     /// <summary>Edge cases of the arguments: nothing asked, a short buffer, an empty or destroyed space.</summary>
@@ -511,7 +493,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, p.Space.PageoutScan(4, new ulong[4], out _));
         Assert.Equal(0, p.Space.ResidentPages);
         Assert.Equal(0, p.Space.InactivePages);
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 
     /// <summary>
@@ -521,10 +503,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void PrivateFile_ReadPagesClean_WrittenPagesToSwap(string design)
     {
-        var v = new MemVnode(8 * (long)P);
-        var data = (byte[])v.Data.Clone();
-        var p = Proc(design);
-        p.MapFile(A, 8 * P, v);
+        var p = ProcWithFile(design, 8, out var v, out var data);
         p.Space.Advise(A, 8 * P, Advice.Random);
         for (int i = 0; i < 4; i++) Assert.Equal(data[(long)P * i], p.Read(Pg(i)));
         for (int i = 4; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
@@ -538,8 +517,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(4, p.C.pageins);
         Assert.Equal(data, v.Data);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -567,8 +545,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 4; i++) Assert.Equal(0x40 + i, p.Read(Pg(i)));
         Assert.Equal(0x99, p.Read(Pg(2) + 1));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Anonymous pages first read (a zero fill in a writable mapping), then written: their bytes go to swap.</summary>
@@ -583,8 +560,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(4, p.C.pageouts);
         for (int i = 0; i < 4; i++) AssertPage(p, Pg(i), Pattern(i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>The hand goes round in address order across bitmap chunks (2 MiB each) and wraps to the lowest page.</summary>
@@ -610,8 +586,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, p.Space.ResidentPages);
         for (int i = 0; i < all.Length; i++) AssertPage(p, all[i], Pattern(i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>A scan asking for more than 128 pages (the sweep's buffer is then on the heap) and an inactive queue grown past 64.</summary>
@@ -635,8 +610,7 @@ public sealed class PageoutTests : VmTest
         }
         Assert.Equal(300, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -697,7 +671,7 @@ public sealed class PageoutTests : VmTest
         Assert.True(procs.Sum(p => p.C.pageouts) > 0);
         Assert.True(procs.Sum(p => p.C.pd_reactivated) > 0);
         foreach (var p in procs) p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 
     /// <summary>
@@ -795,8 +769,7 @@ public sealed class PageoutTests : VmTest
         Assert.True(p.C.pageouts > 0);
         Assert.True(p.C.pd_reactivated > 0);
         Assert.True(scansWithPending > 0);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -839,8 +812,7 @@ public sealed class PageoutTests : VmTest
             if (i != 3) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(8, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>A pmap over the SimPmap whose Remove is only recorded (the daemon's agent drops the pages later); the test applies it.</summary>
@@ -937,7 +909,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, c.internal_errors + c.sigbus + c.swap_bad_slots + c.superseded);
         space.Destroy();
         sim.Clear();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 
     /// <summary>A pmap over the SimPmap whose TryWriteProtect can be refused for chosen pages (a userfaultfd range busy elsewhere).</summary>
@@ -1018,6 +990,6 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, space.Counters.internal_errors + space.Counters.sigbus);
         space.Destroy();
         sim.Clear();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 }

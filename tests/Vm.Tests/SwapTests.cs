@@ -17,13 +17,7 @@ public sealed class SwapTests : VmTest
         for (ulong i = 0; i < P; i += 61) Assert.Equal((byte)(seed + i), p.Read(va + i));
     }
 
-    void AssertBaseline()
-    {
-        Assert.Equal(0, vm.SwapSlotsInUse);
-        Assert.Equal(0, swap.InUse);
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
-    }
+    void ExitAndAssertBaseline(params SimProcess[] ps) => ExitAndAssertNothingLeft(swap, ps);
 
     [Theory, MemberData(nameof(Designs))]
     public void WriteEvictReadBack_SameBytes_OnePagein_NoVnodeRead(string design)
@@ -53,8 +47,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(1, swap.Writes);
         AssertFilled(p, Pg(0), 3);
         Assert.Equal(2, p.C.pageins);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -76,9 +69,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(1)));
         var child = p.Fork();
         Assert.True(child.Space.IsPagedOut(Pg(1)));
-        child.Exit();
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(child, p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -92,8 +83,7 @@ public sealed class SwapTests : VmTest
         for (int i = 7; i >= 0; i--) AssertFilled(p, Pg(i), (byte)(10 * i + 1));
         Assert.Equal(8, p.C.pageins);
         Assert.Equal(0, p.C.internal_errors);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -111,8 +101,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(v.Data[100], p.Read(Pg(0) + 100));
         Assert.True(v.ReadCalls > reads);
         Assert.Equal(0, p.C.pageins);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -126,8 +115,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(EvictResult.Clean, p.Space.Evict(Pg(0)));
         Assert.Equal(0, p.Read(Pg(0)));
         Assert.Equal(0, swap.Writes);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -149,11 +137,10 @@ public sealed class SwapTests : VmTest
         // Evicting the child's copy of a page the parent paged out needs no second write.
         Assert.Equal(EvictResult.Clean, child.Space.Evict(Pg(0)));
         AssertFilled(child, Pg(0), 5);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
+        AssertNoInternalErrors(parent, child);
         parent.Exit();
         AssertFilled(child, Pg(0), 5);
-        child.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(child);
     }
 
     /// <summary>After fork the paged-out page is shared copy-on-write: a write fault copies it from the swap slot.</summary>
@@ -170,10 +157,8 @@ public sealed class SwapTests : VmTest
         Assert.Equal(20, parent.Read(Pg(0)));
         Assert.Equal(1, parent.C.pageins);
         AssertFilled(child, Pg(0), 20);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        AssertBaseline();
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertBaseline(parent, child);
     }
 
     /// <summary>The copy-on-write source's slot is corrupt: SIGBUS on the write, no half-made copy left behind, the child unaffected.</summary>
@@ -193,10 +178,8 @@ public sealed class SwapTests : VmTest
         AssertFilled(child, Pg(0), 30);
         Fill(child, Pg(0), 40);
         AssertFilled(child, Pg(0), 40);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        AssertBaseline();
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertBaseline(parent, child);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -216,8 +199,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(1, p.C.swap_bad_slots);
         AssertFilled(p, Pg(1), 2);
         Assert.Throws<SimSignalException>(() => p.Read(Pg(0) + 7));   // still poisoned, never zeros
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -232,8 +214,7 @@ public sealed class SwapTests : VmTest
         p.Space.Unwire(A, P);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
         AssertFilled(p, Pg(0), 1);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -266,8 +247,7 @@ public sealed class SwapTests : VmTest
         Fill(p, Pg(1), 3);                            // left write-protected: the write faults and resolves
         AssertFilled(p, Pg(1), 3);
         AssertFilled(p, Pg(0), 1);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>FreeBSD frees the swap copy when a write dirties the page; DragonFly and UVM keep the (stale) slot, and the next page-out writes the new bytes.</summary>
@@ -289,8 +269,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(2, swap.Writes);
         Assert.Equal(1, vm.SwapSlotsInUse);
         Assert.Equal(99, p.Read(Pg(0)));
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -306,8 +285,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(4, p.Read(Pg(0)));
         Assert.Equal(1, p.C.pageins);
         Assert.Equal(design == "freebsd" ? 0 : 1, vm.SwapSlotsInUse);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -326,8 +304,7 @@ public sealed class SwapTests : VmTest
         p.Space.CompleteEvict(Pg(0));
         AssertFilled(p, Pg(0), 6);
         Assert.Equal(1, p.C.pageins);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -340,8 +317,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(EvictResult.Clean, p.Space.Evict(Pg(0)));
         Assert.Equal(42, p.Read(Pg(0)));             // the page cache kept it
         Assert.Equal(0, swap.Writes);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -377,6 +353,6 @@ public sealed class SwapTests : VmTest
         Assert.True(vm.SwapSlotsInUse > 0);
         procs.Reverse();
         foreach (var x in procs) x.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 }

@@ -141,10 +141,7 @@ public sealed class UvmFaultTests : VmTest
         Assert.Equal(6, child.Read(Pg(2)));
         AssertPageIsFile(parent, Pg(2), v, 2);
         Assert.Equal(2, child.Space.AnonRefAt(Pg(1)));    // shared by both amaps until someone writes
-        parent.Exit();
-        child.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertFreed(parent, child);
     }
 
     [Theory, MemberData(nameof(Designs))]

@@ -20,6 +20,16 @@ public abstract class VmTest
 
     protected SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
 
+    /// <summary>A process of <paramref name="design"/> with a fresh file of <paramref name="pages"/> pages mapped at A; <paramref name="before"/> is a copy of the file's bytes.</summary>
+    protected SimProcess ProcWithFile(string design, int pages, out MemVnode v, out byte[] before)
+    {
+        v = new MemVnode(pages * (long)P);
+        before = (byte[])v.Data.Clone();
+        var p = Proc(design);
+        p.MapFile(A, (ulong)pages * P, v);
+        return p;
+    }
+
     protected static ulong Pg(int i) => A + (ulong)i * P;
 
     /// <summary>The page at <paramref name="va"/> holds page <paramref name="pindex"/> of the file (sampled every 97 bytes).</summary>
@@ -27,5 +37,37 @@ public abstract class VmTest
     {
         for (ulong i = 0; i < P; i += 97)
             Assert.Equal(v.Data[pindex * (long)P + (long)i], p.Read(va + i));
+    }
+
+    /// <summary>No process hit a state the model could not supply bytes for.</summary>
+    protected static void AssertNoInternalErrors(params SimProcess[] ps)
+    {
+        long sum = 0;
+        foreach (var p in ps) sum += p.C.internal_errors;
+        Assert.Equal(0, sum);
+    }
+
+    /// <summary>Exit the processes in this order; then no VM object is left alive.</summary>
+    protected void ExitAndAssertNoObjects(params SimProcess[] ps)
+    {
+        foreach (var p in ps) p.Exit();
+        Assert.Equal(0, vm.ObjectsAlive);
+    }
+
+    /// <summary>Exit the processes in this order; then no VM object and no anon is left alive.</summary>
+    protected void ExitAndAssertFreed(params SimProcess[] ps)
+    {
+        ExitAndAssertNoObjects(ps);
+        Assert.Equal(0, vm.AnonsAlive);
+    }
+
+    /// <summary>Exit the processes in this order; then nothing is left: no swap slot, no VM object, no anon.</summary>
+    protected void ExitAndAssertNothingLeft(MemSwap swap, params SimProcess[] ps)
+    {
+        foreach (var p in ps) p.Exit();
+        Assert.Equal(0, vm.SwapSlotsInUse);
+        Assert.Equal(0, swap.InUse);
+        Assert.Equal(0, vm.ObjectsAlive);
+        Assert.Equal(0, vm.AnonsAlive);
     }
 }

@@ -31,10 +31,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WirePrivateFile_EveryPagePrivate_LaterWritesRaiseNoCow(string design)
     {
-        var v = new MemVnode(8 * (long)P);
-        var data = (byte[])v.Data.Clone();
-        var p = Proc(design);
-        p.MapFile(A, 8 * P, v);
+        var p = ProcWithFile(design, 8, out var v, out var data);
         p.Space.Advise(A, 8 * P, Advice.Random);   // one page per read: the counts below are about wiring
         Assert.Equal(data[0], p.Read(Pg(0)));
         Assert.Equal(data[P], p.Read(Pg(1)));
@@ -84,9 +81,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         p.Space.Unwire(A, 8 * P);
         Assert.Equal(0, p.C.wired_pages);
         for (int i = 0; i < 8; i++) Assert.True(p.Space.IsEvictable(Pg(i)));
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertFreed(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -126,8 +121,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
             Assert.False(p.Pmap.Writable(Pg(i)));
             Assert.Equal(v.Data[i * (int)P], p.Read(Pg(i)));
         }
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -166,8 +160,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         for (int i = 0; i < 8; i++) Assert.True(p.Space.IsEvictable(Pg(i)));
         Assert.Throws<SimSignalException>(() => p.Read(Pg(5)));
         Assert.Equal(v.Data[4 * P], p.Read(Pg(4)));
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p);
     }
 
     /// <summary>FreeBSD drops a page's swap copy when a write fault dirties it; DragonFly (without VM_FAULT_DIRTY) keeps it.</summary>
