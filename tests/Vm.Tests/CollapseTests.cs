@@ -135,8 +135,7 @@ public sealed class CollapseTests : VmTest
     [Theory, MemberData(nameof(ChainDesigns))]
     public void Bypass_WhenTheShadowHidesEveryPageOfASharedBackingObject(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         parent.Write(Pg(0), 1);
         parent.Write(Pg(1), 2);
         var old = parent.Space.ObjectAt(A)!.Value.Object;
@@ -171,9 +170,7 @@ public sealed class CollapseTests : VmTest
     [Theory, MemberData(nameof(ChainDesigns))]
     public void Bypass_OverAFile_KeepsTheVnodeReferenced(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var parent = Proc(design);
-        parent.MapFile(A, 4 * P, v);
+        var parent = ProcWithFile(design, 4, out var v);
         parent.Write(Pg(0), 1);                       // S over the vnode object
         var vobj = vm.VnodeObject(v);
         var child = parent.Fork();
@@ -195,8 +192,7 @@ public sealed class CollapseTests : VmTest
     public void Fork_CollapsesTheObjectItShares(string design)
     {
         // With collapse off at exit the chain stays long; the next fork collapses it (vm_map_copy_entry).
-        var p0 = Proc(design);
-        p0.MapAnon(A, 4 * P);
+        var p0 = ProcWithAnon(design, 4);
         p0.Write(Pg(0), 1);
         var p1 = p0.Fork();
         p1.Write(Pg(1), 2);                           // p1: X1 over S0
@@ -217,9 +213,7 @@ public sealed class CollapseTests : VmTest
     [Theory, MemberData(nameof(ChainDesigns))]
     public void RemoveMarkers_SurviveTheCollapse(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var p0 = Proc(design);
-        p0.MapFile(A, 4 * P, v);
+        var p0 = ProcWithFile(design, 4, out var v);
         p0.Write(Pg(2), 9);                           // S0 page 2
         var p1 = p0.Fork();
         p1.DontNeed(Pg(2), P);                        // p1's shadow gets a File marker over S0's page 2

@@ -6,8 +6,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void ZeroFill_ReadThenWrite(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
 
         Assert.Equal(0, p.Read(Pg(1) + 5));
         Assert.Equal(1, p.C.v_vm_faults);
@@ -101,8 +100,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Fork_EachSideSeesItsOwnWrites(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         parent.Write(Pg(0), 1);
         parent.Write(Pg(1), 2);
 
@@ -127,8 +125,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Fork_ChildExitsFirst_ParentWritesWithOneWpFault(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         parent.Write(Pg(0), 1);
         var child = parent.Fork();
         child.Exit();
@@ -142,9 +139,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Fork_PrivateFile_BothSidesKeepTheirWrites(string design)
     {
-        var v = new MemVnode(2 * (long)P);
-        var parent = Proc(design);
-        parent.MapFile(A, 2 * P, v);
+        var parent = ProcWithFile(design, 2, out var v);
         parent.Write(Pg(0), 7);                       // parent's shadow gets page 0
         var child = parent.Fork();
         child.Write(Pg(0), 8);
@@ -161,9 +156,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void ForkTree_ThreeDeep_EachSeesItsAncestorsWritesAndTheFile(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var p0 = Proc(design);
-        p0.MapFile(A, 4 * P, v);
+        var p0 = ProcWithFile(design, 4, out var v);
         p0.Write(Pg(0), 1);                          // p0: shadow S0 over the vnode object
         var p1 = p0.Fork();
         p1.Write(Pg(1), 2);                          // p1: S1 over S0
@@ -255,8 +248,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remove_PrivateAnon_ReadsZeroAfter(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 9);
         p.Write(Pg(1), 8);
         p.DontNeed(Pg(0), P);
@@ -269,9 +261,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remove_PrivateFile_ReadsTheFileAgain(string design)
     {
-        var v = new MemVnode(2 * (long)P);
-        var p = Proc(design);
-        p.MapFile(A, 2 * P, v);
+        var p = ProcWithFile(design, 2, out var v);
         p.Write(Pg(1) + 1, 0xAB);
         Assert.Equal(0xAB, p.Read(Pg(1) + 1));
         p.DontNeed(A, 2 * P);
@@ -282,8 +272,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remove_AfterFork_HidesTheSharedOlderContent(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         parent.Write(Pg(0), 5);
         var child = parent.Fork();
         child.DontNeed(A, 2 * P);
@@ -306,8 +295,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Unmap_PartialRange_SplitsTheEntry(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) p.Write(Pg(i), (byte)(i + 1));
         p.Munmap(Pg(1), 2 * P);
 
@@ -329,8 +317,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remap_MovesTheContent(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 3);
         p.Write(Pg(1), 4);
         long faults = p.C.v_vm_faults;
@@ -409,8 +396,7 @@ public sealed class GenericFaultTests : VmTest
     public void Destroy_AllSpaces_ReturnsObjectsToBaseline(string design)
     {
         var v = new MemVnode(4 * (long)P);
-        var a = Proc(design);
-        a.MapAnon(A, 4 * P);
+        var a = ProcWithAnon(design, 4);
         a.MapFile(B, 4 * P, v);
         a.MapFile(B + 8 * P, 4 * P, v, shared: true);
         a.Write(A, 1);

@@ -61,8 +61,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void FirstScan_ClearsBitsThenDeactivates_EvictsLowestSixteen_BytesRoundTrip(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 64 * P);
+        var p = ProcWithAnon(design, 64);
         for (int i = 0; i < 64; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(64, p.Space.ResidentPages);
         Assert.Equal(0, p.Space.InactivePages);
@@ -109,8 +108,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WrittenWhileInactive_SecondChance_NextScanTakesOthers(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 64 * P);
+        var p = ProcWithAnon(design, 64);
         for (int i = 0; i < 64; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 16), Scan(p, 16));
         Assert.Equal(16, p.Space.InactivePages);
@@ -149,8 +147,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Reactivated_NotUsedAgain_TakenNextRound(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 2), Scan(p, 2));            // deactivates 0..3, takes 0, 1
         p.Write(Pg(2), 1);                                 // second chance for 2
@@ -177,8 +174,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WiredPages_BitsUntouched_NeverDeactivatedNorEvicted(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.True(p.Space.Wire(A, 4 * P));
 
@@ -233,8 +229,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void SwappedInUnwritten_EvictedClean_SlotsUnchanged(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 8), Scan(p, 8));
         Assert.Equal(8, swap.Writes);
@@ -264,8 +259,7 @@ public sealed class PageoutTests : VmTest
     public void NoSwapDevice_DirtyPagesStay_SwapFull(string design)
     {
         vm.Swap = null;
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
 
         Assert.Empty(Scan(p, 4, out bool full));
@@ -297,8 +291,7 @@ public sealed class PageoutTests : VmTest
     public void NoSwapDevice_CleanPagesBehindDirtyOnes_TakenInTheSameScan(string design)
     {
         vm.Swap = null;
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         p.MapAnon(A + 4 * P, 4 * P, Prot.Read);
         for (int i = 0; i < 4; i++) WritePage(p, Pg(i), Pattern(i));
         for (int i = 4; i < 8; i++) Assert.Equal(0, p.Read(Pg(i)));
@@ -336,8 +329,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void BegunNotCompleted_NeverHandedOutTwice(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 16 * P);
+        var p = ProcWithAnon(design, 16);
         for (int i = 0; i < 16; i++) WritePage(p, Pg(i), Pattern(i));
 
         var first = Scan(p, 4, out _, complete: false);   // deactivates 0..7, begins 0..3
@@ -364,8 +356,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void UnmappedWhileInactive_Skipped(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 2), Scan(p, 2));            // 2, 3 left inactive
         p.Munmap(Pg(2), 2 * P);
@@ -390,8 +381,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void NewMappingAtAnInactiveAddress_NotEvictedByTheStaleEntry(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 2), Scan(p, 2));            // 2, 3 inactive
         p.Munmap(Pg(2), P);
@@ -421,8 +411,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Fork_ScanBothSides_RightBytesEverywhere(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 8 * P);
+        var parent = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(parent, Pg(i), Pattern(i));
         var child = parent.Fork();
         Assert.Equal(8, child.Space.ResidentPages);
@@ -552,8 +541,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WritableAnon_ReadFirstThenWritten_RoundTrip(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) Assert.Equal(0, p.Read(Pg(i)));
         for (int i = 0; i < 4; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 4), Scan(p, 4));
@@ -568,8 +556,7 @@ public sealed class PageoutTests : VmTest
     public void Hand_AcrossChunks_WrapsToLowest(string design)
     {
         const ulong B = A + 3 * 2 * 1024 * 1024, C = A + (1UL << 30);
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.MapAnon(B, 2 * P);
         p.MapAnon(C, 2 * P);
         var all = new[] { A, A + P, B, B + P, C, C + P };
@@ -593,8 +580,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void LargeScan_HeapBuffer_QueueGrows(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 300 * P);
+        var p = ProcWithAnon(design, 300);
         for (int i = 0; i < 300; i++) { p.Write(Pg(i), (byte)i); p.Write(Pg(i) + P - 1, (byte)~i); }
         var got = Scan(p, 200);
         Assert.Equal(Pages(0, 200), got);
@@ -782,8 +768,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Mremap_MovedPageKeepsItsReferenceBit_InactiveBitDropped(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         p.Mremap(Pg(0), Pg(20), P);
         Assert.True(p.Space.IsInstalled(Pg(20)));

@@ -53,8 +53,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void IsPagedOut_OnlyForPagesWhoseBytesAreInSwapAlone(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         Fill(p, Pg(0), 5);
         Fill(p, Pg(1), 6);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
@@ -75,8 +74,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void AnonymousPages_RoundTrip(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) Fill(p, Pg(i), (byte)(10 * i + 1));
         for (int i = 0; i < 8; i++) Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(i)));
         Assert.Equal(8, vm.SwapSlotsInUse);
@@ -121,8 +119,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void ForkThenEvictInParent_ChildUnaffected(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) Fill(parent, Pg(i), (byte)(i + 5));
         var child = parent.Fork();
         Assert.Equal(EvictResult.Evicted, parent.Space.Evict(Pg(0)));
@@ -147,8 +144,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void CopyOnWriteFromASwappedPage(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         Fill(parent, Pg(0), 20);
         var child = parent.Fork();
         Assert.Equal(EvictResult.Evicted, parent.Space.Evict(Pg(0)));
@@ -165,8 +161,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void CopyOnWriteFromACorruptSlot_SigBus(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         Fill(parent, Pg(0), 30);
         Fill(parent, Pg(1), 31);
         var child = parent.Fork();
@@ -185,8 +180,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void CorruptSlot_SigBusOnThatPageOnly(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         Fill(p, Pg(0), 1);
         Fill(p, Pg(1), 2);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
@@ -205,8 +199,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WiredPage_IsNotEvicted(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         Fill(p, Pg(0), 1);
         Assert.True(p.Space.Wire(A, P));
         Assert.Equal(EvictResult.Wired, p.Space.Evict(Pg(0)));
@@ -237,8 +230,7 @@ public sealed class SwapTests : VmTest
     public void FullDevice_NoSwap(string design)
     {
         swap.Capacity = 1;
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         Fill(p, Pg(0), 1);
         Fill(p, Pg(1), 2);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
@@ -323,9 +315,7 @@ public sealed class SwapTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void ForkTree_EvictEverything_AllDestroyed_SlotsReturn(string design)
     {
-        var v = new MemVnode(8 * (long)P);
-        var root = Proc(design);
-        root.MapFile(A, 8 * P, v);
+        var root = ProcWithFile(design, 8, out var v);
         root.MapAnon(A + 16 * P, 8 * P);
         var procs = new List<SimProcess> { root };
         for (int gen = 0; gen < 3; gen++)

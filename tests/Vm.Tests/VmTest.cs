@@ -20,6 +20,17 @@ public abstract class VmTest
 
     protected SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
 
+    /// <summary>A process of <paramref name="design"/> with <paramref name="pages"/> pages of anonymous memory mapped at A.</summary>
+    protected SimProcess ProcWithAnon(string design, int pages)
+    {
+        var p = Proc(design);
+        p.MapAnon(A, (ulong)pages * P);
+        return p;
+    }
+
+    /// <summary>A process of <paramref name="design"/> with a fresh file of <paramref name="pages"/> pages mapped at A.</summary>
+    protected SimProcess ProcWithFile(string design, int pages, out MemVnode v) => ProcWithFile(design, pages, out v, out _);
+
     /// <summary>A process of <paramref name="design"/> with a fresh file of <paramref name="pages"/> pages mapped at A; <paramref name="before"/> is a copy of the file's bytes.</summary>
     protected SimProcess ProcWithFile(string design, int pages, out MemVnode v, out byte[] before)
     {
@@ -52,6 +63,13 @@ public abstract class VmTest
     {
         foreach (var p in ps) p.Exit();
         Assert.Equal(0, vm.ObjectsAlive);
+    }
+
+    /// <summary>Exit the processes in this order; then no anon is left alive.</summary>
+    protected void ExitAndAssertNoAnons(params SimProcess[] ps)
+    {
+        foreach (var p in ps) p.Exit();
+        Assert.Equal(0, vm.AnonsAlive);
     }
 
     /// <summary>Exit the processes in this order; then no VM object and no anon is left alive.</summary>

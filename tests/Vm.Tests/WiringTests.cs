@@ -87,8 +87,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WireAnonymous_ZeroFillsWritable_NoPrefault(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         var d = new Delta(p.C, output);
         Assert.True(p.Space.Wire(A, 4 * P));
         if (IsUvm(design))
@@ -127,8 +126,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WireAfterFork_BreaksCopyOnWriteInThisSpaceOnly(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) parent.Write(Pg(i), (byte)(i + 1));
         var child = parent.Fork();
         Assert.False(child.Space.IsWired(A));
@@ -167,8 +165,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, InlineData("freebsd", true), InlineData("dragonfly", false)]
     public void WriteFault_DropsTheSwapCopy_FreeBsdOnly(string design, bool drops)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 1);
         var (o, pindex) = p.Space.ObjectAt(A)!.Value;
         Assert.True(o.SetSwapped(pindex));            // as the swap store will, after a page-out
@@ -187,8 +184,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, InlineData("uvm2000"), InlineData("uvm2019")]
     public void Wire_DropsTheAnonSwapSlot_Uvm(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 1);
         p.Write(Pg(1), 1);
         p.Space.AnonAt(Pg(0))!.an_swslot = 7;
@@ -201,7 +197,6 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         Assert.Equal(0, p.Space.AnonAt(Pg(1))!.an_swslot);
         Assert.Equal(2, p.C.swap_slots_freed_on_wire);
         Assert.Equal(0, p.C.swap_slots_freed_on_dirty);
-        p.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertNoAnons(p);
     }
 }
