@@ -50,6 +50,43 @@ public abstract class VmTest
             Assert.Equal(v.Data[pindex * (long)P + (long)i], p.Read(va + i));
     }
 
+    /// <summary>
+    /// Page 0 of a private file mapping at A, read then written: one read fault, one
+    /// write-protect fault, one I/O; the copy holds the write; the file and its cache do not.
+    /// </summary>
+    protected static void ReadThenWriteThePrivatePage(SimProcess p, MemVnode v)
+    {
+        AssertPageIsFile(p, A, v, 0);
+        Assert.False(p.Pmap.Writable(A));         // copy-on-write pending: read-only
+        p.Write(A + 1, 0x55);
+        Assert.Equal(new[] { FaultAccess.Read, FaultAccess.WriteProtect }, p.Pmap.Faults);
+        Assert.Equal(2, p.C.v_vm_faults);
+        Assert.Equal(1, p.C.wp_resolved);
+        Assert.Equal(1, p.C.v_io_faults);
+        Assert.Equal(0x55, p.Read(A + 1));
+        Assert.Equal(MemVnode.Pattern(1), v.Data[1]);
+        Assert.Equal(MemVnode.Pattern(1), v.CachePage(0)[1]);
+    }
+
+    /// <summary>
+    /// Four written anonymous pages at A, the middle two unmapped: the entry splits in two
+    /// (the second at offset 3), the outer pages keep their bytes, the hole faults SIGSEGV.
+    /// </summary>
+    protected static void UnmapTheMiddleTwoPagesOfFour(SimProcess p)
+    {
+        for (int i = 0; i < 4; i++) p.Write(Pg(i), (byte)(i + 1));
+        p.Munmap(Pg(1), 2 * P);
+
+        var lines = p.Space.DescribeMaps().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        Assert.StartsWith($"{A:x12}-{Pg(1):x12} rw- private-anon", lines[0]);
+        Assert.StartsWith($"{Pg(3):x12}-{Pg(4):x12}", lines[1]);
+        Assert.Contains("offset 3", lines[1]);
+        Assert.Equal(1, p.Read(Pg(0)));
+        Assert.Equal(4, p.Read(Pg(3)));
+        Assert.Equal("SIGSEGV", Assert.Throws<SimSignalException>(() => p.Read(Pg(1))).Signal);
+    }
+
     /// <summary>No process hit a state the model could not supply bytes for.</summary>
     protected static void AssertNoInternalErrors(params SimProcess[] ps)
     {
