@@ -129,16 +129,13 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(FileByte(v, depth + 3), leaf.Read(Pg(depth + 3)));
         Assert.Equal(deep, leaf.C.chain_walk_17_up + leaf.C.chain_walk_5_16);
 
-        p0.Exit();
-        leaf.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p0, leaf);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
     public void Bypass_WhenTheShadowHidesEveryPageOfASharedBackingObject(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         parent.Write(Pg(0), 1);
         parent.Write(Pg(1), 2);
         var old = parent.Space.ObjectAt(A)!.Value.Object;
@@ -163,20 +160,17 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(0, child.C.shadows_created);
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(20, parent.Read(Pg(1)));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
+        AssertNoInternalErrors(parent, child);
 
         child.Exit();
         Assert.True(old.IsDead);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
     public void Bypass_OverAFile_KeepsTheVnodeReferenced(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var parent = Proc(design);
-        parent.MapFile(A, 4 * P, v);
+        var parent = ProcWithFile(design, 4, out var v);
         parent.Write(Pg(0), 1);                       // S over the vnode object
         var vobj = vm.VnodeObject(v);
         var child = parent.Fork();
@@ -191,16 +185,14 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(v.Data[0], child.Read(Pg(0)));
         child.Exit();
         Assert.Equal(1, vobj.RefCount);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
     public void Fork_CollapsesTheObjectItShares(string design)
     {
         // With collapse off at exit the chain stays long; the next fork collapses it (vm_map_copy_entry).
-        var p0 = Proc(design);
-        p0.MapAnon(A, 4 * P);
+        var p0 = ProcWithAnon(design, 4);
         p0.Write(Pg(0), 1);
         var p1 = p0.Fork();
         p1.Write(Pg(1), 2);                           // p1: X1 over S0
@@ -214,18 +206,14 @@ public sealed class CollapseTests : VmTest
         Assert.Equal(1, p2.Read(Pg(0)));
         p2.Write(Pg(0), 5);
         Assert.Equal(1, p1.Read(Pg(0)));
-        Assert.Equal(0, p1.C.internal_errors + p2.C.internal_errors);
-        p1.Exit();
-        p2.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        AssertNoInternalErrors(p1, p2);
+        ExitAndAssertNoObjects(p1, p2);
     }
 
     [Theory, MemberData(nameof(ChainDesigns))]
     public void RemoveMarkers_SurviveTheCollapse(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var p0 = Proc(design);
-        p0.MapFile(A, 4 * P, v);
+        var p0 = ProcWithFile(design, 4, out var v);
         p0.Write(Pg(2), 9);                           // S0 page 2
         var p1 = p0.Fork();
         p1.DontNeed(Pg(2), P);                        // p1's shadow gets a File marker over S0's page 2
@@ -236,8 +224,7 @@ public sealed class CollapseTests : VmTest
         p1.DontNeed(Pg(2), P);
         Assert.Equal(v.Data[2 * P], p1.Read(Pg(2)));
         Assert.Equal(0, p1.C.internal_errors);
-        p1.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p1);
     }
 
     /// <summary>

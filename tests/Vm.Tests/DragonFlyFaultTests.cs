@@ -80,8 +80,7 @@ public sealed class DragonFlyFaultTests : VmTest
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(11, parent.Read(Pg(1)));
         Assert.Equal(0, parent.C.fault_retries);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Fact]
@@ -89,15 +88,7 @@ public sealed class DragonFlyFaultTests : VmTest
     {
         var v = new MemVnode(4 * (long)P);
         var p = Proc();
-        p.MapFile(A, 4 * P, v);
-        p.MapAnon(B, P);
-        bool once = false;
-        v.OnLoad = (_, _) =>
-        {
-            if (once) return;
-            once = true;
-            p.Space.Protect(B, P, Prot.Read);         // another thread changes the map meanwhile
-        };
+        MapAndChangeTheMapOnFirstLoad(p, v);
 
         p.Write(Pg(2) + 1, 0x5A);                     // write fault: shadow, walk to the vnode, I/O
         Assert.Equal(1, p.C.v_vm_faults);
@@ -118,15 +109,7 @@ public sealed class DragonFlyFaultTests : VmTest
     {
         var v = new MemVnode(4 * (long)P);
         var p = new SimProcess(vm, Resolvers.Create("freebsd"));
-        p.MapFile(A, 4 * P, v);
-        p.MapAnon(B, P);
-        bool once = false;
-        v.OnLoad = (_, _) =>
-        {
-            if (once) return;
-            once = true;
-            p.Space.Protect(B, P, Prot.Read);
-        };
+        MapAndChangeTheMapOnFirstLoad(p, v);
         p.Write(Pg(2) + 1, 0x5A);
         Assert.Equal(0, p.C.fault_retries);           // same object and pindex after the re-lookup
         Assert.Equal(0, p.C.revalidate_retries);
@@ -145,5 +128,22 @@ public sealed class DragonFlyFaultTests : VmTest
         Assert.False(p.Pmap.Present(Pg(1)));
         Assert.Equal(1, p.C.revalidate_retries);
         Assert.Equal(0, vm.ObjectsAlive);
+    }
+
+    /// <summary>
+    /// The file at A (4 pages) and one anonymous page at B; the file's first load protects B,
+    /// as another thread changing the map during the I/O would.
+    /// </summary>
+    static void MapAndChangeTheMapOnFirstLoad(SimProcess p, MemVnode v)
+    {
+        p.MapFile(A, 4 * P, v);
+        p.MapAnon(B, P);
+        bool once = false;
+        v.OnLoad = (_, _) =>
+        {
+            if (once) return;
+            once = true;
+            p.Space.Protect(B, P, Prot.Read);
+        };
     }
 }

@@ -105,17 +105,8 @@ public sealed class FreeBsdFaultTests : VmTest
         var p = new SimProcess(vm);
         p.MapFile(A, P, v);
 
-        AssertPageIsFile(p, A, v, 0);
-        Assert.False(p.Pmap.Writable(A));         // copy-on-write pending: read-only
-        p.Write(A + 1, 0x55);
-        Assert.Equal(new[] { FaultAccess.Read, FaultAccess.WriteProtect }, p.Pmap.Faults);
-        Assert.Equal(2, p.C.v_vm_faults);
+        ReadThenWriteThePrivatePage(p, v);
         Assert.Equal(1, p.C.v_cow_faults);
-        Assert.Equal(1, p.C.wp_resolved);
-        Assert.Equal(1, p.C.v_io_faults);
-        Assert.Equal(0x55, p.Read(A + 1));
-        Assert.Equal(MemVnode.Pattern(1), v.Data[1]);
-        Assert.Equal(MemVnode.Pattern(1), v.CachePage(0)[1]);
     }
 
     [Theory, InlineData(true), InlineData(false)]
@@ -186,8 +177,7 @@ public sealed class FreeBsdFaultTests : VmTest
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(0, parent.C.internal_errors);
 
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(parent);
     }
 
     [Fact]
@@ -223,17 +213,7 @@ public sealed class FreeBsdFaultTests : VmTest
     {
         var p = new SimProcess(vm);
         p.MapAnon(A, 4 * P);
-        for (int i = 0; i < 4; i++) p.Write(Pg(i), (byte)(i + 1));
-        p.Munmap(Pg(1), 2 * P);
-
-        var lines = p.Space.DescribeMaps().Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal(2, lines.Length);
-        Assert.StartsWith($"{A:x12}-{Pg(1):x12} rw- private-anon", lines[0]);
-        Assert.StartsWith($"{Pg(3):x12}-{Pg(4):x12}", lines[1]);
-        Assert.Contains("offset 3", lines[1]);
-        Assert.Equal(1, p.Read(Pg(0)));
-        Assert.Equal(4, p.Read(Pg(3)));
-        Assert.Equal("SIGSEGV", Assert.Throws<SimSignalException>(() => p.Read(Pg(1))).Signal);
+        UnmapTheMiddleTwoPagesOfFour(p);
         var obj = p.Space.ObjectAt(A)!.Value.Object;
         Assert.Equal(2, obj.RefCount);               // one object, two entries
 

@@ -6,8 +6,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void ZeroFill_ReadThenWrite(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
 
         Assert.Equal(0, p.Read(Pg(1) + 5));
         Assert.Equal(1, p.C.v_vm_faults);
@@ -64,10 +63,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void PrivateFile_WriteFault_CopiesUp_FileUnchanged(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var before = (byte[])v.Data.Clone();
-        var p = Proc(design);
-        p.MapFile(A, 4 * P, v);
+        var p = ProcWithFile(design, 4, out var v, out var before);
 
         p.Write(Pg(2) + 10, 0xEE);
         Assert.Equal(1, p.C.v_vm_faults);
@@ -89,23 +85,13 @@ public sealed class GenericFaultTests : VmTest
         var p = Proc(design);
         p.MapFile(A, P, v);
 
-        AssertPageIsFile(p, A, v, 0);
-        Assert.False(p.Pmap.Writable(A));         // copy-on-write pending: read-only
-        p.Write(A + 1, 0x55);
-        Assert.Equal(new[] { FaultAccess.Read, FaultAccess.WriteProtect }, p.Pmap.Faults);
-        Assert.Equal(2, p.C.v_vm_faults);
-        Assert.Equal(1, p.C.wp_resolved);
-        Assert.Equal(1, p.C.v_io_faults);
-        Assert.Equal(0x55, p.Read(A + 1));
-        Assert.Equal(MemVnode.Pattern(1), v.Data[1]);
-        Assert.Equal(MemVnode.Pattern(1), v.CachePage(0)[1]);
+        ReadThenWriteThePrivatePage(p, v);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void Fork_EachSideSeesItsOwnWrites(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         parent.Write(Pg(0), 1);
         parent.Write(Pg(1), 2);
 
@@ -123,17 +109,14 @@ public sealed class GenericFaultTests : VmTest
         parent.Write(Pg(1), 11);
         Assert.Equal(11, parent.Read(Pg(1)));
         Assert.Equal(10, parent.Read(Pg(0)));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertFreed(parent);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void Fork_ChildExitsFirst_ParentWritesWithOneWpFault(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         parent.Write(Pg(0), 1);
         var child = parent.Fork();
         child.Exit();
@@ -147,9 +130,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Fork_PrivateFile_BothSidesKeepTheirWrites(string design)
     {
-        var v = new MemVnode(2 * (long)P);
-        var parent = Proc(design);
-        parent.MapFile(A, 2 * P, v);
+        var parent = ProcWithFile(design, 2, out var v);
         parent.Write(Pg(0), 7);                       // parent's shadow gets page 0
         var child = parent.Fork();
         child.Write(Pg(0), 8);
@@ -159,18 +140,14 @@ public sealed class GenericFaultTests : VmTest
         Assert.Equal(9, parent.Read(Pg(1)));
         AssertPageIsFile(child, Pg(1), v, 1);
         Assert.Equal(MemVnode.Pattern(0), v.Data[0]);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertNoObjects(parent, child);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void ForkTree_ThreeDeep_EachSeesItsAncestorsWritesAndTheFile(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var p0 = Proc(design);
-        p0.MapFile(A, 4 * P, v);
+        var p0 = ProcWithFile(design, 4, out var v);
         p0.Write(Pg(0), 1);                          // p0: shadow S0 over the vnode object
         var p1 = p0.Fork();
         p1.Write(Pg(1), 2);                          // p1: S1 over S0
@@ -188,7 +165,7 @@ public sealed class GenericFaultTests : VmTest
         Assert.Equal(2, p1.Read(Pg(1)));
         AssertPageIsFile(p0, Pg(1), v, 1);
         AssertPageIsFile(p1, Pg(3), v, 3);
-        Assert.Equal(0, p0.C.internal_errors + p1.C.internal_errors + p2.C.internal_errors);
+        AssertNoInternalErrors(p0, p1, p2);
 
         // p2 hides everything: its pages read the file again, not its ancestors' writes.
         p2.DontNeed(A, 4 * P);
@@ -262,8 +239,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remove_PrivateAnon_ReadsZeroAfter(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 9);
         p.Write(Pg(1), 8);
         p.DontNeed(Pg(0), P);
@@ -276,9 +252,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remove_PrivateFile_ReadsTheFileAgain(string design)
     {
-        var v = new MemVnode(2 * (long)P);
-        var p = Proc(design);
-        p.MapFile(A, 2 * P, v);
+        var p = ProcWithFile(design, 2, out var v);
         p.Write(Pg(1) + 1, 0xAB);
         Assert.Equal(0xAB, p.Read(Pg(1) + 1));
         p.DontNeed(A, 2 * P);
@@ -289,8 +263,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remove_AfterFork_HidesTheSharedOlderContent(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         parent.Write(Pg(0), 5);
         var child = parent.Fork();
         child.DontNeed(A, 2 * P);
@@ -307,25 +280,14 @@ public sealed class GenericFaultTests : VmTest
         child2.DontNeed(B, P);
         AssertPageIsFile(child2, B, v, 0);            // the file, not the parent's copy
         Assert.Equal(1, parent.Read(B));
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors + child2.C.internal_errors);
+        AssertNoInternalErrors(parent, child, child2);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void Unmap_PartialRange_SplitsTheEntry(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
-        for (int i = 0; i < 4; i++) p.Write(Pg(i), (byte)(i + 1));
-        p.Munmap(Pg(1), 2 * P);
-
-        var lines = p.Space.DescribeMaps().Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal(2, lines.Length);
-        Assert.StartsWith($"{A:x12}-{Pg(1):x12} rw- private-anon", lines[0]);
-        Assert.StartsWith($"{Pg(3):x12}-{Pg(4):x12}", lines[1]);
-        Assert.Contains("offset 3", lines[1]);
-        Assert.Equal(1, p.Read(Pg(0)));
-        Assert.Equal(4, p.Read(Pg(3)));
-        Assert.Equal("SIGSEGV", Assert.Throws<SimSignalException>(() => p.Read(Pg(1))).Signal);
+        var p = ProcWithAnon(design, 4);
+        UnmapTheMiddleTwoPagesOfFour(p);
 
         p.Space.Unmap(Pg(1), 2 * P);                  // idempotent
         p.Munmap(A, 4 * P);
@@ -336,8 +298,7 @@ public sealed class GenericFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Remap_MovesTheContent(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 3);
         p.Write(Pg(1), 4);
         long faults = p.C.v_vm_faults;
@@ -377,7 +338,7 @@ public sealed class GenericFaultTests : VmTest
         a.MapAnon(A, P);
         a.Space.Grow(A, P, 3 * P);
         Assert.Equal(0, a.Read(A + 2 * P));
-        Assert.Equal(0, p.C.internal_errors + s.C.internal_errors + a.C.internal_errors);
+        AssertNoInternalErrors(p, s, a);
         Assert.Equal(0, p.C.sigsegv + s.C.sigsegv + a.C.sigsegv);
     }
 
@@ -416,8 +377,7 @@ public sealed class GenericFaultTests : VmTest
     public void Destroy_AllSpaces_ReturnsObjectsToBaseline(string design)
     {
         var v = new MemVnode(4 * (long)P);
-        var a = Proc(design);
-        a.MapAnon(A, 4 * P);
+        var a = ProcWithAnon(design, 4);
         a.MapFile(B, 4 * P, v);
         a.MapFile(B + 8 * P, 4 * P, v, shared: true);
         a.Write(A, 1);
@@ -430,11 +390,7 @@ public sealed class GenericFaultTests : VmTest
         c.Write(A + P, 6);
         c.Munmap(A + P, P);
         Assert.True(vm.ObjectsAlive > 0);
-        a.Exit();
-        b.Exit();
-        c.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertFreed(a, b, c);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -477,10 +433,10 @@ public sealed class GenericFaultTests : VmTest
     {
         var v = new MemVnode(16 * (long)P) { LoadDelayMs = 50 };
         var spaces = new AddressSpace[8];
-        var pmaps = new CountingPmap[8];
+        var pmaps = new NullPmap[8];
         for (int i = 0; i < spaces.Length; i++)
         {
-            pmaps[i] = new CountingPmap();
+            pmaps[i] = new NullPmap(readPage: false);
             spaces[i] = vm.CreateSpace(pmaps[i], Resolvers.Create(design));
             spaces[i].MapFile(A, 16 * P, Prot.Read, v, 0, shared: true);
         }
@@ -492,22 +448,5 @@ public sealed class GenericFaultTests : VmTest
         Assert.Equal(1, io);
         foreach (var s in spaces) s.Destroy();
         Assert.Equal(0, vm.ObjectsAlive);
-    }
-
-    /// <summary>A thread-safe pmap that only records installs (for the concurrency test).</summary>
-    sealed class CountingPmap : IPmap
-    {
-        public int PageSize => 4096;
-        public int Installed;
-        readonly byte[] staging = new byte[4096 * 4];
-        public Span<byte> Staging(int pages) => staging.AsSpan(0, pages * 4096);
-        public bool EnterCopy(ulong va, int pages, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public bool EnterZero(ulong va, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable) { Interlocked.Increment(ref Installed); return true; }
-        public void Protect(ulong va, ulong length, bool writeProtect) { }
-        public void Poison(ulong va) { }
-        public void Wake(ulong va, ulong length) { }
-        public bool ReadPage(ulong va, Span<byte> dest) => false;
-        public void Remove(ulong va, int pages) { }
     }
 }

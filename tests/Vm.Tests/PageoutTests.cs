@@ -48,13 +48,7 @@ public sealed class PageoutTests : VmTest
         return got;
     }
 
-    void AssertBaseline()
-    {
-        Assert.Equal(0, vm.SwapSlotsInUse);
-        Assert.Equal(0, swap.InUse);
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
-    }
+    void ExitAndAssertBaseline(params SimProcess[] ps) => ExitAndAssertNothingLeft(swap, ps);
 
     static void AssertNoErrors(SimProcess p) => Assert.Equal(0, p.C.internal_errors + p.C.sigbus + p.C.swap_bad_slots);
 
@@ -67,8 +61,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void FirstScan_ClearsBitsThenDeactivates_EvictsLowestSixteen_BytesRoundTrip(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 64 * P);
+        var p = ProcWithAnon(design, 64);
         for (int i = 0; i < 64; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(64, p.Space.ResidentPages);
         Assert.Equal(0, p.Space.InactivePages);
@@ -103,8 +96,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(64, p.Space.ResidentPages);
         Assert.Equal(16, swap.Writes);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -116,8 +108,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WrittenWhileInactive_SecondChance_NextScanTakesOthers(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 64 * P);
+        var p = ProcWithAnon(design, 64);
         for (int i = 0; i < 64; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 16), Scan(p, 16));
         Assert.Equal(16, p.Space.InactivePages);
@@ -146,8 +137,7 @@ public sealed class PageoutTests : VmTest
         }
         Assert.Equal(32, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -157,8 +147,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Reactivated_NotUsedAgain_TakenNextRound(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 2), Scan(p, 2));            // deactivates 0..3, takes 0, 1
         p.Write(Pg(2), 1);                                 // second chance for 2
@@ -174,8 +163,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), i == 2 ? two : Pattern(i));
         Assert.Equal(8, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -186,8 +174,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WiredPages_BitsUntouched_NeverDeactivatedNorEvicted(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.True(p.Space.Wire(A, 4 * P));
 
@@ -213,8 +200,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(8, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Never-written zero pages of a read-only mapping are dropped without swap I/O.</summary>
@@ -236,16 +222,14 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), new byte[P]);
         Assert.Equal(0, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Pages read back from swap and not written since: their slot is current, so the next eviction writes nothing.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void SwappedInUnwritten_EvictedClean_SlotsUnchanged(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 8), Scan(p, 8));
         Assert.Equal(8, swap.Writes);
@@ -262,8 +246,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(16, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -276,8 +259,7 @@ public sealed class PageoutTests : VmTest
     public void NoSwapDevice_DirtyPagesStay_SwapFull(string design)
     {
         vm.Swap = null;
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
 
         Assert.Empty(Scan(p, 4, out bool full));
@@ -296,9 +278,7 @@ public sealed class PageoutTests : VmTest
         p.Write(Pg(3), 0x3C);                               // write-protected while inactive: resolves
         Assert.Equal(0x3C, p.Read(Pg(3)));
         AssertNoErrors(p);
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertFreed(p);
     }
 
     /// <summary>
@@ -311,8 +291,7 @@ public sealed class PageoutTests : VmTest
     public void NoSwapDevice_CleanPagesBehindDirtyOnes_TakenInTheSameScan(string design)
     {
         vm.Swap = null;
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         p.MapAnon(A + 4 * P, 4 * P, Prot.Read);
         for (int i = 0; i < 4; i++) WritePage(p, Pg(i), Pattern(i));
         for (int i = 4; i < 8; i++) Assert.Equal(0, p.Read(Pg(i)));
@@ -350,8 +329,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void BegunNotCompleted_NeverHandedOutTwice(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 16 * P);
+        var p = ProcWithAnon(design, 16);
         for (int i = 0; i < 16; i++) WritePage(p, Pg(i), Pattern(i));
 
         var first = Scan(p, 4, out _, complete: false);   // deactivates 0..7, begins 0..3
@@ -371,16 +349,14 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 16; i++) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(16, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Inactive pages unmapped meanwhile are dropped from the queue quietly; the scan takes the next ones.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void UnmappedWhileInactive_Skipped(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 2), Scan(p, 2));            // 2, 3 left inactive
         p.Munmap(Pg(2), 2 * P);
@@ -393,8 +369,7 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++)
             if (i is not (2 or 3)) AssertPage(p, Pg(i), Pattern(i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -406,8 +381,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void NewMappingAtAnInactiveAddress_NotEvictedByTheStaleEntry(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 2), Scan(p, 2));            // 2, 3 inactive
         p.Munmap(Pg(2), P);
@@ -424,8 +398,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(new[] { Pg(7), Pg(2) }, Scan(p, 2));
         for (int i = 0; i < 8; i++) AssertPage(p, Pg(i), Pattern(i == 2 ? 99 : i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -438,8 +411,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Fork_ScanBothSides_RightBytesEverywhere(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 8 * P);
+        var parent = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(parent, Pg(i), Pattern(i));
         var child = parent.Fork();
         Assert.Equal(8, child.Space.ResidentPages);
@@ -485,8 +457,7 @@ public sealed class PageoutTests : VmTest
         AssertNoErrors(child);
         parent.Exit();
         for (int i = 0; i < 8; i++) AssertPage(child, Pg(i), i == 1 ? c1 : Pattern(i));
-        child.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(child);
     }
 
     /// <summary>Edge cases of the arguments: nothing asked, a short buffer, an empty or destroyed space.</summary>
@@ -511,7 +482,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, p.Space.PageoutScan(4, new ulong[4], out _));
         Assert.Equal(0, p.Space.ResidentPages);
         Assert.Equal(0, p.Space.InactivePages);
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 
     /// <summary>
@@ -521,10 +492,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void PrivateFile_ReadPagesClean_WrittenPagesToSwap(string design)
     {
-        var v = new MemVnode(8 * (long)P);
-        var data = (byte[])v.Data.Clone();
-        var p = Proc(design);
-        p.MapFile(A, 8 * P, v);
+        var p = ProcWithFile(design, 8, out var v, out var data);
         p.Space.Advise(A, 8 * P, Advice.Random);
         for (int i = 0; i < 4; i++) Assert.Equal(data[(long)P * i], p.Read(Pg(i)));
         for (int i = 4; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
@@ -538,8 +506,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(4, p.C.pageins);
         Assert.Equal(data, v.Data);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -567,24 +534,21 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 4; i++) Assert.Equal(0x40 + i, p.Read(Pg(i)));
         Assert.Equal(0x99, p.Read(Pg(2) + 1));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>Anonymous pages first read (a zero fill in a writable mapping), then written: their bytes go to swap.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void WritableAnon_ReadFirstThenWritten_RoundTrip(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) Assert.Equal(0, p.Read(Pg(i)));
         for (int i = 0; i < 4; i++) WritePage(p, Pg(i), Pattern(i));
         Assert.Equal(Pages(0, 4), Scan(p, 4));
         Assert.Equal(4, p.C.pageouts);
         for (int i = 0; i < 4; i++) AssertPage(p, Pg(i), Pattern(i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>The hand goes round in address order across bitmap chunks (2 MiB each) and wraps to the lowest page.</summary>
@@ -592,8 +556,7 @@ public sealed class PageoutTests : VmTest
     public void Hand_AcrossChunks_WrapsToLowest(string design)
     {
         const ulong B = A + 3 * 2 * 1024 * 1024, C = A + (1UL << 30);
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.MapAnon(B, 2 * P);
         p.MapAnon(C, 2 * P);
         var all = new[] { A, A + P, B, B + P, C, C + P };
@@ -610,16 +573,14 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, p.Space.ResidentPages);
         for (int i = 0; i < all.Length; i++) AssertPage(p, all[i], Pattern(i));
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>A scan asking for more than 128 pages (the sweep's buffer is then on the heap) and an inactive queue grown past 64.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void LargeScan_HeapBuffer_QueueGrows(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 300 * P);
+        var p = ProcWithAnon(design, 300);
         for (int i = 0; i < 300; i++) { p.Write(Pg(i), (byte)i); p.Write(Pg(i) + P - 1, (byte)~i); }
         var got = Scan(p, 200);
         Assert.Equal(Pages(0, 200), got);
@@ -635,8 +596,7 @@ public sealed class PageoutTests : VmTest
         }
         Assert.Equal(300, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -697,7 +657,7 @@ public sealed class PageoutTests : VmTest
         Assert.True(procs.Sum(p => p.C.pageouts) > 0);
         Assert.True(procs.Sum(p => p.C.pd_reactivated) > 0);
         foreach (var p in procs) p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 
     /// <summary>
@@ -795,8 +755,7 @@ public sealed class PageoutTests : VmTest
         Assert.True(p.C.pageouts > 0);
         Assert.True(p.C.pd_reactivated > 0);
         Assert.True(scansWithPending > 0);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>
@@ -809,8 +768,7 @@ public sealed class PageoutTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Mremap_MovedPageKeepsItsReferenceBit_InactiveBitDropped(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) WritePage(p, Pg(i), Pattern(i));
         p.Mremap(Pg(0), Pg(20), P);
         Assert.True(p.Space.IsInstalled(Pg(20)));
@@ -839,8 +797,7 @@ public sealed class PageoutTests : VmTest
             if (i != 3) AssertPage(p, Pg(i), Pattern(i));
         Assert.Equal(8, p.C.pageins);
         AssertNoErrors(p);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>A pmap over the SimPmap whose Remove is only recorded (the daemon's agent drops the pages later); the test applies it.</summary>
@@ -937,7 +894,7 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, c.internal_errors + c.sigbus + c.swap_bad_slots + c.superseded);
         space.Destroy();
         sim.Clear();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 
     /// <summary>A pmap over the SimPmap whose TryWriteProtect can be refused for chosen pages (a userfaultfd range busy elsewhere).</summary>
@@ -1018,6 +975,6 @@ public sealed class PageoutTests : VmTest
         Assert.Equal(0, space.Counters.internal_errors + space.Counters.sigbus);
         space.Destroy();
         sim.Clear();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 }

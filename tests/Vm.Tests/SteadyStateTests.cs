@@ -2,23 +2,6 @@ namespace Lab.Tests.Vm;
 
 public sealed class SteadyStateTests : VmTest
 {
-    /// <summary>A pmap that allocates nothing and is safe for concurrent spaces.</summary>
-    sealed class NullPmap : IPmap
-    {
-        readonly byte[] staging = new byte[4096 * 4];
-        public long Installs;
-        public int PageSize => 4096;
-        public Span<byte> Staging(int pages) => staging.AsSpan(0, pages * 4096);
-        public bool EnterCopy(ulong va, int pages, bool writable) { Interlocked.Increment(ref Installs); return true; }
-        public bool EnterZero(ulong va, bool writable) { Interlocked.Increment(ref Installs); return true; }
-        public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable) { Interlocked.Increment(ref Installs); return true; }
-        public void Protect(ulong va, ulong length, bool writeProtect) { }
-        public void Poison(ulong va) { }
-        public void Wake(ulong va, ulong length) { }
-        public bool ReadPage(ulong va, Span<byte> dest) => true;   // the bytes do not matter here
-        public void Remove(ulong va, int pages) { }
-    }
-
     static long FaultAll(AddressSpace s, ulong start, int pages, FaultAccess access)
     {
         long before = GC.GetAllocatedBytesForCurrentThread();
@@ -30,7 +13,7 @@ public sealed class SteadyStateTests : VmTest
     public void ZeroFillFaults_AllocateNothingOnceTablesAreWarm(string design)
     {
         var vm = new Lab.Vm.Vm();
-        var s = vm.CreateSpace(new NullPmap(), Resolvers.Create(design));
+        var s = vm.CreateSpace(new NullPmap(readPage: true), Resolvers.Create(design));
         s.MapAnon(A, 1024 * P, Prot.Read | Prot.Write);
         Assert.True(FaultAll(s, A, 1024, FaultAccess.Write) > 0);   // warm: tables grow (and the probe works)
         s.Remove(A, 1024 * P);
@@ -44,7 +27,7 @@ public sealed class SteadyStateTests : VmTest
     public void SwapInFaults_AllocateNothingOnceTablesAreWarm(string design)
     {
         var vm = new Lab.Vm.Vm { Swap = new MemSwap() };
-        var s = vm.CreateSpace(new NullPmap(), Resolvers.Create(design));
+        var s = vm.CreateSpace(new NullPmap(readPage: true), Resolvers.Create(design));
         s.MapAnon(A, 256 * P, Prot.Read | Prot.Write);
         FaultAll(s, A, 256, FaultAccess.Write);
         for (int i = 0; i < 256; i++) Assert.Equal(EvictResult.Evicted, s.Evict(A + (ulong)i * P));
@@ -64,7 +47,7 @@ public sealed class SteadyStateTests : VmTest
         var vm = new Lab.Vm.Vm();
         var v = new MemVnode(256 * (long)P);
         v.LoadPages(0, 256);
-        var s = vm.CreateSpace(new NullPmap(), Resolvers.Create(design));
+        var s = vm.CreateSpace(new NullPmap(readPage: true), Resolvers.Create(design));
         s.MapFile(A, 256 * P, Prot.Read | Prot.Write, v, 0, shared: false);
         FaultAll(s, A, 256, FaultAccess.Read);          // read-only copies from the cache
         FaultAll(s, A, 256, FaultAccess.WriteProtect);  // copy-up into the shadow
@@ -84,7 +67,7 @@ public sealed class SteadyStateTests : VmTest
         var roots = new AddressSpace[4];
         for (int r = 0; r < roots.Length; r++)
         {
-            roots[r] = vm.CreateSpace(new NullPmap(), Resolvers.Create(design));
+            roots[r] = vm.CreateSpace(new NullPmap(readPage: true), Resolvers.Create(design));
             roots[r].MapAnon(A, 64 * P, Prot.Read | Prot.Write);
             roots[r].MapFile(A + 64 * P, 64 * P, Prot.Read | Prot.Write, v, 0, shared: false);
             roots[r].MapFile(A + 128 * P, 64 * P, Prot.Read | Prot.Write, v, 0, shared: true);
@@ -104,7 +87,7 @@ public sealed class SteadyStateTests : VmTest
                 {
                     // Each fork's child faults a little on its own thread, then exits.
                     space.ForkProtect();
-                    var child = space.Fork(new NullPmap());
+                    var child = space.Fork(new NullPmap(readPage: true));
                     all.Add(child);
                     for (int j = 0; j < 20; j++) child.Fault(A + (ulong)rnd.Next(192) * P, FaultAccess.Write);
                     child.Destroy();

@@ -17,13 +17,7 @@ public sealed class SwapTests : VmTest
         for (ulong i = 0; i < P; i += 61) Assert.Equal((byte)(seed + i), p.Read(va + i));
     }
 
-    void AssertBaseline()
-    {
-        Assert.Equal(0, vm.SwapSlotsInUse);
-        Assert.Equal(0, swap.InUse);
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
-    }
+    void ExitAndAssertBaseline(params SimProcess[] ps) => ExitAndAssertNothingLeft(swap, ps);
 
     [Theory, MemberData(nameof(Designs))]
     public void WriteEvictReadBack_SameBytes_OnePagein_NoVnodeRead(string design)
@@ -53,15 +47,13 @@ public sealed class SwapTests : VmTest
         Assert.Equal(1, swap.Writes);
         AssertFilled(p, Pg(0), 3);
         Assert.Equal(2, p.C.pageins);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void IsPagedOut_OnlyForPagesWhoseBytesAreInSwapAlone(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         Fill(p, Pg(0), 5);
         Fill(p, Pg(1), 6);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
@@ -76,24 +68,20 @@ public sealed class SwapTests : VmTest
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(1)));
         var child = p.Fork();
         Assert.True(child.Space.IsPagedOut(Pg(1)));
-        child.Exit();
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(child, p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void AnonymousPages_RoundTrip(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) Fill(p, Pg(i), (byte)(10 * i + 1));
         for (int i = 0; i < 8; i++) Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(i)));
         Assert.Equal(8, vm.SwapSlotsInUse);
         for (int i = 7; i >= 0; i--) AssertFilled(p, Pg(i), (byte)(10 * i + 1));
         Assert.Equal(8, p.C.pageins);
         Assert.Equal(0, p.C.internal_errors);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -111,8 +99,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(v.Data[100], p.Read(Pg(0) + 100));
         Assert.True(v.ReadCalls > reads);
         Assert.Equal(0, p.C.pageins);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -126,15 +113,13 @@ public sealed class SwapTests : VmTest
         Assert.Equal(EvictResult.Clean, p.Space.Evict(Pg(0)));
         Assert.Equal(0, p.Read(Pg(0)));
         Assert.Equal(0, swap.Writes);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void ForkThenEvictInParent_ChildUnaffected(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) Fill(parent, Pg(i), (byte)(i + 5));
         var child = parent.Fork();
         Assert.Equal(EvictResult.Evicted, parent.Space.Evict(Pg(0)));
@@ -149,19 +134,17 @@ public sealed class SwapTests : VmTest
         // Evicting the child's copy of a page the parent paged out needs no second write.
         Assert.Equal(EvictResult.Clean, child.Space.Evict(Pg(0)));
         AssertFilled(child, Pg(0), 5);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
+        AssertNoInternalErrors(parent, child);
         parent.Exit();
         AssertFilled(child, Pg(0), 5);
-        child.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(child);
     }
 
     /// <summary>After fork the paged-out page is shared copy-on-write: a write fault copies it from the swap slot.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void CopyOnWriteFromASwappedPage(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         Fill(parent, Pg(0), 20);
         var child = parent.Fork();
         Assert.Equal(EvictResult.Evicted, parent.Space.Evict(Pg(0)));
@@ -170,18 +153,15 @@ public sealed class SwapTests : VmTest
         Assert.Equal(20, parent.Read(Pg(0)));
         Assert.Equal(1, parent.C.pageins);
         AssertFilled(child, Pg(0), 20);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        AssertBaseline();
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertBaseline(parent, child);
     }
 
     /// <summary>The copy-on-write source's slot is corrupt: SIGBUS on the write, no half-made copy left behind, the child unaffected.</summary>
     [Theory, MemberData(nameof(Designs))]
     public void CopyOnWriteFromACorruptSlot_SigBus(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         Fill(parent, Pg(0), 30);
         Fill(parent, Pg(1), 31);
         var child = parent.Fork();
@@ -193,17 +173,14 @@ public sealed class SwapTests : VmTest
         AssertFilled(child, Pg(0), 30);
         Fill(child, Pg(0), 40);
         AssertFilled(child, Pg(0), 40);
-        Assert.Equal(0, parent.C.internal_errors + child.C.internal_errors);
-        parent.Exit();
-        child.Exit();
-        AssertBaseline();
+        AssertNoInternalErrors(parent, child);
+        ExitAndAssertBaseline(parent, child);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void CorruptSlot_SigBusOnThatPageOnly(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         Fill(p, Pg(0), 1);
         Fill(p, Pg(1), 2);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
@@ -216,15 +193,13 @@ public sealed class SwapTests : VmTest
         Assert.Equal(1, p.C.swap_bad_slots);
         AssertFilled(p, Pg(1), 2);
         Assert.Throws<SimSignalException>(() => p.Read(Pg(0) + 7));   // still poisoned, never zeros
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void WiredPage_IsNotEvicted(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         Fill(p, Pg(0), 1);
         Assert.True(p.Space.Wire(A, P));
         Assert.Equal(EvictResult.Wired, p.Space.Evict(Pg(0)));
@@ -232,8 +207,7 @@ public sealed class SwapTests : VmTest
         p.Space.Unwire(A, P);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
         AssertFilled(p, Pg(0), 1);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -256,8 +230,7 @@ public sealed class SwapTests : VmTest
     public void FullDevice_NoSwap(string design)
     {
         swap.Capacity = 1;
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         Fill(p, Pg(0), 1);
         Fill(p, Pg(1), 2);
         Assert.Equal(EvictResult.Evicted, p.Space.Evict(Pg(0)));
@@ -266,8 +239,7 @@ public sealed class SwapTests : VmTest
         Fill(p, Pg(1), 3);                            // left write-protected: the write faults and resolves
         AssertFilled(p, Pg(1), 3);
         AssertFilled(p, Pg(0), 1);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     /// <summary>FreeBSD frees the swap copy when a write dirties the page; DragonFly and UVM keep the (stale) slot, and the next page-out writes the new bytes.</summary>
@@ -289,8 +261,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(2, swap.Writes);
         Assert.Equal(1, vm.SwapSlotsInUse);
         Assert.Equal(99, p.Read(Pg(0)));
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -306,8 +277,7 @@ public sealed class SwapTests : VmTest
         Assert.Equal(4, p.Read(Pg(0)));
         Assert.Equal(1, p.C.pageins);
         Assert.Equal(design == "freebsd" ? 0 : 1, vm.SwapSlotsInUse);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -326,8 +296,7 @@ public sealed class SwapTests : VmTest
         p.Space.CompleteEvict(Pg(0));
         AssertFilled(p, Pg(0), 6);
         Assert.Equal(1, p.C.pageins);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
@@ -340,16 +309,13 @@ public sealed class SwapTests : VmTest
         Assert.Equal(EvictResult.Clean, p.Space.Evict(Pg(0)));
         Assert.Equal(42, p.Read(Pg(0)));             // the page cache kept it
         Assert.Equal(0, swap.Writes);
-        p.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void ForkTree_EvictEverything_AllDestroyed_SlotsReturn(string design)
     {
-        var v = new MemVnode(8 * (long)P);
-        var root = Proc(design);
-        root.MapFile(A, 8 * P, v);
+        var root = ProcWithFile(design, 8, out var v);
         root.MapAnon(A + 16 * P, 8 * P);
         var procs = new List<SimProcess> { root };
         for (int gen = 0; gen < 3; gen++)
@@ -377,6 +343,6 @@ public sealed class SwapTests : VmTest
         Assert.True(vm.SwapSlotsInUse > 0);
         procs.Reverse();
         foreach (var x in procs) x.Exit();
-        AssertBaseline();
+        ExitAndAssertBaseline();
     }
 }

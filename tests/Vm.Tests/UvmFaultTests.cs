@@ -23,8 +23,7 @@ public sealed class UvmFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Case2B_Zero_FirstTouchCopiesTheAmapThenPromotesAZeroAnon(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         var d = new Delta(p.C);
         Assert.Equal(0, p.Read(Pg(1)));
         // needs_copy without a uobj: amap_copy and ReFault even for a read; the narrow
@@ -36,16 +35,13 @@ public sealed class UvmFaultTests : VmTest
         Assert.Equal(1, p.Space.AnonRefAt(Pg(1)));
         Assert.Null(p.Space.ObjectAt(A));              // anonymous memory has no uobj
         Assert.Contains("amap 1/4 ref 1", p.Space.DescribeMaps());
-        p.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertNoAnons(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void Case2B_Copy_WriteToAPrivateFilePromotesACopy_FileUnchanged(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var p = Proc(design);
-        p.MapFile(A, 4 * P, v);
+        var p = ProcWithFile(design, 4, out var v);
         var d = new Delta(p.C);
         p.Write(Pg(2) + 1, 0x42);
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltamcopy", 1), ("fault_retries", 1),
@@ -92,8 +88,7 @@ public sealed class UvmFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void Case1B_ThenCase1A_AfterFork_AnRefBackToOneOnBothSides(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 2 * P);
+        var parent = ProcWithAnon(design, 2);
         parent.Write(Pg(0), 1);
         var child = parent.Fork();
         Assert.Equal(1, parent.Space.AnonRefAt(Pg(0)));   // one anon, one shared amap (am_ref 2)
@@ -115,17 +110,13 @@ public sealed class UvmFaultTests : VmTest
               ("fltanget", 1), ("flt_anon", 1), ("wp_resolved", 1));
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(20, child.Read(Pg(0)));
-        child.Exit();
-        parent.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertNoAnons(child, parent);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void AfterFork_ReadLeavesFltamcopy_WriteIncrementsIt(string design)
     {
-        var v = new MemVnode(4 * (long)P);
-        var parent = Proc(design);
-        parent.MapFile(A, 4 * P, v);
+        var parent = ProcWithFile(design, 4, out var v);
         parent.Write(Pg(1), 5);                           // the parent's amap
         var child = parent.Fork();
 
@@ -141,17 +132,13 @@ public sealed class UvmFaultTests : VmTest
         Assert.Equal(6, child.Read(Pg(2)));
         AssertPageIsFile(parent, Pg(2), v, 2);
         Assert.Equal(2, child.Space.AnonRefAt(Pg(1)));    // shared by both amaps until someone writes
-        parent.Exit();
-        child.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertFreed(parent, child);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void AmapCopy_ChunksALargeEntry(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 1024 * P);
+        var p = ProcWithAnon(design, 1024);
         p.Write(Pg(100), 1);
         var lines = p.Space.DescribeMaps().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(3, lines.Length);                    // [0,96) [96,112) [112,1024)
@@ -195,8 +182,7 @@ public sealed class UvmFaultTests : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void NoMemory_WaitsAndRestarts_2019KeepsTheSpareAnon(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         vm.FailPageAllocs = 1;
         p.Write(Pg(0), 7);
         Assert.Equal(7, p.Read(Pg(0)));
@@ -205,15 +191,13 @@ public sealed class UvmFaultTests : VmTest
         Assert.Equal(1, p.C.flt_przero);                  // counted by the pass that promoted
         Assert.Equal(design == "uvm2019" ? 1 : 0, p.C.spare_anon_reuse);
         Assert.Equal(1, vm.AnonsAlive);
-        p.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertNoAnons(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void Remove_DropsTheAnons_SplitUnmapFreesOnlyItsOwn(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 8 * P);
+        var p = ProcWithAnon(design, 8);
         for (int i = 0; i < 8; i++) p.Write(Pg(i), (byte)(i + 1));
         Assert.Equal(8, vm.AnonsAlive);
         p.DontNeed(Pg(0), 2 * P);
@@ -224,7 +208,6 @@ public sealed class UvmFaultTests : VmTest
         Assert.Equal(5, vm.AnonsAlive);
         Assert.Equal(7, p.Read(Pg(6)));
         Assert.Equal(3, p.Read(Pg(2)));
-        p.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertNoAnons(p);
     }
 }

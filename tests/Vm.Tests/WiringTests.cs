@@ -31,10 +31,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, MemberData(nameof(Designs))]
     public void WirePrivateFile_EveryPagePrivate_LaterWritesRaiseNoCow(string design)
     {
-        var v = new MemVnode(8 * (long)P);
-        var data = (byte[])v.Data.Clone();
-        var p = Proc(design);
-        p.MapFile(A, 8 * P, v);
+        var p = ProcWithFile(design, 8, out var v, out var data);
         p.Space.Advise(A, 8 * P, Advice.Random);   // one page per read: the counts below are about wiring
         Assert.Equal(data[0], p.Read(Pg(0)));
         Assert.Equal(data[P], p.Read(Pg(1)));
@@ -84,16 +81,13 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         p.Space.Unwire(A, 8 * P);
         Assert.Equal(0, p.C.wired_pages);
         for (int i = 0; i < 8; i++) Assert.True(p.Space.IsEvictable(Pg(i)));
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertFreed(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void WireAnonymous_ZeroFillsWritable_NoPrefault(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 4 * P);
+        var p = ProcWithAnon(design, 4);
         var d = new Delta(p.C, output);
         Assert.True(p.Space.Wire(A, 4 * P));
         if (IsUvm(design))
@@ -126,15 +120,13 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
             Assert.False(p.Pmap.Writable(Pg(i)));
             Assert.Equal(v.Data[i * (int)P], p.Read(Pg(i)));
         }
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p);
     }
 
     [Theory, MemberData(nameof(Designs))]
     public void WireAfterFork_BreaksCopyOnWriteInThisSpaceOnly(string design)
     {
-        var parent = Proc(design);
-        parent.MapAnon(A, 4 * P);
+        var parent = ProcWithAnon(design, 4);
         for (int i = 0; i < 4; i++) parent.Write(Pg(i), (byte)(i + 1));
         var child = parent.Fork();
         Assert.False(child.Space.IsWired(A));
@@ -166,16 +158,14 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         for (int i = 0; i < 8; i++) Assert.True(p.Space.IsEvictable(Pg(i)));
         Assert.Throws<SimSignalException>(() => p.Read(Pg(5)));
         Assert.Equal(v.Data[4 * P], p.Read(Pg(4)));
-        p.Exit();
-        Assert.Equal(0, vm.ObjectsAlive);
+        ExitAndAssertNoObjects(p);
     }
 
     /// <summary>FreeBSD drops a page's swap copy when a write fault dirties it; DragonFly (without VM_FAULT_DIRTY) keeps it.</summary>
     [Theory, InlineData("freebsd", true), InlineData("dragonfly", false)]
     public void WriteFault_DropsTheSwapCopy_FreeBsdOnly(string design, bool drops)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 1);
         var (o, pindex) = p.Space.ObjectAt(A)!.Value;
         Assert.True(o.SetSwapped(pindex));            // as the swap store will, after a page-out
@@ -194,8 +184,7 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
     [Theory, InlineData("uvm2000"), InlineData("uvm2019")]
     public void Wire_DropsTheAnonSwapSlot_Uvm(string design)
     {
-        var p = Proc(design);
-        p.MapAnon(A, 2 * P);
+        var p = ProcWithAnon(design, 2);
         p.Write(Pg(0), 1);
         p.Write(Pg(1), 1);
         p.Space.AnonAt(Pg(0))!.an_swslot = 7;
@@ -208,7 +197,6 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         Assert.Equal(0, p.Space.AnonAt(Pg(1))!.an_swslot);
         Assert.Equal(2, p.C.swap_slots_freed_on_wire);
         Assert.Equal(0, p.C.swap_slots_freed_on_dirty);
-        p.Exit();
-        Assert.Equal(0, vm.AnonsAlive);
+        ExitAndAssertNoAnons(p);
     }
 }
