@@ -268,7 +268,10 @@ public sealed class CollapseTests : VmTest
             var rnd = new Random(100 + t);
             while (Volatile.Read(ref stop) == 0)
             {
-                ulong va = A + (ulong)rnd.Next(pages) * P;
+                // Each faulter keeps to its own pages (index ≡ t mod 3): a write-protect fault is
+                // only asked for an installed page, and no other faulter may remove it between
+                // the check and the fault (the kernel never gives a WP fault on an absent page).
+                ulong va = A + (ulong)(rnd.Next((pages - t + 2) / 3) * 3 + t) * P;
                 var access = (FaultAccess)rnd.Next(3);
                 if (access == FaultAccess.WriteProtect && !root.IsInstalled(va)) access = FaultAccess.Write;
                 var r = root.Fault(va, access);
