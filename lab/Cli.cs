@@ -211,6 +211,7 @@ public static class Cli
             long bytes = r.GetValue(limit);
             if (r.GetResult(limit) != null && bytes < 64 * 4096) throw new LabException("--resident-limit must be at least 256K");
             if (bytes > 0) SetLimit(conn, run, bytes);
+            var before = KernelFaults.OfReapedChildren();
             var child = Start(psi);
             // Ctrl-C reaches the program through the terminal; the lab command just waits for it.
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
@@ -221,7 +222,7 @@ public static class Cli
             string? text = null;
             try { text = conn.Stat(run); }
             catch (LabException) when (!r.GetValue(stats)) { }
-            if (r.GetValue(stats)) Console.Error.Write(Table(text!));
+            if (r.GetValue(stats)) Console.Error.Write(Table(text! + (KernelFaults.OfReapedChildren() - before).StatsLines(text!)));
             if (text != null && Unserved(text) is long n and > 0)
             {
                 // The shim cannot enter a static program its program exec'd: the run is incomplete.
@@ -293,6 +294,7 @@ public static class Cli
             {
                 conn.DropCaches();   // every design starts from a cold page cache
                 var (psi, run) = LabProgram(m, socket, argv, vm);
+                var before = KernelFaults.OfReapedChildren();
                 psi.RedirectStandardOutput = true;
                 psi.RedirectStandardInput = true;
                 var child = Start(psi);
@@ -307,7 +309,7 @@ public static class Cli
                 var text = conn.Stat(run);
                 if (Unserved(text) is long n and > 0)
                     throw new LabException($"{argv[0]} exec'd {n} statically linked program(s) under --vm {vm}: they ran outside the lab");
-                columns.Add((vm, ParseStats(text)));
+                columns.Add((vm, ParseStats(text + (KernelFaults.OfReapedChildren() - before).StatsLines(text))));
             }
             Console.Out.Write(CompareTable(columns, r.GetValue(all)));
             Console.Out.WriteLine($"output: identical under all {columns.Count} designs ({firstOut!.Length} bytes)");
@@ -337,7 +339,7 @@ public static class Cli
         if (status != 0) throw new LabException($"the lab daemon refused the limit: {Native.StrError(status)}");
     }
 
-    static Dictionary<string, string> ParseStats(string text)
+    internal static Dictionary<string, string> ParseStats(string text)
     {
         var d = new Dictionary<string, string>();
         foreach (var line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))

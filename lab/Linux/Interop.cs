@@ -113,6 +113,16 @@ public static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     public static partial int setsid();
 
+    public const int RUSAGE_CHILDREN = -1;
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Rusage
+    {
+        public long UtimeSec, UtimeUsec, StimeSec, StimeUsec;
+        public long MaxRss, IxRss, IdRss, IsRss, MinFlt, MajFlt, NSwap, InBlock, OuBlock, MsgSnd, MsgRcv, NSignals, NVcsw, NIvcsw;
+    }
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int getrusage(int who, Rusage* usage);
+
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int open(string path, int flags, int mode);
     [LibraryImport("libc", SetLastError = true)]
