@@ -16,7 +16,7 @@ PROGS := $(TEST_PROGS) $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/swaptouch
 all: build
 
 # Debian packages the lab uses at run time or in tests, installed only when missing.
-APT_PKGS := fuse3 sqlite3 ripgrep git
+APT_PKGS := fuse3 sqlite3 ripgrep git libjemalloc2
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

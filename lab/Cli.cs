@@ -41,6 +41,20 @@ public static class Cli
         },
     };
 
+    static Option<string> HeapOption() => new("--heap")
+    {
+        Description = "where the program's malloc blocks live: lab (every block is lab memory: the Debian jemalloc "
+            + "is preloaded before the shim and takes its memory from lab mmaps) or glibc (glibc's allocator; only "
+            + "blocks of 1 MiB or more are lab memory)",
+        DefaultValueFactory = _ => "lab",
+        CustomParser = r =>
+        {
+            var v = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (v is not ("lab" or "glibc")) r.AddError($"unknown --heap '{v}'; choose lab or glibc");
+            return v;
+        },
+    };
+
     /// <summary>A size option: bytes, or a number with K, M, G (powers of 1024; KiB/MiB/GiB accepted too).</summary>
     static Option<long> SizeOption(string name, string description) => new(name)
     {
@@ -201,13 +215,14 @@ public static class Cli
         var vm = VmOption("fault handler design for this program");
         var stats = new Option<bool>("--stats") { Description = "print this run's counters on stderr when the program ends" };
         var limit = SizeOption("--resident-limit", "most lab memory the program (with its children) keeps resident; the rest is paged out");
+        var heap = HeapOption();
         var program = new Argument<string[]>("PROGRAM") { Description = "the program and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
-        var cmd = new Command("run", "run an unmodified program with its lab memory served by the lab") { mount, vm, stats, limit, program };
+        var cmd = new Command("run", "run an unmodified program with its lab memory served by the lab") { mount, vm, stats, limit, heap, program };
         cmd.SetAction(r =>
         {
             var m = FindMount(r.GetValue(mount));
             using var conn = ConnectDaemon(m, out var socket);
-            var (psi, run) = LabProgram(m, socket, r.GetValue(program)!, r.GetValue(vm));
+            var (psi, run) = LabProgram(m, socket, r.GetValue(program)!, r.GetValue(vm), r.GetValue(heap)!);
             long bytes = r.GetValue(limit);
             if (r.GetResult(limit) != null && bytes < 64 * 4096) throw new LabException("--resident-limit must be at least 256K");
             if (bytes > 0) SetLimit(conn, run, bytes);
@@ -236,11 +251,14 @@ public static class Cli
     }
 
     /// <summary>How to start PROGRAM under the lab: the shim preloaded, the daemon's socket, a fresh run id.</summary>
-    static (ProcessStartInfo Psi, ulong Run) LabProgram(string mount, string socket, string[] argv, string? vm)
+    static (ProcessStartInfo Psi, ulong Run) LabProgram(string mount, string socket, string[] argv, string? vm, string heap)
     {
         var exe = ResolveProgram(argv[0]) ?? throw new LabException($"{argv[0]}: command not found");
         RefuseStatic(exe);
         var shim = FindShim();
+        // The allocator goes first: its malloc family then wins over the shim's, and its own mmap
+        // calls bind to the shim's mmap, so every block it hands out sits in lab anonymous memory.
+        if (heap == "lab") shim = FindAllocator() + ":" + shim;
         ulong run = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
         var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
         foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
@@ -282,7 +300,8 @@ public static class Cli
         var mount = MountOption();
         var program = new Argument<string[]>("PROGRAM") { Description = "the program and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
         var all = new Option<bool>("--all") { Description = "show every counter, zeros too" };
-        var cmd = new Command("compare", "run a program once per fault handler design and show their counters side by side") { mount, all, program };
+        var heap = HeapOption();
+        var cmd = new Command("compare", "run a program once per fault handler design and show their counters side by side") { mount, all, heap, program };
         cmd.SetAction(r =>
         {
             var m = FindMount(r.GetValue(mount));
@@ -293,7 +312,7 @@ public static class Cli
             foreach (var vm in Resolvers.Names)
             {
                 conn.DropCaches();   // every design starts from a cold page cache
-                var (psi, run) = LabProgram(m, socket, argv, vm);
+                var (psi, run) = LabProgram(m, socket, argv, vm, r.GetValue(heap)!);
                 var before = KernelFaults.OfReapedChildren();
                 psi.RedirectStandardOutput = true;
                 psi.RedirectStandardInput = true;
@@ -414,6 +433,19 @@ public static class Cli
             if (File.Exists(p)) return p;
         }
         return null;
+    }
+
+    /// <summary>The malloc library `--heap lab` preloads: $LAB_ALLOCATOR, else the Debian jemalloc
+    /// (package libjemalloc2, which `make` installs). It must take its memory with mmap(2) through the
+    /// dynamic linker, as jemalloc does, so that the shim's mmap serves it.</summary>
+    static string FindAllocator()
+    {
+        var env = Environment.GetEnvironmentVariable("LAB_ALLOCATOR");
+        if (!string.IsNullOrEmpty(env))
+            return File.Exists(env) ? Path.GetFullPath(env) : throw new LabException($"LAB_ALLOCATOR: {env}: no such file");
+        foreach (var c in new[] { "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2" })
+            if (File.Exists(c)) return c;
+        throw new LabException("libjemalloc.so.2 not found: install the libjemalloc2 package (`make deps` does), or run with --heap glibc");
     }
 
     /// <summary>liblabpreload.so: $LAB_PRELOAD, next to this program, or the build/ folder of the tree.</summary>

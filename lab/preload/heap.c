@@ -210,6 +210,25 @@ LAB_EXPORT void *calloc(size_t n, size_t m)
 
 LAB_EXPORT void *realloc(void *p, size_t n) { return lab_realloc(p, n); }
 
+/* Another allocator preloaded before the shim (`lab run --heap lab`: jemalloc) wins the malloc
+ * family, and its own mmaps bind to the shim's. The shim's two calls that allocator may lack
+ * (reallocarray, pvalloc) must then use the winner's realloc and memalign: a glibc block freed
+ * by the winner would corrupt its heap. Resolved on first use, as either may run before the
+ * shim's constructor. */
+static void *(*g_win_realloc)(void *, size_t);
+static void *(*g_win_memalign)(size_t, size_t);
+
+static void resolve_winner(void)
+{
+    if (__atomic_load_n(&g_win_realloc, __ATOMIC_ACQUIRE))
+        return;
+    Dl_info self, win;
+    void *r = dlsym(RTLD_DEFAULT, "realloc"), *m = dlsym(RTLD_DEFAULT, "memalign");
+    int foreign = r && m && dladdr((void *)resolve_winner, &self) && dladdr(r, &win) && win.dli_fbase != self.dli_fbase;
+    g_win_memalign = foreign ? (void *(*)(size_t, size_t))m : lab_memalign;
+    __atomic_store_n(&g_win_realloc, foreign ? (void *(*)(void *, size_t))r : lab_realloc, __ATOMIC_RELEASE);
+}
+
 LAB_EXPORT void *reallocarray(void *p, size_t n, size_t m)
 {
     size_t t;
@@ -217,7 +236,8 @@ LAB_EXPORT void *reallocarray(void *p, size_t n, size_t m)
         errno = ENOMEM;
         return NULL;
     }
-    return lab_realloc(p, t);
+    resolve_winner();
+    return g_win_realloc(p, t);
 }
 
 LAB_EXPORT void *memalign(size_t align, size_t n) { return lab_memalign(align, n); }
@@ -249,11 +269,13 @@ LAB_EXPORT void *valloc(size_t n) { return lab_memalign(g_page, n); }
 
 LAB_EXPORT void *pvalloc(size_t n)
 {
-    if (n > SIZE_MAX - g_page) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (n > SIZE_MAX - page) {
         errno = ENOMEM;
         return NULL;
     }
-    return lab_memalign(g_page, page_up(n));
+    resolve_winner();
+    return g_win_memalign(page, (n + page - 1) & ~(page - 1));
 }
 
 LAB_EXPORT size_t malloc_usable_size(void *p)
@@ -262,4 +284,80 @@ LAB_EXPORT size_t malloc_usable_size(void *p)
         return 0;
     struct lab_blk *b = blk_of(p);
     return b ? (size_t)b->size : libc_usable(p);
+}
+
+/* ---------- brk/sbrk callers: the data segment a program grows itself is lab memory ---------- */
+
+/* A program calling brk or sbrk gets its break in one lab anonymous reservation (LAB_BRK_MAX,
+ * MAP_NORESERVE), made on first use, so sbrk(0) before that is the kernel's break. glibc's own
+ * malloc reaches the kernel's brk through an internal call, not through these, and so does
+ * nothing else in libc. Memory above a lowered break is dropped (MADV_DONTNEED: it reads zero
+ * when the break rises again, as Linux gives) but stays mapped, where Linux would unmap it. */
+#define LAB_BRK_MAX ((size_t)1 << 30)
+static uintptr_t g_brk_base, g_brk_cur;
+
+static int brk_reserve(void)
+{
+    if (__atomic_load_n(&g_brk_base, __ATOMIC_ACQUIRE))
+        return 0;
+    void *m = lab_mmap(NULL, LAB_BRK_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -1;
+    uintptr_t none = 0;
+    if (!__atomic_compare_exchange_n(&g_brk_base, &none, (uintptr_t)m, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        lab_munmap(m, LAB_BRK_MAX); /* another thread reserved first */
+        return 0;
+    }
+    __atomic_store_n(&g_brk_cur, (uintptr_t)m, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Move the break to `want`; 0, or -1 with ENOMEM. Not thread-safe, as glibc's sbrk is not. */
+static int brk_move(uintptr_t want)
+{
+    uintptr_t base = g_brk_base, cur = g_brk_cur;
+    if (want < base || want > base + LAB_BRK_MAX) {
+        errno = ENOMEM;
+        return -1;
+    }
+    uintptr_t keep = (want + 4095) & ~(uintptr_t)4095, had = (cur + 4095) & ~(uintptr_t)4095;
+    if (keep < had)
+        madvise((void *)keep, had - keep, MADV_DONTNEED);
+    g_brk_cur = want;
+    return 0;
+}
+
+LAB_EXPORT void *sbrk(intptr_t inc)
+{
+    if (!g_on) {
+        static void *(*real)(intptr_t);
+        if (!real)
+            real = (void *(*)(intptr_t))dlsym(RTLD_NEXT, "sbrk");
+        return real(inc);
+    }
+    if (brk_reserve() != 0) {
+        errno = ENOMEM;
+        return (void *)-1;
+    }
+    uintptr_t old = g_brk_cur;
+    if ((inc > 0 && (uintptr_t)inc > UINTPTR_MAX - old) || brk_move(old + (uintptr_t)inc) != 0) {
+        errno = ENOMEM;
+        return (void *)-1;
+    }
+    return (void *)old;
+}
+
+LAB_EXPORT int brk(void *addr)
+{
+    if (!g_on) {
+        static int (*real)(void *);
+        if (!real)
+            real = (int (*)(void *))dlsym(RTLD_NEXT, "brk");
+        return real(addr);
+    }
+    if (brk_reserve() != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return brk_move((uintptr_t)addr);
 }

@@ -118,10 +118,10 @@ public sealed class ControlProtocolTests(ITestOutputHelper output)
             .Select(p => $"{p[1]} {p[2]}").Order(StringComparer.Ordinal).ToList();
         string[] interposed =
         [
-            "aligned_alloc", "calloc", "fork", "free", "ioctl", "madvise", "malloc", "malloc_usable_size", "memalign",
+            "aligned_alloc", "brk", "calloc", "fork", "free", "ioctl", "madvise", "malloc", "malloc_usable_size", "memalign",
             "mlock", "mlock2", "mlockall", "mmap", "mmap64", "mprotect", "mremap", "msync", "munlock", "munlockall",
             "munmap", "posix_memalign", "pread", "pread64", "pvalloc", "pwrite", "pwrite64", "read", "realloc",
-            "reallocarray", "valloc", "wait", "wait3", "wait4", "waitid", "waitpid", "write",
+            "reallocarray", "sbrk", "valloc", "wait", "wait3", "wait4", "waitid", "waitpid", "write",
         ];
         Assert.Equal(interposed.Select(n => "T " + n).Order(StringComparer.Ordinal), exported);
     }
