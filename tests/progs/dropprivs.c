@@ -48,9 +48,9 @@ static void check_file(int fd, int flags, const char *when)
 static void check_anon(const char *when)
 {
     size_t n = 2 << 20;
-    unsigned char *b = malloc(n); /* a lab heap block */
+    unsigned char *b = calloc(1, n); /* a lab heap block; calloc: zero whatever allocator reuses it */
     if (!b)
-        fail("malloc");
+        fail("calloc");
     for (size_t i = 0; i < n; i += 4096)
         if (b[i] != 0) {
             fprintf(stderr, "dropprivs: fresh heap byte %zu is %u %s\n", i, b[i], when);
