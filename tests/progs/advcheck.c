@@ -4,7 +4,8 @@
  *
  *   advcheck FILE PAGES STEP...
  *     warm | normal | random | sequential: map the first PAGES pages of FILE private, give the
- *         advice (warm: none), read one word of every page in order, unmap; print the sum.
+ *         advice (warm: none), read one word of every page in order, unmap (warm: keep it
+ *         mapped to the end); print the sum.
  *     dontneed: map FILE private and PAGES anonymous pages; write every page of both; drop the
  *         second half of each with MADV_DONTNEED; print whether the anonymous half reads zero and
  *         the file half reads the file again, and the sum of the kept halves.
@@ -16,7 +17,7 @@
  *     future: mlockall(MCL_CURRENT|MCL_FUTURE), map PAGES anonymous pages, write and read
  *         them, munlockall; print the sum.
  *     onfault: mlock2(MLOCK_ONFAULT) PAGES fresh anonymous pages, then write every other one.
- *     hold: sleep 1 s (lets a pageout under a resident limit run).
+ *     hold: sleep 1 s (lets a pageout under a resident limit run). nop: nothing (a baseline run).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -85,7 +86,10 @@ static void advised_scan(const char *step, int advice)
     if (advice >= 0 && madvise(p, pages * PG, advice) != 0)
         die("madvise");
     printf("%s sum %llx\n", step, (unsigned long long)scan(p, 0, pages));
-    munmap(p, pages * PG);
+    /* The warm mapping stays: its reference keeps the file's VM object, so its pages stay
+     * resident for the scans after it whatever the daemon does with unreferenced objects. */
+    if (advice >= 0)
+        munmap(p, pages * PG);
 }
 
 static void dontneed(void)
@@ -182,6 +186,7 @@ int main(int argc, char **argv)
             munlock(p, pages * PG);
             munmap(p, pages * PG);
         } else if (!strcmp(s, "hold")) sleep(1);
+        else if (!strcmp(s, "nop")) printf("nop\n");
         else {
             fprintf(stderr, "advcheck: unknown step %s\n", s);
             return 2;
