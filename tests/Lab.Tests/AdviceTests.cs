@@ -18,7 +18,10 @@ public sealed class AdviceTests(ITestOutputHelper output)
     }
 
     /// <summary>`lab run --stats advcheck FILE PAGES steps...` on a fresh file; its stdout and counters.</summary>
-    (RunResult R, Dictionary<string, long> C) Run(LabMount m, int pages, string[] extra, params string[] steps)
+    (RunResult R, Dictionary<string, long> C) Run(LabMount m, int pages, string[] extra, params string[] steps) =>
+        Run(m, pages, extra, null, steps);
+
+    (RunResult R, Dictionary<string, long> C) Run(LabMount m, int pages, string[] extra, Dictionary<string, string>? env, params string[] steps)
     {
         string name = $"f{Guid.NewGuid():N}";
         MakeFile(m.B(name), pages);
@@ -29,7 +32,7 @@ public sealed class AdviceTests(ITestOutputHelper output)
         args.Add(m.M(name));
         args.Add(pages.ToString());
         args.AddRange(steps);
-        var r = Sh.Run(Repo.Lab, args, timeoutMs: 60_000);
+        var r = Sh.Run(Repo.Lab, args, env, timeoutMs: 60_000);
         output.WriteLine(string.Join(' ', steps) + ": " + r);
         Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
         var c = LabMount.ParseCounters(r.Stderr);
@@ -155,7 +158,8 @@ public sealed class AdviceTests(ITestOutputHelper output)
     /// <summary>
     /// MAP_LOCKED on 16 MiB under an 8 MiB resident limit: the mapping is lab memory, wired, so
     /// the pageout never takes it while it is locked (the limit below the wired set is reported
-    /// once); after munlock the pageout takes its pages again and the reread brings them back.
+    /// once), and all its pages are still resident a second later (mincore); after munlock the
+    /// pageout takes its pages again and the reread brings them back.
     /// </summary>
     [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
     public void MapLocked_WiredUnderLimit_PagedAgainAfterMunlock(string vm)
@@ -163,8 +167,9 @@ public sealed class AdviceTests(ITestOutputHelper output)
         const int pages = 4096;
         using var m = new LabMount(vm);
         var native = Native(m.Dir, pages, "locked");
-        var (r, c) = Run(m, pages, ["--resident-limit", "8M"], "locked");
-        Assert.Equal(native.Stdout, r.Stdout);
+        var (r, c) = Run(m, pages, ["--resident-limit", "8M"], new Dictionary<string, string> { ["ADVCHECK_WAIT_PAGEOUT"] = "1" }, "locked");
+        Assert.Equal(native.Stdout, r.Stdout);   // "locked all resident 1": a second under the limit took none
+        Assert.Contains("locked all resident 1\n", r.Stdout);
         Assert.InRange(LabMount.Get(c, "resident_wired_max_pages"), pages, pages + 16);
         Assert.Equal(1, LabMount.Get(c, "resident_limit_below_wired"));
         Assert.InRange(LabMount.Get(c, "pages_installed"), pages, int.MaxValue);

@@ -12,8 +12,9 @@
  *     free: as dontneed for the anonymous pages, with MADV_FREE: each dropped page reads zero or
  *         what was written (Linux allows either); print the sum of the kept half.
  *     populate | locked: map PAGES anonymous pages with MAP_POPULATE | MAP_LOCKED, then write
- *         and read every page; print the sum. "locked" leaves them locked, then munlocks and
- *         reads them again (they may be paged out and back in meanwhile).
+ *         and read every page; print the sum. "locked" then says whether all of them are still
+ *         resident a second later, munlocks them and reads them again (under the lab's resident
+ *         limit they are paged out and back in meanwhile).
  *     future: mlockall(MCL_CURRENT|MCL_FUTURE), map PAGES anonymous pages, write and read
  *         them, munlockall; print the sum.
  *     onfault: mlock2(MLOCK_ONFAULT) PAGES fresh anonymous pages, then write every other one.
@@ -78,6 +79,18 @@ static int zero(const char *p, size_t from, size_t to)
             if (p[i * PG + j])
                 return 0;
     return 1;
+}
+
+/* Pages of [p, p + pages) resident in the process (mincore). */
+static size_t resident(char *p)
+{
+    static unsigned char vec[1 << 16];
+    size_t n = 0;
+    if (pages > sizeof vec || mincore(p, pages * PG, vec) != 0)
+        die("mincore");
+    for (size_t i = 0; i < pages; i++)
+        n += vec[i] & 1;
+    return n;
 }
 
 static void advised_scan(const char *step, int advice)
@@ -163,9 +176,13 @@ int main(int argc, char **argv)
             char *p = map_anon(MAP_LOCKED);
             touch(s, p);
             sleep(1);
+            printf("locked all resident %d\n", resident(p) == pages);
             if (munlock(p, pages * PG) != 0)
                 die("munlock");
-            sleep(1);
+            /* Under a resident limit (ADVCHECK_WAIT_PAGEOUT set) wait, at most 20 s, until the
+             * pageout has taken some of the pages, so that the reread brings them back. */
+            for (int i = 0; i < 200 && getenv("ADVCHECK_WAIT_PAGEOUT") && resident(p) == pages; i++)
+                usleep(100000);
             printf("unlocked sum %llx\n", (unsigned long long)scan(p, 0, pages));
             munmap(p, pages * PG);
         } else if (!strcmp(s, "future")) {
