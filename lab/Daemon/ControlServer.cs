@@ -183,7 +183,7 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.Release when proc != null && Proto.TryRead(p, out LabRange rg):
             {
                 ulong addr = rg.Addr, len = rg.Len;
-                if (len == 0 || ((addr | len) & 0xfff) != 0 || addr + len < addr || addr + len > LabDaemon.UserTop)
+                if (!UserRange(addr, len))
                 {
                     Log.Info($"pid {peerPid}: refused a release of {addr:x}+{len:x}: not a page-aligned user range");
                     return Reply(conn, m, Native.EINVAL);
@@ -229,6 +229,11 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.Advise when proc != null && Proto.TryRead(p, out LabRange rg):
             {
                 int advice = rg.Flags;
+                if (!UserRange(rg.Addr, rg.Len))
+                {
+                    Log.Info($"pid {peerPid}: refused advice {advice} on {rg.Addr:x}+{rg.Len:x}: not a page-aligned user range");
+                    return Reply(conn, m, Native.EINVAL);
+                }
                 proc.Barrier();
                 switch (advice)
                 {
@@ -237,6 +242,12 @@ public sealed unsafe class ControlServer : IDisposable
                         return Reply(conn, m, 0);
                     case Proto.MadvDontFork or Proto.MadvDoFork:
                         proc.Space.SetDontFork(rg.Addr, rg.Len, advice == Proto.MadvDontFork);
+                        return Reply(conn, m, 0);
+                    case Proto.MadvNormal or Proto.MadvRandom or Proto.MadvSequential:
+                        // The access pattern each design sizes its fault window by (UVM's
+                        // uvmadvice[], the Mach pager's read-behind/ahead and sequential tests).
+                        proc.Space.Advise(rg.Addr, rg.Len,
+                            advice == Proto.MadvRandom ? Advice.Random : advice == Proto.MadvSequential ? Advice.Sequential : Advice.Normal);
                         return Reply(conn, m, 0);
                     default:
                         Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");
@@ -261,6 +272,10 @@ public sealed unsafe class ControlServer : IDisposable
         conn.Send(m.Type | Proto.Reply, m.Seq, Proto.EProtoNoSupport, ReadOnlySpan<byte>.Empty);
         return false;
     }
+
+    /// <summary>A non-empty, page-aligned range of user addresses.</summary>
+    static bool UserRange(ulong addr, ulong len) =>
+        len != 0 && ((addr | len) & 0xfff) == 0 && addr + len >= addr && addr + len <= LabDaemon.UserTop;
 
     static bool Reply(ControlConnection conn, Message m, int status)
     {

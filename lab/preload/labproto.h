@@ -68,9 +68,12 @@ enum lab_msg_type {
                              range's paged-out pages, forgets the range, unregisters it from
                              the lab's uffd (pages already in the process stay) and replies;
                              the shim has already forgotten it. Counted in uffd_released_*. */
-    LAB_ADVISE = 20,      /* lab_range (flags = MADV_WIPEONFORK, MADV_KEEPONFORK, MADV_DONTFORK or
-                             MADV_DOFORK): after a real madvise of a lab range (what a fork child
-                             inherits; wipe-on-fork only on anonymous ranges) */
+    LAB_ADVISE = 20,      /* lab_range (flags = MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL,
+                             MADV_WIPEONFORK, MADV_KEEPONFORK, MADV_DONTFORK or MADV_DOFORK): after
+                             a real madvise of a lab range: the access pattern that sizes the
+                             design's fault window, or what a fork child inherits (wipe-on-fork
+                             only on anonymous ranges). DONTNEED (and FREE, which the shim makes
+                             DONTNEED on lab memory) arrives as UFFD_EVENT_REMOVE instead. */
     LAB_REMAP_PREPARE = 21, /* lab_remap (flags = MREMAP_DONTUNMAP): BEFORE a real mremap with
                              MREMAP_DONTUNMAP, so that its UFFD_EVENT_REMAP leaves the old range
                              mapped (empty) in the model at once; LAB_REMAP ends the expectation */

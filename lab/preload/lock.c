@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -58,22 +59,72 @@ LAB_EXPORT int munlock(const void *addr, size_t len)
     return r;
 }
 
+/* The agent's scratch (agent.c) is no memory of the program: MCL_CURRENT would populate it through
+ * the lab's uffd (faults on no map entry) and lock it (its moves and zaps then fail). It leaves the
+ * uffd for the call and comes back empty and unlocked; the agent cannot use it meanwhile (it takes
+ * the connection lock, which the caller holds). */
+static void scratch_aside(int before)
+{
+    if (!g_scratch)
+        return;
+    size_t len = LAB_SCRATCH_PAGES * g_page;
+    if (before) {
+        struct uffdio_range rg = {g_scratch, len};
+        syscall(SYS_ioctl, g_uffd, UFFDIO_UNREGISTER, &rg);
+        return;
+    }
+    syscall(SYS_munlock, g_scratch, len);
+    if (g_scratch_used == 0) /* none of its pages waits to be checked and zapped */
+        syscall(SYS_madvise, g_scratch, len, MADV_DONTNEED);
+    if (uffd_register(g_scratch, len, UFFDIO_REGISTER_MODE_MISSING) != 0)
+        dbg("could not register the agent's scratch again after mlockall");
+}
+
+/* mlockall(MCL_FUTURE) would have the kernel populate every new mapping at mmap time, before the
+ * shim registers a lab one, so the kernel is asked for MCL_FUTURE|MCL_ONFAULT and the shim locks
+ * each new mapping itself once it is the lab's (lab_populate in mmap.c; lab_future_plain for the
+ * others). MCL_CURRENT goes first, with the program's own MCL_ONFAULT: a later mlockall call
+ * resets the kernel's future flags, and MCL_FUTURE without MCL_CURRENT leaves current mappings be. */
 LAB_EXPORT int mlockall(int flags)
 {
     if (!lab_active())
         return (int)syscall(SYS_mlockall, flags);
+    if (!(flags & (MCL_CURRENT | MCL_FUTURE)) || (flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT))) {
+        errno = EINVAL;
+        return -1;
+    }
     lab_conn_lock();
-    if (flags & MCL_CURRENT)
+    int cur = flags & MCL_CURRENT, r = 0;
+    if (cur) {
         lab_wire_ranges(0, UINTPTR_MAX, 1);
-    int r = (int)syscall(SYS_mlockall, flags);
+        scratch_aside(1);
+        r = (int)syscall(SYS_mlockall, flags & (MCL_CURRENT | MCL_ONFAULT));
+        scratch_aside(0);
+    }
+    if (r == 0 && (flags & MCL_FUTURE))
+        r = (int)syscall(SYS_mlockall, MCL_FUTURE | MCL_ONFAULT);
     int err = errno;
-    if (r != 0 && (flags & MCL_CURRENT))
+    if (r != 0 && cur)
         lab_wire_ranges(0, UINTPTR_MAX, 0);
     if (r == 0)
-        __atomic_store_n(&lab_lock_future, (flags & MCL_FUTURE) != 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&lab_lock_future,
+                         !(flags & MCL_FUTURE) ? 0 : (flags & MCL_ONFAULT) ? LAB_FUTURE_ONFAULT : LAB_FUTURE_LOCK,
+                         __ATOMIC_RELAXED);
     lab_conn_unlock();
     errno = err;
     return r;
+}
+
+/* A mapping that is not lab memory, made while mlockall(MCL_FUTURE) (without MCL_ONFAULT) is in
+ * force: locked and populated now, as the kernel would have done without the shim's MCL_ONFAULT. */
+void *lab_future_plain(void *res, size_t len, int prot)
+{
+    if (res != MAP_FAILED && prot != PROT_NONE && __atomic_load_n(&lab_lock_future, __ATOMIC_RELAXED) == LAB_FUTURE_LOCK) {
+        int e = errno;
+        syscall(SYS_mlock, res, len);
+        errno = e;
+    }
+    return res;
 }
 
 LAB_EXPORT int munlockall(void)

@@ -28,10 +28,36 @@
 
 /* ---------- mmap ---------- */
 
+/* MAP_POPULATE, MAP_LOCKED and mlockall(MCL_FUTURE) on lab memory: the kernel would fault the
+ * pages in at mmap time, before the range is registered, so the daemon would never see them.
+ * The real mmap goes without them (lock.c keeps MCL_FUTURE on-fault in the kernel); once the
+ * range is the lab's, a lock wires it and the kernel's own populate faults every page in through
+ * the uffd, and MAP_POPULATE alone faults them in as Linux's populate does: write faults for a
+ * private writable mapping, read faults otherwise. Errors are ignored, as the kernel ignores a
+ * failed populate at mmap time. Called without the connection lock. */
+static void *lab_populate(void *res, size_t len, int prot, int flags)
+{
+    if (res == MAP_FAILED || prot == PROT_NONE)
+        return res;
+    int e = errno;
+    int future = __atomic_load_n(&lab_lock_future, __ATOMIC_RELAXED);
+    if ((flags & MAP_LOCKED) || future == LAB_FUTURE_LOCK)
+        mlock(res, len);
+    else if (future == LAB_FUTURE_ONFAULT)
+        mlock2(res, len, MLOCK_ONFAULT);
+    else if (flags & MAP_POPULATE) {
+        int type = flags & LAB_MAP_TYPE;
+        int write = (prot & PROT_WRITE) && type == MAP_PRIVATE;
+        syscall(SYS_madvise, res, len, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    }
+    errno = e;
+    return res;
+}
+
 static void *map_anon(void *addr, size_t len, int prot, int flags)
 {
     lab_lock(&g_conn_lock);
-    void *res = real_mmap(addr, len, prot, flags, -1, 0);
+    void *res = real_mmap(addr, len, prot, flags & ~(MAP_POPULATE | MAP_LOCKED), -1, 0);
     if (res == MAP_FAILED) {
         lab_unlock(&g_conn_lock);
         return res;
@@ -93,11 +119,9 @@ static void *map_lab_file(void *addr, size_t len, int prot, int flags, int fd, o
         errno = EACCES;
         return MAP_FAILED;
     }
-    /* Populating or locking at mmap time would fault zero pages in before the range is
-     * registered, bypassing the daemon: those requests are dropped. */
+    /* Populating or locking at mmap time would fault pages in before the range is
+     * registered, bypassing the daemon: lab_populate does it once the range is the lab's. */
     int keep = flags & ~(MAP_POPULATE | MAP_LOCKED);
-    if (keep != flags)
-        dbg("MAP_POPULATE/MAP_LOCKED ignored on a lab file");
 
     lab_lock(&g_conn_lock);
     void *res;
@@ -149,13 +173,12 @@ void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 
     if (flags & MAP_ANONYMOUS) {
         if ((flags & LAB_MAP_TYPE) == MAP_PRIVATE && prot != PROT_NONE &&
-            !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_POPULATE | MAP_LOCKED)) &&
-            !__atomic_load_n(&lab_lock_future, __ATOMIC_RELAXED))
-            return map_anon(addr, len, prot, flags);
+            !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB)))
+            return lab_populate(map_anon(addr, len, prot, flags), len, prot, flags);
     } else if (fd >= 0 && g_have_mount) {
         struct stat st;
         if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == g_mount_dev)
-            return map_lab_file(addr, len, prot, flags, fd, off, &st);
+            return lab_populate(map_lab_file(addr, len, prot, flags, fd, off, &st), len, prot, flags);
     }
 
     /* Not lab memory. A fixed mapping may still replace some. */
@@ -167,9 +190,9 @@ void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
             forget_replaced((uintptr_t)res, len);
         lab_unlock(&g_conn_lock);
         errno = e;
-        return res;
+        return lab_future_plain(res, len, prot);
     }
-    return real_mmap(addr, len, prot, flags, fd, off);
+    return lab_future_plain(real_mmap(addr, len, prot, flags, fd, off), len, prot);
 }
 
 LAB_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -236,21 +259,51 @@ LAB_EXPORT int mprotect(void *addr, size_t len, int prot)
     return r;
 }
 
-/* What a fork child inherits is the daemon's to model: wipe-on-fork and don't-fork are told to
- * it (under the connection lock, which fork takes). Other advice reaches it as uffd events, or
- * not at all. */
+/* Advice the daemon is told of, after the real call and under the connection lock (fork takes
+ * it too): what a fork child inherits (wipe-on-fork, don't-fork) and the access pattern (normal,
+ * random, sequential) that sizes each design's fault window. DONTNEED (and FREE, made DONTNEED
+ * below) reaches the daemon as the kernel's UFFD_EVENT_REMOVE, which the daemon applies before
+ * the call returns; telling it again would drop the pages twice. WILLNEED stays the kernel's. */
+static int advice_told(int advice)
+{
+    switch (advice) {
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL:
+    case MADV_WIPEONFORK: case MADV_KEEPONFORK: case MADV_DONTFORK: case MADV_DOFORK:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 LAB_EXPORT int madvise(void *addr, size_t len, int advice)
 {
     uintptr_t s = (uintptr_t)addr, e = s + page_up(len);
-    int wipe = advice == MADV_WIPEONFORK || advice == MADV_KEEPONFORK;
-    if (!g_on || (!wipe && advice != MADV_DONTFORK && advice != MADV_DOFORK) || !tab_any(s, e))
+    if (!g_on || !tab_any(s, e))
         return (int)syscall(SYS_madvise, addr, len, advice);
-    /* The kernel sees a private lab file mapping as anonymous memory; Linux refuses
-     * wipe-on-fork on a file mapping, and so do we. */
-    if (wipe && tab_any_file(s, e)) {
+    /* The kernel sees a private lab file mapping as anonymous memory: the refusals Linux makes
+     * for a file mapping are ours to make. */
+    int wipe = advice == MADV_WIPEONFORK || advice == MADV_KEEPONFORK;
+    if ((wipe || advice == MADV_FREE) && tab_any_file(s, e)) {
         errno = EINVAL;
         return -1;
     }
+    if (advice == MADV_REMOVE && tab_any_kind(s, e, LAB_MAP_FILE_PRIVATE)) {
+        errno = EACCES; /* not a shared writable mapping */
+        return -1;
+    }
+    /* Punching a hole through a shared lab mapping would punch the lab's page cache (the
+     * memfd) but not the file: refused until the daemon punches the file itself. */
+    if (advice == MADV_REMOVE && tab_any_kind(s, e, LAB_MAP_FILE_SHARED)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    /* MADV_FREE lets the kernel keep a page until it needs the memory, yet it raises the same
+     * REMOVE event, so the model would forget pages the process still has. Lab memory takes
+     * FREE as DONTNEED, as if reclaimed at once (Linux allows it; UVM's madvise frees then). */
+    if (advice == MADV_FREE && tab_covers(s, e))
+        advice = MADV_DONTNEED;
+    if (!advice_told(advice))
+        return (int)syscall(SYS_madvise, addr, len, advice);
     lab_lock(&g_conn_lock);
     int r = (int)syscall(SYS_madvise, addr, len, advice);
     int err = errno;

@@ -92,10 +92,15 @@ int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *ki
 /* Does a lab file range (a kernel anonymous mapping standing in for a file) overlap [s,e)? */
 int tab_any_file(uintptr_t s, uintptr_t e)
 {
+    return tab_any_kind(s, e, LAB_MAP_FILE_PRIVATE) || tab_any_kind(s, e, LAB_MAP_FILE_SHARED);
+}
+
+int tab_any_kind(uintptr_t s, uintptr_t e, int32_t kind)
+{
     int hit = 0;
     lab_lock(&g_tab_lock);
     for (int i = 0; i < g_ntab && !hit; i++)
-        hit = g_tab[i].start < e && s < g_tab[i].end && g_tab[i].kind != LAB_MAP_ANON;
+        hit = g_tab[i].start < e && s < g_tab[i].end && g_tab[i].kind == kind;
     lab_unlock(&g_tab_lock);
     return hit;
 }

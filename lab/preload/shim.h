@@ -138,6 +138,7 @@ int tab_next(uintptr_t s, uintptr_t e, uintptr_t *os, uintptr_t *oe, int32_t *ki
 int tab_add(const struct lab_ent *x);
 int tab_find(uintptr_t a, struct lab_ent *out);
 int tab_any_file(uintptr_t s, uintptr_t e);
+int tab_any_kind(uintptr_t s, uintptr_t e, int32_t kind);
 int tab_covers(uintptr_t s, uintptr_t e);
 int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode);
 uint64_t private_modes(void);
@@ -177,9 +178,13 @@ void heap_init(void);
 
 /* ---- lock.c ---- */
 
-/* mlockall(MCL_FUTURE) is in force: new anonymous mappings are locked by the kernel as they are
- * made (populated before the shim could register them), so they stay program memory. */
+/* mlockall(MCL_FUTURE) in force: 0 no; LAB_FUTURE_LOCK: new mappings are locked and populated
+ * (the shim does it once a lab mapping is registered); LAB_FUTURE_ONFAULT: locked on fault. */
+#define LAB_FUTURE_LOCK 1
+#define LAB_FUTURE_ONFAULT 2
 extern int lab_lock_future;
+/* A non-lab mapping made under LAB_FUTURE_LOCK: locked (populated) now. Returns res. */
+void *lab_future_plain(void *res, size_t len, int prot);
 
 /* ---- ownuffd.c ---- */
 

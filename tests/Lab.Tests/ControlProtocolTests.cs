@@ -32,6 +32,14 @@ public sealed class ControlProtocolTests(ITestOutputHelper output)
             lines++;
             if (parts[0] == "version") { Assert.Equal(Proto.Version, (uint)value); continue; }
             if (parts[0] == "max_payload") { Assert.Equal(Proto.MaxPayload, (int)value); continue; }
+            if (parts[0] == "const")
+            {
+                // A flag value the daemon reads (advice, wire flag): the same number on both sides.
+                var f = typeof(Proto).GetField(parts[1], BindingFlags.Public | BindingFlags.Static);
+                Assert.True(f != null, $"no Proto.{parts[1]}");
+                Assert.True(Convert.ToInt64(f!.GetValue(null)) == value, $"Proto.{parts[1]} is {f.GetValue(null)}, C says {value}");
+                continue;
+            }
             var names = parts[0].Split('.');
             var type = asm.GetType("Lab.Linux." + Pascal(names[0]));
             Assert.True(type != null, $"no C# mirror Lab.Linux.{Pascal(names[0])} of struct {names[0]}");

@@ -1,8 +1,10 @@
 /* Prints the control protocol's layout as the C compiler sees it (lab/preload/labproto.h):
- * "STRUCT size N" for every message struct, "STRUCT.FIELD offset N" for every field, and
- * "version N". ControlProtocolTests compares each line with the C# mirror in lab/Linux/Control.cs. */
+ * "STRUCT size N" for every message struct, "STRUCT.FIELD offset N" for every field,
+ * "version N", and "const NAME N" for the flag values the daemon reads (Proto.NAME).
+ * ControlProtocolTests compares each line with the C# mirror in lab/Linux/Control.cs. */
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/mman.h>
 
 #include "../../lab/preload/labproto.h"
 
@@ -13,6 +15,15 @@ int main(void)
 {
     printf("version %d\n", LAB_PROTO_VERSION);
     printf("max_payload %d\n", LAB_MAX_PAYLOAD);
+    /* Flag values the daemon reads from lab_range.flags (the advice of LAB_ADVISE, LAB_WIRE's). */
+    printf("const MadvNormal %d\n", MADV_NORMAL);
+    printf("const MadvRandom %d\n", MADV_RANDOM);
+    printf("const MadvSequential %d\n", MADV_SEQUENTIAL);
+    printf("const MadvDontFork %d\n", MADV_DONTFORK);
+    printf("const MadvDoFork %d\n", MADV_DOFORK);
+    printf("const MadvWipeOnFork %d\n", MADV_WIPEONFORK);
+    printf("const MadvKeepOnFork %d\n", MADV_KEEPONFORK);
+    printf("const WireOn %d\n", LAB_WIRE_ON);
     S(lab_hdr); F(lab_hdr, type); F(lab_hdr, len); F(lab_hdr, seq); F(lab_hdr, status);
     S(lab_hello); F(lab_hello, version); F(lab_hello, flags); F(lab_hello, pid); F(lab_hello, ppid);
     F(lab_hello, vm); F(lab_hello, comm); F(lab_hello, run_id);
