@@ -240,27 +240,51 @@ public sealed unsafe class CachedFile : IDisposable
 
     // ---- used by LabFileSystem for FUSE requests ----
 
-    /// <summary>FUSE READ: valid pages come from the memfd, the others straight from the backing file.</summary>
-    internal int ReadForFuse(long offset, Span<byte> dest, out int read)
+    /// <summary>
+    /// FUSE READ of a regular file, mapped or not: every read through the mount comes here. Pages
+    /// <paramref name="cache"/> holds come from its memfd, so read(2) sees a MAP_SHARED writer's stores
+    /// before write-back; every other byte comes from the backing file through the handle's descriptor
+    /// <paramref name="fd"/> (a file nobody maps has no cache: all of it). A read never loads a page
+    /// into the cache, so it holds no memory and does no pager work. Bytes read before an error are
+    /// returned as a short read; an error before any byte is returned.
+    /// </summary>
+    internal static int Read(CachedFile? cache, int fd, long offset, Span<byte> dest, out int read)
     {
         read = 0;
-        lock (_lock)
+        if (offset < 0) return Errno.EINVAL; // as pread(2) says
+        if (cache == null) return ReadLocked(null, fd, offset, dest, ref read);
+        // The lock makes the read whole against WRITE, truncation and invalidation through the cache.
+        lock (cache._lock) return cache._disposed ? Errno.EBADF : ReadLocked(cache, fd, offset, dest, ref read);
+    }
+
+    // Under cache._lock when there is a cache.
+    private static int ReadLocked(CachedFile? cache, int fd, long offset, Span<byte> dest, ref int read)
+    {
+        // Where a read stops: at the size the mount reports for the file (GETATTR), which is the
+        // cache's when there is one (the memfd has that size) and the backing file's end otherwise;
+        // sooner if the backing file ends first (it was cut behind the mount's back).
+        long end = cache?._size ?? long.MaxValue;
+        if (offset >= end) return 0;
+        long stop = offset + Math.Min(dest.Length, end - offset);
+        fixed (byte* d = dest)
         {
-            if (_disposed) return Errno.EBADF;
-            if (offset >= _size) return 0;
-            int total = (int)Math.Min(dest.Length, _size - offset);
-            fixed (byte* d = dest)
+            while (offset + read < stop)
             {
-                while (read < total)
+                long pos = offset + read;
+                // Which source: one pread per run of pages that all are, or all are not, in the cache.
+                bool cached = cache != null && Get(cache._valid, pos / PageSize);
+                long runEnd = stop;
+                if (cache != null)
                 {
-                    long pos = offset + read;
-                    long p = pos / PageSize;
-                    int chunk = (int)Math.Min(total - read, (p + 1) * PageSize - pos);
-                    int e = FullPRead(Get(_valid, p) ? _memfd : _backingFd, d + read, chunk, pos, out int got);
-                    if (e != 0) return read > 0 ? 0 : e;
-                    read += got;
-                    if (got < chunk) break;
+                    long p = pos / PageSize + 1;
+                    while (p * PageSize < stop && Get(cache._valid, p) == cached) p++;
+                    runEnd = Math.Min(stop, p * PageSize);
                 }
+                int chunk = (int)(runEnd - pos);
+                int e = FullPRead(cached ? cache!._memfd : fd, d + read, chunk, pos, out int got);
+                read += got;
+                if (e != 0) return read > 0 ? 0 : e;
+                if (got < chunk) break; // the backing file ends here
             }
         }
         return 0;

@@ -52,13 +52,7 @@ public sealed unsafe partial class LabFileSystem
             return 0;
         }
         if (h.Node == null || h.Fd < 0) return Errno.EBADF;
-        var cache = Volatile.Read(ref h.Node.Cache);
-        if (cache != null) return cache.ReadForFuse(offset, dest, out read);
-        fixed (byte* d = dest)
-        {
-            int e = CachedFile.FullPRead(h.Fd, d, dest.Length, offset, out read);
-            return read > 0 ? 0 : e;
-        }
+        return CachedFile.Read(Volatile.Read(ref h.Node.Cache), h.Fd, offset, dest, out read);
     }
 
     public int Write(in FuseContext c, ulong node, ulong fh, long offset, ReadOnlySpan<byte> data, out int written)
