@@ -176,7 +176,7 @@ public sealed unsafe class ControlServer : IDisposable
                 var file = _daemon.File(os.Ino);
                 if (file == null) return Reply(conn, m, Native.ENOENT);
                 var r = new LabOpenSharedReply { Size = (ulong)file.Size };
-                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, in r, file.MemfdFd);
+                return conn.Send(m.Type | Proto.Reply, m.Seq, 0, in r, file.MemfdFd.Number);
             }
             case Proto.Unmap when proc != null && Proto.TryRead(p, out LabRange rg):
                 return Reply(conn, m, _daemon.Unmap(proc, rg.Addr, rg.Len));

@@ -500,7 +500,7 @@ public sealed class VnodeAdapter(CachedFile file) : IVnode
     int Checked(int e, long pindex)
     {
         // ERANGE: the page is past EOF, SIGBUS as on Linux, not a failure of the lab.
-        if (e != 0 && e != Errno.ERANGE)
+        if (e != 0 && e != Lab.Interop.Errno.ERANGE)
             Log.Error($"pager: page {pindex} of {Name} (ino {Ino}): {Native.StrError(e)}; the faulting program gets SIGBUS");
         return e;
     }
