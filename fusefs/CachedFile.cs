@@ -15,9 +15,9 @@ public sealed unsafe class CachedFile : IDisposable
     private const int ERANGE = Errno.ERANGE;
 
     private readonly object _lock = new();
-    private readonly int _backingFd;
+    private readonly Fd _backingFd;
     private readonly bool _writable;
-    private readonly int _memfd;
+    private readonly Fd _memfd;
     private readonly byte* _scratch; // one page, used only under _lock
     private ulong[] _valid = [];
     private ulong[] _dirty = [];
@@ -28,13 +28,13 @@ public sealed unsafe class CachedFile : IDisposable
     public ulong Ino { get; }
     public string Name { get; }
     /// <summary>The memfd holding the pages; programs that map the file MAP_SHARED map this.</summary>
-    public int MemfdFd => _memfd;
+    public Fd MemfdFd => _memfd;
     public long Size { get { lock (_lock) return _size; } }
     /// <summary>Called (outside the lock) when bytes change other than by a FUSE request: pages marked
     /// dirty by the lab's mappings. Arguments: offset and length.</summary>
     internal Action<long, long>? Changed { get; set; }
 
-    private CachedFile(ulong ino, string name, int backingFd, bool writable, int memfd, long size)
+    private CachedFile(ulong ino, string name, Fd backingFd, bool writable, Fd memfd, long size)
     {
         Ino = ino;
         Name = name;
@@ -47,32 +47,32 @@ public sealed unsafe class CachedFile : IDisposable
     }
 
     /// <summary>Opens the cache of the file reachable by the O_PATH fd <paramref name="nodeFd"/>.</summary>
-    internal static CachedFile? Create(int nodeFd, ulong ino, string name, out int errno)
+    internal static CachedFile? Create(Fd nodeFd, ulong ino, string name, out int errno)
     {
         byte* path = stackalloc byte[32];
         Native.FdPath(nodeFd, new Span<byte>(path, 32));
         bool writable = true;
-        int fd = Native.Open(path, Native.O_RDWR | Native.O_CLOEXEC, 0);
-        if (fd < 0)
+        var fd = Native.Open(path, Native.O_RDWR | Native.O_CLOEXEC, 0);
+        if (fd.IsInvalid)
         {
             writable = false;
             fd = Native.Open(path, Native.O_RDONLY | Native.O_CLOEXEC, 0);
-            if (fd < 0) { errno = Native.Errno; return null; }
+            if (fd.IsInvalid) { errno = Errno.Last; return null; }
         }
         Native.Statx st;
         if (Native.StatxAt(fd, Native.EmptyPath, Native.AT_EMPTY_PATH, Native.STATX_BASIC_STATS, &st) != 0)
         {
-            errno = Native.Errno;
-            Native.Close(fd);
+            errno = Errno.Last;
+            fd.Dispose();
             return null;
         }
         string memName = "lab:" + (name.Length > 200 ? name[..200] : name);
-        int memfd = Native.MemfdCreate(memName, Native.MFD_CLOEXEC);
-        if (memfd < 0 || Native.FTruncate(memfd, (long)st.Size) != 0)
+        var memfd = Native.MemfdCreate(memName, Native.MFD_CLOEXEC);
+        if (memfd.IsInvalid || Native.FTruncate(memfd, (long)st.Size) != 0)
         {
-            errno = Native.Errno;
-            Native.CloseQuiet(memfd);
-            Native.Close(fd);
+            errno = Errno.Last;
+            memfd.Dispose();
+            fd.Dispose();
             return null;
         }
         errno = 0;
@@ -98,26 +98,26 @@ public sealed unsafe class CachedFile : IDisposable
 
     /// <summary>pread until <paramref name="count"/> bytes or EOF; on an error, <paramref name="got"/> says
     /// how many came before it.</summary>
-    internal static int FullPRead(int fd, byte* buf, int count, long offset, out int got)
+    internal static int FullPRead(Fd fd, byte* buf, int count, long offset, out int got)
     {
         got = 0;
         while (got < count)
         {
             nint n = Native.PRead(fd, buf + got, (nuint)(count - got), offset + got);
-            if (n < 0) { int e = Native.Errno; if (e == Errno.EINTR) continue; return e; }
+            if (n < 0) { int e = Errno.Last; if (e == Errno.EINTR) continue; return e; }
             if (n == 0) break;
             got += (int)n;
         }
         return 0;
     }
 
-    private static int FullPWrite(int fd, byte* buf, int count, long offset)
+    private static int FullPWrite(Fd fd, byte* buf, int count, long offset)
     {
         int done = 0;
         while (done < count)
         {
             nint n = Native.PWrite(fd, buf + done, (nuint)(count - done), offset + done);
-            if (n < 0) { int e = Native.Errno; if (e == Errno.EINTR) continue; return e; }
+            if (n < 0) { int e = Errno.Last; if (e == Errno.EINTR) continue; return e; }
             if (n == 0) return Errno.EIO;
             done += (int)n;
         }
@@ -248,7 +248,7 @@ public sealed unsafe class CachedFile : IDisposable
     /// into the cache, so it holds no memory and does no pager work. Bytes read before an error are
     /// returned as a short read; an error before any byte is returned.
     /// </summary>
-    internal static int Read(CachedFile? cache, int fd, long offset, Span<byte> dest, out int read)
+    internal static int Read(CachedFile? cache, Fd fd, long offset, Span<byte> dest, out int read)
     {
         read = 0;
         if (offset < 0) return Errno.EINVAL; // as pread(2) says
@@ -258,7 +258,7 @@ public sealed unsafe class CachedFile : IDisposable
     }
 
     // Under cache._lock when there is a cache.
-    private static int ReadLocked(CachedFile? cache, int fd, long offset, Span<byte> dest, ref int read)
+    private static int ReadLocked(CachedFile? cache, Fd fd, long offset, Span<byte> dest, ref int read)
     {
         // Where a read stops: at the size the mount reports for the file (GETATTR), which is the
         // cache's when there is one (the memfd has that size) and the backing file's end otherwise;
@@ -292,7 +292,7 @@ public sealed unsafe class CachedFile : IDisposable
 
     /// <summary>FUSE WRITE: writes through to the backing file via <paramref name="fd"/> and into the
     /// valid cached pages, extending the size on growth.</summary>
-    internal int Write(int fd, long offset, ReadOnlySpan<byte> data)
+    internal int Write(Fd fd, long offset, ReadOnlySpan<byte> data)
     {
         lock (_lock)
         {
@@ -333,7 +333,7 @@ public sealed unsafe class CachedFile : IDisposable
         lock (_lock)
         {
             if (_disposed || !_writable) return Errno.EBADF;
-            if (Native.FTruncate(_backingFd, size) != 0) return Native.Errno;
+            if (Native.FTruncate(_backingFd, size) != 0) return Errno.Last;
             ResizeLocked(size);
         }
         return 0;
@@ -440,8 +440,8 @@ public sealed unsafe class CachedFile : IDisposable
         {
             if (_disposed) return;
             _disposed = true;
-            Native.Close(_memfd);
-            Native.Close(_backingFd);
+            _memfd.Dispose();
+            _backingFd.Dispose();
             NativeMemory.AlignedFree(_scratch);
         }
     }

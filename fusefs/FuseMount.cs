@@ -24,7 +24,7 @@ public sealed class FuseMountException : Exception
 internal static unsafe class FuseMounter
 {
     /// <summary>Checks and mounts <paramref name="mountpoint"/>; returns the /dev/fuse fd of the new session.</summary>
-    public static int Mount(string mountpoint, FuseMountOptions opts, out string mp, out bool viaFusermount)
+    public static Fd Mount(string mountpoint, FuseMountOptions opts, out string mp, out bool viaFusermount)
     {
         mp = "";
         viaFusermount = false;
@@ -36,17 +36,17 @@ internal static unsafe class FuseMounter
         if (method == FuseMountMethod.Auto) method = Native.GetEuid() == 0 ? FuseMountMethod.Syscall : FuseMountMethod.Fusermount;
         viaFusermount = method == FuseMountMethod.Fusermount;
         if (viaFusermount) return Fusermount.Mount(mp, opts);
-        int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
-        if (fd < 0)
-            throw new FuseMountException($"/dev/fuse cannot be opened: {Native.StrError(Native.Errno)}");
-        string data = $"fd={fd},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
+        var fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
+        if (fd.IsInvalid)
+            throw new FuseMountException($"/dev/fuse cannot be opened: {Errno.StrError(Errno.Last)}");
+        string data = $"fd={fd.Number},rootmode=40000,user_id={Native.GetEuid()},group_id={Native.GetEgid()}";
         if (opts.AllowOther) data += ",allow_other";
         if (opts.DefaultPermissions) data += ",default_permissions";
         if (Native.Mount("lab", mp, "fuse.lab", Native.MS_NOSUID | Native.MS_NODEV, data) != 0)
         {
-            int e = Native.Errno;
-            Native.Close(fd);
-            throw new FuseMountException($"mount of {mp} failed: {Native.StrError(e)}");
+            int e = Errno.Last;
+            fd.Dispose();
+            throw new FuseMountException($"mount of {mp} failed: {Errno.StrError(e)}");
         }
         return fd;
     }
@@ -55,28 +55,28 @@ internal static unsafe class FuseMounter
     public static void Unmount(string mp, bool viaFusermount)
     {
         if (Native.Umount2(mp, Native.MNT_DETACH) != 0 // EINVAL: someone else already unmounted
-            && Native.Errno == Errno.EPERM && viaFusermount)
+            && Errno.Last == Errno.EPERM && viaFusermount)
             Fusermount.Unmount(mp);
     }
 
     private static void CheckMountPoint(string mp)
     {
         Native.Statx st, parent;
-        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
+        if (Native.StatxPath(Fd.Cwd, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
         {
-            int e = Native.Errno;
+            int e = Errno.Last;
             throw new FuseMountException(e switch
             {
                 Errno.ENOENT => $"mount point {mp} does not exist",
                 Errno.ENOTDIR => $"mount point {mp} is not a directory",
                 Errno.ENOTCONN => $"mount point {mp} is a dead FUSE mount (Transport endpoint is not connected); FuseServer.ClearStale clears it",
-                _ => $"mount point {mp} cannot be examined: {Native.StrError(e)}",
+                _ => $"mount point {mp} cannot be examined: {Errno.StrError(e)}",
             });
         }
         if ((st.Mode & 0xF000) != 0x4000) throw new FuseMountException($"mount point {mp} is not a directory");
         bool listed = MountInfo.Read().Exists(m => m.MountPoint == mp);
         string parentPath = Path.GetDirectoryName(mp) ?? "/";
-        bool otherDev = mp != "/" && Native.StatxPath(Native.AT_FDCWD, parentPath, 0, Native.STATX_BASIC_STATS, &parent) == 0
+        bool otherDev = mp != "/" && Native.StatxPath(Fd.Cwd, parentPath, 0, Native.STATX_BASIC_STATS, &parent) == 0
             && parent.Dev != st.Dev;
         if (listed || otherDev || mp == "/") throw new FuseMountException($"mount point {mp} is already a mount point");
     }
@@ -98,13 +98,13 @@ internal static unsafe class FuseMounter
     private static bool IsDead(string mp)
     {
         Native.Statx st;
-        if (Native.StatxPath(Native.AT_FDCWD, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
-            return Native.Errno == Errno.ENOTCONN;
+        if (Native.StatxPath(Fd.Cwd, mp, 0, Native.STATX_BASIC_STATS, &st) != 0)
+            return Errno.Last == Errno.ENOTCONN;
         // stat may be answered from cached attributes; statfs always goes to the server.
         if (!MountInfo.Read().Exists(m => m.MountPoint == mp && m.FsType.StartsWith("fuse", StringComparison.Ordinal)))
             return false;
         Native.StatFs sf;
-        return Native.StatFsPath(mp, &sf) != 0 && Native.Errno == Errno.ENOTCONN;
+        return Native.StatFsPath(mp, &sf) != 0 && Errno.Last == Errno.ENOTCONN;
     }
 }
 
@@ -136,15 +136,17 @@ internal static unsafe class Fusermount
         catch (UnauthorizedAccessException) { return false; }
     }
 
-    public static int Mount(string mp, FuseMountOptions opts)
+    public static Fd Mount(string mp, FuseMountOptions opts)
     {
         string exe = Path;
         int* sv = stackalloc int[2];
         if (Native.SocketPair(Native.AF_UNIX, Native.SOCK_STREAM, 0, sv) != 0)
-            throw new FuseMountException($"socketpair: {Native.StrError(Native.Errno)}");
+            throw new FuseMountException($"socketpair: {Errno.StrError(Errno.Last)}");
+        var ours = new Fd(sv[0]);
+        Fd? theirs = new(sv[1]);
         // Only the helper's end is inherited; ours closes on exec of anything else started meanwhile.
-        Native.Fcntl(sv[0], Native.F_SETFD, Native.FD_CLOEXEC);
-        int dev = -1;
+        Native.Fcntl(ours, Native.F_SETFD, Native.FD_CLOEXEC);
+        Fd? dev = null;
         try
         {
             var psi = new System.Diagnostics.ProcessStartInfo(exe)
@@ -155,31 +157,31 @@ internal static unsafe class Fusermount
             psi.ArgumentList.Add(Options(opts, Native.GetEuid()));
             psi.ArgumentList.Add("--");
             psi.ArgumentList.Add(mp);
-            psi.Environment["_FUSE_COMMFD"] = sv[1].ToString(System.Globalization.CultureInfo.InvariantCulture);
+            psi.Environment["_FUSE_COMMFD"] = theirs.Number.ToString(System.Globalization.CultureInfo.InvariantCulture);
             using var p = System.Diagnostics.Process.Start(psi) ?? throw new FuseMountException($"{exe} did not start");
-            Native.Close(sv[1]);
-            sv[1] = -1;
+            theirs.Dispose();
+            theirs = null;
             var err = p.StandardError.ReadToEndAsync();
-            dev = ReceiveFd(sv[0]); // -1 when the helper ends without sending one
+            dev = ReceiveFd(ours); // null when the helper ends without sending one
             if (!p.WaitForExit(30_000)) { p.Kill(); throw new FuseMountException($"{exe} did not finish"); }
             p.WaitForExit();
-            if (p.ExitCode != 0 || dev < 0)
+            if (p.ExitCode != 0 || dev == null)
                 throw new FuseMountException($"mount of {mp} by fusermount3 failed: {err.Result.Trim()}");
             Native.Fcntl(dev, Native.F_SETFD, Native.FD_CLOEXEC);
             Native.Fcntl(dev, Native.F_SETFL, Native.O_RDWR | Native.O_NONBLOCK);
-            int result = dev;
-            dev = -1;
+            var result = dev;
+            dev = null;
             return result;
         }
         finally
         {
-            Native.CloseQuiet(dev);
-            Native.CloseQuiet(sv[1]);
-            Native.Close(sv[0]);
+            dev?.Dispose();
+            theirs?.Dispose();
+            ours.Dispose();
         }
     }
 
-    private static int ReceiveFd(int sock)
+    private static Fd? ReceiveFd(Fd sock)
     {
         byte b;
         var iov = new Native.IoVec { Base = &b, Len = 1 };
@@ -188,16 +190,16 @@ internal static unsafe class Fusermount
         while (true)
         {
             nint n = Native.RecvMsg(sock, &msg, 0);
-            if (n < 0 && Native.Errno == Errno.EINTR) { msg.ControlLen = 64; continue; }
-            if (n <= 0) return -1;
+            if (n < 0 && Errno.Last == Errno.EINTR) { msg.ControlLen = 64; continue; }
+            if (n <= 0) return null;
             break;
         }
         // struct cmsghdr { size_t len; int level; int type; } then the data, at 16.
-        if (msg.ControlLen < 20) return -1;
+        if (msg.ControlLen < 20) return null;
         ulong len = *(ulong*)control;
         int level = *(int*)(control + 8), type = *(int*)(control + 12);
-        if (len < 20 || level != Native.SOL_SOCKET || type != Native.SCM_RIGHTS) return -1;
-        return *(int*)(control + 16);
+        if (len < 20 || level != Native.SOL_SOCKET || type != Native.SCM_RIGHTS) return null;
+        return new Fd(*(int*)(control + 16));
     }
 
     /// <summary>fusermount3 -u -z: how a user takes down a mount fusermount3 made.</summary>

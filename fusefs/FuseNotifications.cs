@@ -10,7 +10,7 @@ namespace Lab.Fusefs;
 /// </summary>
 internal sealed unsafe class FuseNotifications : IFuseNotifier
 {
-    private readonly Func<int> _deviceFd; // read at each write: -1 once the session closed the device
+    private readonly Func<Fd?> _deviceFd; // read at each write: null once the session closed the device
     private readonly ConcurrentQueue<Note> _notes = new();
     private readonly SemaphoreSlim _noteSignal = new(0);
     private Thread? _noteThread;
@@ -21,7 +21,7 @@ internal sealed unsafe class FuseNotifications : IFuseNotifier
 
     private readonly record struct Note(FuseNotifyCode Code, ulong Node, long Offset, long Length, byte[]? Name);
 
-    public FuseNotifications(Func<int> deviceFd) => _deviceFd = deviceFd;
+    public FuseNotifications(Func<Fd?> deviceFd) => _deviceFd = deviceFd;
 
     /// <summary>Starts the writer once INIT has told the protocol minor (notifications need 7.12).</summary>
     public void Start(uint minor)
@@ -108,9 +108,9 @@ internal sealed unsafe class FuseNotifications : IFuseNotifier
                 // unique 0 and the code in the error field mark a notification.
                 var h = new FuseOutHeader { Len = (uint)len, Error = (int)n.Code, Unique = 0 };
                 MemoryMarshal.Write(span, in h);
-                int fd = _deviceFd();
+                var fd = _deviceFd();
                 // ENOENT: the kernel does not have that node or name cached: nothing to drop.
-                if (fd >= 0) Native.Write(fd, buf, (nuint)len);
+                if (fd != null) Native.Write(fd, buf, (nuint)len);
                 Interlocked.Increment(ref _notesSent);
             }
             finally { Interlocked.Decrement(ref _notesPending); }

@@ -17,11 +17,11 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
 
     private readonly IFuseFileSystem _fs;
     private readonly object _gate = new();
-    private readonly List<int> _fds = new();
+    private readonly List<Fd> _fds = new();
     private readonly List<Thread> _threads = new();
     private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _devFd;
-    private int _stopFd = -1;
+    private Fd? _devFd;   // null once the session closed the device
+    private Fd? _stopFd;  // disposed, never reset, at unmount: a late poll then ignores it (-1)
     private bool _mounted, _started, _unmounted;
     private int _running;
     private int _destroyed;
@@ -35,7 +35,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     /// <summary>Completes when every request thread has ended (unmounted, or aborted).</summary>
     public Task Completion => _done.Task;
 
-    private FuseServer(string mountPoint, IFuseFileSystem fs, int devFd)
+    private FuseServer(string mountPoint, IFuseFileSystem fs, Fd devFd)
     {
         MountPoint = mountPoint;
         _fs = fs;
@@ -49,9 +49,9 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     public static FuseServer Mount(string mountpoint, IFuseFileSystem fs, FuseMountOptions? opts = null)
     {
         ArgumentNullException.ThrowIfNull(fs);
-        int dev = FuseMounter.Mount(mountpoint, opts ?? new FuseMountOptions(), out string mp, out bool viaFusermount);
+        var dev = FuseMounter.Mount(mountpoint, opts ?? new FuseMountOptions(), out string mp, out bool viaFusermount);
         var server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = viaFusermount };
-        server._fds.Add(server._devFd);
+        server._fds.Add(dev);
         fs.Attach(server);
         return server;
     }
@@ -76,12 +76,12 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             _started = true;
             Negotiate();
             _stopFd = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
-            if (_stopFd < 0) throw new IOException($"eventfd: {Native.StrError(Native.Errno)}");
+            if (_stopFd.IsInvalid) throw new IOException($"eventfd: {Errno.StrError(Errno.Last)}");
             _running = threads;
             _notifications.Start(Minor);
             for (int i = 0; i < threads; i++)
             {
-                int fd = i == 0 ? _devFd : CloneDevFd();
+                var fd = i == 0 ? _devFd! : CloneDevFd();
                 if (fd != _devFd) _fds.Add(fd);
                 var t = new Thread(() => Loop(fd)) { IsBackground = true, Name = $"fuse-{i}" };
                 _threads.Add(t);
@@ -91,14 +91,14 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     }
 
     // A cloned fd has its own request queue reader, so threads do not contend on one file.
-    private int CloneDevFd()
+    private Fd CloneDevFd()
     {
-        int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
-        if (fd < 0) return _devFd;
-        uint master = (uint)_devFd;
+        var fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC | Native.O_NONBLOCK, 0);
+        if (fd.IsInvalid) return _devFd!;
+        uint master = (uint)_devFd!.Number;
         if (Native.Ioctl(fd, Native.FUSE_DEV_IOC_CLONE, &master) != 0)
         {
-            Native.Close(fd);
+            fd.Dispose();
             return _devFd;
         }
         return fd;
@@ -112,18 +112,21 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             var deadline = Environment.TickCount64 + 10_000;
             while (true)
             {
-                nint n = Native.Read(_devFd, req, ReqBufSize);
+                nint n = Native.Read(_devFd!, req, ReqBufSize);
                 if (n < 0)
                 {
-                    int e = Native.Errno;
+                    int e = Errno.Last;
                     if (e == Errno.EINTR) continue;
                     if (e == Errno.EAGAIN && Environment.TickCount64 < deadline)
                     {
-                        Native.PollFd p = new() { Fd = _devFd, Events = Native.POLLIN };
-                        Native.Poll(&p, 1, 1000);
+                        using (var dev = _devFd!.Use())
+                        {
+                            Native.PollFd p = new() { Fd = dev.Number, Events = Native.POLLIN };
+                            Native.Poll(&p, 1, 1000);
+                        }
                         continue;
                     }
-                    throw new IOException($"FUSE INIT not received: {Native.StrError(e)}");
+                    throw new IOException($"FUSE INIT not received: {Errno.StrError(e)}");
                 }
                 var span = new ReadOnlySpan<byte>(req, (int)n);
                 var h = MemoryMarshal.Read<FuseInHeader>(span);
@@ -154,15 +157,15 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
                 var rs = new Span<byte>(reply, FuseConst.OutHeaderSize + sizeof(FuseInitOut));
                 MemoryMarshal.Write(rs[FuseConst.OutHeaderSize..], in o);
                 FuseReply.Header(rs, rs.Length, 0, h.Unique);
-                if (Native.Write(_devFd, reply, (nuint)rs.Length) < 0)
-                    throw new IOException($"FUSE INIT reply failed: {Native.StrError(Native.Errno)}");
+                if (Native.Write(_devFd!, reply, (nuint)rs.Length) < 0)
+                    throw new IOException($"FUSE INIT reply failed: {Errno.StrError(Errno.Last)}");
                 return;
             }
         }
         finally { NativeMemory.AlignedFree(req); }
     }
 
-    private void Loop(int fd)
+    private void Loop(Fd fd)
     {
         byte* req = (byte*)NativeMemory.AlignedAlloc(ReqBufSize, 4096);
         byte* reply = (byte*)NativeMemory.AlignedAlloc(ReplyBufSize, 4096);
@@ -174,12 +177,18 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
                 nint n = Native.Read(fd, req, ReqBufSize);
                 if (n < 0)
                 {
-                    int e = Native.Errno;
+                    int e = Errno.Last;
                     if (e == Errno.EINTR || e == Errno.ENOENT) continue;
                     if (e != Errno.EAGAIN) break; // ENODEV: unmounted; anything else: the session is unusable
-                    pfd[0] = new Native.PollFd { Fd = fd, Events = Native.POLLIN };
-                    pfd[1] = new Native.PollFd { Fd = _stopFd, Events = Native.POLLIN };
-                    if (Native.Poll(pfd, 2, -1) < 0 && Native.Errno != Errno.EINTR) break;
+                    int rc;
+                    using (var dev = fd.Use())
+                    using (var stop = _stopFd!.Use())
+                    {
+                        pfd[0] = new Native.PollFd { Fd = dev.Number, Events = Native.POLLIN };
+                        pfd[1] = new Native.PollFd { Fd = stop.Number, Events = Native.POLLIN };
+                        rc = Native.Poll(pfd, 2, -1);
+                    }
+                    if (rc < 0 && Errno.Last != Errno.EINTR) break;
                     if (pfd[1].Revents != 0) break;
                     continue;
                 }
@@ -220,17 +229,17 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         {
             // With nothing open on it the super block dies now and the threads read ENODEV; if some
             // process still holds files there, stop anyway: closing the device aborts the connection.
-            if (!Completion.Wait(2000) && _stopFd >= 0)
+            if (!Completion.Wait(2000) && _stopFd != null)
             {
                 ulong one = 1;
                 Native.Write(_stopFd, (byte*)&one, 8);
             }
             foreach (var t in _threads) t.Join(5000);
         }
-        foreach (var fd in _fds) Native.Close(fd);
+        foreach (var fd in _fds) fd.Dispose();
         _fds.Clear();
-        _devFd = -1;
-        if (_stopFd >= 0) { Native.Close(_stopFd); _stopFd = -1; }
+        _devFd = null;
+        _stopFd?.Dispose();
         if (!_started) Finish();
     }
 
@@ -254,9 +263,9 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
             if (_started) throw new InvalidOperationException("abandon only a session that was not started");
             _unmounted = true;
         }
-        foreach (var fd in _fds) Native.Close(fd);
+        foreach (var fd in _fds) fd.Dispose();
         _fds.Clear();
-        _devFd = -1;
+        _devFd = null;
         Finish();
     }
 

@@ -1,14 +1,5 @@
 namespace Lab.Fusefs;
 
-/// <summary>Linux errno values used by fusefs (results are 0 or a positive errno).</summary>
-public static class Errno
-{
-    public const int EPERM = 1, ENOENT = 2, EINTR = 4, EIO = 5, EBADF = 9, EAGAIN = 11, EACCES = 13;
-    public const int EFAULT = 14, EEXIST = 17, EXDEV = 18, ENODEV = 19, ENOTDIR = 20, EISDIR = 21;
-    public const int EINVAL = 22, EFBIG = 27, ENOSPC = 28, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38;
-    public const int ENOTEMPTY = 39, ELOOP = 40, ENODATA = 61, EOPNOTSUPP = 95, ENOTCONN = 107;
-}
-
 /// <summary>
 /// The file-system side of a FUSE session. The transport decodes and validates each request, calls
 /// one of these methods on one of its threads (several at a time), and encodes the answer. Every

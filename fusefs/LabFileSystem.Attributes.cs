@@ -30,7 +30,7 @@ public sealed unsafe partial class LabFileSystem
         if ((s.Valid & FuseFattr.Mode) != 0)
         {
             if (link) return Errno.EOPNOTSUPP;
-            if (Native.FChmodAt(Native.AT_FDCWD, path, s.Mode & 0xFFF, 0) != 0) return Err();
+            if (Native.FChmodAt(Fd.Cwd, path, s.Mode & 0xFFF, 0) != 0) return Err();
         }
         if ((s.Valid & (FuseFattr.Uid | FuseFattr.Gid)) != 0)
         {
@@ -53,7 +53,7 @@ public sealed unsafe partial class LabFileSystem
             ts[1] = Time(s.Valid, FuseFattr.Mtime, FuseFattr.MtimeNow, s.Mtime, s.MtimeNsec);
             int rc = link
                 ? Native.UtimensAt(n.Fd, Native.EmptyPath, ts, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW)
-                : Native.UtimensAt(Native.AT_FDCWD, path, ts, 0);
+                : Native.UtimensAt(Fd.Cwd, path, ts, 0);
             if (rc != 0) return Err();
         }
         return GetAttr(in c, node, null, out attr);
@@ -69,7 +69,7 @@ public sealed unsafe partial class LabFileSystem
         var cache = Volatile.Read(ref n.Cache);
         if (cache != null && cache.Truncate(size) == 0) return 0;
         int rc;
-        if (fh != 0 && _handles.TryGetValue(fh, out var h) && h.Fd >= 0 && Native.FTruncate(h.Fd, size) == 0) rc = 0;
+        if (fh != 0 && _handles.TryGetValue(fh, out var h) && h.Fd != null && Native.FTruncate(h.Fd, size) == 0) rc = 0;
         else rc = Native.Truncate(path, size) == 0 ? 0 : Err();
         if (rc == 0) Volatile.Read(ref n.Cache)?.ApplyTruncate(size); // a cache made meanwhile
         return rc;
@@ -98,7 +98,7 @@ public sealed unsafe partial class LabFileSystem
         if (n.Type == S_IFLNK) return 0;
         byte* path = stackalloc byte[32];
         Native.FdPath(n.Fd, new Span<byte>(path, 32));
-        return Native.FAccessAt(Native.AT_FDCWD, path, mask, 0) == 0 ? 0 : Err();
+        return Native.FAccessAt(Fd.Cwd, path, mask, 0) == 0 ? 0 : Err();
     }
 
     private int XattrTarget(ulong node, byte* path, out bool isVirtual)

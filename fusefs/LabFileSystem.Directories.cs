@@ -14,8 +14,8 @@ public sealed unsafe partial class LabFileSystem
         }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
-        int fd = Native.OpenAt(n.Fd, Dot, Native.O_RDONLY | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
-        if (fd < 0) return Err();
+        var fd = Native.OpenAt(n.Fd, Dot, Native.O_RDONLY | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
+        if (fd.IsInvalid) return Err();
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
         return 0;
     }
@@ -100,7 +100,7 @@ public sealed unsafe partial class LabFileSystem
 
     private int Snapshot(Handle h, bool root)
     {
-        if (h.Fd < 0) return Errno.EBADF;
+        if (h.Fd is null) return Errno.EBADF;
         h.Entries = new List<DirEnt>();
         int used = 0;
         if (Native.LSeek(h.Fd, 0, 0) < 0) return Err();
@@ -134,12 +134,12 @@ public sealed unsafe partial class LabFileSystem
 
     public void ReleaseDir(in FuseContext c, ulong node, ulong fh)
     {
-        if (_handles.TryRemove(fh, out var h)) Native.CloseQuiet(h.Fd);
+        if (_handles.TryRemove(fh, out var h)) h.Fd?.Dispose();
     }
 
     public int FsyncDir(in FuseContext c, ulong node, ulong fh, bool dataOnly)
     {
-        if (_handles.TryGetValue(fh, out var h) && h.Fd >= 0 && Native.FSync(h.Fd) != 0) return Err();
+        if (_handles.TryGetValue(fh, out var h) && h.Fd != null && Native.FSync(h.Fd) != 0) return Err();
         return 0;
     }
 }

@@ -31,8 +31,8 @@ public sealed unsafe partial class LabFileSystem
         byte* path = stackalloc byte[32];
         Native.FdPath(n.Fd, new Span<byte>(path, 32));
         // O_NOFOLLOW was checked by the kernel already; on the /proc magic link it would give ELOOP.
-        int fd = Native.Open(path, ((int)flags & ~(StripFlags | Native.O_NOFOLLOW)) | Native.O_CLOEXEC, 0);
-        if (fd < 0) return Err();
+        var fd = Native.Open(path, ((int)flags & ~(StripFlags | Native.O_NOFOLLOW)) | Native.O_CLOEXEC, 0);
+        if (fd.IsInvalid) return Err();
         if (((int)flags & Native.O_TRUNC) != 0) Volatile.Read(ref n.Cache)?.ApplyTruncate(0);
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
         return 0;
@@ -51,7 +51,7 @@ public sealed unsafe partial class LabFileSystem
             }
             return 0;
         }
-        if (h.Node == null || h.Fd < 0) return Errno.EBADF;
+        if (h.Node == null || h.Fd is null) return Errno.EBADF;
         return CachedFile.Read(Volatile.Read(ref h.Node.Cache), h.Fd, offset, dest, out read);
     }
 
@@ -59,7 +59,7 @@ public sealed unsafe partial class LabFileSystem
     {
         written = 0;
         if (!_handles.TryGetValue(fh, out var h)) return Errno.EBADF;
-        if (h.Node == null || h.Fd < 0) return Errno.EBADF;
+        if (h.Node == null || h.Fd is null) return Errno.EBADF;
         var cache = Volatile.Read(ref h.Node.Cache);
         if (cache != null)
         {
@@ -92,7 +92,7 @@ public sealed unsafe partial class LabFileSystem
     {
         if (!_handles.TryRemove(fh, out var h)) return;
         if (h.Node != null) Volatile.Read(ref h.Node.Cache)?.Flush();
-        Native.CloseQuiet(h.Fd);
+        h.Fd?.Dispose();
     }
 
     public int Fsync(in FuseContext c, ulong node, ulong fh, bool dataOnly)
@@ -100,13 +100,13 @@ public sealed unsafe partial class LabFileSystem
         if (!_handles.TryGetValue(fh, out var h) || h.Virtual != null) return 0;
         int e = h.Node != null ? Volatile.Read(ref h.Node.Cache)?.Flush() ?? 0 : 0;
         if (e != 0) return e;
-        if (h.Fd >= 0 && (dataOnly ? Native.FDataSync(h.Fd) : Native.FSync(h.Fd)) != 0) return Err();
+        if (h.Fd != null && (dataOnly ? Native.FDataSync(h.Fd) : Native.FSync(h.Fd)) != 0) return Err();
         return 0;
     }
 
     public int Fallocate(in FuseContext c, ulong node, ulong fh, int mode, long offset, long length)
     {
-        if (!_handles.TryGetValue(fh, out var h) || h.Fd < 0) return Errno.EBADF;
+        if (!_handles.TryGetValue(fh, out var h) || h.Fd is null) return Errno.EBADF;
         var cache = h.Node != null ? Volatile.Read(ref h.Node.Cache) : null;
         cache?.Flush(); // the range's dirty pages go first so a punched hole is not refilled later
         if (Native.FAllocate(h.Fd, mode, offset, length) != 0) return Err();
@@ -117,7 +117,7 @@ public sealed unsafe partial class LabFileSystem
     public int Lseek(in FuseContext c, ulong node, ulong fh, long offset, int whence, out long result)
     {
         result = 0;
-        if (!_handles.TryGetValue(fh, out var h) || h.Fd < 0) return Errno.EBADF;
+        if (!_handles.TryGetValue(fh, out var h) || h.Fd is null) return Errno.EBADF;
         if (h.Node != null) Volatile.Read(ref h.Node.Cache)?.Flush(); // data/hole positions are the file's
         result = Native.LSeek(h.Fd, offset, whence);
         return result < 0 ? Err() : 0;
@@ -128,8 +128,8 @@ public sealed unsafe partial class LabFileSystem
     {
         copied = 0;
         if (flags != 0) return Errno.EINVAL;
-        if (!_handles.TryGetValue(fhIn, out var hi) || hi.Fd < 0 || hi.Node == null) return Errno.EBADF;
-        if (!_handles.TryGetValue(fhOut, out var ho) || ho.Fd < 0 || ho.Node == null) return Errno.EBADF;
+        if (!_handles.TryGetValue(fhIn, out var hi) || hi.Fd is null || hi.Node == null) return Errno.EBADF;
+        if (!_handles.TryGetValue(fhOut, out var ho) || ho.Fd is null || ho.Node == null) return Errno.EBADF;
         var src = Volatile.Read(ref hi.Node.Cache);
         var dst = Volatile.Read(ref ho.Node.Cache);
         if (dst == null)

@@ -32,8 +32,8 @@ public sealed unsafe partial class LabFileSystem
     // After creating (parent, name): give it to the caller and answer its entry.
     private int Created(Node p, byte* cn, ReadOnlySpan<byte> name, in FuseContext c, out FuseEntryOut entry)
     {
-        int fd = Native.OpenAt(p.Fd, cn, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
-        if (fd < 0) { entry = default; return Err(); }
+        var fd = Native.OpenAt(p.Fd, cn, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
+        if (fd.IsInvalid) { entry = default; return Err(); }
         ChownToCaller(fd, in c);
         return Register(fd, name, out entry);
     }
@@ -101,7 +101,7 @@ public sealed unsafe partial class LabFileSystem
             if (Err() != Errno.ENOENT && Err() != Errno.EPERM || n.Type == S_IFLNK) return Err();
             byte* path = stackalloc byte[32];
             Native.FdPath(n.Fd, new Span<byte>(path, 32));
-            if (Native.LinkAt(Native.AT_FDCWD, path, p.Fd, cn, Native.AT_SYMLINK_FOLLOW) != 0) return Err();
+            if (Native.LinkAt(Fd.Cwd, path, p.Fd, cn, Native.AT_SYMLINK_FOLLOW) != 0) return Err();
         }
         return LookupReal(p, cn, newName, out entry);
     }
@@ -115,23 +115,23 @@ public sealed unsafe partial class LabFileSystem
         if (err != 0) return err;
         int baseFlags = ((int)flags & ~StripFlags) | Native.O_CLOEXEC | Native.O_NOFOLLOW;
         bool created = true;
-        int fd = Native.OpenAt(p!.Fd, cn, baseFlags | Native.O_CREAT | Native.O_EXCL, mode & 0xFFF);
-        if (fd < 0 && Err() == Errno.EEXIST && ((int)flags & Native.O_EXCL) == 0)
+        var fd = Native.OpenAt(p!.Fd, cn, baseFlags | Native.O_CREAT | Native.O_EXCL, mode & 0xFFF);
+        if (fd.IsInvalid && Err() == Errno.EEXIST && ((int)flags & Native.O_EXCL) == 0)
         {
             created = false;
             fd = Native.OpenAt(p.Fd, cn, baseFlags, 0);
         }
-        if (fd < 0) return Err();
+        if (fd.IsInvalid) return Err();
         if (created) Native.FChmod(fd, mode & 0xFFF); // our umask must not narrow the caller's mode
         byte* path = stackalloc byte[32];
         Native.FdPath(fd, new Span<byte>(path, 32));
-        int pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
-        if (pathFd < 0) { err = Err(); Native.Close(fd); return err; }
+        var pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
+        if (pathFd.IsInvalid) { err = Err(); fd.Dispose(); return err; }
         if (created) ChownToCaller(pathFd, in c);
         err = Register(pathFd, name, out entry);
-        if (err != 0) { Native.Close(fd); return err; }
+        if (err != 0) { fd.Dispose(); return err; }
         var n = Get(entry.NodeId);
-        if (n == null) { Native.Close(fd); return Errno.ENOENT; }
+        if (n == null) { fd.Dispose(); return Errno.ENOENT; }
         if (!created && ((int)flags & Native.O_TRUNC) != 0) Volatile.Read(ref n.Cache)?.ApplyTruncate(0);
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
         open.OpenFlags = FuseOpenOut.DirectIo;
@@ -149,17 +149,17 @@ public sealed unsafe partial class LabFileSystem
         if (p == null) return Errno.ENOENT;
         if (p.Type != S_IFDIR) return Errno.ENOTDIR;
         int f = ((int)flags & ~(StripFlags | O_TMPFILE | Native.O_NOFOLLOW)) | O_TMPFILE | Native.O_CLOEXEC;
-        int fd = Native.OpenAt(p.Fd, Dot, f, mode & 0xFFF);
-        if (fd < 0) return Err();
+        var fd = Native.OpenAt(p.Fd, Dot, f, mode & 0xFFF);
+        if (fd.IsInvalid) return Err();
         Native.FChmod(fd, mode & 0xFFF);
         byte* path = stackalloc byte[32];
         Native.FdPath(fd, new Span<byte>(path, 32));
-        int pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
-        if (pathFd < 0) { int e = Err(); Native.Close(fd); return e; }
+        var pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
+        if (pathFd.IsInvalid) { int e = Err(); fd.Dispose(); return e; }
         ChownToCaller(pathFd, in c);
         int err = Register(pathFd, ""u8, out entry);
         var n = err == 0 ? Get(entry.NodeId) : null;
-        if (n == null) { Native.Close(fd); return err != 0 ? err : Errno.ENOENT; }
+        if (n == null) { fd.Dispose(); return err != 0 ? err : Errno.ENOENT; }
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
         open.OpenFlags = FuseOpenOut.DirectIo;
         return 0;

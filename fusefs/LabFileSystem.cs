@@ -28,11 +28,11 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     {
         public readonly ulong Id, Dev, Ino;
         public readonly uint Type;
-        public readonly int Fd; // O_PATH
+        public readonly Fd Fd; // O_PATH
         public long Lookups;
         public string Name;
         public CachedFile? Cache;
-        public Node(ulong id, ulong dev, ulong ino, uint type, int fd, string name)
+        public Node(ulong id, ulong dev, ulong ino, uint type, Fd fd, string name)
         { Id = id; Dev = dev; Ino = ino; Type = type; Fd = fd; Name = name; }
     }
 
@@ -41,7 +41,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     private sealed class Handle
     {
         public Node? Node;
-        public int Fd = -1;
+        public Fd? Fd;
         public byte[]? Virtual;          // rendered .lab file
         public VNode? VDir;              // a directory under .lab
         public bool Served;              // a READDIR came (the snapshot of OPENDIR is used once)
@@ -68,13 +68,13 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     public LabFileSystem(string backingDir, ILabDirectory? labDir)
     {
         BackingDir = Path.GetFullPath(backingDir);
-        int fd = Native.Open(BackingDir, Native.O_PATH | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
-        if (fd < 0) throw new IOException($"backing directory {BackingDir}: {Native.StrError(Native.Errno)}");
+        var fd = Native.Open(BackingDir, Native.O_PATH | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
+        if (fd.IsInvalid) throw new IOException($"backing directory {BackingDir}: {Errno.StrError(Errno.Last)}");
         Native.Statx st;
         if (Native.StatxAt(fd, Native.EmptyPath, Native.AT_EMPTY_PATH, Native.STATX_BASIC_STATS, &st) != 0)
         {
-            Native.Close(fd);
-            throw new IOException($"backing directory {BackingDir}: {Native.StrError(Native.Errno)}");
+            fd.Dispose();
+            throw new IOException($"backing directory {BackingDir}: {Errno.StrError(Errno.Last)}");
         }
         _root = new Node(RootId, st.Dev, st.Ino, S_IFDIR, fd, "") { Lookups = 1 };
         _byId[RootId] = _root;
@@ -85,7 +85,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
 
     // ---------------- helpers ----------------
 
-    private static int Err() => Native.Errno;
+    private static int Err() => Errno.Last;
 
     /// <summary>Copies one path component into dst (256 bytes) with its NUL; 0 or an errno.</summary>
     private static int CName(ReadOnlySpan<byte> name, byte* dst)
@@ -114,7 +114,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     private int Protected(ulong parent, ReadOnlySpan<byte> name) =>
         IsVirtual(parent) ? Errno.EACCES : IsLabName(parent, name) ? Errno.EACCES : 0;
 
-    private static int Stat(int fd, out Native.Statx st)
+    private static int Stat(Fd fd, out Native.Statx st)
     {
         fixed (Native.Statx* p = &st)
             return Native.StatxAt(fd, Native.EmptyPath, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW,
@@ -149,12 +149,13 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     }
 
     /// <summary>Registers (or finds) the node of an O_PATH fd and counts one lookup. Takes ownership of fd.</summary>
-    private int Register(int fd, ReadOnlySpan<byte> name, out FuseEntryOut e)
+    private int Register(Fd fd, ReadOnlySpan<byte> name, out FuseEntryOut e)
     {
         int err = Stat(fd, out var st);
-        if (err != 0) { Native.Close(fd); e = default; return err; }
+        if (err != 0) { fd.Dispose(); e = default; return err; }
         FillAttr(in st, out var attr);
         Node node;
+        Fd? unused = fd;
         lock (_nodesLock)
         {
             if (_byKey.TryGetValue((st.Dev, st.Ino), out var existing))
@@ -168,10 +169,10 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
                 _byId[node.Id] = node;
                 _byKey[(st.Dev, st.Ino)] = node;
                 _byIno.TryAdd(st.Ino, node);
-                fd = -1;
+                unused = null;
             }
         }
-        Native.CloseQuiet(fd);
+        unused?.Dispose();
         // Sizes come from the cache when it exists (its writes are already in the file, but keep one truth).
         var cache = Volatile.Read(ref node.Cache);
         if (cache != null) attr.Size = (ulong)cache.Size;
@@ -181,12 +182,12 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
 
     private int LookupReal(Node parent, byte* cname, ReadOnlySpan<byte> name, out FuseEntryOut e)
     {
-        int fd = Native.OpenAt(parent.Fd, cname, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
-        if (fd < 0) { e = default; return Err(); }
+        var fd = Native.OpenAt(parent.Fd, cname, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
+        if (fd.IsInvalid) { e = default; return Err(); }
         return Register(fd, name, out e);
     }
 
-    private void ChownToCaller(int fd, in FuseContext c)
+    private void ChownToCaller(Fd fd, in FuseContext c)
     {
         if (c.Uid != _uid || c.Gid != _gid)
             Native.FChownAt(fd, Native.EmptyPath, c.Uid, c.Gid, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW);
@@ -229,7 +230,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         // The node's hold only: programs may still map the deleted file (the VM objects hold the cache,
         // whose open fd keeps the backing inode, so its number is not reused while they do).
         drop.Cache?.Release();
-        Native.Close(drop.Fd);
+        drop.Fd.Dispose();
     }
 
     public int StatFs(in FuseContext c, ulong node, out FuseStatfsOut statfs)
@@ -278,7 +279,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         {
             // The node's hold only: a VM object still mapping the file keeps the cache open.
             n.Cache?.Release();
-            Native.Close(n.Fd);
+            n.Fd.Dispose();
         }
         return drop.Count;
     }
@@ -321,9 +322,9 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         {
             // The node's hold only: a VM object still mapping the file keeps the cache open.
             n.Cache?.Release();
-            Native.Close(n.Fd);
+            n.Fd.Dispose();
         }
-        foreach (var h in _handles.Values) Native.CloseQuiet(h.Fd);
+        foreach (var h in _handles.Values) h.Fd?.Dispose();
         _handles.Clear();
     }
 }

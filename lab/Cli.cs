@@ -168,7 +168,7 @@ public static class Cli
             }
             int pid;
             using (conn) pid = conn.DaemonPid;
-            Native.kill(pid, 15);
+            Native.Kill(pid, 15);
             var deadline = DateTime.UtcNow.AddSeconds(60);
             while (Mounts.IsLabMount(m))
             {
@@ -206,7 +206,7 @@ public static class Cli
         var link = Path.Combine(mount, ".lab", "control");
         socket = new FileInfo(link).LinkTarget ?? link;
         return ControlClient.TryConnect(link, out int e)
-            ?? throw new LabException($"the lab daemon for {mount} is not running ({Native.StrError(e)})");
+            ?? throw new LabException($"the lab daemon for {mount} is not running ({Errno.StrError(e)})");
     }
 
     static Command RunCommand()
@@ -355,7 +355,7 @@ public static class Cli
     static void SetLimit(ControlClient conn, ulong run, long bytes)
     {
         int status = conn.SetLimit(run, (ulong)bytes);
-        if (status != 0) throw new LabException($"the lab daemon refused the limit: {Native.StrError(status)}");
+        if (status != 0) throw new LabException($"the lab daemon refused the limit: {Errno.StrError(status)}");
     }
 
     internal static Dictionary<string, string> ParseStats(string text)

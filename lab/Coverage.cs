@@ -1,5 +1,5 @@
 using System.Globalization;
-using Lab.Linux;
+using Lab.Interop;
 
 namespace Lab;
 
@@ -19,7 +19,7 @@ public readonly record struct KernelFaults(long Minor, long Major)
     public static unsafe KernelFaults OfReapedChildren()
     {
         Native.Rusage ru;
-        if (Native.getrusage(Native.RUSAGE_CHILDREN, &ru) != 0) return default;
+        if (Native.GetRusage(Native.RUSAGE_CHILDREN, &ru) != 0) return default;
         return new KernelFaults(ru.MinFlt, ru.MajFlt);
     }
 

@@ -21,14 +21,14 @@ public sealed unsafe class ControlServer : IDisposable
     readonly LabDaemon _daemon;
     readonly string _path;
     readonly uint _ownerUid;
-    int _listenFd = -1;
+    Fd? _listenFd;
     Thread? _acceptThread;
     readonly List<ControlConnection> _conns = new();
     volatile bool _stopping;
 
     public ControlServer(LabDaemon daemon, string path)
     {
-        _daemon = daemon; _path = path; _ownerUid = Native.getuid();
+        _daemon = daemon; _path = path; _ownerUid = Native.GetUid();
     }
 
     public string Path => _path;
@@ -36,13 +36,13 @@ public sealed unsafe class ControlServer : IDisposable
     public void Start()
     {
         try { File.Delete(_path); } catch (IOException) { }
-        _listenFd = Native.socket(Native.AF_UNIX, Native.SOCK_STREAM | Native.SOCK_CLOEXEC, 0);
+        _listenFd = Native.Socket(Native.AF_UNIX, Native.SOCK_STREAM | Native.SOCK_CLOEXEC, 0);
         Span<byte> addr = stackalloc byte[110];
-        if (_listenFd < 0 || !Native.SockAddr(_path, addr, out uint len))
+        if (_listenFd.IsInvalid || !Native.SockAddr(_path, addr, out uint len))
             throw new LabException($"cannot create the control socket {_path}");
         fixed (byte* a = addr)
-            if (Native.bind(_listenFd, a, len) != 0 || Native.listen(_listenFd, 128) != 0)
-                throw new LabException($"cannot listen on {_path}: {Native.StrError(Native.Errno)}");
+            if (Native.Bind(_listenFd, a, len) != 0 || Native.Listen(_listenFd, 128) != 0)
+                throw new LabException($"cannot listen on {_path}: {Errno.StrError(Errno.Last)}");
         File.SetUnixFileMode(_path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead
             | UnixFileMode.GroupWrite | UnixFileMode.OtherRead | UnixFileMode.OtherWrite);  // SO_PEERCRED decides
         _acceptThread = new Thread(AcceptLoop) { IsBackground = true, Name = "control accept" };
@@ -59,11 +59,11 @@ public sealed unsafe class ControlServer : IDisposable
     {
         while (!_stopping)
         {
-            int fd = Native.accept4(_listenFd, null, null, Native.SOCK_CLOEXEC);
-            if (fd < 0)
+            var fd = Native.Accept4(_listenFd!, null, null, Native.SOCK_CLOEXEC);
+            if (fd.IsInvalid)
             {
                 if (_stopping) return;
-                if (Native.Errno == Native.EINTR) continue;
+                if (Errno.Last == Errno.EINTR) continue;
                 Thread.Sleep(10);
                 continue;
             }
@@ -95,7 +95,7 @@ public sealed unsafe class ControlServer : IDisposable
                 }
                 finally
                 {
-                    if (msg.Fd >= 0 && msg.Type != Proto.Hello) Native.close(msg.Fd);
+                    if (msg.Type != Proto.Hello) msg.Fd?.Dispose();
                 }
             }
         }
@@ -122,12 +122,12 @@ public sealed unsafe class ControlServer : IDisposable
         {
             case Proto.Hello when proc == null && Proto.TryRead(p, out LabHello h):
             {
-                if (!VersionOk(conn, m, h, peerPid)) { if (m.Fd >= 0) Native.close(m.Fd); return false; }
+                if (!VersionOk(conn, m, h, peerPid)) { m.Fd?.Dispose(); return false; }
                 int pid = h.Pid;
-                if (m.Fd < 0) return Reply(conn, m, Native.EINVAL);
-                if (pid != peerPid) { Native.close(m.Fd); return Reply(conn, m, Native.EINVAL) && false; }
+                if (m.Fd == null) return Reply(conn, m, Errno.EINVAL);
+                if (pid != peerPid) { m.Fd.Dispose(); return Reply(conn, m, Errno.EINVAL) && false; }
                 int err = UffdPmap.Api(m.Fd, Features, out ulong got);
-                if (err != 0) { Native.close(m.Fd); Reply(conn, m, err); return false; }
+                if (err != 0) { m.Fd.Dispose(); Reply(conn, m, err); return false; }
                 proc = _daemon.NewProcess(m.Fd, pid, h.RunId, h.VmName(), h.CommName(), out err);
                 if (proc == null) { Reply(conn, m, err); return false; }
                 var r = new LabHelloReply { Features = got };
@@ -137,9 +137,9 @@ public sealed unsafe class ControlServer : IDisposable
             {
                 if (!VersionOk(conn, m, h, peerPid)) return false;
                 int pid = h.Pid;
-                if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
+                if (pid != peerPid) return Reply(conn, m, Errno.EINVAL) && false;
                 var child = _daemon.Registry.ClaimForked(pid, TimeSpan.FromSeconds(10));
-                if (child == null) { Reply(conn, m, Native.ESRCH); return false; }
+                if (child == null) { Reply(conn, m, Errno.ESRCH); return false; }
                 child.Pid = pid;
                 child.Pmap.Pid = pid;
                 proc = child;
@@ -149,9 +149,9 @@ public sealed unsafe class ControlServer : IDisposable
             {
                 // The shim's agent thread: from now on this connection carries our LAB_EVICT requests.
                 int pid = ah.Pid;
-                if (pid != peerPid) return Reply(conn, m, Native.EINVAL) && false;
+                if (pid != peerPid) return Reply(conn, m, Errno.EINVAL) && false;
                 var target = _daemon.Registry.Live().LastOrDefault(x => x.Pid == pid && x.Agent == null);
-                if (target == null) { Reply(conn, m, Native.ESRCH); return false; }
+                if (target == null) { Reply(conn, m, Errno.ESRCH); return false; }
                 var agent = new EvictAgent(conn, target, _daemon.Pageout, ah.Scratch, ah.ScratchLen);
                 if (!Reply(conn, m, 0)) return false;
                 target.Agent = agent;
@@ -174,7 +174,7 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.OpenShared when proc != null && Proto.TryRead(p, out LabOpenShared os):
             {
                 var file = _daemon.File(os.Ino);
-                if (file == null) return Reply(conn, m, Native.ENOENT);
+                if (file == null) return Reply(conn, m, Errno.ENOENT);
                 var r = new LabOpenSharedReply { Size = (ulong)file.Size };
                 return conn.Send(m.Type | Proto.Reply, m.Seq, 0, in r, file.MemfdFd);
             }
@@ -186,7 +186,7 @@ public sealed unsafe class ControlServer : IDisposable
                 if (!UserRange(addr, len))
                 {
                     Log.Info($"pid {peerPid}: refused a release of {addr:x}+{len:x}: not a page-aligned user range");
-                    return Reply(conn, m, Native.EINVAL);
+                    return Reply(conn, m, Errno.EINVAL);
                 }
                 int err = proc.Release(addr, len);
                 int flushed = proc.FlushPending();
@@ -251,7 +251,7 @@ public sealed unsafe class ControlServer : IDisposable
                         return Reply(conn, m, 0);
                     default:
                         Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");
-                        return Reply(conn, m, Native.EINVAL);
+                        return Reply(conn, m, Errno.EINVAL);
                 }
             }
             default:
@@ -280,14 +280,14 @@ public sealed unsafe class ControlServer : IDisposable
     static bool Reply(ControlConnection conn, Message m, int status)
     {
         // A refused request is logged (rate-limited): the program sees only an errno.
-        if (status != 0) Log.Info($"refused a control request (type {m.Type}, seq {m.Seq}): {Native.StrError(status)}");
+        if (status != 0) Log.Info($"refused a control request (type {m.Type}, seq {m.Seq}): {Errno.StrError(status)}");
         return conn.Send(m.Type | Proto.Reply, m.Seq, status, ReadOnlySpan<byte>.Empty);
     }
 
     public void Dispose()
     {
         _stopping = true;
-        if (_listenFd >= 0) { Native.shutdown(_listenFd, 2); Native.close(_listenFd); _listenFd = -1; }
+        if (_listenFd != null) { Native.Shutdown(_listenFd, 2); _listenFd.Dispose(); }
         _acceptThread?.Join(TimeSpan.FromSeconds(2));
         lock (_conns) foreach (var c in _conns) c.Shutdown();
         try { File.Delete(_path); } catch (IOException) { }

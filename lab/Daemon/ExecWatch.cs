@@ -22,11 +22,11 @@ public sealed unsafe class ExecWatch : IDisposable
 
     readonly LabDaemon _daemon;
     readonly byte[] _marker;   // "\0LAB_CONTROL=<our socket>\0": a variable after another, or (from 1) the first
-    readonly int _fd;
+    readonly Fd _fd;
     readonly Thread _thread;
     volatile bool _stopping;
 
-    ExecWatch(LabDaemon daemon, string controlPath, int fd)
+    ExecWatch(LabDaemon daemon, string controlPath, Fd fd)
     {
         _daemon = daemon;
         _marker = Encoding.UTF8.GetBytes($"\0LAB_CONTROL={controlPath}\0");
@@ -37,8 +37,8 @@ public sealed unsafe class ExecWatch : IDisposable
     /// <summary>Listening, or null (logged) when the process connector is not available.</summary>
     public static ExecWatch? TryStart(LabDaemon daemon, string controlPath)
     {
-        int fd = Native.socket(AF_NETLINK, SOCK_DGRAM | Native.SOCK_CLOEXEC, NETLINK_CONNECTOR);
-        if (fd < 0) { Unavailable("socket"); return null; }
+        var fd = Native.Socket(AF_NETLINK, SOCK_DGRAM | Native.SOCK_CLOEXEC, NETLINK_CONNECTOR);
+        if (fd.IsInvalid) { Unavailable("socket"); return null; }
         Span<byte> sa = stackalloc byte[12];   // sockaddr_nl: family, pad, pid 0 (the kernel picks), groups
         BinaryPrimitives.WriteUInt16LittleEndian(sa, AF_NETLINK);
         BinaryPrimitives.WriteUInt32LittleEndian(sa[8..], CN_IDX_PROC);
@@ -52,8 +52,8 @@ public sealed unsafe class ExecWatch : IDisposable
         fixed (byte* a = sa)
         fixed (byte* m = msg)
         {
-            if (Native.bind(fd, a, 12) != 0) { Unavailable("bind"); Native.close(fd); return null; }
-            if (Native.write(fd, m, (nuint)msg.Length) != msg.Length) { Unavailable("listen"); Native.close(fd); return null; }
+            if (Native.Bind(fd, a, 12) != 0) { Unavailable("bind"); fd.Dispose(); return null; }
+            if (Native.Write(fd, m, (nuint)msg.Length) != msg.Length) { Unavailable("listen"); fd.Dispose(); return null; }
         }
         var w = new ExecWatch(daemon, controlPath, fd);
         w._thread.Start();
@@ -61,7 +61,7 @@ public sealed unsafe class ExecWatch : IDisposable
     }
 
     static void Unavailable(string step) =>
-        Log.Info($"the kernel's process connector is not available ({step}: {Native.StrError(Native.Errno)}): "
+        Log.Info($"the kernel's process connector is not available ({step}: {Errno.StrError(Errno.Last)}): "
             + "only static programs exec'd by a process with its own connection are noticed");
 
     void Loop()
@@ -70,15 +70,19 @@ public sealed unsafe class ExecWatch : IDisposable
         bool overrun = false;
         while (!_stopping)
         {
-            var p = new Native.PollFd { Fd = _fd, Events = Native.POLLIN };
-            int r = Native.poll(&p, 1, 500);
+            int r;
+            using (var fd = _fd.Use())
+            {
+                var p = new Native.PollFd { Fd = fd.Number, Events = Native.POLLIN };
+                r = Native.Poll(&p, 1, 500);
+            }
             if (r <= 0) continue;
             nint n;
-            fixed (byte* b = buf) n = Native.read(_fd, b, (nuint)buf.Length);
+            fixed (byte* b = buf) n = Native.Read(_fd, b, (nuint)buf.Length);
             if (n < 0)
             {
                 // ENOBUFS: the machine exec'd faster than we read; some events are lost
-                if (!overrun) Log.Info($"exec watch: {Native.StrError(Native.Errno)}: some execs went unseen");
+                if (!overrun) Log.Info($"exec watch: {Errno.StrError(Errno.Last)}: some execs went unseen");
                 overrun = true;
                 continue;
             }
@@ -119,6 +123,6 @@ public sealed unsafe class ExecWatch : IDisposable
     {
         _stopping = true;
         _thread.Join(TimeSpan.FromSeconds(2));
-        Native.close(_fd);
+        _fd.Dispose();
     }
 }

@@ -86,7 +86,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     public string? SwapPath => _swapPath;
 
     public static string SocketDirectory =>
-        Native.getuid() == 0 ? "/run/lab" : System.IO.Path.Combine(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") ?? "/tmp", "lab");
+        Native.GetUid() == 0 ? "/run/lab" : System.IO.Path.Combine(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") ?? "/tmp", "lab");
 
     // ILabDirectory: `.lab/` in the mount (read at open; never on the fault path).
     public string ControlSocketPath => _control?.Path ?? "";
@@ -269,7 +269,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         // Every object is gone: drop the adapters (a file mapped again gets a new one).
         if (_vm.ObjectsAlive == 0 && Registry.LiveCount == 0) _vnodes.Clear();
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
-        Native.malloc_trim(0);
+        Native.MallocTrim(0);
     }
 
     /// <summary>A daemon killed with SIGKILL leaves its socket file behind: remove those whose pid is gone.</summary>
@@ -311,12 +311,12 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         Log.Flush();
     }
 
-    public LabProcess? NewProcess(int uffd, int pid, ulong run, string vm, string comm, out int errno)
+    public LabProcess? NewProcess(Fd uffd, int pid, ulong run, string vm, string comm, out int errno)
     {
         errno = 0;
         IResolver resolver;
         try { resolver = Resolvers.Create(vm.Length == 0 ? _defaultVm : vm); }
-        catch (ArgumentException) { errno = Native.EINVAL; return null; }
+        catch (ArgumentException) { errno = Errno.EINVAL; return null; }
         var pmap = new UffdPmap(uffd) { Pid = pid };
         var proc = new LabProcess(Registry, pid, run, comm, _vm.CreateSpace(pmap, resolver), pmap)
         {
@@ -425,7 +425,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
 
     public int Map(LabProcess p, ulong addr, ulong len, int prot, int kind, ulong ino, ulong offset)
     {
-        if (len == 0 || (addr & 0xfff) != 0 || (len & 0xfff) != 0 || (offset & 0xfff) != 0) return Native.EINVAL;
+        if (len == 0 || (addr & 0xfff) != 0 || (len & 0xfff) != 0 || (offset & 0xfff) != 0) return Errno.EINVAL;
         switch (kind)
         {
             case Proto.MapAnon:
@@ -436,12 +436,12 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
                 if (v == null)
                 {
                     Log.Error($"pid {p.Pid}: mmap of ino {ino} refused: no such regular file on the mount");
-                    return Native.ENOENT;
+                    return Errno.ENOENT;
                 }
                 p.Space.MapFile(addr, len, ToProt(prot), v, (long)offset, kind == Proto.MapFileShared);
                 return 0;
             default:
-                return Native.EINVAL;
+                return Errno.EINVAL;
         }
     }
 
@@ -501,7 +501,7 @@ public sealed class VnodeAdapter(CachedFile file) : IVnode
     {
         // ERANGE: the page is past EOF, SIGBUS as on Linux, not a failure of the lab.
         if (e != 0 && e != Errno.ERANGE)
-            Log.Error($"pager: page {pindex} of {Name} (ino {Ino}): {Native.StrError(e)}; the faulting program gets SIGBUS");
+            Log.Error($"pager: page {pindex} of {Name} (ino {Ino}): {Errno.StrError(e)}; the faulting program gets SIGBUS");
         return e;
     }
 

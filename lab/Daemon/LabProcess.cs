@@ -240,7 +240,7 @@ public sealed unsafe class LabProcess : IUffdEvents
     void Forked(int childUffd)
     {
         Interlocked.Increment(ref Events);
-        var pmap = new UffdPmap(childUffd);
+        var pmap = new UffdPmap(new Fd(childUffd));
         var child = new LabProcess(_registry, 0, RunId, Comm, Space.Fork(pmap), pmap) { Limit = Limit, MountLimit = MountLimit, Pageout = Pageout };
         _registry.Add(child);
         child.Start();
@@ -311,7 +311,7 @@ public sealed unsafe class LabProcess : IUffdEvents
         if (Interlocked.Exchange(ref _releaseLogged, 1) == 0)
             Log.Info($"pid {Pid} ({Comm}) registered lab memory {addr:x}-{addr + len:x} with its own userfaultfd: "
                 + "that range leaves the lab (counted in uffd_released_ranges; further ones are not logged)");
-        if (err != 0) Log.Error($"pid {Pid}: UFFDIO_UNREGISTER {addr:x}-{addr + len:x}: {Native.StrError(err)}");
+        if (err != 0) Log.Error($"pid {Pid}: UFFDIO_UNREGISTER {addr:x}-{addr + len:x}: {Errno.StrError(err)}");
         return err;
     }
 

@@ -199,7 +199,7 @@ public sealed class PageoutDaemon : IDisposable
         }
         if (!any) return;
         int err = victim.FlushPending();
-        if (err != 0) Log.Info($"pid {victim.Pid}: writing back shared pages at pageout: {Native.StrError(err)}");
+        if (err != 0) Log.Info($"pid {victim.Pid}: writing back shared pages at pageout: {Errno.StrError(err)}");
     }
 
     public void Dispose()
@@ -341,7 +341,7 @@ public sealed class EvictAgent : IUffdAgent
         {
             while (_conn.Receive() is Message m)
             {
-                if (m.Fd >= 0) Native.close(m.Fd);
+                m.Fd?.Dispose();
                 if (m.Type != (Proto.Evict | Proto.Reply) || m.Seq != _seq || !_busy) break;   // not ours: drop the agent
                 var p = _conn.Payload(m);
                 int done = p.Length >= 4 ? (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(p), (uint)_spanCount) : 0;
@@ -349,8 +349,8 @@ public sealed class EvictAgent : IUffdAgent
                 for (int i = 0; i < _keptCount; i++) _kept[i] = BinaryPrimitives.ReadUInt64LittleEndian(p[(8 + i * 8)..]);
                 Array.Sort(_kept, 0, _keptCount);   // by address (the reason is in the low bits); Finish walks both in order
                 if (m.Status == 0 && p.Length >= 4) done = _spanCount;
-                else if (m.Status != Native.EAGAIN)
-                    Log.Info($"pid {_proc.Pid}: the agent could not drop pages: {Native.StrError(m.Status)}");
+                else if (m.Status != Errno.EAGAIN)
+                    Log.Info($"pid {_proc.Pid}: the agent could not drop pages: {Errno.StrError(m.Status)}");
                 Finish(done);
             }
         }

@@ -109,7 +109,8 @@ public struct LabSetLimit { public ulong RunId, Bytes; }
 [StructLayout(LayoutKind.Sequential, Pack = 4)]
 public struct LabForkDone { public int ChildPid, Pad; }
 
-public readonly record struct Message(uint Type, uint Seq, int Status, int Length, int Fd);
+/// <summary>A received message; <see cref="Fd"/>: the descriptor it carried (SCM_RIGHTS), the receiver's to dispose.</summary>
+public readonly record struct Message(uint Type, uint Seq, int Status, int Length, Fd? Fd);
 
 /// <summary>
 /// One Unix stream connection speaking framed messages (header + payload, optional fd by
@@ -118,11 +119,11 @@ public readonly record struct Message(uint Type, uint Seq, int Status, int Lengt
 public sealed unsafe class ControlConnection : IDisposable
 {
     readonly byte[] _buffer = new byte[Proto.HeaderSize + Proto.MaxPayload];
-    int _fd;
+    readonly Fd _fd;
 
-    public ControlConnection(int fd) { _fd = fd; }
+    public ControlConnection(Fd fd) { _fd = fd; }
 
-    public int Fd => _fd;
+    public Fd Fd => _fd;
 
     /// <summary>The payload of the last message received.</summary>
     public Span<byte> Payload(in Message m) => _buffer.AsSpan(Proto.HeaderSize, m.Length);
@@ -132,10 +133,10 @@ public sealed unsafe class ControlConnection : IDisposable
         errno = 0;
         Span<byte> addr = stackalloc byte[110];
         if (!Native.SockAddr(path, addr, out uint len)) { errno = 36; return null; }
-        int fd = Native.socket(Native.AF_UNIX, Native.SOCK_STREAM | Native.SOCK_CLOEXEC, 0);
-        if (fd < 0) { errno = Native.Errno; return null; }
+        var fd = Native.Socket(Native.AF_UNIX, Native.SOCK_STREAM | Native.SOCK_CLOEXEC, 0);
+        if (fd.IsInvalid) { errno = Errno.Last; return null; }
         fixed (byte* a = addr)
-            if (Native.connect(fd, a, len) != 0) { errno = Native.Errno; Native.close(fd); return null; }
+            if (Native.Connect(fd, a, len) != 0) { errno = Errno.Last; fd.Dispose(); return null; }
         return new ControlConnection(fd);
     }
 
@@ -144,14 +145,14 @@ public sealed unsafe class ControlConnection : IDisposable
     {
         Native.Ucred c = default;
         uint len = (uint)sizeof(Native.Ucred);
-        Native.getsockopt(_fd, Native.SOL_SOCKET, Native.SO_PEERCRED, &c, &len);
+        Native.GetSockOpt(_fd, Native.SOL_SOCKET, Native.SO_PEERCRED, &c, &len);
         return c;
     }
 
     /// <summary>Receive one message. Returns null on EOF or a malformed frame; the fd, if any, is owned by the caller.</summary>
     public Message? Receive()
     {
-        int fd = -1;
+        Fd? fd = null;
         if (!ReadExact(0, Proto.HeaderSize, ref fd)) { CloseFd(fd); return null; }
         var h = MemoryMarshal.Read<LabHdr>(_buffer);
         if (h.Len > Proto.MaxPayload) { CloseFd(fd); return null; }
@@ -159,7 +160,7 @@ public sealed unsafe class ControlConnection : IDisposable
         return new Message(h.Type, h.Seq, h.Status, (int)h.Len, fd);
     }
 
-    bool ReadExact(int offset, int count, ref int fd)
+    bool ReadExact(int offset, int count, ref Fd? fd)
     {
         byte* cbuf = stackalloc byte[64];
         fixed (byte* b = _buffer)
@@ -168,8 +169,8 @@ public sealed unsafe class ControlConnection : IDisposable
             {
                 var iov = new Native.IoVec { Base = b + offset, Len = (nuint)count };
                 var mh = new Native.MsgHdr { Iov = &iov, IovLen = 1, Control = cbuf, ControlLen = 64 };
-                nint n = Native.recvmsg(_fd, &mh, Native.MSG_CMSG_CLOEXEC);
-                if (n < 0 && Native.Errno == Native.EINTR) continue;
+                nint n = Native.RecvMsg(_fd, &mh, Native.MSG_CMSG_CLOEXEC);
+                if (n < 0 && Errno.Last == Errno.EINTR) continue;
                 if (n <= 0) return false;
                 if (mh.ControlLen >= 20)
                 {
@@ -178,8 +179,8 @@ public sealed unsafe class ControlConnection : IDisposable
                     if (level == Native.SOL_SOCKET && ctype == Native.SCM_RIGHTS)
                     {
                         int got = *(int*)(cbuf + 16);
-                        if (fd >= 0) Native.close(fd);
-                        fd = got;
+                        fd?.Dispose();
+                        fd = new Fd(got);
                     }
                 }
                 offset += (int)n; count -= (int)n;
@@ -189,34 +190,35 @@ public sealed unsafe class ControlConnection : IDisposable
     }
 
     /// <summary>Send a message whose payload is one message struct.</summary>
-    public bool Send<T>(uint type, uint seq, int status, in T payload, int fd = -1) where T : unmanaged =>
+    public bool Send<T>(uint type, uint seq, int status, in T payload, Fd? fd = null) where T : unmanaged =>
         Send(type, seq, status, Proto.Bytes(in payload), fd);
 
-    /// <summary>Send a message; <paramref name="fd"/> &gt;= 0 travels as SCM_RIGHTS. Returns false if the peer is gone.</summary>
-    public bool Send(uint type, uint seq, int status, ReadOnlySpan<byte> payload, int fd = -1)
+    /// <summary>Send a message; <paramref name="fd"/>, if any, travels as SCM_RIGHTS (held until sent). Returns false if the peer is gone.</summary>
+    public bool Send(uint type, uint seq, int status, ReadOnlySpan<byte> payload, Fd? fd = null)
     {
         var hdr = new LabHdr { Type = type, Len = (uint)payload.Length, Seq = seq, Status = status };
         byte* cbuf = stackalloc byte[24];
         byte* h = (byte*)&hdr;
+        using var passed = Fd.Lease.Of(fd);
         fixed (byte* p = payload)
         {
             var iov = stackalloc Native.IoVec[2];
             iov[0] = new Native.IoVec { Base = h, Len = (nuint)Proto.HeaderSize };
             iov[1] = new Native.IoVec { Base = p, Len = (nuint)payload.Length };
             var mh = new Native.MsgHdr { Iov = iov, IovLen = payload.Length > 0 ? 2u : 1u };
-            if (fd >= 0)
+            if (fd != null)
             {
                 *(ulong*)cbuf = 20;                    // CMSG_LEN(sizeof(int))
                 *(int*)(cbuf + 8) = Native.SOL_SOCKET;
                 *(int*)(cbuf + 12) = Native.SCM_RIGHTS;
-                *(int*)(cbuf + 16) = fd;
+                *(int*)(cbuf + 16) = passed.Number;
                 mh.Control = cbuf; mh.ControlLen = 24;  // CMSG_SPACE(sizeof(int))
             }
             long total = Proto.HeaderSize + payload.Length, sent = 0;
             while (sent < total)
             {
-                nint n = Native.sendmsg(_fd, &mh, Native.MSG_NOSIGNAL);
-                if (n < 0 && Native.Errno == Native.EINTR) continue;
+                nint n = Native.SendMsg(_fd, &mh, Native.MSG_NOSIGNAL);
+                if (n < 0 && Errno.Last == Errno.EINTR) continue;
                 if (n <= 0) return false;
                 sent += n;
                 if (sent >= total) break;
@@ -233,16 +235,12 @@ public sealed unsafe class ControlConnection : IDisposable
         return true;
     }
 
-    static void CloseFd(int fd) { if (fd >= 0) Native.close(fd); }
+    static void CloseFd(Fd? fd) => fd?.Dispose();
 
     /// <summary>Wake a thread blocked in Receive (used at shutdown).</summary>
-    public void Shutdown() { if (_fd >= 0) Native.shutdown(_fd, 2); }
+    public void Shutdown() => Native.Shutdown(_fd, 2);   // EBADF once disposed
 
-    public void Dispose()
-    {
-        int fd = Interlocked.Exchange(ref _fd, -1);
-        if (fd >= 0) Native.close(fd);
-    }
+    public void Dispose() => _fd.Dispose();
 }
 
 /// <summary>
@@ -289,7 +287,7 @@ public sealed class ControlClient : IDisposable
         uint seq = ++_seq;
         if (!_conn.Send(type, seq, 0, payload) || _conn.Receive() is not Message m)
             throw new LabException("the lab daemon did not answer");
-        if (m.Fd >= 0) Native.close(m.Fd);
+        m.Fd?.Dispose();
         if (m.Type != (type | Proto.Reply) || m.Seq != seq)
             throw new LabException($"the lab daemon answered request {type} (seq {seq}) with message {m.Type} (seq {m.Seq})");
         return m;

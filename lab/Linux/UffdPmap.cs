@@ -31,7 +31,7 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     const int Page = 4096;
 
     readonly byte* _staging;
-    int _uffd;
+    readonly Fd _uffd;
 
     /// <summary>ioctl failures other than the benign ones, for `lab stat` (install_errors).</summary>
     public long InstallErrors;
@@ -57,7 +57,7 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         // The kernel counts the event from before it is queued until its sender runs again
         // after the read: a preempted sender keeps it for a while, so back off to sleeping
         // (about 5 s in all before giving up).
-        if (errno != Native.EAGAIN || DrainEvents == null || Environment.CurrentManagedThreadId != ReaderThreadId || ++tries > 5200)
+        if (errno != Errno.EAGAIN || DrainEvents == null || Environment.CurrentManagedThreadId != ReaderThreadId || ++tries > 5200)
             return false;
         DrainEvents();
         if (tries > 200) Thread.Sleep(1);
@@ -65,22 +65,22 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         return true;
     }
 
-    public UffdPmap(int uffd)
+    public UffdPmap(Fd uffd)
     {
         _uffd = uffd;
         _staging = (byte*)NativeMemory.AlignedAlloc(MaxStagingPages * Page, Page);
     }
 
-    public int Uffd => _uffd;
+    public Fd Uffd => _uffd;
     public int PageSize => Page;
 
     /// <summary>UFFDIO_API on a uffd this daemon received. Returns 0 or errno.</summary>
-    public static int Api(int uffd, ulong features, out ulong got)
+    public static int Api(Fd uffd, ulong features, out ulong got)
     {
         var api = new Native.UffdioApi { Api = Native.UFFD_API, Features = features };
-        int rc = Native.ioctl(uffd, Native.UFFDIO_API, &api);
+        int rc = Native.Ioctl(uffd, Native.UFFDIO_API, &api);
         got = api.Features;
-        return rc == 0 ? 0 : Native.Errno;
+        return rc == 0 ? 0 : Errno.Last;
     }
 
     public Span<byte> Staging(int pages)
@@ -99,11 +99,11 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         int tries = 0, e;
         while (true)
         {
-            if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &c) == 0) return true;
-            e = Native.Errno;
+            if (Native.Ioctl(_uffd, Native.UFFDIO_COPY, &c) == 0) return true;
+            e = Errno.Last;
             if (!AgainAfterDrain(e, ref tries)) break;
         }
-        if (e == Native.EEXIST && pages > 1)
+        if (e == Errno.EEXIST && pages > 1)
         {
             // Part of a cluster is already present: install the rest one page at a time.
             bool any = false;
@@ -116,8 +116,8 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
                 int t = 0;
                 while (true)
                 {
-                    if (Native.ioctl(_uffd, Native.UFFDIO_COPY, &one) == 0) { any = true; break; }
-                    if (!AgainAfterDrain(Native.Errno, ref t)) break;
+                    if (Native.Ioctl(_uffd, Native.UFFDIO_COPY, &one) == 0) { any = true; break; }
+                    if (!AgainAfterDrain(Errno.Last, ref t)) break;
                 }
             }
             if (!any) Wake(va, (ulong)pages * Page);
@@ -137,8 +137,8 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         int tries = 0;
         while (true)
         {
-            if (Native.ioctl(_uffd, Native.UFFDIO_ZEROPAGE, &z) == 0) return true;
-            int e = Native.Errno;
+            if (Native.Ioctl(_uffd, Native.UFFDIO_ZEROPAGE, &z) == 0) return true;
+            int e = Errno.Last;
             if (!AgainAfterDrain(e, ref tries)) return Failed(e, va, Page);
         }
     }
@@ -153,8 +153,8 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         int tries = 0, e;
         while (true)
         {
-            if (Native.ioctl(_uffd, Native.UFFDIO_CONTINUE, &c) == 0) return true;
-            e = Native.Errno;
+            if (Native.Ioctl(_uffd, Native.UFFDIO_CONTINUE, &c) == 0) return true;
+            e = Errno.Last;
             if (!AgainAfterDrain(e, ref tries)) break;
         }
         // EEXIST: mapped meanwhile (another thread's fault). EFAULT: the page left the memfd
@@ -162,8 +162,8 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         // faults again and the fault loads it again.
         // EINVAL: the range is registered for missing faults only (a kernel without minor
         // faults on shmem): the woken thread maps the cached page itself, unseen as before.
-        if (e is Native.EEXIST or Native.EINVAL) { Wake(va, Page); return true; }
-        if (e == Native.EFAULT) { Interlocked.Increment(ref Superseded); Wake(va, Page); return false; }
+        if (e is Errno.EEXIST or Errno.EINVAL) { Wake(va, Page); return true; }
+        if (e == Errno.EFAULT) { Interlocked.Increment(ref Superseded); Wake(va, Page); return false; }
         return Failed(e, va, Page);
     }
 
@@ -175,14 +175,14 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
             Mode = writeProtect ? Native.UFFDIO_WRITEPROTECT_MODE_WP : 0,
         };
         int tries = 0;
-        while (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) != 0)
+        while (Native.Ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) != 0)
         {
-            int e = Native.Errno;
+            int e = Errno.Last;
             if (AgainAfterDrain(e, ref tries)) continue;
             // EAGAIN: a fork/unmap/remap event is still unread. Another thread (fork's
             // write-protect from the control socket) waits for the reader to take it;
             // the reader itself must not wait on itself.
-            if (e == Native.EAGAIN && Environment.CurrentManagedThreadId != ReaderThreadId && ++tries < 10_000)
+            if (e == Errno.EAGAIN && Environment.CurrentManagedThreadId != ReaderThreadId && ++tries < 10_000)
             {
                 Thread.Sleep(tries < 100 ? 0 : 1);
                 continue;
@@ -202,8 +202,8 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         };
         // EAGAIN: an event is waiting to be read, and the pageout keeps the reader out while
         // it scans: no use waiting. The scan stops; the page is left for a later one.
-        if (Native.ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) == 0) return true;
-        int e = Native.Errno;
+        if (Native.Ioctl(_uffd, Native.UFFDIO_WRITEPROTECT, &w) == 0) return true;
+        int e = Errno.Last;
         if (!Benign(e)) Interlocked.Increment(ref InstallErrors);
         return false;
     }
@@ -212,9 +212,9 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     {
         var p = new Native.UffdioPoison { Range = new Native.UffdioRange { Start = va, Len = Page } };
         int tries = 0;
-        while (Native.ioctl(_uffd, Native.UFFDIO_POISON, &p) != 0)
+        while (Native.Ioctl(_uffd, Native.UFFDIO_POISON, &p) != 0)
         {
-            int e = Native.Errno;
+            int e = Errno.Last;
             if (!AgainAfterDrain(e, ref tries)) { Failed(e, va, Page); return; }
         }
     }
@@ -227,13 +227,13 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
     public int Unregister(ulong va, ulong length)
     {
         var r = new Native.UffdioRange { Start = va, Len = length };
-        return Native.ioctl(_uffd, Native.UFFDIO_UNREGISTER, &r) == 0 ? 0 : Native.Errno;
+        return Native.Ioctl(_uffd, Native.UFFDIO_UNREGISTER, &r) == 0 ? 0 : Errno.Last;
     }
 
     public void Wake(ulong va, ulong length)
     {
         var r = new Native.UffdioRange { Start = va, Len = length };
-        Native.ioctl(_uffd, Native.UFFDIO_WAKE, &r);
+        Native.Ioctl(_uffd, Native.UFFDIO_WAKE, &r);
     }
 
     public bool ReadPage(ulong va, Span<byte> dest)
@@ -243,7 +243,7 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         {
             var local = new Native.IoVec { Base = d, Len = Page };
             var remote = new Native.IoVec { Base = (void*)va, Len = Page };
-            return Native.process_vm_readv(Pid, &local, 1, &remote, 1, 0) == Page;
+            return Native.ProcessVmReadv(Pid, &local, 1, &remote, 1, 0) == Page;
         }
     }
 
@@ -291,7 +291,7 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         return agent.Send(_removing.AsSpan(0, n), _removingChecks.AsSpan(0, n));
     }
 
-    static bool Benign(int e) => e is Native.EEXIST or Native.ENOENT or Native.EAGAIN or Native.ESRCH or Native.EINVAL;
+    static bool Benign(int e) => e is Errno.EEXIST or Errno.ENOENT or Errno.EAGAIN or Errno.ESRCH or Errno.EINVAL;
 
     bool Failed(int errno, ulong va, ulong len)
     {
@@ -304,8 +304,7 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
 
     public void Dispose()
     {
-        int fd = Interlocked.Exchange(ref _uffd, -1);
-        if (fd >= 0) Native.close(fd);
+        _uffd.Dispose();   // closes once no ioctl is in flight; later ones get EBADF
         NativeMemory.AlignedFree(_staging);
     }
 }

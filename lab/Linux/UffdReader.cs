@@ -38,7 +38,7 @@ public sealed unsafe class UffdReader
     readonly UffdPmap Pmap;
     readonly IUffdEvents _events;
     readonly string _name;
-    readonly int _stopFd;
+    readonly Fd _stopFd;
     Thread? _thread;
     int _stopped;
     // Held while a batch of uffd messages is read and applied. The kernel releases a
@@ -49,7 +49,7 @@ public sealed unsafe class UffdReader
     public UffdReader(UffdPmap pmap, IUffdEvents events, string name)
     {
         Pmap = pmap; _events = events; _name = name;
-        _stopFd = Native.eventfd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
+        _stopFd = Native.EventFd(0, Native.EFD_CLOEXEC | Native.EFD_NONBLOCK);
         pmap.DrainEvents = DrainEvents;
     }
 
@@ -64,9 +64,9 @@ public sealed unsafe class UffdReader
     {
         if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
         ulong one = 1;
-        Native.write(_stopFd, &one, 8);
+        Native.Write(_stopFd, &one, 8);
         if (_thread != null && _thread != Thread.CurrentThread) _thread.Join();
-        Native.close(_stopFd);
+        _stopFd.Dispose();
     }
 
     void Loop()
@@ -86,10 +86,15 @@ public sealed unsafe class UffdReader
         {
             while (true)
             {
-                fds[0] = new Native.PollFd { Fd = Pmap.Uffd, Events = Native.POLLIN };
-                fds[1] = new Native.PollFd { Fd = _stopFd, Events = Native.POLLIN };
-                int rc = Native.poll(fds, 2, PollTimeout);
-                if (rc < 0) { if (Native.Errno == Native.EINTR) continue; break; }
+                int rc;
+                using (var uffd = Pmap.Uffd.Use())
+                using (var stop = _stopFd.Use())
+                {
+                    fds[0] = new Native.PollFd { Fd = uffd.Number, Events = Native.POLLIN };
+                    fds[1] = new Native.PollFd { Fd = stop.Number, Events = Native.POLLIN };
+                    rc = Native.Poll(fds, 2, PollTimeout);
+                }
+                if (rc < 0) { if (Errno.Last == Errno.EINTR) continue; break; }
                 if (fds[1].Revents != 0) break;
                 if ((fds[0].Revents & (Native.POLLERR | Native.POLLNVAL)) != 0) break;
                 if (rc == 0)
@@ -99,11 +104,11 @@ public sealed unsafe class UffdReader
                 }
                 lock (Handling)
                 {
-                    nint n = Native.read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
+                    nint n = Native.Read(Pmap.Uffd, msgs, (nuint)(Batch * sizeof(Native.UffdMsg)));
                     if (n < 0)
                     {
-                        int e = Native.Errno;
-                        if (e is Native.EAGAIN or Native.EINTR) continue;
+                        int e = Errno.Last;
+                        if (e is Errno.EAGAIN or Errno.EINTR) continue;
                         break;
                     }
                     int count = (int)(n / sizeof(Native.UffdMsg));
@@ -132,7 +137,7 @@ public sealed unsafe class UffdReader
         while (_asideCount < AsideCapacity)
         {
             Native.UffdMsg m;
-            nint n = Native.read(Pmap.Uffd, &m, (nuint)sizeof(Native.UffdMsg));
+            nint n = Native.Read(Pmap.Uffd, &m, (nuint)sizeof(Native.UffdMsg));
             if (n != sizeof(Native.UffdMsg)) return;   // EAGAIN: nothing more to read
             if (m.Event == Native.UFFD_EVENT_REMOVE && _events.TakeOwnRemove(m.Arg0, m.Arg1))
                 return;

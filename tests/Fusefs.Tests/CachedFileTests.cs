@@ -53,7 +53,7 @@ public class CachedFileTests
         Assert.Equal(next, buf[..4096]);
         // The last hold closes it.
         cf.Release();
-        Assert.Equal(Lab.Fusefs.Errno.EBADF, cf.ReadPages(0, 1, buf.AsSpan(0, 4096)));
+        Assert.Equal(Lab.Interop.Errno.EBADF, cf.ReadPages(0, 1, buf.AsSpan(0, 4096)));
         Assert.False(cf.Hold());
     }
 
@@ -87,7 +87,7 @@ public class CachedFileTests
         Assert.Equal("END"u8.ToArray(), buf[(12000 - 4096)..(12003 - 4096)]);
         Assert.Equal(File.ReadAllBytes(m.B("f")), File.ReadAllBytes(m.M("f")));
         // The memfd (what MAP_SHARED mappers get) holds the same bytes.
-        var mem = File.ReadAllBytes($"/proc/self/fd/{cf.MemfdFd}");
+        var mem = File.ReadAllBytes($"/proc/self/fd/{cf.MemfdFd.Number}");
         Assert.Equal(12003, mem.Length);
         Assert.Equal(File.ReadAllBytes(m.B("f")), mem);
     }
@@ -99,7 +99,7 @@ public class CachedFileTests
         File.WriteAllBytes(m.M("f"), Pattern(9000, 2));
         var cf = m.Fs.GetCachedFile(Ino(m.M("f")))!;
         Assert.Equal(0, cf.LoadPages(0, 3));
-        using (var mem = new FileStream($"/proc/self/fd/{cf.MemfdFd}", FileMode.Open, FileAccess.Write))
+        using (var mem = new FileStream($"/proc/self/fd/{cf.MemfdFd.Number}", FileMode.Open, FileAccess.Write))
         {
             mem.Position = 10;
             mem.Write("dirty bytes"u8);
@@ -142,7 +142,7 @@ public class CachedFileTests
         Assert.Equal(0, cf.ReadPages(1, 1, buf));
         Assert.All(buf[(5000 - 4096)..], b => Assert.Equal(0, b));
         Assert.Equal(File.ReadAllBytes(m.B("f")), File.ReadAllBytes(m.M("f")));
-        Assert.Equal(0, Syscall.fstat(cf.MemfdFd, out var memSt));
+        Assert.Equal(0, Syscall.fstat(cf.MemfdFd.Number, out var memSt));
         Assert.Equal(20000, memSt.st_size);
         // O_TRUNC through the mount empties the cache too.
         File.WriteAllText(m.M("f"), "new");
@@ -160,7 +160,7 @@ public class CachedFileTests
             File.WriteAllBytes(m.M("f"), new byte[4096]);
             var cf = m.Fs.GetCachedFile(Ino(m.M("f")))!;
             Assert.Equal(0, cf.LoadPages(0, 1));
-            using (var mem = new FileStream($"/proc/self/fd/{cf.MemfdFd}", FileMode.Open, FileAccess.Write))
+            using (var mem = new FileStream($"/proc/self/fd/{cf.MemfdFd.Number}", FileMode.Open, FileAccess.Write))
                 mem.Write("Z"u8);
             cf.MarkDirty(0, 1);
             m.Server.Unmount();

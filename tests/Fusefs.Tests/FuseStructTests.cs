@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Lab.Fusefs;
+using Lab.Interop;
 using Xunit;
 
 namespace Lab.Tests.Fusefs;

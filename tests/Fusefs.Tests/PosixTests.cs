@@ -81,7 +81,7 @@ public class PosixTests
             Assert.Equal("DATA", Encoding.ASCII.GetString(buf));
         }
         Assert.Equal([".lab"], Directory.GetFileSystemEntries(m.MountPoint).Select(Path.GetFileName));
-        Assert.Equal(Lab.Fusefs.Errno.ENOENT, m.Fs.Lookup(in Root, 1, "a"u8, out _));
+        Assert.Equal(Lab.Interop.Errno.ENOENT, m.Fs.Lookup(in Root, 1, "a"u8, out _));
     }
 
     [KernelFact]
@@ -101,16 +101,16 @@ public class PosixTests
             Assert.Equal(0xA000u, e.Attr.Mode & 0xF000);
             ulong id = e.NodeId;
             // Names under a link are never looked up through it, nor created.
-            Assert.Equal(Lab.Fusefs.Errno.ENOTDIR, m.Fs.Lookup(in Root, id, "secret"u8, out _));
-            Assert.Equal(Lab.Fusefs.Errno.ENOTDIR, m.Fs.Mkdir(in Root, id, "made"u8, 0x1ED, out _));
-            Assert.Equal(Lab.Fusefs.Errno.ENOTDIR, m.Fs.Create(in Root, id, "made"u8, 2, 0x1A4, out _, out _));
-            Assert.Equal(Lab.Fusefs.Errno.ELOOP, m.Fs.Open(in Root, id, 0, out _));
+            Assert.Equal(Lab.Interop.Errno.ENOTDIR, m.Fs.Lookup(in Root, id, "secret"u8, out _));
+            Assert.Equal(Lab.Interop.Errno.ENOTDIR, m.Fs.Mkdir(in Root, id, "made"u8, 0x1ED, out _));
+            Assert.Equal(Lab.Interop.Errno.ENOTDIR, m.Fs.Create(in Root, id, "made"u8, 2, 0x1A4, out _, out _));
+            Assert.Equal(Lab.Interop.Errno.ELOOP, m.Fs.Open(in Root, id, 0, out _));
             var set = new FuseSetAttrIn { Valid = FuseFattr.Size, Size = 0 };
-            Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.SetAttr(in Root, id, in set, out _));
+            Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.SetAttr(in Root, id, in set, out _));
             set = new FuseSetAttrIn { Valid = FuseFattr.Mode, Mode = 0x1FF };
-            Assert.Equal(Lab.Fusefs.Errno.EOPNOTSUPP, m.Fs.SetAttr(in Root, id, in set, out _));
-            Assert.Equal(Lab.Fusefs.Errno.EOPNOTSUPP, m.Fs.SetXattr(in Root, id, "user.x"u8, "v"u8, 0));
-            Assert.Equal(Lab.Fusefs.Errno.ENOTDIR, m.Fs.OpenDir(in Root, id, 0, out _));
+            Assert.Equal(Lab.Interop.Errno.EOPNOTSUPP, m.Fs.SetAttr(in Root, id, in set, out _));
+            Assert.Equal(Lab.Interop.Errno.EOPNOTSUPP, m.Fs.SetXattr(in Root, id, "user.x"u8, "v"u8, 0));
+            Assert.Equal(Lab.Interop.Errno.ENOTDIR, m.Fs.OpenDir(in Root, id, 0, out _));
         }
         Assert.Equal("s", File.ReadAllText(Path.Combine(outside, "secret")));
         Assert.False(Directory.Exists(Path.Combine(outside, "made")));
@@ -124,21 +124,21 @@ public class PosixTests
     public void Bad_names_get_the_right_errno()
     {
         using var m = new TestMount();
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Mkdir(in Root, 1, "a/b"u8, 0x1ED, out _));
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Symlink(in Root, 1, "x\0y"u8, "t"u8, out _));
-        Assert.Equal(Lab.Fusefs.Errno.ENAMETOOLONG, m.Fs.Create(in Root, 1, Encoding.ASCII.GetBytes(new string('c', 256)), 2, 0x1A4, out _, out _));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Mkdir(in Root, 1, "a/b"u8, 0x1ED, out _));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Symlink(in Root, 1, "x\0y"u8, "t"u8, out _));
+        Assert.Equal(Lab.Interop.Errno.ENAMETOOLONG, m.Fs.Create(in Root, 1, Encoding.ASCII.GetBytes(new string('c', 256)), 2, 0x1A4, out _, out _));
         Assert.Equal(0, m.Fs.Mkdir(in Root, 1, Encoding.ASCII.GetBytes(new string('d', 255)), 0x1ED, out _)); // NAME_MAX itself is fine
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Rename(in Root, 1, ".."u8, 1, "x"u8, 0));
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Rename(in Root, 1, "x"u8, 1, "y"u8, 4)); // RENAME_WHITEOUT: not ours
-        Assert.Equal(Lab.Fusefs.Errno.ENOENT, m.Fs.Unlink(in Root, 1, "missing"u8));
-        Assert.Equal(Lab.Fusefs.Errno.ENOENT, m.Fs.Lookup(in Root, 1, ""u8, out _));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Rename(in Root, 1, ".."u8, 1, "x"u8, 0));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Rename(in Root, 1, "x"u8, 1, "y"u8, 4)); // RENAME_WHITEOUT: not ours
+        Assert.Equal(Lab.Interop.Errno.ENOENT, m.Fs.Unlink(in Root, 1, "missing"u8));
+        Assert.Equal(Lab.Interop.Errno.ENOENT, m.Fs.Lookup(in Root, 1, ""u8, out _));
         Directory.CreateDirectory(m.B("full"));
         File.WriteAllText(m.B("full/x"), "");
-        Assert.Equal(Lab.Fusefs.Errno.ENOTEMPTY, m.Fs.Rmdir(in Root, 1, "full"u8));
+        Assert.Equal(Lab.Interop.Errno.ENOTEMPTY, m.Fs.Rmdir(in Root, 1, "full"u8));
         File.WriteAllText(m.B("plain"), "");
-        Assert.Equal(Lab.Fusefs.Errno.ENOTDIR, m.Fs.Rmdir(in Root, 1, "plain"u8));
-        Assert.Equal(Lab.Fusefs.Errno.EISDIR, m.Fs.Unlink(in Root, 1, "full"u8));
-        Assert.Equal(Lab.Fusefs.Errno.EEXIST, m.Fs.Mkdir(in Root, 1, "plain"u8, 0x1ED, out _));
+        Assert.Equal(Lab.Interop.Errno.ENOTDIR, m.Fs.Rmdir(in Root, 1, "plain"u8));
+        Assert.Equal(Lab.Interop.Errno.EISDIR, m.Fs.Unlink(in Root, 1, "full"u8));
+        Assert.Equal(Lab.Interop.Errno.EEXIST, m.Fs.Mkdir(in Root, 1, "plain"u8, 0x1ED, out _));
     }
 
     [KernelFact]
@@ -264,11 +264,11 @@ public class PosixTests
         File.WriteAllText(m.M("a"), "A");
         File.WriteAllText(m.M("b"), "B");
         Assert.Equal(0, m.Fs.Lookup(in Root, 1, "a"u8, out _));
-        Assert.Equal(Lab.Fusefs.Errno.EEXIST, m.Fs.Rename(in Root, 1, "a"u8, 1, "b"u8, 1));
+        Assert.Equal(Lab.Interop.Errno.EEXIST, m.Fs.Rename(in Root, 1, "a"u8, 1, "b"u8, 1));
         Assert.Equal(0, m.Fs.Rename(in Root, 1, "a"u8, 1, "b"u8, 2));
         Assert.Equal("B", File.ReadAllText(m.B("a")));
-        Assert.Equal(Lab.Fusefs.Errno.ENOENT, m.Fs.Rename(in Root, 1, "a"u8, 1, "none"u8, 2));
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Rename(in Root, 1, "a"u8, 1, "b"u8, 3)); // both flags
+        Assert.Equal(Lab.Interop.Errno.ENOENT, m.Fs.Rename(in Root, 1, "a"u8, 1, "none"u8, 2));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Rename(in Root, 1, "a"u8, 1, "b"u8, 3)); // both flags
     }
 
     [KernelFact]
@@ -426,7 +426,7 @@ public class PosixTests
         var r = Sh.Run($$"""
             python3 -c '
             import mmap, os, sys, subprocess, signal
-            fd = os.open("/proc/{{Environment.ProcessId}}/fd/{{cache.MemfdFd}}", os.O_RDWR)
+            fd = os.open("/proc/{{Environment.ProcessId}}/fd/{{cache.MemfdFd.Number}}", os.O_RDWR)
             mm = mmap.mmap(fd, 4 * 4096, mmap.MAP_SHARED)
             assert mm[3 * 4096] == ord("q")
             subprocess.run(["truncate", "-s", "5000", "{{m.M("m")}}"], check=True)
@@ -457,7 +457,7 @@ public class PosixTests
         Assert.Equal(0, cache.LoadPages(0, 2));
         void Dirty(long at, string s)
         {
-            using (var mem = new FileStream($"/proc/self/fd/{cache.MemfdFd}", FileMode.Open, FileAccess.Write)) { mem.Position = at; mem.Write(Encoding.ASCII.GetBytes(s)); }
+            using (var mem = new FileStream($"/proc/self/fd/{cache.MemfdFd.Number}", FileMode.Open, FileAccess.Write)) { mem.Position = at; mem.Write(Encoding.ASCII.GetBytes(s)); }
             cache.MarkDirty(at / 4096, 1);
         }
         using (var f = new FileStream(m.M("d"), FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, 0))
@@ -485,7 +485,7 @@ public class PosixTests
             Assert.Equal(0, Syscall.stat(m.M("f"), out var st));
             var cache = m.Fs.GetCachedFile(st.st_ino)!;
             Assert.Equal(0, cache.LoadPages(0, 1));
-            using (var mem = new FileStream($"/proc/self/fd/{cache.MemfdFd}", FileMode.Open, FileAccess.Write)) mem.Write("U"u8);
+            using (var mem = new FileStream($"/proc/self/fd/{cache.MemfdFd.Number}", FileMode.Open, FileAccess.Write)) mem.Write("U"u8);
             cache.MarkDirty(0, 1);
             Sh.Ok($"umount {m.MountPoint}", m.Root);     // not through us: the threads read ENODEV
             Assert.True(m.Server.Completion.Wait(10_000));

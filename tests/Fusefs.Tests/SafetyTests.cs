@@ -124,10 +124,10 @@ public class SafetyTests
     {
         using var m = new TestMount();
         var c = new FuseContext(1, 0, 0, 0);
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Lookup(in c, 1, "a/b"u8, out _));
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Lookup(in c, 1, ".."u8, out _));
-        Assert.Equal(Lab.Fusefs.Errno.EINVAL, m.Fs.Mkdir(in c, 1, "../up"u8, 0x1ED, out _));
-        Assert.Equal(Lab.Fusefs.Errno.ENAMETOOLONG, m.Fs.Lookup(in c, 1, Encoding.UTF8.GetBytes(new string('n', 256)), out _));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Lookup(in c, 1, "a/b"u8, out _));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Lookup(in c, 1, ".."u8, out _));
+        Assert.Equal(Lab.Interop.Errno.EINVAL, m.Fs.Mkdir(in c, 1, "../up"u8, 0x1ED, out _));
+        Assert.Equal(Lab.Interop.Errno.ENAMETOOLONG, m.Fs.Lookup(in c, 1, Encoding.UTF8.GetBytes(new string('n', 256)), out _));
         Assert.False(Directory.Exists(Path.Combine(m.Root, "up")));
         // Through the kernel too: a 256-byte name never reaches the backing dir.
         Assert.NotEqual(0, Sh.Run($"touch {new string('n', 256)}", m.MountPoint).Exit);

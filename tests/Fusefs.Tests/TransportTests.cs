@@ -89,7 +89,7 @@ public class TransportTests
         Assert.Equal(0, view.ReadByte(7));
         var cache = m.Fs.GetCachedFile(st.st_ino)!;
         Assert.Equal(0, cache.LoadPages(0, 1));
-        using (var mem = new FileStream($"/proc/self/fd/{cache.MemfdFd}", FileMode.Open, FileAccess.Write)) { mem.Position = 7; mem.Write("L"u8); }
+        using (var mem = new FileStream($"/proc/self/fd/{cache.MemfdFd.Number}", FileMode.Open, FileAccess.Write)) { mem.Position = 7; mem.Write("L"u8); }
         long sent = m.Server.NotificationsSent;
         cache.MarkDirty(0, 1); // what the daemon does after a program stored through a shared mapping
         Assert.True(m.Server.WaitNotifications(5000));

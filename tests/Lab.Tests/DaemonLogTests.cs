@@ -1,3 +1,4 @@
+using Lab.Interop;
 using Lab.Linux;
 
 namespace Lab.Tests;
@@ -54,7 +55,7 @@ public sealed class DaemonLogTests(ITestOutputHelper output)
                 BitConverter.TryWriteBytes(frame.AsSpan(0), 999u);
                 BitConverter.TryWriteBytes(frame.AsSpan(4), 4u);
                 BitConverter.TryWriteBytes(frame.AsSpan(8), (uint)i);
-                unsafe { fixed (byte* p = frame) Assert.Equal(frame.Length, (int)Native.write(conn.Fd, p, (nuint)frame.Length)); }
+                unsafe { fixed (byte* p = frame) Assert.Equal(frame.Length, (int)Native.Write(conn.Fd, p, (nuint)frame.Length)); }
                 Assert.Null(conn.Receive());
             }
             // Every one is accounted for: lines in full, plus the "N more like this" sums.

@@ -1,4 +1,5 @@
 using Lab.Fusefs;
+using Lab.Interop;
 
 namespace Lab.Tests;
 

@@ -1,4 +1,5 @@
 using System.Text;
+using Lab.Interop;
 using Lab.Linux;
 
 namespace Lab.Tests;
@@ -273,6 +274,6 @@ public sealed class ProgramsAndControlTests(ITestOutputHelper output)
     static unsafe bool SendRaw(ControlConnection conn, byte[] bytes)
     {
         fixed (byte* p = bytes)
-            return Native.write(conn.Fd, p, (nuint)bytes.Length) == bytes.Length;
+            return Native.Write(conn.Fd, p, (nuint)bytes.Length) == bytes.Length;
     }
 }
