@@ -206,8 +206,9 @@ public sealed class Properties
 
     /// <summary>
     /// §4.6 (and 20, 21): a page written, paged out and faulted back reads the same bytes
-    /// (every access is checked against the oracle), through exactly one pagein and no file
-    /// I/O; evictions drop a page exactly when they say so; every swap slot is freed once
+    /// (every access is checked against the oracle), with no file I/O: UVM through exactly
+    /// one pagein, the Mach designs through one hard fault whose swap pager window brings
+    /// it in (or none, if an earlier window did: a soft fault, no pagein); evictions drop a page exactly when they say so; every swap slot is freed once
     /// every process has exited.
     /// </summary>
     [Theory, MemberData(nameof(Designs))]
@@ -275,10 +276,12 @@ public sealed class Properties
 
     /// <summary>
     /// §4.21: swap-slot release per design. The first write to a page this process alone
-    /// paged out: FreeBSD frees the swap copy in that write fault (swap_slots_freed_on_dirty),
-    /// DragonFly and UVM keep the stale slot. mlock over such pages: FreeBSD frees them (the
-    /// wiring write fault), UVM drops the anons' slots (swap_slots_freed_on_wire). No other
-    /// design ever counts either. Every later page-out writes the page's current bytes.
+    /// paged out: FreeBSD and DragonFly free the swap copy in that write fault
+    /// (swap_slots_freed_on_dirty; 000: 234–239, and 002: 1022–1026, DragonFly's user
+    /// write passing VM_FAULT_DIRTY), UVM keeps the stale slot. mlock over such pages: the
+    /// Mach designs' wiring fault does not dirty (000: 191–193; 002: 1099), UVM drops the
+    /// anons' slots (swap_slots_freed_on_wire). No other design ever counts either. Every
+    /// later page-out writes the page's current bytes.
     /// </summary>
     [Theory, MemberData(nameof(Designs))]
     public void SwapSlotReleasePolicy(string design) =>

@@ -29,13 +29,13 @@ public enum Checks
     Agreement = 128,
     /// <summary>IsWired and wired_pages follow mlock/munlock; a wired private writable page is installed writable.</summary>
     Wiring = 256,
-    /// <summary>A page this process paged out to swap reads back through exactly one pagein, with no file I/O (§4.6).</summary>
+    /// <summary>A page this process paged out to swap reads back with no file I/O: UVM through exactly one pagein, the Mach designs through one hard fault (their swap pager's window) or a soft one (§4.6).</summary>
     SwapRoundTrip = 512,
     /// <summary>No access needs more than <see cref="Runner.FaultBound"/> faults, no mlock more than one per page (§4.23).</summary>
     Liveness = 1024,
     /// <summary>Evictions: a clean page is dropped without a swap write, a dirty one writes its current bytes; re-reads give the same bytes (§4.20).</summary>
     DirtyClean = 2048,
-    /// <summary>Per-design swap-slot release on the write fault after a swap-in (FreeBSD) or on wiring (UVM) (§4.21).</summary>
+    /// <summary>Per-design swap-slot release on the write fault after a swap-in (FreeBSD, DragonFly) or on wiring (UVM) (§4.21).</summary>
     SlotPolicy = 4096,
     /// <summary>After MADV_DONTNEED every page of the range reads zeros (anonymous) or the file's current bytes (§4.25).</summary>
     RemoveSemantics = 8192,

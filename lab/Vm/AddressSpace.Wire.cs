@@ -36,10 +36,21 @@ public sealed partial class AddressSpace
                 }
                 else access = write ? FaultAccess.Write : FaultAccess.Read;
             }
-            var r = Fault(va, access);
+            var r = WiringFault(va, access);
             if (r is FaultResult.SigBus or FaultResult.SigSegv) return WireFailed(start, end);
         }
         return true;
+    }
+
+    /// <summary>
+    /// A fault made by <see cref="Wire"/> (VM_FAULT_WIRE): counted as any fault; a design
+    /// that treats wiring faults apart from the program's (FreeBSD, DragonFly) is told.
+    /// </summary>
+    FaultResult WiringFault(ulong va, FaultAccess access)
+    {
+        if (Resolver is not Mach.IWiringResolver w) return Fault(va, access);
+        Interlocked.Increment(ref Counters.v_vm_faults);
+        return w.WiringFault(this, va & ~PageMask, access);
     }
 
     /// <summary>

@@ -19,8 +19,15 @@ internal enum PageContent : byte
     /// <summary>
     /// The page's swap slot holds its current bytes (it was evicted, or swapped in and not
     /// written since). Spaces may also have it installed, read-only, so a write is seen.
+    /// Mach designs: paged out, not resident: a fault on it is a swap pager read.
     /// </summary>
     Swap,
+    /// <summary>
+    /// Mach designs: resident and clean, brought in by the swap pager (the faulting page or
+    /// its read window) and not written since. Its slot holds the same bytes, so an install
+    /// reads the slot (the lab keeps no page frames) and a page-out needs no I/O.
+    /// </summary>
+    SwapClean,
 }
 
 /// <summary>Per-page metadata: three bytes in a per-object table, no object per page.</summary>
@@ -186,6 +193,9 @@ public sealed class VmObject
         }
         finally { waiters--; }
     }
+
+    /// <summary>Threads sleeping for a busy page of this object now (tests).</summary>
+    internal int Waiters { get { lock (Lock) return waiters; } }
 
     /// <summary>Wake sleepers after a page stopped being busy. Caller holds <see cref="Lock"/>.</summary>
     internal void WakeupBusy()

@@ -433,7 +433,10 @@ public sealed class PageoutTests : VmTest
         for (int i = 0; i < 8; i++) AssertPage(child, Pg(i), Pattern(i));
         for (int i = 0; i < 8; i++) AssertPage(parent, Pg(i), Pattern(i));
         Assert.Equal(4, child.C.pageins);
-        Assert.Equal(4, parent.C.pageins);
+        // Mach: the child's reads paged the four in into the object both still share (the
+        // swap pager, 000: 505, 553–659; 002: 575, 632–741): the parent finds them resident.
+        // UVM: each side's anons come in through its own anonget.
+        Assert.Equal(design.StartsWith("uvm") ? 4 : 0, parent.C.pageins);
 
         parent.Write(Pg(0), 0xEE);
         child.Write(Pg(1), 0xCC);
@@ -559,6 +562,9 @@ public sealed class PageoutTests : VmTest
         var p = ProcWithAnon(design, 2);
         p.MapAnon(B, 2 * P);
         p.MapAnon(C, 2 * P);
+        // RANDOM: a swap-in reads the faulting page alone (000: 558–562; 002: 638–640), so
+        // only the page read comes back and the hand's path is the test's.
+        p.Space.Advise(A, 2 * P, Advice.Random);
         var all = new[] { A, A + P, B, B + P, C, C + P };
         for (int i = 0; i < all.Length; i++) WritePage(p, all[i], Pattern(i));
 

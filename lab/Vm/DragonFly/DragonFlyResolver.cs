@@ -10,7 +10,7 @@ namespace Lab.Vm.DragonFly;
 /// cache-behind, the COW move only while the map generation is unchanged, and a plain
 /// retry (no re-lookup) when the map changed while it was unlocked for I/O.
 /// </summary>
-public sealed class DragonFlyResolver : IResolver, IChainDesign
+public sealed class DragonFlyResolver : IResolver, IChainDesign, IWiringResolver
 {
     // VM_FAULT_READ_AHEAD / VM_FAULT_READ_BEHIND / VM_FAULT_READ, in pages.
     internal const int ReadAhead = 8, ReadBehind = 7, ReadMax = ReadAhead + ReadBehind + 1;
@@ -22,14 +22,19 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign
     public FaultResult Fault(AddressSpace space, ulong va, FaultAccess access) =>
         ChainFault.Drive<DragonFlyResolver>(space, va, access);
 
-    // Only with VM_FAULT_DIRTY, which no fault the lab sees passes.
-    static bool IChainDesign.UnswapOnDirty => false;
+    FaultResult IWiringResolver.WiringFault(AddressSpace space, ulong va, FaultAccess access) =>
+        ChainFault.Drive<DragonFlyResolver>(space, va, access, wiring: true);
 
     static Step IChainDesign.Run(ref FaultState fs)
     {
-        fs.Reset();
+        fs.Reset();   // hardfault lives across passes (002: 224)
+        fs.ResetWindow();
         var step = ChainFault.Lookup(ref fs);
         if (step != Step.Continue) return step;
+        // The user fault path passes VM_FAULT_DIRTY for a write (the program's write, not a
+        // wired entry's upgrade); wiring faults pass the wire flags only. With it a writable
+        // install dirties the page and drops its swap copy (002: 997, 1022–1026).
+        fs.need_dirty = fs.access != FaultAccess.Read && !fs.wiring;
         step = ChainFault.Walk(ref fs);
         if (step == Step.Pager) step = PagerGet(ref fs);
         if (step != Step.Continue) return step;
@@ -45,6 +50,7 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign
             return Step.Retry;
         }
         fs.result = ChainFault.Enter(ref fs);
+        ChainFault.End(ref fs);
         // pmap_prefault, called after every fault that is not a wiring one.
         if (fs.result == FaultResult.Resolved)
             ChainFault.Prefault(ref fs, ChainFault.PFBAK, ChainFault.PFFOR);
@@ -57,7 +63,7 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign
     {
         ReadWindow(ref fs);
         int behindAsked = fs.behind;
-        var step = ChainFault.PagerIo(ref fs, out int error);
+        var step = ChainFault.PagerGet(ref fs, out int error);
         // lastr is updated before the call in the seed, from the pages it asked for;
         // the lab knows the clipped window only now (the map lock is held again).
         // As in the seed: "imperfect", the requested behind is subtracted.
@@ -114,7 +120,8 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign
             for (long p = fs.first_pindex - 1; p >= firstpindex; p--)
             {
                 var look = first.Lookup(p, out var st);
-                if (look == PageLookup.Absent || st.Content == PageContent.None) break;
+                // Missing, or paged out (not resident), ends it (002: 683–685).
+                if (look == PageLookup.Absent || st.Content is PageContent.None or PageContent.Swap) break;
                 if (look == PageLookup.Busy) continue;
                 n++;
             }

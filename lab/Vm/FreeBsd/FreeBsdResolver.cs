@@ -11,7 +11,7 @@ namespace Lab.Vm.FreeBsd;
 /// the soft fast path, the read window (next_read / read_ahead, advice) and the
 /// re-lookup after I/O.
 /// </summary>
-public sealed class FreeBsdResolver : IResolver, IChainDesign
+public sealed class FreeBsdResolver : IResolver, IChainDesign, IWiringResolver
 {
     // Read clustering (VM_FAULT_READ_AHEAD_MIN/MAX, VM_FAULT_READ_DEFAULT), in pages.
     internal const int ReadAheadMin = 7, ReadAheadMax = 31;
@@ -27,16 +27,20 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
     public FaultResult Fault(AddressSpace space, ulong va, FaultAccess access) =>
         ChainFault.Drive<FreeBsdResolver>(space, va, access);
 
-    /// <summary>One pass from RetryFault to the end. The map lock is held on entry and on return.</summary>
-    // vm_fault_dirty: a write fault releases the page's swap copy.
-    static bool IChainDesign.UnswapOnDirty => true;
+    FaultResult IWiringResolver.WiringFault(AddressSpace space, ulong va, FaultAccess access) =>
+        ChainFault.Drive<FreeBsdResolver>(space, va, access, wiring: true);
 
+    /// <summary>One pass from RetryFault to the end. The map lock is held on entry and on return.</summary>
     static Step IChainDesign.Run(ref FaultState fs)
     {
-        fs.Reset();
+        fs.Reset();   // hardfault, behind, ahead, faultcount live across passes (000: 297, 301)
         var step = ChainFault.Lookup(ref fs);
         if (step != Step.Continue) return step;
-        if (FastPath(ref fs)) return Step.Done;
+        // vm_fault_dirty: a write (a wired entry's fault is one when the entry is writable,
+        // 000: 348–349) dirties the page, but not a wiring fault (000: 191–193).
+        fs.need_dirty = fs.write && !fs.wiring;
+        // The soft fast path is not for wiring faults (000: 354–355).
+        if (!fs.wiring && FastPath(ref fs)) return Step.Done;
         step = ChainFault.Walk(ref fs);
         if (step == Step.Pager) step = PagerGet(ref fs);
         if (step != Step.Continue) return step;
@@ -45,6 +49,7 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
         if (fs.hardfault)
             fs.entry.next_read = fs.pindex + fs.ahead + 1;  // as the seed: fs.pindex after the COW step
         fs.result = ChainFault.Enter(ref fs);
+        ChainFault.End(ref fs);
         if (fs.result == FaultResult.Resolved && fs.faultcount != 1)   // no prefault after a zero fill
         {
             ChainFault.Prefault(ref fs,
@@ -61,7 +66,10 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
         var first = fs.first_object;
         PageState m;
         lock (first.Lock)
-            if (first.Lookup(fs.first_pindex, out m) != PageLookup.Found) return false;
+        {
+            // A paged-out page is not resident (000: 367, 369–371).
+            if (first.Lookup(fs.first_pindex, out m) != PageLookup.Found || ChainFault.PagedOutFor(ref fs, m)) return false;
+        }
         Interlocked.Increment(ref fs.counters.fastpath_hits);
         fs.depth = 1;
         fs.obj = first;
@@ -79,7 +87,7 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign
     static Step PagerGet(ref FaultState fs)
     {
         ReadWindow(ref fs);
-        var step = ChainFault.PagerIo(ref fs, out int error);
+        var step = ChainFault.PagerGet(ref fs, out int error);
         if (!Revalidate(ref fs))
         {
             Interlocked.Increment(ref fs.counters.revalidate_retries);

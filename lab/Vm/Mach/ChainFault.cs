@@ -13,13 +13,16 @@ internal enum Step
     Pager,
 }
 
+/// <summary>A design that tells a wiring fault (VM_FAULT_WIRE, from <see cref="AddressSpace.Wire"/>) from a program's fault.</summary>
+internal interface IWiringResolver
+{
+    FaultResult WiringFault(AddressSpace space, ulong va, FaultAccess access);
+}
+
 /// <summary>One design of the Mach shadow-chain lineage: how one pass from the lookup to the end runs.</summary>
 internal interface IChainDesign
 {
     static abstract Step Run(ref FaultState fs);
-
-    /// <summary>Whether a write fault drops the dirtied page's swap copy (FreeBSD's vm_pager_page_unswapped).</summary>
-    static abstract bool UnswapOnDirty { get; }
 }
 
 /// <summary>
@@ -37,7 +40,7 @@ internal static class ChainFault
     const int PageSize = Vm.PageSize;
 
     /// <summary>The retry loop around <typeparamref name="TDesign"/>'s pass. Generic over a static interface so nothing is allocated.</summary>
-    public static FaultResult Drive<TDesign>(AddressSpace space, ulong va, FaultAccess access)
+    public static FaultResult Drive<TDesign>(AddressSpace space, ulong va, FaultAccess access, bool wiring = false)
         where TDesign : IChainDesign
     {
         ArgumentNullException.ThrowIfNull(space);
@@ -48,7 +51,7 @@ internal static class ChainFault
             va = va & ~(ulong)(PageSize - 1),
             access = access,
             write = access != FaultAccess.Read,
-            unswap_on_dirty = TDesign.UnswapOnDirty,
+            wiring = wiring,
         };
         Monitor.Enter(space.MapLock);
         try
@@ -152,7 +155,14 @@ internal static class ChainFault
                 // Collapsed under us (its pages went up into the object above): start over.
                 if (obj.dead) return Step.Retry;
                 look = obj.Lookup(fs.pindex, out m);
-                if (look == PageLookup.Absent)
+                if (look == PageLookup.Found && PagedOutFor(ref fs, m))
+                {
+                    // Paged out: not resident, but the swap pager has it (000: 505, 553;
+                    // 002: 575, 632). Busy it so one fault reads it.
+                    obj.pages[fs.pindex] = new PageState(PageContent.Swap, busy: true, swapped: m.Swapped);
+                    pager = true;
+                }
+                else if (look == PageLookup.Absent)
                 {
                     if (obj.Kind == VmObjectKind.Vnode)
                     {
@@ -169,6 +179,8 @@ internal static class ChainFault
                         // Placeholder (first_m): holds the slot while deeper objects are searched.
                         obj.pages[fs.pindex] = new PageState(PageContent.None, busy: true);
                         fs.first_m = true;
+                        // Asked for pre-zeroed when the object has no backing object (000: 528–530; 002: 607).
+                        fs.prezeroed = obj.backing_object == null;
                     }
                 }
                 next = obj.backing_object;
@@ -176,6 +188,7 @@ internal static class ChainFault
             }
 
             if (look == PageLookup.Busy) return SleepOnBusy(ref fs, obj, fs.pindex);
+            if (pager) return Step.Pager;
             if (look == PageLookup.Found)
             {
                 fs.m = m;
@@ -186,7 +199,6 @@ internal static class ChainFault
                 Interlocked.Increment(ref fs.counters.eof_faults);
                 return Fail(ref fs);
             }
-            if (pager) return Step.Pager;
             if (next == null)
             {
                 // End of the chain: the placeholder in the first object becomes a zero page.
@@ -202,6 +214,9 @@ internal static class ChainFault
                     Interlocked.Increment(ref fs.counters.internal_errors);
                     return Step.Continue;
                 }
+                // The lab's free pages are always pre-zeroed (README "Zero fill"): a page
+                // asked for zeroed is one already (000: 729–734; 002: 846–851).
+                if (fs.prezeroed) Interlocked.Increment(ref fs.counters.v_ozfod);
                 Interlocked.Increment(ref fs.counters.v_zfod);
                 return Step.Continue;
             }
@@ -224,9 +239,23 @@ internal static class ChainFault
     // ---- pager I/O ----
 
     /// <summary>
+    /// The pager step for fs.obj's busied page: the vnode pager (<see cref="PagerIo"/>) or,
+    /// for an anonymous object's paged-out page, the swap pager (<see cref="SwapPagerIo"/>).
+    /// Both take the design's window in fs.behind/fs.ahead.
+    /// </summary>
+    public static Step PagerGet(ref FaultState fs, out int error)
+    {
+        if (fs.obj.Kind == VmObjectKind.Vnode) return PagerIo(ref fs, out error);
+        error = 0;
+        return SwapPagerIo(ref fs);
+    }
+
+    /// <summary>
     /// Read fs.behind/fs.ahead around the busied page of fs.obj, without the map lock.
-    /// The pager clips to the object and stops at pages already valid. Returns with the
-    /// map lock held again and <see cref="FaultState.lookup_still_valid"/> false: the
+    /// The window is clipped to the object and stops at the first neighbour the object
+    /// holds, resident or busy in another fault's read (002: 1364–1367, 1411–1413); its
+    /// pages are busied for the read, so a fault on one of them waits for it. Returns with
+    /// the map lock held again and <see cref="FaultState.lookup_still_valid"/> false: the
     /// design decides how to revalidate. A failed window is retried for the page alone,
     /// so an error hits only the page that fails.
     /// </summary>
@@ -238,10 +267,16 @@ internal static class ChainFault
         long size = obj.Size;
         int behind = (int)Math.Min(fs.behind, pindex);
         int ahead = (int)Math.Max(0, Math.Min(fs.ahead, size - 1 - pindex));
-        for (int i = 1; i <= behind; i++)
-            if (vnode.IsResident(pindex - i)) { behind = i - 1; break; }
-        for (int i = 1; i <= ahead; i++)
-            if (vnode.IsResident(pindex + i)) { ahead = i - 1; break; }
+        lock (obj.Lock)
+        {
+            for (int i = 1; i <= behind; i++)
+                if (obj.Lookup(pindex - i, out _) != PageLookup.Absent) { behind = i - 1; break; }
+            for (int i = 1; i <= ahead; i++)
+                if (obj.Lookup(pindex + i, out _) != PageLookup.Absent) { ahead = i - 1; break; }
+            for (long p = pindex - behind; p <= pindex + ahead; p++)
+                if (p != pindex) obj.pages[p] = new PageState(PageContent.None, busy: true);
+        }
+        long first = pindex - behind, last = pindex + ahead;
 
         // Keep first_object alive while the map is unlocked.
         ReferenceFirst(ref fs);
@@ -257,21 +292,106 @@ internal static class ChainFault
         }
         finally
         {
-            lock (obj.Lock) obj.Unbusy(pindex);
+            lock (obj.Lock)
+                for (long p = first; p <= last; p++) obj.Unbusy(p);
             Monitor.Enter(fs.space.MapLock);
         }
         fs.behind = behind;
         fs.ahead = ahead;
         if (error != 0) return Step.Done;
-        fs.hardfault = true;
-        fs.faultcount = behind + 1 + ahead;
-        Interlocked.Increment(ref fs.counters.v_io_faults);
-        Interlocked.Add(ref fs.counters.pager_pages, behind + 1 + ahead);
-        Interlocked.Add(ref fs.counters.read_behind_pages, behind);
-        Interlocked.Add(ref fs.counters.read_ahead_pages, ahead);
+        PagerDone(ref fs, behind, ahead);
         lock (obj.Lock) obj.NoteReadAhead(pindex + 1, ahead);
         fs.m = new PageState(PageContent.Cache);
         return Step.Continue;
+    }
+
+    /// <summary>
+    /// The swap pager (vm_pager_get_pages on a swap-backed object) for fs.obj's paged-out,
+    /// busied page: the design's window, clipped to the object and to the neighbours that
+    /// are paged out too (it stops at the first resident, busy or never paged-out one),
+    /// is brought in. The faulting page's slot is read into the staging buffer (a
+    /// write-protect fault has its bytes in the space already); the others become resident
+    /// (<see cref="PageContent.SwapClean"/>) and their slots are read when they are
+    /// installed. Made with the map lock held (the swap device is called under it). A
+    /// failed read poisons the page alone, which stays paged out.
+    /// </summary>
+    static Step SwapPagerIo(ref FaultState fs)
+    {
+        var obj = fs.obj;
+        long pindex = fs.pindex;
+        int behind, ahead;
+        long slot;
+        lock (obj.Lock)
+        {
+            behind = (int)Math.Min(fs.behind, pindex);
+            ahead = (int)Math.Max(0, Math.Min(fs.ahead, obj.Size - 1 - pindex));
+            for (int i = 1; i <= behind; i++)
+                if (!PagedOut(obj, pindex - i)) { behind = i - 1; break; }
+            for (int i = 1; i <= ahead; i++)
+                if (!PagedOut(obj, pindex + i)) { ahead = i - 1; break; }
+            slot = obj.SwapSlot(pindex);
+        }
+        var r = SwapReadResult.Ok;
+        if (fs.access != FaultAccess.WriteProtect)
+        {
+            r = slot > 0 && fs.space.Vm.Swap is { } dev ? dev.Read(slot, fs.space.Pmap.Staging(1)) : SwapReadResult.Missing;
+            fs.staged = r == SwapReadResult.Ok;
+        }
+        lock (obj.Lock)
+        {
+            if (r == SwapReadResult.Ok)
+            {
+                for (long p = pindex - behind; p <= pindex + ahead; p++)
+                    if (p != pindex && obj.pages.TryGetValue(p, out var st))
+                        obj.pages[p] = new PageState(PageContent.SwapClean, swapped: st.Swapped);
+                obj.pages[pindex] = new PageState(PageContent.SwapClean, busy: true, swapped: true);
+            }
+            obj.Unbusy(pindex);
+        }
+        fs.behind = behind;
+        fs.ahead = ahead;
+        if (r != SwapReadResult.Ok)
+        {
+            Interlocked.Increment(ref fs.counters.swap_bad_slots);
+            return Fail(ref fs);
+        }
+        PagerDone(ref fs, behind, ahead);
+        Interlocked.Add(ref fs.counters.pageins, behind + 1 + ahead);
+        fs.m = new PageState(PageContent.SwapClean, swapped: true);
+        return Step.Continue;
+    }
+
+    /// <summary>
+    /// Whether a found page is paged out for this fault: its bytes are in its slot alone. A
+    /// write-protect fault's page is installed in the faulting space, so its bytes are in
+    /// memory (a page-out that did not complete, or a page this space kept after another
+    /// space paged it out): resident.
+    /// </summary>
+    public static bool PagedOutFor(ref FaultState fs, PageState m) =>
+        m.Content == PageContent.Swap && fs.access != FaultAccess.WriteProtect;
+
+    /// <summary>Whether the page is paged out and not busy. Caller holds the object's lock.</summary>
+    static bool PagedOut(VmObject obj, long p) =>
+        obj.pages.TryGetValue(p, out var st) && st.Content == PageContent.Swap && !st.Busy;
+
+    /// <summary>The pager brought the window in: a hard fault (counted v_io_faults when the fault ends well, <see cref="End"/>).</summary>
+    static void PagerDone(ref FaultState fs, int behind, int ahead)
+    {
+        fs.hardfault = true;
+        fs.faultcount = behind + 1 + ahead;
+        Interlocked.Add(ref fs.counters.pager_pages, behind + 1 + ahead);
+        Interlocked.Add(ref fs.counters.read_behind_pages, behind);
+        Interlocked.Add(ref fs.counters.read_ahead_pages, ahead);
+    }
+
+    /// <summary>
+    /// The slow path's end: a fault that called the pager on any pass and ended well
+    /// counts v_io_faults once (000: 987–988; DragonFly's major fault, 002: 391).
+    /// </summary>
+    public static void End(ref FaultState fs)
+    {
+        if (fs.hardfault && fs.result is FaultResult.Resolved or FaultResult.Superseded)
+            Interlocked.Increment(ref fs.counters.v_io_faults);
     }
 
     /// <summary>A pager error after <see cref="PagerIo"/>: poison the page.</summary>
@@ -391,7 +511,6 @@ internal static class ChainFault
             }
             case PageContent.Zero:
                 SetFirstContent(ref fs, writable ? PageContent.InSpaces : PageContent.Zero);
-                if (fs.zerofill) Interlocked.Increment(ref fs.counters.v_ozfod);
                 ok = Install.Map(space, fs.counters, va, InstallFrom.Zero, writable);
                 break;
             case PageContent.File:
@@ -408,13 +527,16 @@ internal static class ChainFault
                 ok = Install.Map(space, fs.counters, va, InstallFrom.Staging, writable);
                 break;
             }
+            case PageContent.SwapClean:
             case PageContent.Swap:
             {
-                // The swap pager: the page's slot holds its bytes.
+                // A resident page the swap pager brought in: its slot holds its bytes. The
+                // pager step may have read them already (fs.staged).
                 long slot;
                 lock (src.Lock) slot = src.SwapSlot(fs.src_pindex);
                 var dest = pmap.Staging(1);
-                var r = slot > 0 && space.Vm.Swap is { } dev ? dev.Read(slot, dest) : SwapReadResult.Missing;
+                var r = fs.staged ? SwapReadResult.Ok
+                    : slot > 0 && space.Vm.Swap is { } dev ? dev.Read(slot, dest) : SwapReadResult.Missing;
                 if (r != SwapReadResult.Ok)
                 {
                     Interlocked.Increment(ref fs.counters.swap_bad_slots);
@@ -427,8 +549,6 @@ internal static class ChainFault
                     Fail(ref fs);
                     return FaultResult.SigBus;
                 }
-                Interlocked.Increment(ref fs.counters.pageins);
-                Interlocked.Increment(ref fs.counters.v_io_faults);
                 // Installed writable only for a write: a clean page stays write-protected,
                 // so the write that makes its swap copy stale is seen.
                 bool w = writable && fs.write;
@@ -461,8 +581,9 @@ internal static class ChainFault
     }
 
     /// <summary>
-    /// Record the first object's page content after the install. A write that leaves the
-    /// page writable dirties it: a design that unswaps on dirty drops its swap copy.
+    /// Record the first object's page content after the install. A writable install of a
+    /// fault the design counts as dirtying (<see cref="FaultState.need_dirty"/>) drops the
+    /// page's swap copy (vm_pager_page_unswapped: 000: 234–239; 002: 1022–1026).
     /// </summary>
     static void SetFirstContent(ref FaultState fs, PageContent content)
     {
@@ -474,7 +595,7 @@ internal static class ChainFault
             if (first.pages.TryGetValue(fs.first_pindex, out var st))
             {
                 bool swapped = st.Swapped;
-                if (swapped && fs.unswap_on_dirty && fs.write && content == PageContent.InSpaces)
+                if (swapped && fs.need_dirty && content == PageContent.InSpaces)
                 {
                     swapped = false;
                     freed = true;
@@ -538,7 +659,8 @@ internal static class ChainFault
                 pindex += off;
                 lobject = b;
             }
-            if (look == PageLookup.Absent) break;   // a hole ends the prefault
+            // A hole ends the prefault, and so does a paged-out page: not resident (000: 1151–1153).
+            if (look == PageLookup.Absent || m.Content == PageContent.Swap) break;
             if (look == PageLookup.Busy) continue;  // not valid yet
             PrefaultOne(ref fs, addr, lobject, pindex, m.Content);
         }
@@ -568,6 +690,14 @@ internal static class ChainFault
                 var (vobj, vpindex) = lobject.Bottom(pindex);
                 if (vpindex >= vobj.Size) return;
                 if (Install.Fetch(pmap, vobj.Vnode!, vpindex, shared: false) != 0) return;
+                Install.Map(space, fs.counters, addr, InstallFrom.Staging, false, neighbour: true);
+                break;
+            }
+            case PageContent.SwapClean:
+            {
+                long slot;
+                lock (lobject.Lock) slot = lobject.SwapSlot(pindex);
+                if (slot <= 0 || space.Vm.Swap is not { } dev || dev.Read(slot, pmap.Staging(1)) != SwapReadResult.Ok) return;
                 Install.Map(space, fs.counters, addr, InstallFrom.Staging, false, neighbour: true);
                 break;
             }

@@ -27,7 +27,7 @@ internal sealed class ChainMap : IMapLayer
 
     public void Describe(VmMapEntry e, StringBuilder sb) => sb.Append($" depth {e.Object!.ChainDepth}");
 
-    /// <summary>The first page the chain holds at <paramref name="va"/> says whether its bytes are only in swap.</summary>
+    /// <summary>The first page the chain holds at <paramref name="va"/> says whether its bytes are only in swap (paged out, or resident clean: the lab keeps its bytes in the slot).</summary>
     public bool IsPagedOut(AddressSpace space, VmMapEntry e, ulong va)
     {
         long pindex = e.PindexOf(va);
@@ -36,7 +36,7 @@ internal sealed class ChainMap : IMapLayer
             VmObject? next;
             lock (o.Lock)
             {
-                if (o.Lookup(pindex, out var st) != PageLookup.Absent) return st.Content == PageContent.Swap;
+                if (o.Lookup(pindex, out var st) != PageLookup.Absent) return st.Content is PageContent.Swap or PageContent.SwapClean;
                 next = o.backing_object;
                 pindex += o.backing_object_offset;
             }
@@ -83,7 +83,10 @@ internal sealed class ChainMap : IMapLayer
     static EvictResult EvictObjectPage(AddressSpace space, VmObject o, long p, PageState st, ulong va)
     {
         System.Diagnostics.Debug.Assert(Monitor.IsEntered(space.MapLock) && Monitor.IsEntered(o.Lock), "caller holds the map lock and the object's lock");
-        var need = AddressSpace.EvictNeeds(st.Content, space.MustSave(va));
+        bool clean = st.Content == PageContent.SwapClean;
+        var need = AddressSpace.EvictNeeds(clean ? PageContent.Swap : st.Content, space.MustSave(va));
+        if (need == EvictResult.Clean && clean)
+            o.pages[p] = new PageState(PageContent.Swap, swapped: st.Swapped);   // its slot is current: paged out, no I/O
         if (need != EvictResult.Evicted) return need;
         long slot = space.PageOut(va, SwapOwnerKind.Object, o.Id, p);
         if (slot <= 0) return slot < 0 ? EvictResult.Busy : EvictResult.NoSwap;

@@ -31,17 +31,23 @@ internal struct FaultState
     public bool first_m;               // we own a busy slot in first_object at first_pindex
     public bool referenced;            // we hold a reference on first_object
     public bool zerofill;
+    public bool prezeroed;             // the first object's placeholder was asked for pre-zeroed (VM_ALLOC_ZERO)
+    public bool staged;                // the swap pager left the faulting page's bytes in the pmap's staging buffer
+    // hardfault (both seeds) and FreeBSD's behind/ahead/faultcount are kept across
+    // RetryFault (000: 297, 301; 002: 224): Reset leaves them.
     public bool hardfault;             // the pager was called
     public int behind, ahead;          // the pager's window
     public int faultcount;             // 0: no I/O; 1: zero fill or a one-page read; else the window
     public bool wired;                 // the entry is wired: full protection now, no prefault
-    public bool unswap_on_dirty;       // the design drops a page's swap copy when it is dirtied (FreeBSD)
+    public bool wiring;                // VM_FAULT_WIRE: the fault comes from Wire (mlock), not from the program
+    public bool need_dirty;            // a writable install dirties the page and drops its swap copy (set by the design)
     public bool cowed;                 // this fault copied or moved a page up: try a collapse after it
     public int depth;                  // objects the last walk visited (1: the first object)
 #pragma warning restore IDE1006
 
     public FaultResult result;
 
+    /// <summary>Start of a pass (RetryFault). hardfault and the read window are not reset: see <see cref="ResetWindow"/>.</summary>
     public void Reset()
     {
         obj = null!;
@@ -50,9 +56,12 @@ internal struct FaultState
         src = null;
         src_pindex = 0;
         zerofill = false;
-        hardfault = false;
-        behind = ahead = faultcount = 0;
+        prezeroed = false;
+        staged = false;
         depth = 0;
         result = default;
     }
+
+    /// <summary>DragonFly: its window and faultcount are locals of one vm_fault_object call (002: 483, 635).</summary>
+    public void ResetWindow() => behind = ahead = faultcount = 0;
 }
