@@ -232,7 +232,7 @@ public sealed unsafe class ControlServer : IDisposable
                 if (!UserRange(rg.Addr, rg.Len))
                 {
                     Log.Info($"pid {peerPid}: refused advice {advice} on {rg.Addr:x}+{rg.Len:x}: not a page-aligned user range");
-                    return Reply(conn, m, Native.EINVAL);
+                    return Reply(conn, m, Errno.EINVAL);
                 }
                 proc.Barrier();
                 switch (advice)

@@ -54,7 +54,7 @@ public class ReadPathTests
         {
             _len = (ulong)pages * Page;
             _addr = Syscall.mmap(IntPtr.Zero, _len, MmapProts.PROT_READ | MmapProts.PROT_WRITE,
-                                 MmapFlags.MAP_SHARED, cf.MemfdFd, 0);
+                                 MmapFlags.MAP_SHARED, cf.MemfdFd.Number, 0);
             Assert.NotEqual(Syscall.MAP_FAILED, _addr);
         }
 
