@@ -25,7 +25,7 @@ public sealed record ConcurrentFaults(int FilePages, int Target, int DelayMs, Fa
 /// §4.11: at most one page per (object, pindex), and at most one pager read in flight for
 /// it: N threads on N spaces faulting the same file page at the same moment cause exactly
 /// one fault that goes to the pager (v_io_faults summed over the spaces; the others wait
-/// for the busy page, v_intrans / fltpgwait) and one file read covering the page
+/// for the busy page, v_intrans; UVM: a fltget with no read of its own) and one file read covering the page
 /// (MemVnode.Loads; the pager sleeps
 /// <see cref="ConcurrentFaults.DelayMs"/> inside it, so the faults really overlap), every
 /// shared mapping maps the one page-cache page, and every private one a copy of its bytes.
@@ -147,7 +147,10 @@ public sealed class Concurrency
                 throw new PropertyFailure($"[{design}] v_io_faults summed over the spaces = {io} (want 1: one fault reads page {c.Target}, " +
                     $"the others wait for it); {calls} LoadPages and {v.ReadCalls} ReadPages calls, pager I/O: " +
                     string.Join(", ", v.Loads.Select(l => $"[{l.Pindex}, +{l.Count})")));
-            Interlocked.Add(ref waits, spaces.Sum(s => s.Counters.v_intrans + s.Counters.fltpgwait));
+            // Mach: v_intrans. UVM waits inside the blocking get and counts no wait of its own
+            // (fltpgwait is for anons; every blocking get is a fltget, 001: 1377, 003: 1925): a get
+            // that made no pager read of its own met the page another fault was reading.
+            Interlocked.Add(ref waits, spaces.Sum(s => s.Counters.v_intrans + s.Counters.fltget - s.Counters.v_io_faults));
             var reads = v.Loads.Where(l => l.Pindex <= c.Target && c.Target < l.Pindex + l.Count).ToList();
             if (reads.Count != 1)
                 throw new PropertyFailure($"[{design}] {reads.Count} pager reads covered page {c.Target} (want exactly 1); " +

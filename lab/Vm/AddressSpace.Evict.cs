@@ -35,12 +35,14 @@ public sealed partial class AddressSpace
             if (e == null || !installed.Contains(vpn)) return EvictResult.NotResident;
             if (e.Wired) return EvictResult.Wired;
             if (evictingCount > 0 && evicting.Contains(vpn)) return EvictResult.Busy;
+            if (FaultingVpn(vpn)) return EvictResult.Busy;   // the fault's page, busy until it ends
             var r = e.Shared ? EvictResult.Clean : Layer.Evict(this, e, va);
             if (r is not (EvictResult.Evicted or EvictResult.Clean)) return r;
             if (r == EvictResult.Clean) Interlocked.Increment(ref Counters.evict_clean);
             evicting.Add(vpn);
             evictingCount++;
-            Bump();   // a fault that had the map unlocked for I/O looks again
+            // No Bump(): a page-out is no map change. A fault in progress on this page was
+            // refused above; faults on other pages do not depend on it.
             Pmap.Remove(va, 1);
             return r;
         }
@@ -98,7 +100,6 @@ public sealed partial class AddressSpace
             if (!evicting.Remove(vpn)) return;
             evictingCount--;
             mustSave.Add(vpn);
-            Bump();
         }
     }
 

@@ -34,6 +34,11 @@ public sealed partial class AddressSpace
     // saved without a write-protect fault (a page pinned for I/O, written through the pin), so
     // their next page-out saves them again rather than trusting the swap copy.
     readonly PageSet mustSave = new();
+    // Pages with a fault in progress (vpn -> how many), the lab's PG_BUSY for a page-out:
+    // BeginEvict leaves them alone, so a fault that dropped the map lock for I/O finds its
+    // page as it left it without the page-out touching the map version (BSD page daemons
+    // skip busy pages and never change map timestamps).
+    readonly Dictionary<ulong, int> faulting = new();
     ulong version;
     bool destroyed;
 
@@ -62,8 +67,23 @@ public sealed partial class AddressSpace
     public FaultResult Fault(ulong va, FaultAccess access)
     {
         Interlocked.Increment(ref Counters.v_vm_faults);
-        return Resolver.Fault(this, va & ~PageMask, access);
+        va &= ~PageMask;
+        ulong vpn = va >> Vm.PageShift;
+        lock (MapLock) faulting[vpn] = faulting.GetValueOrDefault(vpn) + 1;
+        try { return Resolver.Fault(this, va, access); }
+        finally
+        {
+            lock (MapLock)
+            {
+                int n = faulting[vpn] - 1;
+                if (n == 0) faulting.Remove(vpn);
+                else faulting[vpn] = n;
+            }
+        }
     }
+
+    /// <summary>Whether a fault on the page is in progress. Caller holds the map lock.</summary>
+    internal bool FaultingVpn(ulong vpn) => faulting.Count > 0 && faulting.ContainsKey(vpn);
 
     // ---- internals used by the resolvers (caller holds MapLock) ----
 

@@ -81,6 +81,13 @@ public sealed class VmCounters
     // space exits) or its vnode object dies. Counted in the space that installs or unmaps.
     public long read_ahead_used;
     public long read_ahead_wasted;
+    // NetBSD UVM (uvmexp.*), added later; zero for the Mach-lineage designs.
+    public long fltnoanon;        // promotions that found no page and nothing reclaimable: the fault fails
+    public long fltanretry;       // uvmfault_anonget loops that went round again (after a swap read)
+    public long fltpgrele;        // object pages released while the fault read them: restart
+    // The process's rusage pair (ru_minflt / ru_majflt), counted where each seed counts them.
+    public long ru_minflt;        // faults served without I/O
+    public long ru_majflt;        // faults that needed I/O (pager or swap)
 #pragma warning restore IDE1006
 
     /// <summary>Count one fault's walk of <paramref name="depth"/> objects (histogram and maximum).</summary>
@@ -173,6 +180,11 @@ public sealed class VmCounters
         ("pd_skipped_referenced", c => ref c.pd_skipped_referenced),
         ("read_ahead_used", c => ref c.read_ahead_used),
         ("read_ahead_wasted", c => ref c.read_ahead_wasted),
+        ("fltnoanon", c => ref c.fltnoanon),
+        ("fltanretry", c => ref c.fltanretry),
+        ("fltpgrele", c => ref c.fltpgrele),
+        ("ru_minflt", c => ref c.ru_minflt),
+        ("ru_majflt", c => ref c.ru_majflt),
     ];
 
     /// <summary>Add this space's counters into <paramref name="total"/> (e.g. at exit).</summary>

@@ -85,6 +85,14 @@ public sealed class VmObject
     // removing reuse its storage, so steady-state faults allocate nothing.
     internal HashSet<long>? readAhead;
     int waiters;                               // threads sleeping for a busy page
+    /// <summary>Threads sleeping for a busy page now (tests).</summary>
+    internal int Waiters { get { lock (Lock) return waiters; } }
+    /// <summary>
+    /// A vnode object written through a shared mapping (NetBSD's write-mapped-dirty vnode):
+    /// until then uvm2019 enters its pages read-only (UVM_OBJ_NEEDS_WRITEFAULT). The lab
+    /// never cleans it again (its write-back does not write-protect the mappings).
+    /// </summary>
+    internal bool WriteMapDirty;
 
     internal VmObject(long id, VmObjectKind kind, long size, IVnode? vnode)
     {

@@ -57,10 +57,15 @@ public sealed class MemVnode : IVnode
         return 0;
     }
 
+    /// <summary>Runs at the end of every pager call (LoadPages) that succeeded, the map still unlocked.</summary>
+    public Action<long, int>? AfterLoad { get; set; }
+
     public int LoadPages(long pindex, int count)
     {
         OnLoad?.Invoke(pindex, count);
-        return LoadPages(pindex, count, countCall: true);
+        int err = LoadPages(pindex, count, countCall: true);
+        if (err == 0) AfterLoad?.Invoke(pindex, count);
+        return err;
     }
 
     int LoadPages(long pindex, int count, bool countCall)

@@ -27,9 +27,10 @@ public sealed class UvmFaultTests : VmTest
         var d = new Delta(p.C);
         Assert.Equal(0, p.Read(Pg(1)));
         // needs_copy without a uobj: amap_copy and ReFault even for a read; the narrow
-        // pass promotes a zeroed anon and maps it with the entry's protection.
+        // pass promotes a zeroed anon and maps it with the entry's protection. A zero fill
+        // is a minor fault (uobjpage = PGO_DONTCARE; 001: 1346-1347, 1366-1368; 003: 1707-1708, 1726-1728).
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltamcopy", 1), ("fault_retries", 1),
-             ("flt_przero", 1), ("pages_installed", 1));
+             ("flt_przero", 1), ("pages_installed", 1), ("ru_minflt", 1));
         Assert.True(p.Pmap.Writable(Pg(1)));
         Assert.Equal(1, vm.AnonsAlive);
         Assert.Equal(1, p.Space.AnonRefAt(Pg(1)));
@@ -46,7 +47,7 @@ public sealed class UvmFaultTests : VmTest
         p.Write(Pg(2) + 1, 0x42);
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltamcopy", 1), ("fault_retries", 1),
              ("fltlget", 1), ("fltget", 1), ("v_io_faults", 1), ("pager_pages", 1),
-             ("flt_prcopy", 1), ("pages_installed", 1));
+             ("flt_prcopy", 1), ("pages_installed", 1), ("ru_majflt", 1));   // lower I/O: 001: 1371; 003: 1912
         Assert.Equal(0x42, p.Read(Pg(2) + 1));
         Assert.Equal(v.Data[2 * P + 2], p.Read(Pg(2) + 2));
         Assert.Equal(MemVnode.Pattern(2 * (long)P + 1), v.Data[2 * P + 1]);
@@ -64,7 +65,7 @@ public sealed class UvmFaultTests : VmTest
         AssertPageIsFile(p, Pg(3), v, 3);
         // NORMAL: 3 back, 4 forward, all resident: 0..2 and 4..7 mapped read-only.
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltlget", 1), ("flt_obj", 1),
-             ("fltnomap", 7), ("pages_prefaulted", 7), ("pages_installed", 8));
+             ("fltnomap", 7), ("pages_prefaulted", 7), ("pages_installed", 8), ("ru_minflt", 1));   // 001: 1368; 003: 1728
         for (int i = 0; i < 8; i++) Assert.False(p.Pmap.Writable(Pg(i)));
         for (int i = 0; i < 8; i++) AssertPageIsFile(p, Pg(i), v, i);
         Assert.Equal(1, p.C.v_vm_faults);
@@ -80,7 +81,8 @@ public sealed class UvmFaultTests : VmTest
         var d = new Delta(p.C);
         p.Write(Pg(1), 9);
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltlget", 1), ("fltget", 1), ("v_io_faults", 1),
-             ("pager_pages", 1), ("flt_obj", 1), ("pages_installed", 1));
+             ("pager_pages", 1), ("flt_obj", 1), ("pages_installed", 1), ("ru_majflt", 1));   // 001: 1371; 003: 1912
+        Assert.True(p.Pmap.Writable(Pg(1)));   // the write's get dirtied the vnode: writable at once
         Assert.Equal(9, v.CachePage(1)[0]);
         Assert.Equal(0, vm.AnonsAlive);
     }
@@ -97,8 +99,9 @@ public sealed class UvmFaultTests : VmTest
         var d = new Delta(parent.C);
         parent.Write(Pg(0), 10);
         // WP fault: amap_copy (each anon gains a reference), ReFault, an_ref 2 on a write: 1B.
+        // The anon's page is resident: a minor fault (001: 310-311; 003: 288-289).
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltamcopy", 1), ("fault_retries", 1),
-             ("fltanget", 1), ("flt_acow", 1), ("wp_resolved", 1));
+             ("fltanget", 1), ("flt_acow", 1), ("wp_resolved", 1), ("ru_minflt", 1));
         Assert.Equal(2, vm.AnonsAlive);
         Assert.Equal(1, parent.Space.AnonRefAt(Pg(0)));
         Assert.Equal(1, child.Space.AnonRefAt(Pg(0)));    // the old anon: only the child's amap now
@@ -107,7 +110,7 @@ public sealed class UvmFaultTests : VmTest
         child.Write(Pg(0), 20);
         // The child's amap is no longer shared: amap_copy just clears needs_copy; an_ref 1: 1A.
         dc.Is(("v_vm_faults", 1), ("faults", 1), ("fltamcopy", 1), ("fault_retries", 1),
-              ("fltanget", 1), ("flt_anon", 1), ("wp_resolved", 1));
+              ("fltanget", 1), ("flt_anon", 1), ("wp_resolved", 1), ("ru_minflt", 1));
         Assert.Equal(10, parent.Read(Pg(0)));
         Assert.Equal(20, child.Read(Pg(0)));
         ExitAndAssertNoAnons(child, parent);
@@ -167,13 +170,13 @@ public sealed class UvmFaultTests : VmTest
 
         var d = new Delta(p.C);
         AssertPageIsFile(p, Pg(5), v, 5);
-        d.Is(("v_vm_faults", 1), ("faults", 1), ("fltlget", 1), ("flt_obj", 1), ("pages_installed", 1));
+        d.Is(("v_vm_faults", 1), ("faults", 1), ("fltlget", 1), ("flt_obj", 1), ("pages_installed", 1), ("ru_minflt", 1));
 
         d = new Delta(p.C);
         AssertPageIsFile(p, B + 10 * P, v, 10);
         // SEQUENTIAL 8 back, 7 forward: the 8 back pages are deactivated and forgotten.
         d.Is(("v_vm_faults", 1), ("faults", 1), ("fltlget", 1), ("flt_obj", 1), ("behind_deactivated", 8),
-             ("fltnomap", 7), ("pages_prefaulted", 7), ("pages_installed", 8));
+             ("fltnomap", 7), ("pages_prefaulted", 7), ("pages_installed", 8), ("ru_minflt", 1));
         Assert.False(p.Pmap.Present(B + 9 * P));
         Assert.True(p.Pmap.Present(B + 17 * P));
         Assert.False(p.Pmap.Present(B + 18 * P));
@@ -183,6 +186,7 @@ public sealed class UvmFaultTests : VmTest
     public void NoMemory_WaitsAndRestarts_2019KeepsTheSpareAnon(string design)
     {
         var p = ProcWithAnon(design, 2);
+        vm.Swap = new MemSwap();   // something to reclaim into: wait (001: 1227-1228; 003: 636-638)
         vm.FailPageAllocs = 1;
         p.Write(Pg(0), 7);
         Assert.Equal(7, p.Read(Pg(0)));

@@ -54,6 +54,7 @@ public sealed class Uvm2000Resolver : IResolver, IAmapDesign
                 if (!UvmFault.PageAlloc(ref ctx))
                 {
                     space.AnonUnref(nanon);
+                    if (UvmFault.NoAnon(ref ctx)) return ctx.result;   // 001: 1220-1224
                     Interlocked.Increment(ref ctx.counters.fltnoram);
                     goto ReFault;
                 }
@@ -82,6 +83,7 @@ public sealed class Uvm2000Resolver : IResolver, IAmapDesign
                 if (step == UvmStep.Restart) goto ReFault;
                 if (step == UvmStep.Done) return ctx.result;
             }
+            else Interlocked.Increment(ref ctx.counters.ru_minflt);   // resident or zero fill (001: 1366-1368)
             if (!promote)
             {
                 // Case 2A: the object's page, read-only in a copy-on-write entry.
@@ -96,6 +98,7 @@ public sealed class Uvm2000Resolver : IResolver, IAmapDesign
             if (!UvmFault.PageAlloc(ref ctx))
             {
                 space.AnonUnref(panon);
+                if (UvmFault.NoAnon(ref ctx)) return ctx.result;   // 001: 1657-1661
                 Interlocked.Increment(ref ctx.counters.fltnoram);
                 goto ReFault;
             }

@@ -12,7 +12,7 @@ public sealed class Uvm2019Resolver : IResolver, IAmapDesign
 
     public FaultResult Fault(AddressSpace space, ulong va, FaultAccess access)
     {
-        var ctx = UvmFault.Begin(space, va, access);
+        var ctx = UvmFault.Begin(space, va, access, objWriteFault: true);
         Monitor.Enter(space.MapLock);
         try
         {
@@ -103,6 +103,7 @@ public sealed class Uvm2019Resolver : IResolver, IAmapDesign
             var error = UvmFault.LowerIo(ref ctx);
             if (error != UvmStep.Ok) return error;
         }
+        else Interlocked.Increment(ref ctx.counters.ru_minflt);   // resident or zero fill (003: 1726-1728)
         return ctx.promote ? LowerPromote(ref ctx) : LowerDirect(ref ctx);
     }
 
@@ -110,7 +111,8 @@ public sealed class Uvm2019Resolver : IResolver, IAmapDesign
     static UvmStep LowerDirect(ref UvmCtx ctx)
     {
         Interlocked.Increment(ref ctx.counters.flt_obj);
-        if (UvmFault.CopyOnWrite(ctx.entry)) ctx.enter_prot &= ~Prot.Write;
+        // Read-only for a copy-on-write entry, or while the object needs write faults (003: 2053-2055).
+        if (UvmFault.CopyOnWrite(ctx.entry) || UvmFault.NeedsWriteFault(ref ctx)) ctx.enter_prot &= ~Prot.Write;
         ctx.result = UvmFault.EnterObject(ref ctx);
         return UvmStep.Done;
     }
@@ -156,6 +158,7 @@ public sealed class Uvm2019Resolver : IResolver, IAmapDesign
         {
             ctx.anon_spare = anon;
             UvmFault.UnlockAmap(ref ctx);
+            if (UvmFault.NoAnon(ref ctx)) return UvmStep.Done;   // 003: 628-632
             Interlocked.Increment(ref ctx.counters.fltnoram);
             return UvmStep.Restart;
         }

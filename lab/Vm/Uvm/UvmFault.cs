@@ -41,6 +41,7 @@ internal struct UvmCtx
     public Anon? anon_spare;           // 2019: kept across restarts
     public bool wired;                 // the entry is wired (wire_mapping / wire_paging)
     public bool staged;                // anonget read the centre anon's page from swap into the staging buffer
+    public bool obj_writefault;        // 2019: UVM_OBJ_NEEDS_WRITEFAULT is consulted (a clean vnode's pages map read-only)
 #pragma warning restore IDE1006
 
     public FaultResult result;
@@ -70,7 +71,7 @@ internal static class UvmFault
         _ => (3, 4),
     };
 
-    public static UvmCtx Begin(AddressSpace space, ulong va, FaultAccess access)
+    public static UvmCtx Begin(AddressSpace space, ulong va, FaultAccess access, bool objWriteFault = false)
     {
         ArgumentNullException.ThrowIfNull(space);
         var ctx = new UvmCtx
@@ -80,6 +81,7 @@ internal static class UvmFault
             va = va & ~(ulong)(PageSize - 1),
             access = access,
             write = access != FaultAccess.Read,
+            obj_writefault = objWriteFault,
         };
         Interlocked.Increment(ref ctx.counters.faults);
         return ctx;
@@ -255,6 +257,7 @@ internal static class UvmFault
         var uobj = ctx.uobj!;
         var e = ctx.entry;
         Interlocked.Increment(ref ctx.counters.fltlget);
+        NoteWriteGet(ref ctx);
         bool centre = false;
         for (int lcv = 0; lcv < ctx.npages; lcv++)
         {
@@ -280,7 +283,8 @@ internal static class UvmFault
         var vnode = ctx.uobj!.Vnode!;
         var pmap = ctx.space.Pmap;
         ctx.uobj.NoteInstalled(pindex, ctx.counters);
-        bool writable = !CopyOnWrite(e) && (ctx.enter_prot & Prot.Write) != 0;   // enter_prot & MASK(entry)
+        // enter_prot & MASK(entry); 2019 also read-only while the object needs write faults (003: 1823-1825).
+        bool writable = !CopyOnWrite(e) && (ctx.enter_prot & Prot.Write) != 0 && !NeedsWriteFault(ref ctx);
         // A shared page is resident already (the lookup found it): no pager call.
         if (!e.Shared && Install.Fetch(pmap, vnode, pindex, shared: false) != 0) return;
         Interlocked.Increment(ref ctx.counters.fltnomap);
@@ -290,6 +294,25 @@ internal static class UvmFault
 
     /// <summary>UVM_ET_ISCOPYONWRITE: every private mapping.</summary>
     public static bool CopyOnWrite(VmMapEntry e) => !e.Shared;
+
+    /// <summary>
+    /// UVM_OBJ_NEEDS_WRITEFAULT (2019 only; 003: 1825, 2054): a vnode object not written
+    /// through a mapping since it was created has its pages entered read-only, so that the
+    /// first write faults and dirties it. The predicate's body is outside the seed: the lab
+    /// reads it as "the object is clean" (<see cref="VmObject.WriteMapDirty"/>).
+    /// </summary>
+    public static bool NeedsWriteFault(ref UvmCtx ctx) =>
+        ctx.obj_writefault && ctx.uobj is { Vnode: not null } o && !Volatile.Read(ref o.WriteMapDirty);
+
+    /// <summary>
+    /// A get with write access (access_type &amp; MASK(entry): shared entries only) makes the
+    /// pager dirty the vnode, so the write that follows maps the page writable.
+    /// </summary>
+    static void NoteWriteGet(ref UvmCtx ctx)
+    {
+        if (ctx.write && !CopyOnWrite(ctx.entry) && ctx.uobj is { Vnode: not null } o)
+            Volatile.Write(ref o.WriteMapDirty, true);
+    }
 
     // ---- blocking object get (uvm_fault_lower_io) ----
 
@@ -304,33 +327,50 @@ internal static class UvmFault
         var uobj = ctx.uobj!;
         var e = ctx.entry;
         long pindex = e.PindexOf(ctx.va);
+        // Every blocking get is a major fault and a fltget (001: 1371, 1377; 003: 1912, 1925),
+        // whether this fault reads the page, the pager waits for another fault's read, or
+        // the get fails past the end of the file.
+        Interlocked.Increment(ref ctx.counters.ru_majflt);
+        Interlocked.Increment(ref ctx.counters.fltget);
         if (pindex >= uobj.Size)
         {
             Interlocked.Increment(ref ctx.counters.eof_faults);
             return Fail(ref ctx);
         }
-        bool busy;
-        lock (uobj.Lock)
-        {
-            busy = uobj.Lookup(pindex, out _) == PageLookup.Busy;
-            if (!busy) uobj.pages[pindex] = new PageState(PageContent.None, busy: true);
-        }
+        NoteWriteGet(ref ctx);
         UnlockAmap(ref ctx);
         space.Vm.Reference(uobj);   // keeps the object while the map is unlocked
         Monitor.Exit(space.MapLock);
         int error = 0;
+        bool read = false, released = false;
         try
         {
-            if (busy)
+            while (true)
             {
-                // Another fault is reading it: wait, then start over.
-                lock (uobj.Lock) uobj.SleepWhileBusy(pindex);
-            }
-            else
-            {
-                Interlocked.Increment(ref ctx.counters.fltget);
+                lock (uobj.Lock)
+                {
+                    var look = uobj.Lookup(pindex, out _);
+                    if (look == PageLookup.Found) break;   // read by the fault we waited for
+                    if (look == PageLookup.Busy)
+                    {
+                        // Another fault is reading it: the pager waits, then looks again.
+                        uobj.SleepWhileBusy(pindex);
+                        continue;
+                    }
+                    uobj.pages[pindex] = new PageState(PageContent.None, busy: true);
+                }
+                read = true;
                 try { error = uobj.Vnode!.LoadPages(pindex, 1); }
-                finally { lock (uobj.Lock) uobj.Unbusy(pindex); }
+                finally
+                {
+                    lock (uobj.Lock)
+                    {
+                        uobj.Unbusy(pindex);
+                        // PG_RELEASED: the page left the object while it was being read.
+                        released = error == 0 && uobj.Lookup(pindex, out _) != PageLookup.Found;
+                    }
+                }
+                break;
             }
         }
         finally
@@ -338,9 +378,10 @@ internal static class UvmFault
             Monitor.Enter(space.MapLock);
             space.Vm.Deallocate(uobj);
         }
-        if (busy)
+        if (released)
         {
-            Interlocked.Increment(ref ctx.counters.fltpgwait);
+            // 001: 1453-1464; 003: 2004-2012: free it and start over.
+            Interlocked.Increment(ref ctx.counters.fltpgrele);
             return UvmStep.Restart;
         }
         if (space.Version != ctx.mapv)
@@ -355,8 +396,11 @@ internal static class UvmFault
             Interlocked.Increment(ref ctx.counters.pager_errors);
             return Fail(ref ctx);
         }
-        Interlocked.Increment(ref ctx.counters.v_io_faults);
-        Interlocked.Increment(ref ctx.counters.pager_pages);
+        if (read)
+        {
+            Interlocked.Increment(ref ctx.counters.v_io_faults);
+            Interlocked.Increment(ref ctx.counters.pager_pages);
+        }
         if (ctx.amap is { } amap)
         {
             LockAmap(ref ctx);
@@ -386,7 +430,11 @@ internal static class UvmFault
         AssertAmapLocked(ref ctx);
         ctx.staged = false;
         if (anon.Content != PageContent.Swap || ctx.access == FaultAccess.WriteProtect || ctx.space.Installed(ctx.va))
+        {
+            Interlocked.Increment(ref ctx.counters.ru_minflt);   // an_page: resident (001: 310-311; 003: 288-289)
             return UvmStep.Ok;
+        }
+        Interlocked.Increment(ref ctx.counters.ru_majflt);       // no an_page (001: 312-313; 003: 290-291)
         var dest = ctx.space.Pmap.Staging(1);
         var r = anon.an_swslot > 0 && ctx.space.Vm.Swap is { } dev ? dev.Read(anon.an_swslot, dest) : SwapReadResult.Missing;
         if (r != SwapReadResult.Ok)
@@ -395,6 +443,8 @@ internal static class UvmFault
             return Fail(ref ctx);
         }
         Interlocked.Increment(ref ctx.counters.pageins);
+        // The read done, anonget's loop goes round and finds the page (001: 539; 003: 529).
+        Interlocked.Increment(ref ctx.counters.fltanretry);
         ctx.staged = true;
         return UvmStep.Ok;
     }
@@ -520,6 +570,20 @@ internal static class UvmFault
             if (n <= 0) return true;
             if (Interlocked.CompareExchange(ref vm.FailPageAllocs, n - 1, n) == n) return false;
         }
+    }
+
+    /// <summary>
+    /// After a failed page allocation: whether waiting can help. 2000 gives up when swap is
+    /// all used (001: 1220, swpgonly == swpages, true with no swap at all), 2019 when
+    /// !uvm_reclaimable() (003: 628). The lab: reclaimable iff there is a swap device.
+    /// Not reclaimable: fltnoanon and the fault fails (ENOMEM; the lab poisons the page).
+    /// </summary>
+    public static bool NoAnon(ref UvmCtx ctx)
+    {
+        if (ctx.space.Vm.Swap != null) return false;
+        Interlocked.Increment(ref ctx.counters.fltnoanon);
+        Fail(ref ctx);
+        return true;
     }
 
     /// <summary>Poison the page: the access raises SIGBUS.</summary>
