@@ -202,9 +202,6 @@ public sealed class VmObject
         finally { waiters--; }
     }
 
-    /// <summary>Threads sleeping for a busy page of this object now (tests).</summary>
-    internal int Waiters { get { lock (Lock) return waiters; } }
-
     /// <summary>Wake sleepers after a page stopped being busy. Caller holds <see cref="Lock"/>.</summary>
     internal void WakeupBusy()
     {
