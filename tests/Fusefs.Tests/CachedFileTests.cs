@@ -1,24 +1,12 @@
 using Lab.Fusefs;
 using Mono.Unix.Native;
 using Xunit;
+using static Lab.Tests.Fusefs.TestFiles;
 
 namespace Lab.Tests.Fusefs;
 
 public class CachedFileTests
 {
-    private static ulong Ino(string path)
-    {
-        Assert.Equal(0, Syscall.stat(path, out var st));
-        return st.st_ino;
-    }
-
-    private static byte[] Pattern(int n, int seed)
-    {
-        var b = new byte[n];
-        new Random(seed).NextBytes(b);
-        return b;
-    }
-
     [KernelFact]
     public void Unknown_ino_has_no_cache()
     {

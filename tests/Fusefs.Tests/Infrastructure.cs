@@ -145,3 +145,22 @@ internal static class Sh
         return r.Out;
     }
 }
+
+/// <summary>Small file helpers the cache tests share.</summary>
+internal static class TestFiles
+{
+    /// <summary>The inode number of <paramref name="path"/> (the node id the lab's cache is keyed by).</summary>
+    public static ulong Ino(string path)
+    {
+        Assert.Equal(0, Mono.Unix.Native.Syscall.stat(path, out var st));
+        return st.st_ino;
+    }
+
+    /// <summary><paramref name="n"/> random bytes, the same for the same seed.</summary>
+    public static byte[] Pattern(int n, int seed)
+    {
+        var b = new byte[n];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+}

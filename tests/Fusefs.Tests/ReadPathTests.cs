@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using Lab.Fusefs;
 using Mono.Unix.Native;
 using Xunit;
+using static Lab.Tests.Fusefs.TestFiles;
 
 namespace Lab.Tests.Fusefs;
 
@@ -15,19 +16,6 @@ namespace Lab.Tests.Fusefs;
 public class ReadPathTests
 {
     private const int Page = CachedFile.PageSize;
-
-    private static ulong Ino(string path)
-    {
-        Assert.Equal(0, Syscall.stat(path, out var st));
-        return st.st_ino;
-    }
-
-    private static byte[] Pattern(int n, int seed)
-    {
-        var b = new byte[n];
-        new Random(seed).NextBytes(b);
-        return b;
-    }
 
     private static byte[] PRead(string path, long offset, int count)
     {

@@ -5,21 +5,6 @@ public sealed class UvmFaultTests : VmTest
 {
     public static new TheoryData<string> Designs => new() { "uvm2000", "uvm2019" };
 
-    /// <summary>Counter deltas since construction: only the named ones may have moved.</summary>
-    sealed class Delta
-    {
-        readonly VmCounters c;
-        readonly Dictionary<string, long> before;
-        public Delta(VmCounters c) { this.c = c; before = c.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value); }
-        public void Is(params (string Name, long By)[] expected)
-        {
-            var want = expected.ToDictionary(e => e.Name, e => e.By);
-            foreach (var (name, value) in c.Snapshot())
-                Assert.True(want.GetValueOrDefault(name) == value - before[name],
-                    $"{name}: expected +{want.GetValueOrDefault(name)}, got +{value - before[name]}");
-        }
-    }
-
     [Theory, MemberData(nameof(Designs))]
     public void Case2B_Zero_FirstTouchCopiesTheAmapThenPromotesAZeroAnon(string design)
     {

@@ -20,6 +20,22 @@ public abstract class VmTest
 
     protected SimProcess Proc(string design) => new(vm, Resolvers.Create(design));
 
+    /// <summary>Counter deltas since construction: only the named ones may have moved, each by exactly
+    /// that much (the moved ones are written to <paramref name="output"/> when given).</summary>
+    protected sealed class Delta(VmCounters c, Xunit.Abstractions.ITestOutputHelper? output = null)
+    {
+        readonly Dictionary<string, long> before = c.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
+
+        public void Is(params (string Name, long By)[] expected)
+        {
+            var want = expected.ToDictionary(e => e.Name, e => e.By);
+            output?.WriteLine(string.Join(", ", c.Snapshot().Where(kv => kv.Value != before[kv.Key]).Select(kv => $"{kv.Key} +{kv.Value - before[kv.Key]}")));
+            foreach (var (name, value) in c.Snapshot())
+                Assert.True(want.GetValueOrDefault(name) == value - before[name],
+                    $"{name}: expected +{want.GetValueOrDefault(name)}, got +{value - before[name]}");
+        }
+    }
+
     /// <summary>A process of <paramref name="design"/> with <paramref name="pages"/> pages of anonymous memory mapped at A.</summary>
     protected SimProcess ProcWithAnon(string design, int pages)
     {

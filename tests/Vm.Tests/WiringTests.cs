@@ -7,22 +7,6 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
 {
     static bool IsUvm(string design) => design.StartsWith("uvm", StringComparison.Ordinal);
 
-    /// <summary>Counter deltas: exactly the named ones moved, by exactly that much.</summary>
-    sealed class Delta(VmCounters c, ITestOutputHelper output)
-    {
-        readonly Dictionary<string, long> before = c.Snapshot().ToDictionary(kv => kv.Key, kv => kv.Value);
-
-        public void Is(params (string Name, long By)[] expected)
-        {
-            var want = expected.ToDictionary(e => e.Name, e => e.By);
-            var got = c.Snapshot().Where(kv => kv.Value != before[kv.Key]).Select(kv => $"{kv.Key} +{kv.Value - before[kv.Key]}");
-            output.WriteLine(string.Join(", ", got));
-            foreach (var (name, value) in c.Snapshot())
-                Assert.True(want.GetValueOrDefault(name) == value - before[name],
-                    $"{name}: expected +{want.GetValueOrDefault(name)}, got +{value - before[name]}");
-        }
-    }
-
     /// <summary>
     /// Wire a private writable file range of which two pages were read (installed
     /// read-only): every page becomes this space's own and writable now, so later writes
