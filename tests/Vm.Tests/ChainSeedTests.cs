@@ -301,4 +301,29 @@ public sealed class ChainSeedTests : VmTest
         Assert.Equal(0, p.C.v_io_faults);
         ExitAndAssertNoObjects(p);
     }
+
+    /// <summary>
+    /// The process's rusage pair: FreeBSD counts a minor fault on the soft fast path (000: 389) and,
+    /// at the slow path's end, a major one when the fault did I/O, else a minor one (000: 987–989,
+    /// 1006); DragonFly counts the same pair at its end (002: 391–394). A zero fill is minor, a
+    /// file read is major, a fault on a resident page is minor.
+    /// </summary>
+    [Theory, InlineData("freebsd"), InlineData("dragonfly")]
+    public void Rusage_MajorForIo_MinorOtherwise(string design)
+    {
+        var v = new MemVnode(16 * (long)P);
+        var p = Proc(design);
+        p.MapFile(A, 16 * P, v);
+        p.MapAnon(B, P);
+        p.Space.Advise(A, 16 * P, Advice.Random);   // one page per read, no prefault to hide a fault
+        Assert.Equal(FaultResult.Resolved, p.Space.Fault(B, FaultAccess.Write));      // zero fill
+        Assert.Equal((1, 0), (p.C.ru_minflt, p.C.ru_majflt));
+        Assert.Equal(FaultResult.Resolved, p.Space.Fault(Pg(3), FaultAccess.Read));   // pager read
+        Assert.Equal((1, 1), (p.C.ru_minflt, p.C.ru_majflt));
+        p.DontNeed(Pg(3), P);                  // unmapped here; the page stays resident in the vnode object
+        Assert.Equal(FaultResult.Resolved, p.Space.Fault(Pg(3), FaultAccess.Read));
+        Assert.Equal((2, 1), (p.C.ru_minflt, p.C.ru_majflt));
+        Assert.Equal(1, p.C.v_io_faults);
+        ExitAndAssertNoObjects(p);
+    }
 }

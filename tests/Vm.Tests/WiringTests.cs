@@ -34,7 +34,8 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
         else
             d.Is(("v_vm_faults", 8), ("shadows_created", 1), ("v_cow_faults", 8), ("v_io_faults", 6), ("pager_pages", 6),
                  ("pages_installed", 6), ("wp_resolved", 2), ("wired_pages", 8), ("chain_walk_2", 8),
-                 ("chain_depth_max", 1));   // from 1 (the reads, in the vnode object) to 2
+                 ("chain_depth_max", 1),    // from 1 (the reads, in the vnode object) to 2
+                 ("ru_minflt", 2), ("ru_majflt", 6));   // hardfault: major, else minor (000: 987–989, 1006; 002: 391–394)
         for (int i = 0; i < 8; i++)
         {
             Assert.True(p.Pmap.Writable(Pg(i)), $"page {i} not writable");
@@ -80,7 +81,8 @@ public sealed class WiringTests(ITestOutputHelper output) : VmTest
                  ("pages_installed", 4), ("wired_pages", 4), ("ru_minflt", 4));   // zero fills are minor (003: 1707-1708, 1728)
         else
             d.Is(("v_vm_faults", 4), ("v_zfod", 4), ("v_ozfod", 4), ("pages_installed", 4), ("wired_pages", 4),
-                 ("chain_walk_1", 4), ("chain_depth_max", 1));
+                 ("chain_walk_1", 4), ("chain_depth_max", 1),
+                 ("ru_minflt", 4));   // zero fills need no I/O: minor (000: 1006; 002: 394)
         for (int i = 0; i < 4; i++) Assert.True(p.Pmap.Writable(Pg(i)));
         p.Munmap(A + P, P);                          // munmap unwires what it removes
         Assert.Equal(3, p.C.wired_pages);

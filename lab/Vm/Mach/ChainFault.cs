@@ -385,13 +385,19 @@ internal static class ChainFault
     }
 
     /// <summary>
-    /// The slow path's end: a fault that called the pager on any pass and ended well
-    /// counts v_io_faults once (000: 987–988; DragonFly's major fault, 002: 391).
+    /// The slow path's end, for a fault that ended well: one that called the pager on any
+    /// pass counts v_io_faults once and a major fault of the process, any other a minor one
+    /// (000: 987–989, 1006; DragonFly 002: 391–394, whose major fault is the lab's v_io_faults).
     /// </summary>
     public static void End(ref FaultState fs)
     {
-        if (fs.hardfault && fs.result is FaultResult.Resolved or FaultResult.Superseded)
+        if (fs.result is not (FaultResult.Resolved or FaultResult.Superseded)) return;
+        if (fs.hardfault)
+        {
             Interlocked.Increment(ref fs.counters.v_io_faults);
+            Interlocked.Increment(ref fs.counters.ru_majflt);
+        }
+        else Interlocked.Increment(ref fs.counters.ru_minflt);
     }
 
     /// <summary>A pager error after <see cref="PagerIo"/>: poison the page.</summary>
