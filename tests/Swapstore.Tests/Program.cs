@@ -17,8 +17,8 @@ public static class Program
     }
 
     /// <summary>
-    /// Writes clusters for ever (until killed). After each commit it prints one line per page,
-    /// "W slot gen crc .", and around each free "f slot ." (about to free) and "F slot ." (committed); a cluster's lines go out in
+    /// Writes clusters for ever (until killed). Before each commit it prints one line per page,
+    /// "P slot gen crc ." (pending), after it "W slot gen crc .", and around each free "f slot ." (about to free) and "F slot ." (committed); a cluster's lines go out in
     /// one write (under PIPE_BUF) so a kill never leaves half a cluster's report. The trailing "."
     /// lets the reader discard a torn last line.
     /// </summary>
@@ -47,6 +47,13 @@ public static class Program
                 Pages.Fill(page.Span, which[i], gen);
                 writes[i] = new SlotWrite(which[i], page);
             }
+            // "P" first: a cluster that commits but is killed before its "W" lines may hold the new
+            // bytes of a slot the reader knows with older ones (a rewrite).
+            sb.Clear();
+            for (int i = 0; i < which.Length; i++)
+                sb.Append(CultureInfo.InvariantCulture, $"P {which[i]} {gens[which[i]]} {Crc32C.SlotChecksum(which[i], writes[i].Page.Span)} .\n");
+            stdout.Write(sb.ToString());
+            stdout.Flush();
             store.WriteCluster(writes.AsSpan(0, which.Length));
             sb.Clear();
             for (int i = 0; i < which.Length; i++)
