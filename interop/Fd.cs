@@ -31,13 +31,7 @@ public sealed class Fd : SafeHandle
     /// </summary>
     public Lease Use()
     {
-        bool added = false;
-        if (!IsClosed)
-        {
-            try { DangerousAddRef(ref added); }
-            catch (ObjectDisposedException) { }   // disposed since the check
-        }
-        return new Lease(added ? this : null);
+        return new Lease(TryAddRef() ? this : null);
     }
 
     public readonly ref struct Lease
@@ -48,6 +42,19 @@ public sealed class Fd : SafeHandle
         public static Lease Of(Fd? fd) => fd == null ? default : fd.Use();
         public int Number => _fd == null ? -1 : (int)_fd.DangerousGetHandle();
         public void Dispose() => _fd?.DangerousRelease();
+    }
+
+    /// <summary>Takes a reference unless the descriptor is closed (or closes meanwhile): the one
+    /// way both a call's marshaller and <see cref="Use"/> hold the number.</summary>
+    internal bool TryAddRef()
+    {
+        bool added = false;
+        if (!IsClosed)
+        {
+            try { DangerousAddRef(ref added); }
+            catch (ObjectDisposedException) { }   // disposed since the check
+        }
+        return added;
     }
 
     protected override bool ReleaseHandle()
@@ -73,13 +80,7 @@ public static class FdMarshaller
 
         public void FromManaged(Fd fd)
         {
-            bool added = false;
-            if (!fd.IsClosed)
-            {
-                try { fd.DangerousAddRef(ref added); }
-                catch (ObjectDisposedException) { }
-            }
-            _fd = added ? fd : null;
+            _fd = fd.TryAddRef() ? fd : null;
         }
 
         public readonly int ToUnmanaged() => _fd == null ? -1 : (int)_fd.DangerousGetHandle();
