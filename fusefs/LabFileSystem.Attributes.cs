@@ -10,7 +10,9 @@ public sealed unsafe partial class LabFileSystem
         attr.AttrValid = 1;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
-        int err = Stat(n.Fd, out var st);
+        using var nf = Pin(n, out int err);
+        if (nf.Fd == null) return err;
+        err = Stat(nf.Fd, out var st);
         if (err != 0) return err;
         FillAttr(in st, out attr.Attr);
         var cache = Volatile.Read(ref n.Cache);
@@ -24,8 +26,10 @@ public sealed unsafe partial class LabFileSystem
         if (IsVirtual(node)) return Errno.EPERM;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
+        using var nf = Pin(n, out int perr); // held while its /proc path is used
+        if (nf.Fd == null) return perr;
         byte* path = stackalloc byte[32];
-        Native.FdPath(n.Fd, new Span<byte>(path, 32));
+        Native.FdPath(nf.Fd, new Span<byte>(path, 32));
         bool link = n.Type == S_IFLNK;
         if ((s.Valid & FuseFattr.Mode) != 0)
         {
@@ -36,7 +40,7 @@ public sealed unsafe partial class LabFileSystem
         {
             uint uid = (s.Valid & FuseFattr.Uid) != 0 ? s.Uid : uint.MaxValue;
             uint gid = (s.Valid & FuseFattr.Gid) != 0 ? s.Gid : uint.MaxValue;
-            if (Native.FChownAt(n.Fd, Native.EmptyPath, uid, gid, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW) != 0) return Err();
+            if (Native.FChownAt(nf.Fd, Native.EmptyPath, uid, gid, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW) != 0) return Err();
         }
         if ((s.Valid & FuseFattr.Size) != 0)
         {
@@ -52,7 +56,7 @@ public sealed unsafe partial class LabFileSystem
             ts[0] = Time(s.Valid, FuseFattr.Atime, FuseFattr.AtimeNow, s.Atime, s.AtimeNsec);
             ts[1] = Time(s.Valid, FuseFattr.Mtime, FuseFattr.MtimeNow, s.Mtime, s.MtimeNsec);
             int rc = link
-                ? Native.UtimensAt(n.Fd, Native.EmptyPath, ts, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW)
+                ? Native.UtimensAt(nf.Fd, Native.EmptyPath, ts, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW)
                 : Native.UtimensAt(Fd.Cwd, path, ts, 0);
             if (rc != 0) return Err();
         }
@@ -81,9 +85,11 @@ public sealed unsafe partial class LabFileSystem
         length = 0;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
+        using var nf = Pin(n, out int err);
+        if (nf.Fd == null) return err;
         fixed (byte* d = dest)
         {
-            nint r = Native.ReadlinkAt(n.Fd, Native.EmptyPath, d, (nuint)dest.Length);
+            nint r = Native.ReadlinkAt(nf.Fd, Native.EmptyPath, d, (nuint)dest.Length);
             if (r < 0) return Err();
             length = (int)r;
         }
@@ -96,27 +102,33 @@ public sealed unsafe partial class LabFileSystem
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         if (n.Type == S_IFLNK) return 0;
+        using var nf = Pin(n, out int err);
+        if (nf.Fd == null) return err;
         byte* path = stackalloc byte[32];
-        Native.FdPath(n.Fd, new Span<byte>(path, 32));
+        Native.FdPath(nf.Fd, new Span<byte>(path, 32));
         return Native.FAccessAt(Fd.Cwd, path, mask, 0) == 0 ? 0 : Err();
     }
 
-    private int XattrTarget(ulong node, byte* path, out bool isVirtual)
+    // The node's fd is pinned in nf while its /proc path is used.
+    private int XattrTarget(ulong node, byte* path, out bool isVirtual, out NodeFd nf)
     {
+        nf = default;
         isVirtual = IsVirtual(node);
         if (isVirtual) return 0;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
         if (n.Type == S_IFLNK) return Errno.EOPNOTSUPP; // /proc/self/fd would follow it
-        Native.FdPath(n.Fd, new Span<byte>(path, 32));
+        nf = Pin(n, out int err);
+        if (nf.Fd == null) return err;
+        Native.FdPath(nf.Fd, new Span<byte>(path, 32));
         return 0;
     }
 
     /// <summary>The target as above and the attribute name NUL-terminated in <paramref name="xn"/> (256
     /// bytes); a .lab node gets <paramref name="onLab"/>: its files have no attributes and take none.</summary>
-    private int XattrTarget(ulong node, ReadOnlySpan<byte> name, byte* path, byte* xn, int onLab)
+    private int XattrTarget(ulong node, ReadOnlySpan<byte> name, byte* path, byte* xn, int onLab, out NodeFd nf)
     {
-        int err = XattrTarget(node, path, out bool v);
+        int err = XattrTarget(node, path, out bool v, out nf);
         if (err != 0) return err;
         if (v) return onLab;
         if (name.Length == 0 || name.Length > 255) return Errno.ERANGE;
@@ -129,7 +141,8 @@ public sealed unsafe partial class LabFileSystem
     {
         size = 0;
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
-        int err = XattrTarget(node, name, path, xn, Errno.ENODATA);
+        int err = XattrTarget(node, name, path, xn, Errno.ENODATA, out var nf);
+        using var pinned = nf;
         if (err != 0) return err;
         fixed (byte* d = dest)
         {
@@ -143,7 +156,8 @@ public sealed unsafe partial class LabFileSystem
     public int SetXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name, ReadOnlySpan<byte> value, int flags)
     {
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
-        int err = XattrTarget(node, name, path, xn, Errno.EPERM);
+        int err = XattrTarget(node, name, path, xn, Errno.EPERM, out var nf);
+        using var pinned = nf;
         if (err != 0) return err;
         fixed (byte* val = value)
             return Native.SetXattr(path, xn, val, (nuint)value.Length, flags) == 0 ? 0 : Err();
@@ -153,7 +167,8 @@ public sealed unsafe partial class LabFileSystem
     {
         size = 0;
         byte* path = stackalloc byte[32];
-        int err = XattrTarget(node, path, out bool v);
+        int err = XattrTarget(node, path, out bool v, out var nf);
+        using var pinned = nf;
         if (err != 0) return err == Errno.EOPNOTSUPP ? 0 : err;
         if (v) return 0;
         fixed (byte* d = dest)
@@ -168,7 +183,8 @@ public sealed unsafe partial class LabFileSystem
     public int RemoveXattr(in FuseContext c, ulong node, ReadOnlySpan<byte> name)
     {
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
-        int err = XattrTarget(node, name, path, xn, Errno.EPERM);
+        int err = XattrTarget(node, name, path, xn, Errno.EPERM, out var nf);
+        using var pinned = nf;
         if (err != 0) return err;
         return Native.RemoveXattr(path, xn) == 0 ? 0 : Err();
     }

@@ -63,15 +63,20 @@ public sealed unsafe partial class LabFileSystem
             if (!_byIno.TryGetValue(ino, out n) || n.Type != S_IFREG || _disposed) return null;
             if (n.Cache != null) return n.Cache;
         }
-        // Made outside the table lock (it does I/O); the first one published wins.
-        var made = CachedFile.Create(n.Fd, ino, n.Name, out _);
-        if (made == null) return null;
+        // Made outside the table lock (it does I/O); the first one published wins. A node with a cache
+        // keeps its fd open (one Hold for the cache, never undone: the cache lives as long as the node).
+        Hold(n);
+        CachedFile? made;
+        using (var nf = Pin(n, out _))
+            made = nf.Fd == null ? null : CachedFile.Create(nf.Fd, ino, n.Name, out _);
+        if (made == null) { Unhold(n); return null; }
         // Pages written through mappings change the file behind the kernel's back.
         made.Changed = (offset, length) => NotifyNode(n, offset, length);
         lock (_nodesLock)
         {
             if (n.Cache == null && !_disposed) { Volatile.Write(ref n.Cache, made); return made; }
         }
+        Unhold(n);
         made.Dispose();
         return Volatile.Read(ref n.Cache);
     }

@@ -14,8 +14,11 @@ public sealed unsafe partial class LabFileSystem
         }
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
-        var fd = Native.OpenAt(n.Fd, Dot, Native.O_RDONLY | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
-        if (fd.IsInvalid) return Err();
+        Hold(n);
+        using var nf = Pin(n, out int err2);
+        if (nf.Fd == null) { Unhold(n); return err2; }
+        var fd = OpenBeneath(nf.Fd, Dot, Native.O_RDONLY | Native.O_DIRECTORY, 0); // ".": the directory itself
+        if (fd.IsInvalid) { err2 = Err(); Unhold(n); return err2; }
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
         return 0;
     }
@@ -134,7 +137,9 @@ public sealed unsafe partial class LabFileSystem
 
     public void ReleaseDir(in FuseContext c, ulong node, ulong fh)
     {
-        if (_handles.TryRemove(fh, out var h)) h.Fd?.Dispose();
+        if (!_handles.TryRemove(fh, out var h)) return;
+        h.Fd?.Dispose();
+        if (h.Node != null) Unhold(h.Node);
     }
 
     public int FsyncDir(in FuseContext c, ulong node, ulong fh, bool dataOnly)

@@ -28,11 +28,12 @@ public sealed unsafe partial class LabFileSystem
         if (n == null) return Errno.ENOENT;
         if (n.Type == S_IFDIR) return Errno.EISDIR;
         if (n.Type == S_IFLNK) return Errno.ELOOP; // the kernel follows links itself; never open one here
-        byte* path = stackalloc byte[32];
-        Native.FdPath(n.Fd, new Span<byte>(path, 32));
+        Hold(n); // first, so the fd pinned next stays open while the file is (it may be unlinked)
+        using var nf = Pin(n, out int perr);
+        if (nf.Fd == null) { Unhold(n); return perr; }
         // O_NOFOLLOW was checked by the kernel already; on the /proc magic link it would give ELOOP.
-        var fd = Native.Open(path, ((int)flags & ~(StripFlags | Native.O_NOFOLLOW)) | Native.O_CLOEXEC, 0);
-        if (fd.IsInvalid) return Err();
+        var fd = Reopen(nf.Fd, (int)flags & ~(StripFlags | Native.O_NOFOLLOW));
+        if (fd.IsInvalid) { perr = Err(); Unhold(n); return perr; }
         if (((int)flags & Native.O_TRUNC) != 0) Volatile.Read(ref n.Cache)?.ApplyTruncate(0);
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });
         return 0;
@@ -93,6 +94,7 @@ public sealed unsafe partial class LabFileSystem
         if (!_handles.TryRemove(fh, out var h)) return;
         if (h.Node != null) Volatile.Read(ref h.Node.Cache)?.Flush();
         h.Fd?.Dispose();
+        if (h.Node != null) Unhold(h.Node);
     }
 
     public int Fsync(in FuseContext c, ulong node, ulong fh, bool dataOnly)

@@ -25,17 +25,39 @@ public sealed unsafe partial class LabFileSystem
         byte* t = stackalloc byte[4097];
         target.CopyTo(new Span<byte>(t, 4096));
         t[target.Length] = 0;
-        if (Native.SymlinkAt(t, p!.Fd, cn) != 0) return Err();
-        return Created(p, cn, name, in c, out entry);
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        if (Native.SymlinkAt(t, pf.Fd, cn) != 0) return Err();
+        return Created(pf.Fd, cn, name, in c, S_IFLNK, NoMode, out entry);
     }
 
-    // After creating (parent, name): give it to the caller and answer its entry.
-    private int Created(Node p, byte* cn, ReadOnlySpan<byte> name, in FuseContext c, out FuseEntryOut entry)
+    private const uint NoMode = uint.MaxValue;
+
+    /// <summary>After creating (dir, name) as a <paramref name="type"/>: give it to the caller, set its
+    /// <paramref name="mode"/> (our umask must not narrow the caller's), answer its entry. All on a
+    /// descriptor of what the name holds now: when the backing side swapped it meanwhile (a symlink
+    /// renamed over it), that is answered as it is and changed in nothing.</summary>
+    private int Created(Fd dir, byte* cn, ReadOnlySpan<byte> name, in FuseContext c, uint type, uint mode, out FuseEntryOut entry)
     {
-        var fd = Native.OpenAt(p.Fd, cn, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
+        var fd = OpenBeneath(dir, cn, Native.O_PATH, 0);
         if (fd.IsInvalid) { entry = default; return Err(); }
-        ChownToCaller(fd, in c);
+        if (Stat(fd, out var st) == 0 && (st.Mode & S_IFMT) == type)
+        {
+            ChownToCaller(fd, in c); // first: a chown clears set-id bits the mode may ask for
+            if (mode != NoMode) ChmodFd(fd, mode);
+        }
         return Register(fd, name, out entry);
+    }
+
+    /// <summary>chmod of an O_PATH fd's own inode (not a symlink: its type was checked): fchmodat2 with
+    /// AT_EMPTY_PATH, or before Linux 6.6 through its /proc magic link, which is that inode, never a name.</summary>
+    private static int ChmodFd(Fd fd, uint mode)
+    {
+        if (Native.FChmodAt2(fd, Native.EmptyPath, mode, Native.AT_EMPTY_PATH) == 0) return 0;
+        if (Err() != Errno.ENOSYS && Err() != Errno.EINVAL) return Err();
+        byte* path = stackalloc byte[32];
+        Native.FdPath(fd, new Span<byte>(path, 32));
+        return Native.FChmodAt(Fd.Cwd, path, mode, 0) == 0 ? 0 : Err();
     }
 
     public int Mknod(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint mode, uint rdev, out FuseEntryOut entry)
@@ -46,9 +68,10 @@ public sealed unsafe partial class LabFileSystem
         if (err != 0) return err;
         uint type = mode & S_IFMT;
         if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) return Errno.EPERM; // no devices here
-        if (Native.MknodAt(p!.Fd, cn, mode, 0) != 0) return Err();
-        Native.FChmodAt(p.Fd, cn, mode & 0xFFF, 0); // our umask must not narrow the caller's mode
-        return Created(p, cn, name, in c, out entry);
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        if (Native.MknodAt(pf.Fd, cn, mode, 0) != 0) return Err();
+        return Created(pf.Fd, cn, name, in c, type, mode & 0xFFF, out entry);
     }
 
     public int Mkdir(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint mode, out FuseEntryOut entry)
@@ -57,9 +80,10 @@ public sealed unsafe partial class LabFileSystem
         byte* cn = stackalloc byte[256];
         int err = Parent(parent, name, cn, out var p);
         if (err != 0) return err;
-        if (Native.MkdirAt(p!.Fd, cn, mode & 0xFFF) != 0) return Err();
-        Native.FChmodAt(p.Fd, cn, mode & 0xFFF, 0);
-        return Created(p, cn, name, in c, out entry);
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        if (Native.MkdirAt(pf.Fd, cn, mode & 0xFFF) != 0) return Err();
+        return Created(pf.Fd, cn, name, in c, S_IFDIR, mode & 0xFFF, out entry);
     }
 
     public int Unlink(in FuseContext c, ulong parent, ReadOnlySpan<byte> name) => Remove(parent, name, 0);
@@ -70,7 +94,9 @@ public sealed unsafe partial class LabFileSystem
         byte* cn = stackalloc byte[256];
         int err = Parent(parent, name, cn, out var p);
         if (err != 0) return err;
-        return Native.UnlinkAt(p!.Fd, cn, flags) == 0 ? 0 : Err();
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        return Native.UnlinkAt(pf.Fd, cn, flags) == 0 ? 0 : Err();
     }
 
     public int Rename(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, ulong newParent, ReadOnlySpan<byte> newName, uint flags)
@@ -83,7 +109,11 @@ public sealed unsafe partial class LabFileSystem
         if (err != 0) return err;
         var np = Get(newParent);
         if (np == null) return Errno.ENOENT;
-        return Native.RenameAt2(p!.Fd, cn, np.Fd, cn2, flags) == 0 ? 0 : Err();
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        using var npf = Pin(np, out err);
+        if (npf.Fd == null) return err;
+        return Native.RenameAt2(pf.Fd, cn, npf.Fd, cn2, flags) == 0 ? 0 : Err();
     }
 
     public int Link(in FuseContext c, ulong node, ulong newParent, ReadOnlySpan<byte> newName, out FuseEntryOut entry)
@@ -95,15 +125,39 @@ public sealed unsafe partial class LabFileSystem
         if (err != 0) return err;
         var n = Get(node);
         if (n == null) return Errno.ENOENT;
-        if (Native.LinkAt(n.Fd, Native.EmptyPath, p!.Fd, cn, Native.AT_EMPTY_PATH) != 0)
+        using var nf = Pin(n, out err);
+        if (nf.Fd == null) return err;
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        if (Native.LinkAt(nf.Fd, Native.EmptyPath, pf.Fd, cn, Native.AT_EMPTY_PATH) != 0)
         {
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through the /proc magic link.
             if (Err() != Errno.ENOENT && Err() != Errno.EPERM || n.Type == S_IFLNK) return Err();
             byte* path = stackalloc byte[32];
-            Native.FdPath(n.Fd, new Span<byte>(path, 32));
-            if (Native.LinkAt(Fd.Cwd, path, p.Fd, cn, Native.AT_SYMLINK_FOLLOW) != 0) return Err();
+            Native.FdPath(nf.Fd, new Span<byte>(path, 32));
+            if (Native.LinkAt(Fd.Cwd, path, pf.Fd, cn, Native.AT_SYMLINK_FOLLOW) != 0) return Err();
         }
-        return LookupReal(p, cn, newName, out entry);
+        // The link is made: answer with the linked inode itself (not whatever the new name holds by now).
+        return LookupAgain(n, nf.Fd, out entry);
+    }
+
+    /// <summary>One more lookup of a known node, answered from its pinned fd (no name, nothing to fail
+    /// on but the stat); ENOENT when it left the tables meanwhile.</summary>
+    private int LookupAgain(Node n, Fd fd, out FuseEntryOut entry)
+    {
+        entry = default;
+        int err = Stat(fd, out var st);
+        if (err != 0) return err;
+        FillAttr(in st, out var attr);
+        lock (_nodesLock)
+        {
+            if (!_byId.TryGetValue(n.Id, out var cur) || cur != n) return Errno.ENOENT;
+            n.Lookups++;
+        }
+        var cache = Volatile.Read(ref n.Cache);
+        if (cache != null) attr.Size = (ulong)cache.Size;
+        Entry(n.Id, in attr, out entry);
+        return 0;
     }
 
     public int Create(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint flags, uint mode, out FuseEntryOut entry, out FuseOpenOut open)
@@ -113,22 +167,28 @@ public sealed unsafe partial class LabFileSystem
         byte* cn = stackalloc byte[256];
         int err = Parent(parent, name, cn, out var p);
         if (err != 0) return err;
-        int baseFlags = ((int)flags & ~StripFlags) | Native.O_CLOEXEC | Native.O_NOFOLLOW;
+        int baseFlags = (int)flags & ~StripFlags;
         bool created = true;
-        var fd = Native.OpenAt(p!.Fd, cn, baseFlags | Native.O_CREAT | Native.O_EXCL, mode & 0xFFF);
+        using var pf = Pin(p!, out err);
+        if (pf.Fd == null) return err;
+        var fd = OpenBeneath(pf.Fd, cn, baseFlags | Native.O_CREAT | Native.O_EXCL, mode & 0xFFF);
         if (fd.IsInvalid && Err() == Errno.EEXIST && ((int)flags & Native.O_EXCL) == 0)
         {
             created = false;
-            fd = Native.OpenAt(p.Fd, cn, baseFlags, 0);
+            fd.Dispose();
+            fd = OpenBeneath(pf.Fd, cn, baseFlags, 0);
         }
         if (fd.IsInvalid) return Err();
-        if (created) Native.FChmod(fd, mode & 0xFFF); // our umask must not narrow the caller's mode
-        byte* path = stackalloc byte[32];
-        Native.FdPath(fd, new Span<byte>(path, 32));
-        var pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
+        // From here the file exists (maybe made by us): what follows works on its descriptor, and a
+        // failure only after creating it does not make the create fail, as long as it can be answered.
+        if (created)
+        {
+            ChownToCaller(fd, in c); // first: a chown clears set-id bits the mode may ask for
+            Native.FChmod(fd, mode & 0xFFF); // our umask must not narrow the caller's mode
+        }
+        var pathFd = Reopen(fd, Native.O_PATH);
         if (pathFd.IsInvalid) { err = Err(); fd.Dispose(); return err; }
-        if (created) ChownToCaller(pathFd, in c);
-        err = Register(pathFd, name, out entry);
+        err = Register(pathFd, name, out entry, hold: true);
         if (err != 0) { fd.Dispose(); return err; }
         var n = Get(entry.NodeId);
         if (n == null) { fd.Dispose(); return Errno.ENOENT; }
@@ -149,15 +209,15 @@ public sealed unsafe partial class LabFileSystem
         if (p == null) return Errno.ENOENT;
         if (p.Type != S_IFDIR) return Errno.ENOTDIR;
         int f = ((int)flags & ~(StripFlags | O_TMPFILE | Native.O_NOFOLLOW)) | O_TMPFILE | Native.O_CLOEXEC;
-        var fd = Native.OpenAt(p.Fd, Dot, f, mode & 0xFFF);
+        using var pf = Pin(p, out int err);
+        if (pf.Fd == null) return err;
+        var fd = Native.OpenAt(pf.Fd, Dot, f, mode & 0xFFF); // "." is the directory itself, never a link
         if (fd.IsInvalid) return Err();
+        ChownToCaller(fd, in c);
         Native.FChmod(fd, mode & 0xFFF);
-        byte* path = stackalloc byte[32];
-        Native.FdPath(fd, new Span<byte>(path, 32));
-        var pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
+        var pathFd = Reopen(fd, Native.O_PATH);
         if (pathFd.IsInvalid) { int e = Err(); fd.Dispose(); return e; }
-        ChownToCaller(pathFd, in c);
-        int err = Register(pathFd, ""u8, out entry);
+        err = Register(pathFd, ""u8, out entry, hold: true);
         var n = err == 0 ? Get(entry.NodeId) : null;
         if (n == null) { fd.Dispose(); return err != 0 ? err : Errno.ENOENT; }
         open.Fh = AddHandle(new Handle { Node = n, Fd = fd });

@@ -4,9 +4,10 @@ using System.Text;
 namespace Lab.Fusefs;
 
 /// <summary>
-/// The lab file system: a pass-through to a backing directory. Each node holds an O_PATH fd of its
-/// backing inode and every name is resolved relative to its parent's fd (one component, no '/',
-/// symlinks not followed), so nothing escapes the backing directory. One node per backing inode
+/// The lab file system: a pass-through to a backing directory. Each node reaches its backing inode by
+/// an O_PATH fd held by need (LabFileSystem.NodeFds.cs: a bounded LRU, reopened from the file handle)
+/// and every name is resolved relative to its parent's fd by <see cref="OpenBeneath"/> or a call that
+/// never follows a name's symlink (one component, no '/'), so nothing escapes the backing directory. One node per backing inode
 /// (hard links share it); attributes report the backing st_ino. Regular files are opened
 /// direct-io so every read and write comes here, where the file's <see cref="CachedFile"/>, when
 /// it exists, is authoritative. The virtual <c>.lab/</c> directory comes from an <see cref="ILabDirectory"/>.
@@ -28,12 +29,16 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     {
         public readonly ulong Id, Dev, Ino;
         public readonly uint Type;
-        public readonly Fd Fd; // O_PATH
+        public readonly byte[]? Handle;  // struct file_handle; null: Fd is held for the node's life
+        public Fd? Fd;                   // O_PATH, or null while the LRU has it closed (under _fdLock)
+        public LinkedListNode<Node>? Lru; // in _lru: open and closable (under _fdLock)
+        public int Opens;                // FUSE handles and a page cache holding Fd open (under _fdLock)
+        public bool Dropped;             // left the tables (under _fdLock)
         public long Lookups;
         public string Name;
         public CachedFile? Cache;
-        public Node(ulong id, ulong dev, ulong ino, uint type, Fd fd, string name)
-        { Id = id; Dev = dev; Ino = ino; Type = type; Fd = fd; Name = name; }
+        public Node(ulong id, ulong dev, ulong ino, uint type, Fd? fd, byte[]? handle, string name)
+        { Id = id; Dev = dev; Ino = ino; Type = type; Fd = fd; Handle = handle; Name = name; }
     }
 
     private struct DirEnt { public int NameStart, NameLen; public ulong Ino; public uint Type; }
@@ -57,6 +62,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     private readonly Dictionary<ulong, Node> _byIno = new();
     private readonly ConcurrentDictionary<ulong, Handle> _handles = new();
     private readonly Node _root;
+    private readonly Fd _rootFd; // the root node's, held for life: the mount fd of open_by_handle_at
     private readonly uint _uid = Native.GetEuid(), _gid = Native.GetEgid();
     private IFuseNotifier? _notifier;
     private ulong _nextId = FirstRealId;
@@ -65,7 +71,8 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
 
     public string BackingDir { get; }
 
-    public LabFileSystem(string backingDir, ILabDirectory? labDir)
+    /// <param name="maxNodeFds">How many node descriptors may stay open (0: from RLIMIT_NOFILE).</param>
+    public LabFileSystem(string backingDir, ILabDirectory? labDir, int maxNodeFds = 0)
     {
         BackingDir = Path.GetFullPath(backingDir);
         var fd = Native.Open(BackingDir, Native.O_PATH | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
@@ -76,7 +83,10 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
             fd.Dispose();
             throw new IOException($"backing directory {BackingDir}: {Errno.StrError(Errno.Last)}");
         }
-        _root = new Node(RootId, st.Dev, st.Ino, S_IFDIR, fd, "") { Lookups = 1 };
+        _rootFd = fd;
+        _fdCap = maxNodeFds > 0 ? maxNodeFds : DefaultFdCap();
+        _byHandle = HandlesWork(fd);
+        _root = new Node(RootId, st.Dev, st.Ino, S_IFDIR, fd, null, "") { Lookups = 1 };
         _byId[RootId] = _root;
         _byKey[(st.Dev, st.Ino)] = _root;
         _byIno[st.Ino] = _root;
@@ -149,27 +159,39 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     }
 
     /// <summary>Registers (or finds) the node of an O_PATH fd and counts one lookup. Takes ownership of fd.</summary>
-    private int Register(Fd fd, ReadOnlySpan<byte> name, out FuseEntryOut e)
+    /// <param name="hold">Count an open handle on the node (<see cref="Hold"/>) in the same step, so
+    /// the LRU never closes the fd of a file just opened (it may be unlinked before it is reopened).</param>
+    private int Register(Fd fd, ReadOnlySpan<byte> name, out FuseEntryOut e, bool hold = false)
     {
         int err = Stat(fd, out var st);
         if (err != 0) { fd.Dispose(); e = default; return err; }
         FillAttr(in st, out var attr);
+        var handle = HandleOf(fd, st.Dev);
         Node node;
         Fd? unused = fd;
         lock (_nodesLock)
         {
-            if (_byKey.TryGetValue((st.Dev, st.Ino), out var existing))
+            // Same (dev, ino) and same handle: the same file. A node whose fd the LRU closed does not
+            // pin its inode, so the number may be another file's now: its handle (with the generation)
+            // differs, and the new file gets a new node (the old one answers ENOENT until forgotten).
+            if (_byKey.TryGetValue((st.Dev, st.Ino), out var existing)
+                && (existing.Handle == null || handle == null || existing.Handle.AsSpan().SequenceEqual(handle)))
             {
                 node = existing;
                 node.Lookups++;
+                if (hold) Hold(node);
+                if (GiveFd(node, fd)) unused = null;
             }
             else
             {
-                node = new Node(_nextId++, st.Dev, st.Ino, st.Mode & S_IFMT, fd, Encoding.UTF8.GetString(name)) { Lookups = 1 };
+                node = new Node(_nextId++, st.Dev, st.Ino, st.Mode & S_IFMT, fd, handle, Encoding.UTF8.GetString(name)) { Lookups = 1 };
                 _byId[node.Id] = node;
                 _byKey[(st.Dev, st.Ino)] = node;
-                _byIno.TryAdd(st.Ino, node);
+                if (existing != null && _byIno.GetValueOrDefault(st.Ino) == existing) _byIno[st.Ino] = node;
+                else _byIno.TryAdd(st.Ino, node);
                 unused = null;
+                if (hold) node.Opens = 1;
+                lock (_fdLock) Track(node);
             }
         }
         unused?.Dispose();
@@ -182,9 +204,62 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
 
     private int LookupReal(Node parent, byte* cname, ReadOnlySpan<byte> name, out FuseEntryOut e)
     {
-        var fd = Native.OpenAt(parent.Fd, cname, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
-        if (fd.IsInvalid) { e = default; return Err(); }
+        e = default;
+        using var p = Pin(parent, out int err);
+        if (p.Fd == null) return err;
+        var fd = OpenBeneath(p.Fd, cname, Native.O_PATH, 0);
+        if (fd.IsInvalid) return Err();
         return Register(fd, name, out e);
+    }
+
+    private const ulong Beneath = Native.RESOLVE_BENEATH | Native.RESOLVE_NO_SYMLINKS | Native.RESOLVE_NO_MAGICLINKS;
+    // The kernel's VALID_OPEN_FLAGS (x86-64): openat2 refuses any other bit, openat ignored them.
+    private const int ValidOpenFlags = 0x7FFFE3;
+    private static bool _noOpenat2;
+
+    /// <summary>
+    /// The one way a name in the backing dir is opened: <paramref name="cname"/> (one component) beneath
+    /// <paramref name="dir"/>, never through a symlink nor a /proc magic link, never outside dir, whatever
+    /// the backing side renames meanwhile (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS). A symlink as
+    /// the name itself is opened as such with O_PATH, else fails with ELOOP. Out of descriptors, it closes
+    /// LRU node fds and tries again. Every other call that takes a name (mkdirat, mknodat, symlinkat,
+    /// linkat's new name, unlinkat, renameat2) never follows the name's own symlink; attributes are
+    /// changed on descriptors only.
+    /// </summary>
+    private Fd OpenBeneath(Fd dir, byte* cname, int flags, uint mode)
+    {
+        flags = (flags & ValidOpenFlags) | Native.O_NOFOLLOW | Native.O_CLOEXEC;
+        for (int tries = 0; ; tries++)
+        {
+            Fd fd;
+            if (!Volatile.Read(ref _noOpenat2))
+            {
+                var how = new Native.OpenHow
+                {
+                    Flags = (ulong)flags, Resolve = Beneath,
+                    Mode = (flags & Native.O_CREAT) != 0 ? mode & 0xFFF : 0,
+                };
+                fd = Native.OpenAt2(dir, cname, &how);
+                if (fd.IsInvalid && Err() == Errno.ENOSYS) { Volatile.Write(ref _noOpenat2, true); continue; }
+            }
+            else fd = Native.OpenAt(dir, cname, flags, mode & 0xFFF); // one component and O_NOFOLLOW: the same
+            if (fd.IsInvalid && tries < 3 && Exhausted(Err()) && Shed()) { fd.Dispose(); continue; }
+            return fd;
+        }
+    }
+
+    /// <summary>Reopens an fd through its /proc magic link (its own inode, never a name), with
+    /// <paramref name="flags"/>; out of descriptors, closes LRU node fds and tries again.</summary>
+    private Fd Reopen(Fd fd, int flags)
+    {
+        byte* path = stackalloc byte[32];
+        Native.FdPath(fd, new Span<byte>(path, 32));
+        for (int tries = 0; ; tries++)
+        {
+            var r = Native.Open(path, flags | Native.O_CLOEXEC, 0);
+            if (r.IsInvalid && tries < 3 && Exhausted(Err()) && Shed()) { r.Dispose(); continue; }
+            return r;
+        }
     }
 
     private void ChownToCaller(Fd fd, in FuseContext c)
@@ -221,23 +296,35 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
             n.Lookups = 0;
             // A node with a page cache stays while the daemon may map its memfd (unless its file is
             // gone); DropForgotten frees it once nothing can.
-            if (n.Cache != null && (CachesInUse?.Invoke() ?? true) && Stat(n.Fd, out var st) == 0 && st.Nlink > 0) return;
-            _byId.Remove(node);
-            _byKey.Remove((n.Dev, n.Ino));
-            if (_byIno.TryGetValue(n.Ino, out var same) && same == n) _byIno.Remove(n.Ino);
+            if (n.Cache != null && (CachesInUse?.Invoke() ?? true) && Linked(n)) return;
+            Unlist(n);
             drop = n;
         }
         // The node's hold only: programs may still map the deleted file (the VM objects hold the cache,
         // whose open fd keeps the backing inode, so its number is not reused while they do).
         drop.Cache?.Release();
-        drop.Fd.Dispose();
+        DropFd(drop);
+    }
+
+    private bool Linked(Node n)
+    {
+        using var f = Pin(n, out _);
+        return f.Fd != null && Stat(f.Fd, out var st) == 0 && st.Nlink > 0;
+    }
+
+    /// <summary>Takes a node out of the tables (under _nodesLock); a newer node of its key or ino stays.</summary>
+    private void Unlist(Node n)
+    {
+        _byId.Remove(n.Id);
+        if (_byKey.TryGetValue((n.Dev, n.Ino), out var k) && k == n) _byKey.Remove((n.Dev, n.Ino));
+        if (_byIno.TryGetValue(n.Ino, out var same) && same == n) _byIno.Remove(n.Ino);
     }
 
     public int StatFs(in FuseContext c, ulong node, out FuseStatfsOut statfs)
     {
         statfs = default;
         Native.StatFs sf;
-        if (Native.FStatFs(_root.Fd, &sf) != 0) return Err();
+        if (Native.FStatFs(_rootFd, &sf) != 0) return Err();
         statfs.Blocks = sf.Blocks;
         statfs.Bfree = sf.Bfree;
         statfs.Bavail = sf.Bavail;
@@ -253,7 +340,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     {
         int e = FlushAll();
         if (e != 0) return e;
-        return Native.SyncFs(_root.Fd) == 0 ? 0 : Err();
+        return Native.SyncFs(_rootFd) == 0 ? 0 : Err();
     }
 
     /// <summary>
@@ -268,18 +355,13 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
             if (_disposed) return 0;
             foreach (var n in _byId.Values)
                 if (n.Lookups == 0 && n.Id != RootId) drop.Add(n);
-            foreach (var n in drop)
-            {
-                _byId.Remove(n.Id);
-                _byKey.Remove((n.Dev, n.Ino));
-                if (_byIno.TryGetValue(n.Ino, out var same) && same == n) _byIno.Remove(n.Ino);
-            }
+            foreach (var n in drop) Unlist(n);
         }
         foreach (var n in drop)
         {
             // The node's hold only: a VM object still mapping the file keeps the cache open.
             n.Cache?.Release();
-            n.Fd.Dispose();
+            DropFd(n);
         }
         return drop.Count;
     }
@@ -322,7 +404,7 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         {
             // The node's hold only: a VM object still mapping the file keeps the cache open.
             n.Cache?.Release();
-            n.Fd.Dispose();
+            DropFd(n);
         }
         foreach (var h in _handles.Values) h.Fd?.Dispose();
         _handles.Clear();

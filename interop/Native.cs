@@ -142,6 +142,41 @@ public static unsafe partial class Native
     [LibraryImport(Libc, EntryPoint = "fstatfs", SetLastError = true)]
     public static partial int FStatFs(Fd fd, StatFs* buf);
 
+    // Names beneath a directory fd, without symlinks, and inodes by handle (fusefs: the daemon is root and
+    // the backing side may race; a node keeps a file handle, not a descriptor).
+    public const ulong RESOLVE_NO_XDEV = 1, RESOLVE_NO_MAGICLINKS = 2, RESOLVE_NO_SYMLINKS = 4, RESOLVE_BENEATH = 8;
+    public const int MAX_HANDLE_SZ = 128, RLIMIT_NOFILE = 7;
+    private const long SYS_openat2 = 437, SYS_fchmodat2 = 452;   // the same on x86-64 and the generic table
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct OpenHow { public ulong Flags, Mode, Resolve; }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Rlimit { public ulong Cur, Max; }
+
+    [LibraryImport(Libc, EntryPoint = "syscall", SetLastError = true)]
+    private static partial long Syscall(long nr, Fd a, byte* b, void* c, nuint d);
+
+    /// <summary>openat2(2): no libc wrapper in older glibc.</summary>
+    public static Fd OpenAt2(Fd dirfd, byte* path, OpenHow* how)
+    {
+        long r = Syscall(SYS_openat2, dirfd, path, how, (nuint)sizeof(OpenHow));
+        return r < 0 ? new Fd() : new Fd((int)r);
+    }
+
+    /// <summary>fchmodat2(2) (Linux 6.6): takes AT_EMPTY_PATH, so an O_PATH fd's own inode can be chmodded.</summary>
+    public static int FChmodAt2(Fd dirfd, byte* path, uint mode, int flags) =>
+        (int)Syscall(SYS_fchmodat2, dirfd, path, (void*)(nuint)mode, (nuint)flags);
+
+    /// <summary>name_to_handle_at(2); <paramref name="handle"/> is a struct file_handle whose first word
+    /// (handle_bytes) says how much room follows the 8-byte header.</summary>
+    [LibraryImport(Libc, EntryPoint = "name_to_handle_at", SetLastError = true)]
+    public static partial int NameToHandleAt(Fd dirfd, byte* path, byte* handle, int* mountId, int flags);
+    [LibraryImport(Libc, EntryPoint = "open_by_handle_at", SetLastError = true)]
+    public static partial Fd OpenByHandleAt(Fd mountFd, byte* handle, int flags);
+    [LibraryImport(Libc, EntryPoint = "getrlimit", SetLastError = true)]
+    public static partial int GetRlimit(int resource, Rlimit* rlim);
+
     // Paths and the *at calls.
     [LibraryImport(Libc, EntryPoint = "truncate", SetLastError = true)]
     public static partial int Truncate(byte* path, long length);
