@@ -75,7 +75,8 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
     public LabFileSystem(string backingDir, ILabDirectory? labDir, int maxNodeFds = 0)
     {
         BackingDir = Path.GetFullPath(backingDir);
-        var fd = Native.Open(BackingDir, Native.O_PATH | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
+        // Not O_PATH: open_by_handle_at takes it as its mount fd, and refuses an O_PATH one (EBADF).
+        var fd = Native.Open(BackingDir, Native.O_RDONLY | Native.O_DIRECTORY | Native.O_CLOEXEC, 0);
         if (fd.IsInvalid) throw new IOException($"backing directory {BackingDir}: {Errno.StrError(Errno.Last)}");
         Native.Statx st;
         if (Native.StatxAt(fd, Native.EmptyPath, Native.AT_EMPTY_PATH, Native.STATX_BASIC_STATS, &st) != 0)

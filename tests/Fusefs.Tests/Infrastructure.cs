@@ -67,7 +67,7 @@ internal sealed class TestMount : IDisposable
     public FuseServer Server { get; }
     public FakeLab Lab { get; }
 
-    public TestMount(bool start = true, int threads = 4)
+    public TestMount(bool start = true, int threads = 4, int maxNodeFds = 0)
     {
         Kernel.Require();
         Root = Path.Combine(Path.GetTempPath(), "fusefs-test-" + Guid.NewGuid().ToString("N")[..12]);
@@ -76,7 +76,7 @@ internal sealed class TestMount : IDisposable
         Directory.CreateDirectory(Backing);
         Directory.CreateDirectory(MountPoint);
         Lab = new FakeLab();
-        Fs = new LabFileSystem(Backing, Lab);
+        Fs = new LabFileSystem(Backing, Lab, maxNodeFds);
         try
         {
             Server = FuseServer.Mount(MountPoint, Fs);

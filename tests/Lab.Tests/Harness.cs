@@ -121,17 +121,27 @@ public sealed class LabMount : IDisposable
     public readonly Process Daemon;
     readonly StringBuilder _log = new();
 
-    public LabMount(string vm = "freebsd", params string[] extraArgs)
+    public LabMount(string vm = "freebsd", params string[] extraArgs) : this(0, vm, extraArgs) { }
+
+    /// <param name="fdLimit">The RLIMIT_NOFILE (soft and hard) the daemon runs under; 0: this process's.</param>
+    public LabMount(int fdLimit, string vm, params string[] extraArgs)
     {
         Dir = Directory.CreateTempSubdirectory("labtest-").FullName;
         Backing = Path.Combine(Dir, "backing");
         Mount = Path.Combine(Dir, "mnt");
         Directory.CreateDirectory(Backing);
         Directory.CreateDirectory(Mount);
-        var psi = new ProcessStartInfo(Repo.Lab)
+        var psi = new ProcessStartInfo(fdLimit > 0 ? "/bin/bash" : Repo.Lab)
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };
+        if (fdLimit > 0)
+        {
+            // exec: the daemon keeps bash's pid, so Daemon is still the process this fixture stops.
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add($"ulimit -n {fdLimit} && exec \"$0\" \"$@\"");
+            psi.ArgumentList.Add(Repo.Lab);
+        }
         foreach (var a in new[] { "mount", "--foreground", "--vm", vm }.Concat(extraArgs).Concat(new[] { Backing, Mount }))
             psi.ArgumentList.Add(a);
         Daemon = Process.Start(psi)!;
