@@ -9,9 +9,7 @@ DOTNET := DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_E
 SHIM_SRC := $(wildcard lab/preload/*.c)
 # Test programs: every tests/progs/*.c, built alike (statichello is static on purpose); and the bench programs.
 TEST_PROGS := $(patsubst tests/progs/%.c,$(BUILD)/%,$(wildcard tests/progs/*.c))
-# Test libraries: tests/progs/lib/*.c, each a lib*.so (preloaded by tests).
-TEST_LIBS := $(patsubst tests/progs/lib/%.c,$(BUILD)/lib%.so,$(wildcard tests/progs/lib/*.c))
-PROGS := $(TEST_PROGS) $(TEST_LIBS) $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/swaptouch
+PROGS := $(TEST_PROGS) $(BUILD)/touch $(BUILD)/uffd-floor $(BUILD)/swaptouch
 
 .PHONY: all build deps native dotnet test demo bench clean props-long fsx-long soak
 
@@ -43,10 +41,6 @@ $(BUILD)/liblabpreload-proto0.so: $(SHIM_SRC) $(wildcard lab/preload/*.h)
 $(BUILD)/%: tests/progs/%.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_C) $(if $(filter statichello,$*),-static) -o $@ $< -lpthread
-
-$(BUILD)/lib%.so: tests/progs/lib/%.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_C) -fPIC -shared -o $@ $<
 
 $(BUILD)/swaptouch: lab/bench/swaptouch.c
 	@mkdir -p $(BUILD)

@@ -169,8 +169,6 @@ out:
 void *lab_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
     if (!g_on)
-        lab_start_early();   /* a library constructor's mmap, before the shim's own: connect first */
-    if (!g_on)
         return real_mmap(addr, len, prot, flags, fd, off);
 
     if (flags & MAP_ANONYMOUS) {

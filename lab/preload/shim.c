@@ -304,34 +304,7 @@ static void pick_comm(void)
     copy_str(g_comm, sizeof g_comm, slash ? slash + 1 : exe);
 }
 
-/* Start-up runs once: from the constructor, or earlier, from the first mmap a library's
- * constructor makes (lab_start_early): libraries initialise before the shim when the loader
- * orders them so, and an allocator they wake up (jemalloc, with --heap lab) maps its first
- * chunks then; made before the shim connected, those chunks stayed outside the lab for the
- * whole run, and the program's small blocks with them. */
-static int g_start_state; /* 0: not yet, 1: starting (mmaps pass through), 2: done */
-
-static void lab_start(void);
-static void lab_start_body(void);
-
-void lab_start_early(void)
-{
-    if (__atomic_load_n(&g_start_state, __ATOMIC_ACQUIRE) == 0)
-        lab_start();
-}
-
-__attribute__((constructor(101))) static void lab_init(void) { lab_start_early(); }
-
-static void lab_start(void)
-{
-    int none = 0;
-    if (!__atomic_compare_exchange_n(&g_start_state, &none, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return;
-    lab_start_body();
-    __atomic_store_n(&g_start_state, 2, __ATOMIC_RELEASE);
-}
-
-static void lab_start_body(void)
+__attribute__((constructor(101))) static void lab_init(void)
 {
     const char *ctl = getenv("LAB_CONTROL");
     if (!ctl || !*ctl)

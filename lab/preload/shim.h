@@ -106,9 +106,6 @@ void die_gone(void) __attribute__((noreturn));
 /* Ends the process with one line if its effective uid is one the daemon will not serve. */
 void check_uid_served(void);
 void init_locks(void);
-/* Start-up now if it has not run (the first mmap before the shim's constructor): connect, so
- * that the mapping is lab memory. Returns at once while start-up is in progress. */
-void lab_start_early(void);
 /* Connect and introduce this process (HELLO or CHILD_HELLO); any failure ends it with one line. */
 void say_hello(uint32_t type, uint32_t flags, int send_fd, struct lab_hello_reply *rep, int *recv_fd);
 

@@ -120,30 +120,4 @@ public sealed class CoverageTests
         Assert.All(rows.Single(p => p.Length > 0 && p[0] == "outside_reports").Skip(1), v => Assert.Equal("1", v));
         Assert.All(rows.Single(p => p.Length > 0 && p[0] == "outside_anon_pages").Skip(1).Select(long.Parse), v => Assert.True(v >= AnonPages));
     }
-
-    /// <summary>
-    /// A library initialised before the shim (LD_PRELOAD after it) maps and touches 256 private
-    /// anonymous pages in its constructor, as jemalloc does when another library's constructor
-    /// mallocs first: the shim connects at that mmap, so the pages are lab memory (served: zero
-    /// fills) and not in outside_anon_pages. Before, they stayed outside for the whole run, and
-    /// with them jemalloc's first chunks (sqlite3's small blocks).
-    /// </summary>
-    [KernelFact]
-    public void AMappingMadeBeforeTheShimsConstructor_IsLabMemory()
-    {
-        const int Early = 256;
-        using var m = new LabMount();
-        Dictionary<string, long> Run(bool early)
-        {
-            var env = new Dictionary<string, string> { ["EARLYMAP_PAGES"] = Early.ToString() };
-            if (early) env["LD_PRELOAD"] = Repo.Prog("libearlymap.so");
-            var r = Sh.Run(Repo.Lab, ["run", "--mount", m.Mount, "--stats", "--", Repo.Prog("outsidepages"), "0", "0"], env);
-            Assert.True(r.ExitCode == 0, r.ToString());
-            return LabMount.ParseCounters(r.Stderr);
-        }
-        var without = Run(false);
-        var with = Run(true);
-        Assert.Equal(Early, LabMount.Get(with, "v_zfod") - LabMount.Get(without, "v_zfod"));
-        Assert.InRange(LabMount.Get(with, "outside_anon_pages") - LabMount.Get(without, "outside_anon_pages"), -8, 8);
-    }
 }
