@@ -93,8 +93,8 @@ awk '
   FNR == 1 { f++ }
   NF == 2 && $2 ~ /^[0-9.]+$/ { v[f, $1] = $2 }
   END {
-    n = split("v_vm_faults v_io_faults read_ahead_pages pages_prefaulted v_zfod v_cow_faults v_cow_optim shadows_created processes fault_latency_us_p50", k, " ")
-    split("uffd faults served|faults that read the file (pager I/O)|pages read ahead with them|neighbour pages mapped ahead (prefault)|zero-filled pages|copy-on-write faults|  of which moved, not copied|shadow objects made|processes (fork children too)|median fault service time, us", d, "|")
+    n = split("v_vm_faults v_io_faults read_ahead_pages pages_prefaulted v_zfod v_cow_faults v_cow_optim shadows_created processes fault_latency_us_p50 faults_on_lab_files kernel_faults lab_coverage_pct", k, " ")
+    split("uffd faults served|faults that read the file (pager I/O)|pages read ahead with them|neighbour pages mapped ahead (prefault)|zero-filled pages|copy-on-write faults|  of which moved, not copied|shadow objects made|processes (fork children too)|median fault service time, us|faults on lab files (the database, for sqlite3)|faults the kernel counted for the run|uffd faults served / kernel_faults, %", d, "|")
     printf "  %-22s %9s %9s   %s\n", "counter", "python3", "sqlite3", "meaning"
     for (i = 1; i <= n; i++) printf "  %-22s %9s %9s   %s\n", k[i], (1, k[i]) in v ? v[1, k[i]] : 0, (2, k[i]) in v ? v[2, k[i]] : 0, d[i]
   }' "$WORK/py.stats" "$WORK/sq.stats"
