@@ -237,7 +237,7 @@ public static class Cli
             string? text = null;
             try { text = conn.Stat(run); }
             catch (LabException) when (!r.GetValue(stats)) { }
-            if (r.GetValue(stats)) Console.Error.Write(Table(text! + (KernelFaults.OfReapedChildren() - before).StatsLines(text!)));
+            if (r.GetValue(stats)) Console.Error.Write(Table((KernelFaults.OfReapedChildren() - before).WithCoverage(text!)));
             if (text != null && Unserved(text) is long n and > 0)
             {
                 // The shim cannot enter a static program its program exec'd: the run is incomplete.
@@ -328,7 +328,7 @@ public static class Cli
                 var text = conn.Stat(run);
                 if (Unserved(text) is long n and > 0)
                     throw new LabException($"{argv[0]} exec'd {n} statically linked program(s) under --vm {vm}: they ran outside the lab");
-                columns.Add((vm, ParseStats(text + (KernelFaults.OfReapedChildren() - before).StatsLines(text))));
+                columns.Add((vm, ParseStats((KernelFaults.OfReapedChildren() - before).WithCoverage(text))));
             }
             Console.Out.Write(CompareTable(columns, r.GetValue(all)));
             Console.Out.WriteLine($"output: identical under all {columns.Count} designs ({firstOut!.Length} bytes)");

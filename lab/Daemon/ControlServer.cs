@@ -216,6 +216,11 @@ public sealed unsafe class ControlServer : IDisposable
             case Proto.Reaped when proc != null && Proto.TryRead(p, out LabReaped rp):
                 _daemon.Reaped(rp.Pid);
                 return Reply(conn, m, 0);
+            case Proto.Outside when proc != null && Proto.TryRead(p, out LabOutside ou):
+                // The image's last word on its memory outside the lab: a later report (the exit
+                // after a failed exec) replaces an earlier one.
+                proc.Outside = OutsidePages.From(in ou);
+                return Reply(conn, m, 0);
             case Proto.Remap when proc != null && Proto.TryRead(p, out LabRemap rm):
                 proc.Barrier();   // a move arrives as a uffd REMAP event: applied before we grow
                 proc.ExpectDontUnmap(0, 0);

@@ -23,6 +23,8 @@ public sealed class Registry
         public readonly LatencyHistogram Latency = new();
         public long Processes, LookupMisses, InstallErrors, Superseded, Events, Resyncs, Throttled, ReleasedRanges, ReleasedPages;
         public long Unserved;   // programs of the run that were exec'd but could not load the shim (static)
+        public long FileFaults;
+        public OutsidePages Outside;
     }
 
     public Registry(string defaultVm)
@@ -164,6 +166,8 @@ public sealed class Registry
         r.Throttled += Interlocked.Read(ref p.ThrottledFaults);
         r.ReleasedRanges += Interlocked.Read(ref p.ReleasedRanges); r.ReleasedPages += Interlocked.Read(ref p.ReleasedPages);
         r.InstallErrors += p.Pmap.InstallErrors; r.Superseded += p.Pmap.Superseded;
+        r.FileFaults += Interlocked.Read(ref p.FileFaults);
+        r.Outside += p.Outside;
     }
 
     Retired Total(ulong run)
@@ -177,7 +181,7 @@ public sealed class Registry
                 t.Processes = r.Processes; t.LookupMisses = r.LookupMisses;
                 t.InstallErrors = r.InstallErrors; t.Superseded = r.Superseded; t.Events = r.Events; t.Resyncs = r.Resyncs;
                 t.Throttled = r.Throttled; t.ReleasedRanges = r.ReleasedRanges; t.ReleasedPages = r.ReleasedPages;
-                t.Unserved = r.Unserved;
+                t.Unserved = r.Unserved; t.FileFaults = r.FileFaults; t.Outside = r.Outside;
             }
             foreach (var p in _live)
                 if (run == 0 || p.RunId == run) Fold(p, t);
@@ -206,6 +210,7 @@ public sealed class Registry
         sb.Append("fault_count ").Append(t.Latency.Count).Append('\n');
         sb.Append("fault_latency_us_p50 ").Append(t.Latency.QuantileMicros(0.5).ToString("0.0")).Append('\n');
         sb.Append("fault_latency_us_p99 ").Append(t.Latency.QuantileMicros(0.99).ToString("0.0")).Append('\n');
+        t.Outside.AppendTo(sb, t.FileFaults);
         return sb.ToString();
     }
 }

@@ -15,7 +15,7 @@ public static class Proto
 
     public const uint Hello = 1, ChildHello = 2, Map = 3, OpenShared = 4, Unmap = 5, Msync = 6,
         Protect = 7, ForkPrepare = 8, ForkDone = 9, Stat = 10, Reaped = 11, Remap = 12, DropCaches = 13,
-        AgentHello = 14, Evict = 15, SetLimit = 16, Release = 17, Wire = 18, Advise = 20, RemapPrepare = 21, Reply = 0x8000;
+        AgentHello = 14, Evict = 15, SetLimit = 16, Release = 17, Wire = 18, Advise = 20, RemapPrepare = 21, Outside = 30, Reply = 0x8000;
 
     public const int MadvNormal = 0, MadvRandom = 1, MadvSequential = 2, MadvDontFork = 10, MadvDoFork = 11, MadvWipeOnFork = 18, MadvKeepOnFork = 19, MremapDontUnmap = 4;
 
@@ -108,6 +108,9 @@ public struct LabSetLimit { public ulong RunId, Bytes; }
 
 [StructLayout(LayoutKind.Sequential, Pack = 4)]
 public struct LabForkDone { public int ChildPid, Pad; }
+
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct LabOutside { public ulong FilePages, StackPages, HeapPages, AnonPages, OtherPages; public uint Flags, Pad; }
 
 /// <summary>A received message; <see cref="Fd"/>: the descriptor it carried (SCM_RIGHTS), the receiver's to dispose.</summary>
 public readonly record struct Message(uint Type, uint Seq, int Status, int Length, Fd? Fd);

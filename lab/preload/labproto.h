@@ -81,6 +81,12 @@ enum lab_msg_type {
                              before the real call) or was munlock'd (after it): the daemon marks
                              its entries wired or not, so the pageout never picks a locked page */
 
+    LAB_OUTSIDE = 30,     /* lab_outside: just before this image ends (exit, _exit, exec), its
+                             resident pages outside lab memory, by kind (coverage.c reads
+                             /proc/self/smaps). The daemon keeps the process's last report and
+                             adds it to its run's outside_*_pages rows. Processes killed by a
+                             signal, and vfork children, send none. */
+
     /* daemon -> shim agent (on the agent connection) */
     LAB_EVICT = 15,       /* n x lab_span: take each span that is still lab memory out of the
                              process, in order (UFFDIO_MOVE to the scratch, then one madvise of
@@ -196,6 +202,20 @@ struct lab_fork_done {
     int32_t pad;
 };
 
+#define LAB_OUTSIDE_EXIT 1u  /* lab_outside.flags: sent at exit */
+#define LAB_OUTSIDE_EXEC 2u  /* sent before an exec (replaced by the exit report if the exec fails) */
+
+struct lab_outside {
+    uint64_t file_pages;   /* file mappings: program text, libraries, other files (Rss) */
+    uint64_t stack_pages;  /* the main thread's stack, [stack] (private pages) */
+    uint64_t heap_pages;   /* the brk heap, [heap] (private pages) */
+    uint64_t anon_pages;   /* other anonymous memory: thread stacks, the shim's, memory mapped
+                              before the shim connected, memfd/SysV shared memory (private pages) */
+    uint64_t other_pages;  /* the kernel's special mappings: vDSO, vvar, vsyscall (Rss) */
+    uint32_t flags;        /* LAB_OUTSIDE_EXIT or LAB_OUTSIDE_EXEC */
+    uint32_t pad;
+};
+
 /* The wire layout (x86-64, natural alignment): a change here is a protocol change. */
 _Static_assert(sizeof(struct lab_hdr) == 16, "lab_hdr");
 _Static_assert(sizeof(struct lab_hello) == 72, "lab_hello");
@@ -211,5 +231,6 @@ _Static_assert(sizeof(struct lab_agent_hello) == 24, "lab_agent_hello");
 _Static_assert(sizeof(struct lab_span) == 16, "lab_span");
 _Static_assert(sizeof(struct lab_set_limit) == 16, "lab_set_limit");
 _Static_assert(sizeof(struct lab_fork_done) == 8, "lab_fork_done");
+_Static_assert(sizeof(struct lab_outside) == 48, "lab_outside");
 
 #endif

@@ -42,5 +42,7 @@ int main(void)
     S(lab_span); F(lab_span, addr); F(lab_span, len);
     S(lab_set_limit); F(lab_set_limit, run_id); F(lab_set_limit, bytes);
     S(lab_fork_done); F(lab_fork_done, child_pid); F(lab_fork_done, pad);
+    S(lab_outside); F(lab_outside, file_pages); F(lab_outside, stack_pages); F(lab_outside, heap_pages);
+    F(lab_outside, anon_pages); F(lab_outside, other_pages); F(lab_outside, flags); F(lab_outside, pad);
     return 0;
 }
