@@ -16,7 +16,8 @@ public static partial class Native
     public const byte UFFD_EVENT_PAGEFAULT = 0x12, UFFD_EVENT_FORK = 0x13, UFFD_EVENT_REMAP = 0x14,
         UFFD_EVENT_REMOVE = 0x15, UFFD_EVENT_UNMAP = 0x16;
     public const ulong UFFD_PAGEFAULT_FLAG_WRITE = 1, UFFD_PAGEFAULT_FLAG_WP = 2, UFFD_PAGEFAULT_FLAG_MINOR = 4;
-    public const ulong UFFDIO_COPY_MODE_DONTWAKE = 1, UFFDIO_COPY_MODE_WP = 2, UFFDIO_WRITEPROTECT_MODE_WP = 1;
+    public const ulong UFFDIO_COPY_MODE_DONTWAKE = 1, UFFDIO_COPY_MODE_WP = 2, UFFDIO_WRITEPROTECT_MODE_WP = 1,
+        UFFDIO_CONTINUE_MODE_WP = 2;   // since 6.3: the page-cache page is mapped write-protected
 
     [StructLayout(LayoutKind.Sequential)]
     public struct UffdioApi { public ulong Api, Features, Ioctls; }

@@ -16,7 +16,8 @@ public sealed unsafe class ControlServer : IDisposable
         | Native.UFFD_FEATURE_EVENT_REMAP | Native.UFFD_FEATURE_EVENT_REMOVE | Native.UFFD_FEATURE_EVENT_UNMAP
         | Native.UFFD_FEATURE_MISSING_SHMEM | Native.UFFD_FEATURE_THREAD_ID | Native.UFFD_FEATURE_POISON
         | Native.UFFD_FEATURE_MOVE    // the shim's agent moves pages out to evict them (one REMOVE per batch)
-        | Native.UFFD_FEATURE_MINOR_SHMEM;   // shared file mappings fault on pages already in the memfd too
+        | Native.UFFD_FEATURE_MINOR_SHMEM    // shared file mappings fault on pages already in the memfd too
+        | Native.UFFD_FEATURE_WP_HUGETLBFS_SHMEM;   // and a design can enter their pages read-only (UFFDIO_CONTINUE_MODE_WP)
 
     readonly LabDaemon _daemon;
     readonly string _path;

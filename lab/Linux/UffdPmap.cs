@@ -143,18 +143,36 @@ public sealed unsafe class UffdPmap : IPmap, IDisposable
         }
     }
 
+    // Set once a write-protected UFFDIO_CONTINUE was refused (EINVAL): this process's shared
+    // ranges are not registered for WP, so shared pages map writable (the old behaviour).
+    bool _sharedWpUnsupported;
+
     public bool EnterShared(ulong va, IVnode vnode, long pindex, bool writable)
     {
         // The page is in the object's memfd (the pager loaded it) and the process maps that
         // memfd: UFFDIO_CONTINUE maps the page-cache page itself, as the entry allows. (The
         // range is registered for minor faults, so a page the agent zapped faults again on
-        // its next touch instead of coming back from the page cache unseen.)
-        var c = new Native.UffdioContinue { Range = new Native.UffdioRange { Start = va, Len = Page } };
+        // its next touch instead of coming back from the page cache unseen.) A page the design
+        // enters read-only is mapped write-protected (the shim registers shared ranges for
+        // WP too), so the first write to it is a write-protect fault the design resolves.
+        var c = new Native.UffdioContinue
+        {
+            Range = new Native.UffdioRange { Start = va, Len = Page },
+            Mode = writable || _sharedWpUnsupported ? 0 : Native.UFFDIO_CONTINUE_MODE_WP,
+        };
         int tries = 0, e;
         while (true)
         {
             if (Native.Ioctl(_uffd, Native.UFFDIO_CONTINUE, &c) == 0) return true;
             e = Errno.Last;
+            if (e == Errno.EINVAL && c.Mode != 0)
+            {
+                // The range is not registered for WP (a shim or kernel without WP on shmem):
+                // map it writable as before rather than fail the fault over and over.
+                _sharedWpUnsupported = true;
+                c.Mode = 0;
+                continue;
+            }
             if (!AgainAfterDrain(e, ref tries)) break;
         }
         // EEXIST: mapped meanwhile (another thread's fault). EFAULT: the page left the memfd

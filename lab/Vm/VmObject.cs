@@ -93,6 +93,13 @@ public sealed class VmObject
     /// never cleans it again (its write-back does not write-protect the mappings).
     /// </summary>
     internal bool WriteMapDirty;
+    /// <summary>
+    /// FreeBSD's OBJ_MIGHTBEDIRTY for a vnode object: a page of it was entered writable (a
+    /// read fault on a writable shared mapping too; 000: 184–196, 940). Until then FreeBSD's
+    /// soft fast path is closed to writable mappings of it (000: 357–366). Never cleared: the
+    /// lab's write-back does not clean objects (vm_object_page_clean, outside the seed).
+    /// </summary>
+    internal bool MightBeDirty;
 
     internal VmObject(long id, VmObjectKind kind, long size, IVnode? vnode)
     {

@@ -92,6 +92,7 @@ static void child_reconnect(void)
     }
     if (rep.features) /* the reply may be empty: the child's uffd inherits the parent's features */
         g_features = rep.features;
+    zap_shared_ranges();
     r = start_watcher();
     if (r != 0)
         die_connect(r);

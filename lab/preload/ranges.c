@@ -231,13 +231,34 @@ int32_t range_req(uint32_t type, const char *name, uintptr_t s, uintptr_t e, int
 
 /* Shared file mappings map the file's memfd. Registered for minor faults as well, a page
  * already in the memfd (written by another mapper, by write(2), or zapped here by the
- * pageout) still faults on this process's first touch, so the daemon sees every one. */
+ * pageout) still faults on this process's first touch, so the daemon sees every one.
+ * Registered for write protection too, a design can enter a page read-only (UFFDIO_CONTINUE
+ * with MODE_WP) and see the first write to it as a fault (uvm2019's clean vnode, the chain
+ * designs' prefaulted neighbours). */
 uint64_t shared_modes(void)
 {
     uint64_t m = UFFDIO_REGISTER_MODE_MISSING;
-    if (g_features & UFFD_FEATURE_MINOR_SHMEM)
+    if (g_features & UFFD_FEATURE_MINOR_SHMEM) {
         m |= UFFDIO_REGISTER_MODE_MINOR;
+        if ((g_features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) && (g_features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+            m |= UFFDIO_REGISTER_MODE_WP;
+    }
     return m;
+}
+
+/* In a fork child, before the program runs: zap the pages of shared lab ranges. A vma
+ * registered for write protection has its page table copied at fork, shared or not (its
+ * uffd-wp bits are not in the page cache), so the child would find its parent's shared pages
+ * mapped; the designs give each process its own first-touch fault on them, and the
+ * daemon's model of the child has none installed. (The REMOVE events drop nothing in the
+ * model: the child's space has no shared page installed.) */
+void zap_shared_ranges(void)
+{
+    if (!(shared_modes() & UFFDIO_REGISTER_MODE_WP))
+        return;
+    for (int i = 0; i < g_ntab; i++)
+        if (g_tab[i].kind == LAB_MAP_FILE_SHARED)
+            lab_sys3(SYS_madvise, (long)g_tab[i].start, (long)(g_tab[i].end - g_tab[i].start), MADV_DONTNEED);
 }
 
 /* A MAP_FIXED mapping replaced whatever lab memory was there: tell the daemon first,

@@ -48,6 +48,9 @@
 #ifndef UFFD_FEATURE_MINOR_SHMEM
 #define UFFD_FEATURE_MINOR_SHMEM (1u << 10)
 #endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1u << 12)
+#endif
 #ifndef UFFDIO_REGISTER_MODE_MINOR
 #define UFFDIO_REGISTER_MODE_MINOR ((uint64_t)1 << 2)
 #endif
@@ -143,6 +146,7 @@ int tab_covers(uintptr_t s, uintptr_t e);
 int uffd_register(uintptr_t start, uintptr_t len, uint64_t mode);
 uint64_t private_modes(void);
 uint64_t shared_modes(void);
+void zap_shared_ranges(void);
 int32_t range_req(uint32_t type, const char *name, uintptr_t s, uintptr_t e, int32_t prot, int32_t flags);
 void forget_replaced(uintptr_t s, size_t len);
 void *announce(void *res, size_t len, int prot, int flags, int kind, uint64_t ino, uint64_t off);

@@ -64,6 +64,9 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign, IWiringResolver
     static bool FastPath(ref FaultState fs)
     {
         var first = fs.first_object;
+        // A writable mapping of a vnode object not yet mapped writable anywhere takes the slow
+        // path, which sets OBJ_MIGHTBEDIRTY (000: 357–366; set at 940 through 196).
+        if ((fs.prot & Prot.Write) != 0 && first.Kind == VmObjectKind.Vnode && !first.MightBeDirty) return false;
         PageState m;
         lock (first.Lock)
         {

@@ -492,6 +492,9 @@ internal static class ChainFault
         ulong va = fs.va;
         bool inFirst = fs.obj == fs.first_object;
         bool writable = inFirst && (fs.prot & Prot.Write) != 0;
+        // vm_fault_dirty with a writable prot marks the page's object might-be-dirty
+        // (000: 196 from 940, 383; 002: 999): FreeBSD's fast path checks it for vnodes.
+        if (writable && fs.obj.Kind == VmObjectKind.Vnode) fs.obj.MightBeDirty = true;
 
         if (fs.access == FaultAccess.WriteProtect)
         {
