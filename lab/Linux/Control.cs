@@ -21,7 +21,7 @@ public static class Proto
 
     public const uint HelloForkChild = 1;
     public const int MapAnon = 1, MapFilePrivate = 2, MapFileShared = 3;
-    public const int WireOn = 1;
+    public const int WireOn = 1, WireFault = 2;
     /// <summary>EPROTONOSUPPORT: the status of a HELLO whose version is not <see cref="Version"/>.</summary>
     public const int EProtoNoSupport = 93;
 

@@ -64,13 +64,16 @@ public sealed partial class AddressSpace
 
 
     /// <summary>Resolve a fault at <paramref name="va"/>: counts v_vm_faults once, then the resolver.</summary>
-    public FaultResult Fault(ulong va, FaultAccess access)
+    public FaultResult Fault(ulong va, FaultAccess access) => Fault(va, access, null);
+
+    /// <summary>A fault, or a wiring fault (VM_FAULT_WIRE) for a design that tells them apart (<paramref name="wiring"/>).</summary>
+    FaultResult Fault(ulong va, FaultAccess access, Mach.IWiringResolver? wiring)
     {
         Interlocked.Increment(ref Counters.v_vm_faults);
         va &= ~PageMask;
         ulong vpn = va >> Vm.PageShift;
         lock (MapLock) faulting[vpn] = faulting.GetValueOrDefault(vpn) + 1;
-        try { return Resolver.Fault(this, va, access); }
+        try { return wiring != null ? wiring.WiringFault(this, va, access) : Resolver.Fault(this, va, access); }
         finally
         {
             lock (MapLock)

@@ -77,9 +77,12 @@ enum lab_msg_type {
     LAB_REMAP_PREPARE = 21, /* lab_remap (flags = MREMAP_DONTUNMAP): BEFORE a real mremap with
                              MREMAP_DONTUNMAP, so that its UFFD_EVENT_REMAP leaves the old range
                              mapped (empty) in the model at once; LAB_REMAP ends the expectation */
-    LAB_WIRE = 18,        /* lab_range (flags: LAB_WIRE_ON or 0): the range is being mlock'd (sent
-                             before the real call) or was munlock'd (after it): the daemon marks
-                             its entries wired or not, so the pageout never picks a locked page */
+    LAB_WIRE = 18,        /* lab_range (flags: LAB_WIRE_ON, with LAB_WIRE_FAULT, or 0): the range
+                             is being mlock'd (sent before the real call) or was munlock'd (after
+                             it): the daemon marks its entries wired or not, so the pageout never
+                             picks a locked page; with LAB_WIRE_FAULT (a lock that populates) it
+                             also faults every page in as the design wires (vm_map_wire), so the
+                             kernel's populate then finds the pages present */
 
     /* daemon -> shim agent (on the agent connection) */
     LAB_EVICT = 15,       /* n x lab_span: take each span that is still lab memory out of the
@@ -179,6 +182,7 @@ struct lab_agent_hello {
 };
 
 #define LAB_WIRE_ON 1
+#define LAB_WIRE_FAULT 2
 
 struct lab_span {
     uint64_t addr;      /* page aligned */
