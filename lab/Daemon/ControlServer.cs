@@ -258,6 +258,10 @@ public sealed unsafe class ControlServer : IDisposable
                         proc.Space.Advise(rg.Addr, rg.Len,
                             advice == Proto.MadvRandom ? Advice.Random : advice == Proto.MadvSequential ? Advice.Sequential : Advice.Normal);
                         return Reply(conn, m, 0);
+                    case Proto.MadvWillNeed:
+                        // FreeBSD and DragonFly map the range's resident pages; UVM does nothing.
+                        proc.Space.WillNeed(rg.Addr, rg.Len);
+                        return Reply(conn, m, 0);
                     default:
                         Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");
                         return Reply(conn, m, Errno.EINVAL);

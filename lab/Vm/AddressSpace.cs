@@ -96,6 +96,20 @@ public sealed partial class AddressSpace
     [Conditional("DEBUG")]
     internal void AssertMapLocked() => Debug.Assert(Monitor.IsEntered(MapLock), "caller holds the map lock");
 
+    /// <summary>The first entry that ends after <paramref name="va"/> (the one holding it, or the next). Caller holds the map lock.</summary>
+    internal VmMapEntry? FindEntryFrom(ulong va)
+    {
+        AssertMapLocked();
+        int lo = 0, hi = entries.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >> 1;
+            if (entries[mid].End <= va) lo = mid + 1;
+            else hi = mid;
+        }
+        return lo < entries.Count ? entries[lo] : null;
+    }
+
     internal VmMapEntry? FindEntry(ulong va)
     {
         AssertMapLocked();

@@ -68,7 +68,7 @@ enum lab_msg_type {
                              range's paged-out pages, forgets the range, unregisters it from
                              the lab's uffd (pages already in the process stay) and replies;
                              the shim has already forgotten it. Counted in uffd_released_*. */
-    LAB_ADVISE = 20,      /* lab_range (flags = MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL,
+    LAB_ADVISE = 20,      /* lab_range (flags = MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED,
                              MADV_WIPEONFORK, MADV_KEEPONFORK, MADV_DONTFORK or MADV_DOFORK): after
                              a real madvise of a lab range: the access pattern that sizes the
                              design's fault window, or what a fork child inherits (wipe-on-fork

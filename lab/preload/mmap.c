@@ -260,14 +260,15 @@ LAB_EXPORT int mprotect(void *addr, size_t len, int prot)
 }
 
 /* Advice the daemon is told of, after the real call and under the connection lock (fork takes
- * it too): what a fork child inherits (wipe-on-fork, don't-fork) and the access pattern (normal,
- * random, sequential) that sizes each design's fault window. DONTNEED (and FREE, made DONTNEED
- * below) reaches the daemon as the kernel's UFFD_EVENT_REMOVE, which the daemon applies before
- * the call returns; telling it again would drop the pages twice. WILLNEED stays the kernel's. */
+ * it too): what a fork child inherits (wipe-on-fork, don't-fork), the access pattern (normal,
+ * random, sequential) that sizes each design's fault window, and WILLNEED (the design maps the
+ * resident pages it would map; the kernel's own WILLNEED maps nothing of lab memory). DONTNEED
+ * (and FREE, made DONTNEED below) reaches the daemon as the kernel's UFFD_EVENT_REMOVE, which the
+ * daemon applies before the call returns; telling it again would drop the pages twice. */
 static int advice_told(int advice)
 {
     switch (advice) {
-    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL:
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
     case MADV_WIPEONFORK: case MADV_KEEPONFORK: case MADV_DONTFORK: case MADV_DOFORK:
         return 1;
     default:

@@ -233,4 +233,39 @@ public sealed class AdviceTests(ITestOutputHelper output)
         Assert.Equal(0, D(touchedLocked, touched, "pages_installed"));
         Assert.Equal(0, D(touchedLocked, touched, "ru_majflt"));
     }
+
+    /// <summary>
+    /// MADV_WILLNEED on a private mapping of a warm 200-page file (its pages resident after the
+    /// "warm" scan). No seed has WILLNEED (tests/Vm.Tests/WillNeedTests gives the evidence); the
+    /// Mach designs follow their kernels' vm_map_madvise, which maps the resident pages of the
+    /// entry's object read-only (FreeBSD vm_map_pmap_enter; DragonFly pmap_object_init_pt, a
+    /// vnode object here): all 200 are mapped and the scan takes no fault at all. UVM maps
+    /// nothing (NetBSD 1.5 leaves WILLNEED unimplemented; 2019's read-ahead reads nothing more
+    /// of a warm file), so the scan is exactly the NORMAL scan.
+    /// </summary>
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void WillNeed_WarmFile_MachMapsEveryPage_UvmNothing(string vm)
+    {
+        const int pages = 200;
+        bool mach = !vm.StartsWith("uvm", StringComparison.Ordinal);
+        using var m = new LabMount(vm);
+        var native = Native(m.Dir, pages, "warm", "willneed");
+        var (_, warm) = Run(m, pages, [], "warm");
+        var (_, normal) = Run(m, pages, [], "warm", "normal");
+        var (r, c) = Run(m, pages, [], "warm", "willneed");
+        Assert.Contains(native.Stdout.Split('\n').First(l => l.StartsWith("willneed ")), r.Stdout);
+        if (mach)
+        {
+            Assert.Equal(0, D(c, warm, "v_vm_faults"));
+            Assert.Equal(pages, D(c, warm, "willneed_mapped"));
+            Assert.Equal(pages, D(c, warm, "pages_installed"));
+            Assert.Equal(0, D(c, warm, "pager_pages"));   // nothing read: the pages were resident
+        }
+        else
+        {
+            Assert.Equal(0, LabMount.Get(c, "willneed_mapped"));
+            foreach (var n in new[] { "v_vm_faults", "faults", "pages_installed", "fltnomap", "fltget" })
+                Assert.True(D(c, normal, n) == 0, $"{n}: {D(c, normal, n)}");
+        }
+    }
 }
