@@ -31,10 +31,11 @@
 /* MAP_POPULATE, MAP_LOCKED and mlockall(MCL_FUTURE) on lab memory: the kernel would fault the
  * pages in at mmap time, before the range is registered, so the daemon would never see them.
  * The real mmap goes without them (lock.c keeps MCL_FUTURE on-fault in the kernel); once the
- * range is the lab's, a lock wires it and the kernel's own populate faults every page in through
- * the uffd, and MAP_POPULATE alone faults them in as Linux's populate does: write faults for a
- * private writable mapping, read faults otherwise. Errors are ignored, as the kernel ignores a
- * failed populate at mmap time. Called without the connection lock. */
+ * range is the lab's, a lock wires it (the daemon faults every page in as the design wires, and
+ * the kernel's populate then finds them present), and MAP_POPULATE alone faults them in through
+ * the uffd as Linux's populate does: write faults for a private writable mapping, read faults
+ * otherwise. Errors are ignored, as the kernel ignores a failed populate at mmap time. Called
+ * without the connection lock. */
 static void *lab_populate(void *res, size_t len, int prot, int flags)
 {
     if (res == MAP_FAILED || prot == PROT_NONE)
