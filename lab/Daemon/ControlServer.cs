@@ -200,10 +200,19 @@ public sealed unsafe class ControlServer : IDisposable
                 proc.Space.Protect(rg.Addr, rg.Len, LabDaemon.ToProt(rg.Prot));
                 return Reply(conn, m, 0);
             case Proto.Wire when proc != null && Proto.TryRead(p, out LabRange rg):
-                // mlock (before the real call: the kernel's populate faults then find the range
-                // wired) or munlock (after it): a locked page is never one the pageout may pick.
-                if ((rg.Flags & Proto.WireOn) != 0) proc.Space.MarkWired(rg.Addr, rg.Len);
-                else proc.Space.Unwire(rg.Addr, rg.Len);
+                // mlock (before the real call) or munlock (after it): a locked page is never one
+                // the pageout may pick. A lock that populates is the design's wiring (every page
+                // a wiring fault, counted as the seed counts it), so the kernel's populate finds
+                // the pages present and faults none of them again; MLOCK_ONFAULT only marks.
+                if (!UserRange(rg.Addr, rg.Len))
+                {
+                    Log.Info($"pid {peerPid}: refused a wire of {rg.Addr:x}+{rg.Len:x}: not a page-aligned user range");
+                    return Reply(conn, m, Errno.EINVAL);
+                }
+                proc.Barrier();
+                if ((rg.Flags & Proto.WireOn) == 0) proc.Space.Unwire(rg.Addr, rg.Len);
+                else if ((rg.Flags & Proto.WireFault) != 0) proc.Space.Wire(rg.Addr, rg.Len);
+                else proc.Space.MarkWired(rg.Addr, rg.Len);
                 _daemon.Pageout.Kick();
                 return Reply(conn, m, 0);
             case Proto.ForkPrepare when proc != null:
@@ -254,6 +263,10 @@ public sealed unsafe class ControlServer : IDisposable
                         // uvmadvice[], the Mach pager's read-behind/ahead and sequential tests).
                         proc.Space.Advise(rg.Addr, rg.Len,
                             advice == Proto.MadvRandom ? Advice.Random : advice == Proto.MadvSequential ? Advice.Sequential : Advice.Normal);
+                        return Reply(conn, m, 0);
+                    case Proto.MadvWillNeed:
+                        // FreeBSD and DragonFly map the range's resident pages; UVM does nothing.
+                        proc.Space.WillNeed(rg.Addr, rg.Len);
                         return Reply(conn, m, 0);
                     default:
                         Log.Info($"pid {proc.Pid}: LAB_ADVISE with advice {advice} refused");

@@ -17,11 +17,11 @@ public static class Proto
         Protect = 7, ForkPrepare = 8, ForkDone = 9, Stat = 10, Reaped = 11, Remap = 12, DropCaches = 13,
         AgentHello = 14, Evict = 15, SetLimit = 16, Release = 17, Wire = 18, Advise = 20, RemapPrepare = 21, Outside = 30, Reply = 0x8000;
 
-    public const int MadvNormal = 0, MadvRandom = 1, MadvSequential = 2, MadvDontFork = 10, MadvDoFork = 11, MadvWipeOnFork = 18, MadvKeepOnFork = 19, MremapDontUnmap = 4;
+    public const int MadvNormal = 0, MadvRandom = 1, MadvSequential = 2, MadvWillNeed = 3, MadvDontFork = 10, MadvDoFork = 11, MadvWipeOnFork = 18, MadvKeepOnFork = 19, MremapDontUnmap = 4;
 
     public const uint HelloForkChild = 1;
     public const int MapAnon = 1, MapFilePrivate = 2, MapFileShared = 3;
-    public const int WireOn = 1;
+    public const int WireOn = 1, WireFault = 2;
     /// <summary>EPROTONOSUPPORT: the status of a HELLO whose version is not <see cref="Version"/>.</summary>
     public const int EProtoNoSupport = 93;
 

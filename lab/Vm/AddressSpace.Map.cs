@@ -212,6 +212,22 @@ public sealed partial class AddressSpace
         UpdateEntries(start, length, advice, static (e, v) => e.Advice = v);
 
     /// <summary>
+    /// madvise(MADV_WILLNEED): what the design's madvise does for it, outside the fault
+    /// handlers (no seed has it): FreeBSD and DragonFly map the resident pages of the range
+    /// read-only (<see cref="Mach.ChainFault.WillNeed"/>); UVM maps nothing. The entries are
+    /// not changed (no advice is kept). Returns the pages mapped (counted in willneed_mapped).
+    /// </summary>
+    public int WillNeed(ulong start, ulong length)
+    {
+        if (!PageRange(start, length, out ulong end) || Resolver is not Mach.IWillNeedResolver w) return 0;
+        lock (MapLock)
+        {
+            if (!Live(OnDestroyed.Ignore)) return 0;
+            return w.WillNeed(this, start, end);
+        }
+    }
+
+    /// <summary>
     /// The entries of the range, split at its ends, each changed by <paramref name="update"/>
     /// under the map lock (a destroyed space throws, as for every map-making operation).
     /// <paramref name="forgetProtections"/>: the page queues' write protections in the range

@@ -64,13 +64,16 @@ public sealed partial class AddressSpace
 
 
     /// <summary>Resolve a fault at <paramref name="va"/>: counts v_vm_faults once, then the resolver.</summary>
-    public FaultResult Fault(ulong va, FaultAccess access)
+    public FaultResult Fault(ulong va, FaultAccess access) => Fault(va, access, null);
+
+    /// <summary>A fault, or a wiring fault (VM_FAULT_WIRE) for a design that tells them apart (<paramref name="wiring"/>).</summary>
+    FaultResult Fault(ulong va, FaultAccess access, Mach.IWiringResolver? wiring)
     {
         Interlocked.Increment(ref Counters.v_vm_faults);
         va &= ~PageMask;
         ulong vpn = va >> Vm.PageShift;
         lock (MapLock) faulting[vpn] = faulting.GetValueOrDefault(vpn) + 1;
-        try { return Resolver.Fault(this, va, access); }
+        try { return wiring != null ? wiring.WiringFault(this, va, access) : Resolver.Fault(this, va, access); }
         finally
         {
             lock (MapLock)
@@ -92,6 +95,20 @@ public sealed partial class AddressSpace
     /// <summary>Debug builds: the contract "caller holds the map lock" is checked.</summary>
     [Conditional("DEBUG")]
     internal void AssertMapLocked() => Debug.Assert(Monitor.IsEntered(MapLock), "caller holds the map lock");
+
+    /// <summary>The first entry that ends after <paramref name="va"/> (the one holding it, or the next). Caller holds the map lock.</summary>
+    internal VmMapEntry? FindEntryFrom(ulong va)
+    {
+        AssertMapLocked();
+        int lo = 0, hi = entries.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >> 1;
+            if (entries[mid].End <= va) lo = mid + 1;
+            else hi = mid;
+        }
+        return lo < entries.Count ? entries[lo] : null;
+    }
 
     internal VmMapEntry? FindEntry(ulong va)
     {

@@ -88,6 +88,7 @@ public sealed class VmCounters
     // The process's rusage pair (ru_minflt / ru_majflt), counted where each seed counts them.
     public long ru_minflt;        // faults served without I/O
     public long ru_majflt;        // faults that needed I/O (pager or swap)
+    public long willneed_mapped;  // pages madvise(MADV_WILLNEED) mapped (FreeBSD, DragonFly: resident pages, read-only)
 #pragma warning restore IDE1006
 
     /// <summary>Count one fault's walk of <paramref name="depth"/> objects (histogram and maximum).</summary>
@@ -185,6 +186,7 @@ public sealed class VmCounters
         ("fltpgrele", c => ref c.fltpgrele),
         ("ru_minflt", c => ref c.ru_minflt),
         ("ru_majflt", c => ref c.ru_majflt),
+        ("willneed_mapped", c => ref c.willneed_mapped),
     ];
 
     /// <summary>Add this space's counters into <paramref name="total"/> (e.g. at exit).</summary>

@@ -68,7 +68,7 @@ enum lab_msg_type {
                              range's paged-out pages, forgets the range, unregisters it from
                              the lab's uffd (pages already in the process stay) and replies;
                              the shim has already forgotten it. Counted in uffd_released_*. */
-    LAB_ADVISE = 20,      /* lab_range (flags = MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL,
+    LAB_ADVISE = 20,      /* lab_range (flags = MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED,
                              MADV_WIPEONFORK, MADV_KEEPONFORK, MADV_DONTFORK or MADV_DOFORK): after
                              a real madvise of a lab range: the access pattern that sizes the
                              design's fault window, or what a fork child inherits (wipe-on-fork
@@ -77,9 +77,12 @@ enum lab_msg_type {
     LAB_REMAP_PREPARE = 21, /* lab_remap (flags = MREMAP_DONTUNMAP): BEFORE a real mremap with
                              MREMAP_DONTUNMAP, so that its UFFD_EVENT_REMAP leaves the old range
                              mapped (empty) in the model at once; LAB_REMAP ends the expectation */
-    LAB_WIRE = 18,        /* lab_range (flags: LAB_WIRE_ON or 0): the range is being mlock'd (sent
-                             before the real call) or was munlock'd (after it): the daemon marks
-                             its entries wired or not, so the pageout never picks a locked page */
+    LAB_WIRE = 18,        /* lab_range (flags: LAB_WIRE_ON, with LAB_WIRE_FAULT, or 0): the range
+                             is being mlock'd (sent before the real call) or was munlock'd (after
+                             it): the daemon marks its entries wired or not, so the pageout never
+                             picks a locked page; with LAB_WIRE_FAULT (a lock that populates) it
+                             also faults every page in as the design wires (vm_map_wire), so the
+                             kernel's populate then finds the pages present */
 
     LAB_OUTSIDE = 30,     /* lab_outside: just before this image ends (exit, _exit, exec), its
                              resident pages outside lab memory, by kind (coverage.c reads
@@ -185,6 +188,7 @@ struct lab_agent_hello {
 };
 
 #define LAB_WIRE_ON 1
+#define LAB_WIRE_FAULT 2
 
 struct lab_span {
     uint64_t addr;      /* page aligned */

@@ -1,10 +1,13 @@
 /*
- * mlock and friends under the lab. The kernel locks lab pages as it would any others (its
- * populate faults come to the daemon through the uffd like the program's own), but the daemon
- * must know: a locked page cannot be dropped (madvise refuses it, UFFDIO_MOVE too), so the
- * pageout must never pick it, and a resident limit below the locked set is reported, not
- * fought. The daemon marks the range wired (vm_map_wire's bookkeeping) before the real call,
- * so no pageout starts on a page being locked, and unwired after munlock has really unlocked.
+ * mlock and friends under the lab. Before the real call the daemon wires the range the way the
+ * design does (vm_map_wire / uvm_map_pageable: every page a wiring fault, installed with the
+ * entry's full protection), so the kernel's own populate then finds every page present and
+ * faults none through the uffd: each page is counted once, by the design's wiring. MLOCK_ONFAULT
+ * and MCL_ONFAULT populate nothing (no BSD has them): the range is only marked wired, and the
+ * program's faults are served as faults on a wired entry. The daemon must know of every lock: a
+ * locked page cannot be dropped (madvise refuses it, UFFDIO_MOVE too), so the pageout must never
+ * pick it, and a resident limit below the locked set is reported, not fought. Wired before the
+ * real call, so no pageout starts on a page being locked; unwired after munlock really unlocked.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -31,7 +34,7 @@ static int lock_range(const void *addr, size_t len, long nr, unsigned flags)
         return (int)syscall(nr, addr, len, flags);
     uintptr_t s = page_down(addr), e = page_end(addr, len);
     lab_conn_lock();
-    lab_wire_ranges(s, e, 1);
+    lab_wire_ranges(s, e, LAB_WIRE_ON | ((flags & MLOCK_ONFAULT) ? 0 : LAB_WIRE_FAULT));
     int r = (int)syscall(nr, addr, len, flags);
     int err = errno;
     if (r != 0)
@@ -96,7 +99,7 @@ LAB_EXPORT int mlockall(int flags)
     lab_conn_lock();
     int cur = flags & MCL_CURRENT, r = 0;
     if (cur) {
-        lab_wire_ranges(0, UINTPTR_MAX, 1);
+        lab_wire_ranges(0, UINTPTR_MAX, LAB_WIRE_ON | ((flags & MCL_ONFAULT) ? 0 : LAB_WIRE_FAULT));
         scratch_aside(1);
         r = (int)syscall(SYS_mlockall, flags & (MCL_CURRENT | MCL_ONFAULT));
         scratch_aside(0);

@@ -31,10 +31,11 @@
 /* MAP_POPULATE, MAP_LOCKED and mlockall(MCL_FUTURE) on lab memory: the kernel would fault the
  * pages in at mmap time, before the range is registered, so the daemon would never see them.
  * The real mmap goes without them (lock.c keeps MCL_FUTURE on-fault in the kernel); once the
- * range is the lab's, a lock wires it and the kernel's own populate faults every page in through
- * the uffd, and MAP_POPULATE alone faults them in as Linux's populate does: write faults for a
- * private writable mapping, read faults otherwise. Errors are ignored, as the kernel ignores a
- * failed populate at mmap time. Called without the connection lock. */
+ * range is the lab's, a lock wires it (the daemon faults every page in as the design wires, and
+ * the kernel's populate then finds them present), and MAP_POPULATE alone faults them in through
+ * the uffd as Linux's populate does: write faults for a private writable mapping, read faults
+ * otherwise. Errors are ignored, as the kernel ignores a failed populate at mmap time. Called
+ * without the connection lock. */
 static void *lab_populate(void *res, size_t len, int prot, int flags)
 {
     if (res == MAP_FAILED || prot == PROT_NONE)
@@ -260,14 +261,15 @@ LAB_EXPORT int mprotect(void *addr, size_t len, int prot)
 }
 
 /* Advice the daemon is told of, after the real call and under the connection lock (fork takes
- * it too): what a fork child inherits (wipe-on-fork, don't-fork) and the access pattern (normal,
- * random, sequential) that sizes each design's fault window. DONTNEED (and FREE, made DONTNEED
- * below) reaches the daemon as the kernel's UFFD_EVENT_REMOVE, which the daemon applies before
- * the call returns; telling it again would drop the pages twice. WILLNEED stays the kernel's. */
+ * it too): what a fork child inherits (wipe-on-fork, don't-fork), the access pattern (normal,
+ * random, sequential) that sizes each design's fault window, and WILLNEED (the design maps the
+ * resident pages it would map; the kernel's own WILLNEED maps nothing of lab memory). DONTNEED
+ * (and FREE, made DONTNEED below) reaches the daemon as the kernel's UFFD_EVENT_REMOVE, which the
+ * daemon applies before the call returns; telling it again would drop the pages twice. */
 static int advice_told(int advice)
 {
     switch (advice) {
-    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL:
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
     case MADV_WIPEONFORK: case MADV_KEEPONFORK: case MADV_DONTFORK: case MADV_DOFORK:
         return 1;
     default:

@@ -172,11 +172,11 @@ int lab_active(void) { return g_on; }
 void lab_conn_lock(void) { lab_lock(&g_conn_lock); }
 void lab_conn_unlock(void) { lab_unlock(&g_conn_lock); }
 
-void lab_wire_ranges(uintptr_t s, uintptr_t e, int wire)
+void lab_wire_ranges(uintptr_t s, uintptr_t e, int flags)
 {
     /* One request per lab range in [s, e): the table cannot change meanwhile (g_conn_lock). */
     for (int i = 0;; i++) {
-        struct lab_range rg = {0, 0, 0, wire ? LAB_WIRE_ON : 0};
+        struct lab_range rg = {0, 0, 0, flags};
         lab_lock(&g_tab_lock);
         int more = i < g_ntab;
         if (more && g_tab[i].start < e && s < g_tab[i].end) {

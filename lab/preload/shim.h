@@ -157,9 +157,9 @@ int lab_active(void);
  * so the daemon sees them in the order they happened. Recursive. */
 void lab_conn_lock(void);
 void lab_conn_unlock(void);
-/* Tell the daemon that the lab memory in [s, e) is now wired (mlock'd) or no longer is.
- * Caller holds the connection lock. */
-void lab_wire_ranges(uintptr_t s, uintptr_t e, int wire);
+/* Tell the daemon that the lab memory in [s, e) is now wired (mlock'd) or no longer is: flags
+ * LAB_WIRE_ON (| LAB_WIRE_FAULT for a lock that populates) or 0. Caller holds the connection lock. */
+void lab_wire_ranges(uintptr_t s, uintptr_t e, int flags);
 
 /* ---- mmap.c ---- */
 

@@ -176,4 +176,96 @@ public sealed class AdviceTests(ITestOutputHelper output)
         Assert.True(LabMount.Get(c, "pageouts") > 0, "no pageout after munlock");
         Assert.True(LabMount.Get(c, "pageins") > 0, "the reread after munlock brought nothing back");
     }
+
+    /// <summary>`lab run --stats mlockcheck 1 mmap WORDS...`: 256 pages of one fresh anonymous mapping.</summary>
+    (RunResult R, Dictionary<string, long> C) Mlock(LabMount m, params string[] words)
+    {
+        var r = Sh.Run(Repo.Lab, new[] { "run", "--mount", m.Mount, "--stats", "--", Repo.Prog("mlockcheck"), "1", "mmap" }.Concat(words),
+            timeoutMs: 60_000);
+        output.WriteLine(string.Join(' ', words) + ": " + r);
+        Assert.True(r.ExitCode == 0, r.ToString() + m.DaemonLog);
+        var c = LabMount.ParseCounters(r.Stderr);
+        Assert.Equal(0, LabMount.Get(c, "sigbus") + LabMount.Get(c, "internal_errors") + LabMount.Get(c, "lookup_miss"));
+        return (r, c);
+    }
+
+    /// <summary>
+    /// mlock is the design's wiring, each page counted once. The daemon wires the 256 pages
+    /// before the real call, every page a wiring fault (vm_map_wire's per-page vm_fault
+    /// with VM_FAULT_WIRE; 002: 1096–1103; 001: 1842–1843), so the kernel's own populate finds
+    /// them present and faults none through the uffd:
+    /// - untouched memory: the wiring faults replace the program's write faults one for one
+    ///   (the same zero fills, no neighbours: 000: 959–963, 001: 598–602), so nothing changes
+    ///   in v_vm_faults, pages_installed or ru_minflt; under UVM the amap is made by the wiring
+    ///   caller for the whole range (uvm_map_pageable, 001: 1817–1821), where the program's
+    ///   first fault copies a 16-page chunk of the 256-page entry (it is UVM_AMAP_LARGE) and
+    ///   the fault past it the 240 pages left (uvmfault_amapcopy): 2 fltamcopy fewer;
+    /// - memory written before the mlock: the seeds still fault every page of the range (each
+    ///   counted: 000: 299 and 1006; 002: 221 and 394; 001: 589), the lab resolving each as a
+    ///   write-protect fault on the present page: 256 more faults, 256 ru_minflt, nothing
+    ///   installed. (Before, the kernel's populate found the pages present and the design
+    ///   counted nothing.)
+    /// </summary>
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void Mlock_WiresAsTheDesign_EachPageCountedOnce(string vm)
+    {
+        const int pages = 256;
+        bool uvm = vm.StartsWith("uvm", StringComparison.Ordinal);
+        var native = Sh.Run(Repo.Prog("mlockcheck"), ["1", "mmap"]);
+        Assert.True(native.ExitCode == 0, native.ToString());
+        using var m = new LabMount(vm);
+        var (_, plain) = Mlock(m, "nolock");
+        var (r, locked) = Mlock(m);
+        Assert.Equal(native.Stdout, r.Stdout);
+        foreach (var n in new[] { "v_vm_faults", "pages_installed", "ru_minflt", "ru_majflt", "pages_prefaulted" })
+            Assert.True(D(locked, plain, n) == 0, $"{n}: {D(locked, plain, n)}");
+        Assert.Equal(uvm ? -2 : 0, D(locked, plain, "fltamcopy"));
+        if (uvm) Assert.Equal(0, D(locked, plain, "faults"));
+        else Assert.Equal(0, D(locked, plain, "v_zfod"));
+
+        var (_, touched) = Mlock(m, "pretouch", "nolock");
+        var (tr, touchedLocked) = Mlock(m, "pretouch");
+        Assert.Equal(native.Stdout, tr.Stdout);
+        Assert.Equal(pages, D(touchedLocked, touched, "v_vm_faults"));
+        Assert.Equal(pages, D(touchedLocked, touched, "ru_minflt"));
+        Assert.Equal(pages, D(touchedLocked, touched, "wp_resolved"));
+        Assert.Equal(uvm ? pages : 0, D(touchedLocked, touched, "faults"));
+        Assert.Equal(0, D(touchedLocked, touched, "pages_installed"));
+        Assert.Equal(0, D(touchedLocked, touched, "ru_majflt"));
+    }
+
+    /// <summary>
+    /// MADV_WILLNEED on a private mapping of a warm 200-page file (its pages resident after the
+    /// "warm" scan). No seed has WILLNEED (tests/Vm.Tests/WillNeedTests gives the evidence); the
+    /// Mach designs follow their kernels' vm_map_madvise, which maps the resident pages of the
+    /// entry's object read-only (FreeBSD vm_map_pmap_enter; DragonFly pmap_object_init_pt, a
+    /// vnode object here): all 200 are mapped and the scan takes no fault at all. UVM maps
+    /// nothing (NetBSD 1.5 leaves WILLNEED unimplemented; 2019's read-ahead reads nothing more
+    /// of a warm file), so the scan is exactly the NORMAL scan.
+    /// </summary>
+    [KernelTheory, MemberData(nameof(Repo.Designs), MemberType = typeof(Repo))]
+    public void WillNeed_WarmFile_MachMapsEveryPage_UvmNothing(string vm)
+    {
+        const int pages = 200;
+        bool mach = !vm.StartsWith("uvm", StringComparison.Ordinal);
+        using var m = new LabMount(vm);
+        var native = Native(m.Dir, pages, "warm", "willneed");
+        var (_, warm) = Run(m, pages, [], "warm");
+        var (_, normal) = Run(m, pages, [], "warm", "normal");
+        var (r, c) = Run(m, pages, [], "warm", "willneed");
+        Assert.Contains(native.Stdout.Split('\n').First(l => l.StartsWith("willneed ")), r.Stdout);
+        if (mach)
+        {
+            Assert.Equal(0, D(c, warm, "v_vm_faults"));
+            Assert.Equal(pages, D(c, warm, "willneed_mapped"));
+            Assert.Equal(pages, D(c, warm, "pages_installed"));
+            Assert.Equal(0, D(c, warm, "pager_pages"));   // nothing read: the pages were resident
+        }
+        else
+        {
+            Assert.Equal(0, LabMount.Get(c, "willneed_mapped"));
+            foreach (var n in new[] { "v_vm_faults", "faults", "pages_installed", "fltnomap", "fltget" })
+                Assert.True(D(c, normal, n) == 0, $"{n}: {D(c, normal, n)}");
+        }
+    }
 }

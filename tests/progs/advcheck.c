@@ -3,9 +3,9 @@
  * Prints one line per step; every line is the same natively and under the lab.
  *
  *   advcheck FILE PAGES STEP...
- *     warm | normal | random | sequential: map the first PAGES pages of FILE private, give the
- *         advice (warm: none), read one word of every page in order, unmap (warm: keep it
- *         mapped to the end); print the sum.
+ *     warm | normal | random | sequential | willneed: map the first PAGES pages of FILE private,
+ *         give the advice (warm: none), read one word of every page in order, unmap (warm: keep
+ *         it mapped to the end); print the sum.
  *     dontneed: map FILE private and PAGES anonymous pages; write every page of both; drop the
  *         second half of each with MADV_DONTNEED; print whether the anonymous half reads zero and
  *         the file half reads the file again, and the sum of the kept halves.
@@ -166,6 +166,7 @@ int main(int argc, char **argv)
         else if (!strcmp(s, "normal")) advised_scan(s, MADV_NORMAL);
         else if (!strcmp(s, "random")) advised_scan(s, MADV_RANDOM);
         else if (!strcmp(s, "sequential")) advised_scan(s, MADV_SEQUENTIAL);
+        else if (!strcmp(s, "willneed")) advised_scan(s, MADV_WILLNEED);
         else if (!strcmp(s, "dontneed")) dontneed();
         else if (!strcmp(s, "free")) madv_free();
         else if (!strcmp(s, "populate")) {

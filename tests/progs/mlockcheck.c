@@ -1,8 +1,11 @@
 /*
- * mlockcheck MIB [unlock]: malloc MIB MiB (lab memory under the lab), mlock it, fill every page
- * with words derived from its index, read it all back, then print "locked N pages sum S" (S: a
- * sum of every word, the same natively and under the lab). With "unlock", munlock it and go over
- * it twice more (its pages may then be paged out and back in) and print the sum again.
+ * mlockcheck MIB [unlock] [mmap] [pretouch] [nolock]: malloc MIB MiB (lab memory under the lab),
+ * mlock it, fill every page with words derived from its index, read it all back, then print
+ * "locked N pages sum S" (S: a sum of every word, the same natively and under the lab). With
+ * "unlock", munlock it and go over it twice more (its pages may then be paged out and back in)
+ * and print the sum again. "mmap": the block is a fresh private anonymous mmap instead (one map
+ * entry, page aligned: exact fault counts); "pretouch": fill it before the mlock too; "nolock":
+ * no mlock (the run to compare with).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -33,16 +36,37 @@ static int check(uint64_t *w, size_t pages, uint64_t *sum)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: mlockcheck MIB [unlock]\n");
+        fprintf(stderr, "usage: mlockcheck MIB [unlock] [mmap] [pretouch] [nolock]\n");
         return 2;
     }
+    int unlock = 0, use_mmap = 0, pretouch = 0, nolock = 0;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "unlock") == 0) unlock = 1;
+        else if (strcmp(argv[i], "mmap") == 0) use_mmap = 1;
+        else if (strcmp(argv[i], "pretouch") == 0) pretouch = 1;
+        else if (strcmp(argv[i], "nolock") == 0) nolock = 1;
+        else {
+            fprintf(stderr, "mlockcheck: unknown word %s\n", argv[i]);
+            return 2;
+        }
+    }
     size_t pages = (size_t)strtoul(argv[1], NULL, 10) * 256, per = 4096 / sizeof(uint64_t);
-    uint64_t *w = malloc(pages * 4096);
+    uint64_t *w;
+    if (use_mmap) {
+        w = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (w == MAP_FAILED)
+            w = NULL;
+    } else
+        w = malloc(pages * 4096);
     if (!w) {
         fprintf(stderr, "mlockcheck: out of memory\n");
         return 2;
     }
-    if (mlock(w, pages * 4096) != 0) {
+    if (pretouch)
+        for (size_t i = 0; i < pages; i++)
+            for (size_t j = 0; j < per; j++)
+                w[i * per + j] = word(i, j);
+    if (!nolock && mlock(w, pages * 4096) != 0) {
         fprintf(stderr, "mlockcheck: mlock: %s\n", strerror(errno));
         return 2;
     }
@@ -53,8 +77,8 @@ int main(int argc, char **argv)
     if (check(w, pages, &sum))
         return 1;
     printf("locked %zu pages sum %llx\n", pages, (unsigned long long)sum);
-    if (argc > 2 && strcmp(argv[2], "unlock") == 0) {
-        if (munlock(w, pages * 4096) != 0) {
+    if (unlock) {
+        if (!nolock && munlock(w, pages * 4096) != 0) {
             fprintf(stderr, "mlockcheck: munlock: %s\n", strerror(errno));
             return 2;
         }
@@ -63,6 +87,9 @@ int main(int argc, char **argv)
                 return 1;
         printf("unlocked sum %llx\n", (unsigned long long)sum);
     }
-    free(w);
+    if (use_mmap)
+        munmap(w, pages * 4096);
+    else
+        free(w);
     return 0;
 }

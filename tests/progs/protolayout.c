@@ -19,11 +19,13 @@ int main(void)
     printf("const MadvNormal %d\n", MADV_NORMAL);
     printf("const MadvRandom %d\n", MADV_RANDOM);
     printf("const MadvSequential %d\n", MADV_SEQUENTIAL);
+    printf("const MadvWillNeed %d\n", MADV_WILLNEED);
     printf("const MadvDontFork %d\n", MADV_DONTFORK);
     printf("const MadvDoFork %d\n", MADV_DOFORK);
     printf("const MadvWipeOnFork %d\n", MADV_WIPEONFORK);
     printf("const MadvKeepOnFork %d\n", MADV_KEEPONFORK);
     printf("const WireOn %d\n", LAB_WIRE_ON);
+    printf("const WireFault %d\n", LAB_WIRE_FAULT);
     S(lab_hdr); F(lab_hdr, type); F(lab_hdr, len); F(lab_hdr, seq); F(lab_hdr, status);
     S(lab_hello); F(lab_hello, version); F(lab_hello, flags); F(lab_hello, pid); F(lab_hello, ppid);
     F(lab_hello, vm); F(lab_hello, comm); F(lab_hello, run_id);

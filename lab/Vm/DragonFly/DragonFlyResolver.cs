@@ -10,7 +10,7 @@ namespace Lab.Vm.DragonFly;
 /// cache-behind, the COW move only while the map generation is unchanged, and a plain
 /// retry (no re-lookup) when the map changed while it was unlocked for I/O.
 /// </summary>
-public sealed class DragonFlyResolver : IResolver, IChainDesign, IWiringResolver
+public sealed class DragonFlyResolver : IResolver, IChainDesign, IWiringResolver, IWillNeedResolver
 {
     // VM_FAULT_READ_AHEAD / VM_FAULT_READ_BEHIND / VM_FAULT_READ, in pages.
     internal const int ReadAhead = 8, ReadBehind = 7, ReadMax = ReadAhead + ReadBehind + 1;
@@ -24,6 +24,10 @@ public sealed class DragonFlyResolver : IResolver, IChainDesign, IWiringResolver
 
     FaultResult IWiringResolver.WiringFault(AddressSpace space, ulong va, FaultAccess access) =>
         ChainFault.Drive<DragonFlyResolver>(space, va, access, wiring: true);
+
+    // vm_map_madvise: pmap_object_init_pt, which maps the pages of vnode objects only.
+    int IWillNeedResolver.WillNeed(AddressSpace space, ulong start, ulong end) =>
+        ChainFault.WillNeed(space, start, end, vnodeOnly: true, skipWired: false);
 
     static Step IChainDesign.Run(ref FaultState fs)
     {

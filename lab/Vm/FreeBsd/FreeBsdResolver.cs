@@ -11,7 +11,7 @@ namespace Lab.Vm.FreeBsd;
 /// the soft fast path, the read window (next_read / read_ahead, advice) and the
 /// re-lookup after I/O.
 /// </summary>
-public sealed class FreeBsdResolver : IResolver, IChainDesign, IWiringResolver
+public sealed class FreeBsdResolver : IResolver, IChainDesign, IWiringResolver, IWillNeedResolver
 {
     // Read clustering (VM_FAULT_READ_AHEAD_MIN/MAX, VM_FAULT_READ_DEFAULT), in pages.
     internal const int ReadAheadMin = 7, ReadAheadMax = 31;
@@ -29,6 +29,10 @@ public sealed class FreeBsdResolver : IResolver, IChainDesign, IWiringResolver
 
     FaultResult IWiringResolver.WiringFault(AddressSpace space, ulong va, FaultAccess access) =>
         ChainFault.Drive<FreeBsdResolver>(space, va, access, wiring: true);
+
+    // vm_map_madvise: vm_map_pmap_enter of any entry's object, unless the entry is wired.
+    int IWillNeedResolver.WillNeed(AddressSpace space, ulong start, ulong end) =>
+        ChainFault.WillNeed(space, start, end, vnodeOnly: false, skipWired: true);
 
     /// <summary>One pass from RetryFault to the end. The map lock is held on entry and on return.</summary>
     static Step IChainDesign.Run(ref FaultState fs)

@@ -19,6 +19,13 @@ internal interface IWiringResolver
     FaultResult WiringFault(AddressSpace space, ulong va, FaultAccess access);
 }
 
+/// <summary>A design whose madvise(MADV_WILLNEED) maps resident pages (FreeBSD, DragonFly; see <see cref="ChainFault.WillNeed"/>).</summary>
+internal interface IWillNeedResolver
+{
+    /// <summary>Map what the design's WILLNEED maps in [start, end); the map lock is held. Returns the pages mapped.</summary>
+    int WillNeed(AddressSpace space, ulong start, ulong end);
+}
+
 /// <summary>One design of the Mach shadow-chain lineage: how one pass from the lookup to the end runs.</summary>
 internal interface IChainDesign
 {
@@ -675,43 +682,80 @@ internal static class ChainFault
         }
     }
 
-    static void PrefaultOne(ref FaultState fs, ulong addr, VmObject lobject, long pindex, PageContent content)
+    static void PrefaultOne(ref FaultState fs, ulong addr, VmObject lobject, long pindex, PageContent content) =>
+        _ = MapResident(fs.space, fs.counters, fs.entry, addr, lobject, pindex, content, neighbour: true);
+
+    /// <summary>
+    /// madvise(MADV_WILLNEED), from the kernels around the seeds (no seed has it): the
+    /// resident, valid, not busy pages of each entry's own object (no chain walk) in the range
+    /// are mapped read-only where nothing is mapped yet, as pmap_enter_quick does. FreeBSD's
+    /// vm_map_madvise calls vm_map_pmap_enter for every object of an entry that is not wired;
+    /// DragonFly's calls pmap_object_init_pt, which maps vnode objects' pages only.
+    /// </summary>
+    public static int WillNeed(AddressSpace space, ulong start, ulong end, bool vnodeOnly, bool skipWired)
     {
-        var space = fs.space;
+        space.AssertMapLocked();
+        int mapped = 0;
+        var counters = space.Counters;
+        for (var e = space.FindEntryFrom(start); e != null && e.Start < end; e = space.FindEntryFrom(e.End))
+        {
+            var obj = e.Object;
+            if (obj == null || (e.Protection & (Prot.Read | Prot.Exec)) == 0 || (skipWired && e.Wired)) continue;
+            if (vnodeOnly && obj.Kind != VmObjectKind.Vnode) continue;
+            ulong s = Math.Max(start, e.Start), t = Math.Min(end, e.End);
+            for (ulong va = s; va < t; va += PageSize)
+            {
+                if (space.Installed(va)) continue;
+                long pindex = e.PindexOf(va);
+                PageLookup look;
+                PageState m;
+                lock (obj.Lock)
+                {
+                    if (obj.dead) break;
+                    if (obj.Kind == VmObjectKind.Vnode && pindex >= obj.Size) break;
+                    look = obj.Lookup(pindex, out m);
+                }
+                if (look != PageLookup.Found || m.Content == PageContent.Swap) continue;   // not resident, or busy
+                if (MapResident(space, counters, e, va, obj, pindex, m.Content, neighbour: false)) mapped++;
+            }
+        }
+        if (mapped > 0) Interlocked.Add(ref counters.willneed_mapped, mapped);
+        return mapped;
+    }
+
+    static bool MapResident(AddressSpace space, VmCounters counters, VmMapEntry entry, ulong addr, VmObject lobject, long pindex,
+        PageContent content, bool neighbour)
+    {
         var pmap = space.Pmap;
         switch (content)
         {
             case PageContent.Cache:
             {
-                lobject.NoteInstalled(pindex, fs.counters);
-                bool shared = fs.entry.Shared;
+                lobject.NoteInstalled(pindex, counters);
+                bool shared = entry.Shared;
                 // A shared page is resident already (the walk found it): no pager call.
-                if (!shared && Install.Fetch(pmap, lobject.Vnode!, pindex, shared: false) != 0) return;
-                Install.Map(space, fs.counters, addr, shared ? InstallFrom.Shared : InstallFrom.Staging, false,
-                    lobject.Vnode, pindex, neighbour: true);
-                break;
+                if (!shared && Install.Fetch(pmap, lobject.Vnode!, pindex, shared: false) != 0) return false;
+                return Install.Map(space, counters, addr, shared ? InstallFrom.Shared : InstallFrom.Staging, false,
+                    lobject.Vnode, pindex, neighbour: neighbour);
             }
             case PageContent.Zero:
-                Install.Map(space, fs.counters, addr, InstallFrom.Zero, false, neighbour: true);
-                break;
+                return Install.Map(space, counters, addr, InstallFrom.Zero, false, neighbour: neighbour);
             case PageContent.File:
             {
                 var (vobj, vpindex) = lobject.Bottom(pindex);
-                if (vpindex >= vobj.Size) return;
-                if (Install.Fetch(pmap, vobj.Vnode!, vpindex, shared: false) != 0) return;
-                Install.Map(space, fs.counters, addr, InstallFrom.Staging, false, neighbour: true);
-                break;
+                if (vpindex >= vobj.Size) return false;
+                if (Install.Fetch(pmap, vobj.Vnode!, vpindex, shared: false) != 0) return false;
+                return Install.Map(space, counters, addr, InstallFrom.Staging, false, neighbour: neighbour);
             }
             case PageContent.SwapClean:
             {
                 long slot;
                 lock (lobject.Lock) slot = lobject.SwapSlot(pindex);
-                if (slot <= 0 || space.Vm.Swap is not { } dev || dev.Read(slot, pmap.Staging(1)) != SwapReadResult.Ok) return;
-                Install.Map(space, fs.counters, addr, InstallFrom.Staging, false, neighbour: true);
-                break;
+                if (slot <= 0 || space.Vm.Swap is not { } dev || dev.Read(slot, pmap.Staging(1)) != SwapReadResult.Ok) return false;
+                return Install.Map(space, counters, addr, InstallFrom.Staging, false, neighbour: neighbour);
             }
             default:
-                return;   // anonymous bytes we do not have here: nothing to map
+                return false;   // anonymous bytes we do not have here: nothing to map
         }
     }
 
