@@ -26,15 +26,15 @@ public sealed unsafe partial class LabFileSystem
         target.CopyTo(new Span<byte>(t, 4096));
         t[target.Length] = 0;
         if (Native.SymlinkAt(t, p!.Fd, cn) != 0) return Err();
-        return Created(p, cn, name, in c, out entry);
+        return Created(p, cn, name, in c, NoMode, out entry);
     }
 
     // After creating (parent, name): give it to the caller and answer its entry.
-    private int Created(Node p, byte* cn, ReadOnlySpan<byte> name, in FuseContext c, out FuseEntryOut entry)
+    private int Created(Node p, byte* cn, ReadOnlySpan<byte> name, in FuseContext c, uint mode, out FuseEntryOut entry)
     {
         var fd = Native.OpenAt(p.Fd, cn, Native.O_PATH | Native.O_NOFOLLOW | Native.O_CLOEXEC, 0);
         if (fd.IsInvalid) { entry = default; return Err(); }
-        ChownToCaller(fd, in c);
+        InitNew(fd, p, mode, in c);
         return Register(fd, name, out entry);
     }
 
@@ -44,11 +44,9 @@ public sealed unsafe partial class LabFileSystem
         byte* cn = stackalloc byte[256];
         int err = Parent(parent, name, cn, out var p);
         if (err != 0) return err;
-        uint type = mode & S_IFMT;
-        if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) return Errno.EPERM; // no devices here
-        if (Native.MknodAt(p!.Fd, cn, mode, 0) != 0) return Err();
-        Native.FChmodAt(p.Fd, cn, mode & 0xFFF, 0); // our umask must not narrow the caller's mode
-        return Created(p, cn, name, in c, out entry);
+        // Device nodes too: the kernel lets only a CAP_MKNOD caller ask, and the mount is nodev (FuseMount).
+        if (Native.MknodAt(p!.Fd, cn, mode, DevT(rdev)) != 0) return Err();
+        return Created(p, cn, name, in c, mode, out entry);
     }
 
     public int Mkdir(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint mode, out FuseEntryOut entry)
@@ -58,8 +56,7 @@ public sealed unsafe partial class LabFileSystem
         int err = Parent(parent, name, cn, out var p);
         if (err != 0) return err;
         if (Native.MkdirAt(p!.Fd, cn, mode & 0xFFF) != 0) return Err();
-        Native.FChmodAt(p.Fd, cn, mode & 0xFFF, 0);
-        return Created(p, cn, name, in c, out entry);
+        return Created(p, cn, name, in c, mode, out entry);
     }
 
     public int Unlink(in FuseContext c, ulong parent, ReadOnlySpan<byte> name) => Remove(parent, name, 0);
@@ -122,12 +119,11 @@ public sealed unsafe partial class LabFileSystem
             fd = Native.OpenAt(p.Fd, cn, baseFlags, 0);
         }
         if (fd.IsInvalid) return Err();
-        if (created) Native.FChmod(fd, mode & 0xFFF); // our umask must not narrow the caller's mode
         byte* path = stackalloc byte[32];
         Native.FdPath(fd, new Span<byte>(path, 32));
         var pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
         if (pathFd.IsInvalid) { err = Err(); fd.Dispose(); return err; }
-        if (created) ChownToCaller(pathFd, in c);
+        if (created) InitNew(pathFd, p, mode, in c);
         err = Register(pathFd, name, out entry);
         if (err != 0) { fd.Dispose(); return err; }
         var n = Get(entry.NodeId);
@@ -151,12 +147,11 @@ public sealed unsafe partial class LabFileSystem
         int f = ((int)flags & ~(StripFlags | O_TMPFILE | Native.O_NOFOLLOW)) | O_TMPFILE | Native.O_CLOEXEC;
         var fd = Native.OpenAt(p.Fd, Dot, f, mode & 0xFFF);
         if (fd.IsInvalid) return Err();
-        Native.FChmod(fd, mode & 0xFFF);
         byte* path = stackalloc byte[32];
         Native.FdPath(fd, new Span<byte>(path, 32));
         var pathFd = Native.Open(path, Native.O_PATH | Native.O_CLOEXEC, 0);
         if (pathFd.IsInvalid) { int e = Err(); fd.Dispose(); return e; }
-        ChownToCaller(pathFd, in c);
+        InitNew(pathFd, p, mode, in c);
         int err = Register(pathFd, ""u8, out entry);
         var n = err == 0 ? Get(entry.NodeId) : null;
         if (n == null) { fd.Dispose(); return err != 0 ? err : Errno.ENOENT; }
