@@ -30,7 +30,7 @@ public class PosixBatteryTests
 
     private static readonly string[] FileModes =
         ["0000", "0100", "0200", "0400", "0010", "0020", "0040", "0001", "0002", "0004", "0600", "0640", "0604",
-         "0660", "0606", "0666", "0700", "0070", "0007", "0755", "0777"];
+         "0660", "0606", "0666", "0700", "0070", "0007", "0755", "0777", "4777", "2777", "6777", "2767", "4666", "6745"];
 
     // Calls on a file f (mode M, owner A:3001, 4 bytes), each followed by a stat of what it did.
     private static readonly string[] FileOps =
