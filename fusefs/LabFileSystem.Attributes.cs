@@ -117,7 +117,10 @@ public sealed unsafe partial class LabFileSystem
         if (kill == 0) return 0;
         byte* path = stackalloc byte[32];
         Native.FdPath(n.Fd, new Span<byte>(path, 32));
-        return Native.FChmodAt(Fd.Cwd, path, mode & ~kill, 0) == 0 ? 0 : Err();
+        if (Native.FChmodAt(Fd.Cwd, path, mode & ~kill, 0) == 0) return 0;
+        // EPERM: a daemon that is not root (fusermount3) and not the owner; its own write or truncate,
+        // without CAP_FSETID, has the backing kernel clear the bits.
+        return Err() == Errno.EPERM ? 0 : Err();
     }
 
     public int GetAttr(in FuseContext c, ulong node, ulong? fh, out FuseAttrOut attr)
