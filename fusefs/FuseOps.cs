@@ -166,14 +166,16 @@ internal static unsafe class FuseOps
     private static int Mknod(IFuseFileSystem fs, in FuseRequest r, Span<byte> reply)
     {
         var mi = r.Arg<FuseMknodIn>();
-        int err = fs.Mknod(in r.Context, r.Node, r.Name, mi.Mode, mi.Rdev, out var entry);
+        var c = r.Context with { Umask = mi.Umask };
+        int err = fs.Mknod(in c, r.Node, r.Name, mi.Mode, mi.Rdev, out var entry);
         return FuseReply.Result(reply, r.Unique, err, in entry);
     }
 
     private static int Mkdir(IFuseFileSystem fs, in FuseRequest r, Span<byte> reply)
     {
         var mi = r.Arg<FuseMkdirIn>();
-        int err = fs.Mkdir(in r.Context, r.Node, r.Name, mi.Mode, out var entry);
+        var c = r.Context with { Umask = mi.Umask };
+        int err = fs.Mkdir(in c, r.Node, r.Name, mi.Mode, out var entry);
         return FuseReply.Result(reply, r.Unique, err, in entry);
     }
 
@@ -213,14 +215,16 @@ internal static unsafe class FuseOps
     private static int Create(IFuseFileSystem fs, in FuseRequest r, Span<byte> reply)
     {
         var ci = r.Arg<FuseCreateIn>();
-        int err = fs.Create(in r.Context, r.Node, r.Name, ci.Flags, ci.Mode, out var entry, out var oo);
+        var c = r.Context with { Umask = ci.Umask };
+        int err = fs.Create(in c, r.Node, r.Name, ci.Flags, ci.Mode, out var entry, out var oo);
         return err != 0 ? FuseReply.Error(reply, r.Unique, err) : FuseReply.Created(reply, r.Unique, in entry, in oo);
     }
 
     private static int Tmpfile(IFuseFileSystem fs, in FuseRequest r, Span<byte> reply)
     {
         var ci = r.Arg<FuseCreateIn>();
-        int err = fs.Tmpfile(in r.Context, r.Node, ci.Flags, ci.Mode, out var entry, out var oo);
+        var c = r.Context with { Umask = ci.Umask };
+        int err = fs.Tmpfile(in c, r.Node, ci.Flags, ci.Mode, out var entry, out var oo);
         return err != 0 ? FuseReply.Error(reply, r.Unique, err) : FuseReply.Created(reply, r.Unique, in entry, in oo);
     }
 
@@ -239,6 +243,12 @@ internal static unsafe class FuseOps
         var wi = r.Arg<FuseWriteIn>();
         if (wi.Size > r.Tail.Length) return FuseReply.Malformed;
         if (wi.Offset > long.MaxValue) return FuseReply.Error(reply, r.Unique, Errno.EINVAL);
+        // Direct-io writes never pass the kernel's file_remove_privs: the flag is the only word of it.
+        if ((wi.WriteFlags & FuseConst.WriteKillSuidgid) != 0)
+        {
+            int kill = fs.KillSuidGid(in r.Context, r.Node);
+            if (kill != 0) return FuseReply.Error(reply, r.Unique, kill);
+        }
         int err = fs.Write(in r.Context, r.Node, wi.Fh, (long)wi.Offset, r.Tail[..(int)wi.Size], out int n);
         var wo = new FuseWriteOut { Size = (uint)n };
         return FuseReply.Result(reply, r.Unique, err, in wo);

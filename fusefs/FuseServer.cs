@@ -26,6 +26,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     private int _running;
     private int _destroyed;
     private bool _viaFusermount;
+    private bool _defaultPermissions;
     private readonly FuseNotifications _notifications;
 
     public string MountPoint { get; }
@@ -50,11 +51,23 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     {
         ArgumentNullException.ThrowIfNull(fs);
         var dev = FuseMounter.Mount(mountpoint, opts ?? new FuseMountOptions(), out string mp, out bool viaFusermount);
-        var server = new FuseServer(mp, fs, dev) { _mounted = true, _viaFusermount = viaFusermount };
+        var server = new FuseServer(mp, fs, dev)
+        {
+            _mounted = true, _viaFusermount = viaFusermount,
+            _defaultPermissions = (opts ?? new FuseMountOptions()).DefaultPermissions,
+        };
         server._fds.Add(dev);
         fs.Attach(server);
         return server;
     }
+
+    /// <summary>FUSE_POSIX_ACL: the kernel checks ACLs (read through GETXATTR system.posix_acl_access) with
+    /// the mode. Only on a default_permissions mount: the flag turns default_permissions on in the kernel,
+    /// which a mount that asked the server to check permissions must not get behind its back.</summary>
+    private bool PosixAcl => _defaultPermissions && _fs.SupportsPosixAcl;
+
+    /// <summary>Whether the kernel enforces POSIX ACLs on this session (FUSE_POSIX_ACL was agreed).</summary>
+    public bool AclsEnforced { get; private set; }
 
     /// <summary>Whether the mount was made by fusermount3 (and is undone by it when we are not root).</summary>
     public bool ViaFusermount => _viaFusermount;
@@ -145,7 +158,9 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
                     MaxReadahead = init.MaxReadahead,
                     Flags = init.Flags & (FuseConst.AsyncRead | FuseConst.BigWrites | FuseConst.ParallelDirops
                                           | FuseConst.MaxPagesFlag | FuseConst.InitExt
-                                          | (_fs.SupportsReadDirPlus ? FuseConst.DoReaddirplus | FuseConst.ReaddirplusAuto : 0)),
+                                          | (_fs.SupportsReadDirPlus ? FuseConst.DoReaddirplus | FuseConst.ReaddirplusAuto : 0)
+                                          | (PosixAcl ? FuseConst.PosixAcl : 0) | FuseConst.DontMask
+                                          | (_fs.HandlesKillPriv ? FuseConst.HandleKillprivV2 : 0)),
                     Flags2 = flags2 & FuseConst.DirectIoAllowMmap2,
                     MaxBackground = 64,
                     CongestionThreshold = 48,
@@ -153,6 +168,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
                     TimeGran = 1,
                     MaxPages = FuseConst.MaxPages,
                 };
+                AclsEnforced = (o.Flags & FuseConst.PosixAcl) != 0;
                 byte* reply = stackalloc byte[FuseConst.OutHeaderSize + sizeof(FuseInitOut)];
                 var rs = new Span<byte>(reply, FuseConst.OutHeaderSize + sizeof(FuseInitOut));
                 MemoryMarshal.Write(rs[FuseConst.OutHeaderSize..], in o);

@@ -18,6 +18,14 @@ public interface IFuseFileSystem
     /// <summary>Whether <see cref="ReadDirPlus"/> is implemented (READDIRPLUS is negotiated only then).</summary>
     bool SupportsReadDirPlus => false;
 
+    /// <summary>Whether the backing side stores POSIX ACLs as the system.posix_acl_* attributes: then, on a
+    /// mount with default_permissions, FUSE_POSIX_ACL is negotiated and the kernel enforces them.</summary>
+    bool SupportsPosixAcl => false;
+
+    /// <summary>Whether SETATTR honours FATTR_KILL_SUIDGID and WRITE the kill flag (FUSE_HANDLE_KILLPRIV_V2):
+    /// then the kernel leaves clearing S_ISUID/S_ISGID to us, with the caller's groups to decide it.</summary>
+    bool HandlesKillPriv => false;
+
     int Lookup(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, out FuseEntryOut entry);
     void Forget(ulong node, ulong nlookup) { }
     int GetAttr(in FuseContext c, ulong node, ulong? fh, out FuseAttrOut attr);
@@ -34,6 +42,9 @@ public interface IFuseFileSystem
     int Create(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint flags, uint mode, out FuseEntryOut entry, out FuseOpenOut open) { entry = default; open = default; return Errno.ENOSYS; }
     int Read(in FuseContext c, ulong node, ulong fh, long offset, Span<byte> dest, out int read) { read = 0; return Errno.ENOSYS; }
     int Write(in FuseContext c, ulong node, ulong fh, long offset, ReadOnlySpan<byte> data, out int written) { written = 0; return Errno.ENOSYS; }
+    /// <summary>Before a WRITE whose writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID): clear S_ISUID, and
+    /// S_ISGID when group-executable, as the kernel does before any write by such a writer.</summary>
+    int KillSuidGid(in FuseContext c, ulong node) => 0;
     int Flush(in FuseContext c, ulong node, ulong fh) => 0;
     void Release(in FuseContext c, ulong node, ulong fh) { }
     int Fsync(in FuseContext c, ulong node, ulong fh, bool dataOnly) => 0;

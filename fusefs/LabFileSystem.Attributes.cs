@@ -3,6 +3,124 @@ namespace Lab.Fusefs;
 // Attributes, links, permissions and extended attributes: GETATTR, SETATTR, READLINK, ACCESS, *XATTR.
 public sealed unsafe partial class LabFileSystem
 {
+    private const uint S_ISUID = 0x800, S_ISGID = 0x400, S_IXGRP = 0x8;
+    private int _aclProbe; // 0: not probed, 1: the backing stores POSIX ACLs, 2: it does not
+
+    /// <summary>True when the backing file system stores POSIX ACLs (probed once on the backing root: a
+    /// getxattr of system.posix_acl_access that is not EOPNOTSUPP). Only then may the kernel enforce them
+    /// through us; on a backing side without them every permission check would fail.</summary>
+    public bool SupportsPosixAcl
+    {
+        get
+        {
+            if (Volatile.Read(ref _aclProbe) == 0)
+            {
+                byte* path = stackalloc byte[32];
+                Native.FdPath(_rootFd, new Span<byte>(path, 32));
+                bool ok;
+                fixed (byte* name = "system.posix_acl_access\0"u8)
+                    ok = Native.GetXattr(path, name, null, 0) >= 0 || Errno.Last != Errno.EOPNOTSUPP;
+                Volatile.Write(ref _aclProbe, ok ? 1 : 2);
+            }
+            return _aclProbe == 1;
+        }
+    }
+
+    /// <summary>FUSE's rdev (the kernel's new_encode_dev: minor's low byte, 12 bits of major, the rest of
+    /// minor) as glibc's dev_t, which mknodat takes.</summary>
+    private static ulong DevT(uint rdev)
+    {
+        ulong major = (rdev & 0xfff00) >> 8, minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+        return ((major & 0xfff) << 8) | (minor & 0xff) | ((major & ~0xfffUL) << 32) | ((minor & ~0xffUL) << 12);
+    }
+
+    private static bool IsAclName(ReadOnlySpan<byte> name) => name.StartsWith("system.posix_acl_"u8);
+
+    private const uint NoMode = uint.MaxValue; // InitNew: a symlink, whose mode is not set
+
+    /// <summary>
+    /// Gives a node we just made (as root) the owner and mode the kernel gives a node its caller makes:
+    /// the caller's uid; the parent's group when the parent is set-group-ID (and S_ISGID to a directory),
+    /// else the caller's; the mode less the caller's umask, unless the parent has a default ACL, which the
+    /// backing file system applied instead. The chown comes first: a chown clears S_ISUID, which the
+    /// caller may have asked for. The kernel already dropped an S_ISGID the caller may not set.
+    /// </summary>
+    private void InitNew(Fd fd, Fd parent, uint mode, in FuseContext c)
+    {
+        if (Stat(parent, out var pst) != 0 || Stat(fd, out var st) != 0) return;
+        bool sgidDir = (pst.Mode & S_ISGID) != 0;
+        uint gid = sgidDir ? pst.Gid : c.Gid;
+        if (st.Uid != c.Uid || st.Gid != gid)
+            Native.FChownAt(fd, Native.EmptyPath, c.Uid, gid, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW);
+        uint type = (uint)st.Mode & S_IFMT;
+        if (mode == NoMode || type == S_IFLNK) return;
+        uint want;
+        if (HasDefaultAcl(parent)) want = (uint)st.Mode & 0xFFF; // as made, before the chown
+        else
+        {
+            want = mode & 0xFFF & ~(c.Umask & 0x1FF);
+            if (type == S_IFDIR && sgidDir) want |= S_ISGID;
+        }
+        if (Stat(fd, out var now) == 0 && ((uint)now.Mode & 0xFFF) == want) return;
+        ChmodFd(fd, want);
+    }
+
+    private bool HasDefaultAcl(Fd dir)
+    {
+        if (!SupportsPosixAcl) return false;
+        byte* path = stackalloc byte[32];
+        Native.FdPath(dir, new Span<byte>(path, 32));
+        fixed (byte* name = "system.posix_acl_default\0"u8)
+            return Native.GetXattr(path, name, null, 0) > 0;
+    }
+
+    /// <summary>Whether the caller of a request is in group <paramref name="gid"/>: its fsgid, or one of the
+    /// supplementary groups of its thread (/proc/PID/status); false when they cannot be read.</summary>
+    private static bool InGroup(in FuseContext c, uint gid)
+    {
+        if (c.Gid == gid) return true;
+        if (c.Pid == 0) return false;
+        try
+        {
+            foreach (var line in File.ReadLines($"/proc/{c.Pid}/status"))
+                if (line.StartsWith("Groups:", StringComparison.Ordinal))
+                    return line[7..].Split(' ', '\t', StringSplitOptions.RemoveEmptyEntries)
+                                    .Any(g => uint.TryParse(g, out var v) && v == gid);
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return false;
+    }
+
+    /// <summary>FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID. The kernel's rule for such a write
+    /// (setattr_should_drop_suidgid): S_ISUID goes; S_ISGID goes when the group may execute, or when the
+    /// writer is not in the file's group. Our own write is root's, which keeps both, so we clear them.</summary>
+    public int KillSuidGid(in FuseContext c, ulong node)
+    {
+        if (IsVirtual(node)) return 0;
+        var n = Get(node);
+        if (n == null) return Errno.ENOENT;
+        return n.Type == S_IFREG ? KillPrivs(n, in c, capable: false) : 0;
+    }
+
+    public bool HandlesKillPriv => true;
+
+    private int KillPrivs(Node n, in FuseContext c, bool capable)
+    {
+        using var nf = Pin(n, out int err);
+        if (nf.Fd == null) return err;
+        err = Stat(nf.Fd, out var st);
+        if (err != 0) return err;
+        uint mode = (uint)st.Mode & 0xFFF;
+        uint kill = mode & S_ISUID;
+        if ((mode & S_ISGID) != 0 && ((mode & S_IXGRP) != 0 || !capable && !InGroup(in c, st.Gid))) kill |= S_ISGID;
+        if (kill == 0) return 0;
+        // EPERM: a daemon that is not root (fusermount3) and not the owner; its own write or truncate,
+        // without CAP_FSETID, has the backing kernel clear the bits.
+        err = ChmodFd(nf.Fd, mode & ~kill);
+        return err == Errno.EPERM ? 0 : err;
+    }
+
     public int GetAttr(in FuseContext c, ulong node, ulong? fh, out FuseAttrOut attr)
     {
         if (IsVirtual(node)) return _tree!.GetAttr(node, out attr);
@@ -59,6 +177,13 @@ public sealed unsafe partial class LabFileSystem
                 ? Native.UtimensAt(nf.Fd, Native.EmptyPath, ts, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW)
                 : Native.UtimensAt(Fd.Cwd, path, ts, 0);
             if (rc != 0) return Err();
+        }
+        if ((s.Valid & FuseFattr.KillSuidgid) != 0 && n.Type == S_IFREG)
+        {
+            // A chown by anyone, or a truncate by a caller without CAP_FSETID (the kernel sends the flag only
+            // then). Root is taken as holding CAP_FSETID: it decides only an S_ISGID without group execute.
+            int err = KillPrivs(n, in c, c.Uid == 0);
+            if (err != 0) return err;
         }
         return GetAttr(in c, node, null, out attr);
     }
@@ -143,6 +268,8 @@ public sealed unsafe partial class LabFileSystem
         byte* path = stackalloc byte[32], xn = stackalloc byte[256];
         int err = XattrTarget(node, name, path, xn, Errno.ENODATA, out var nf);
         using var pinned = nf;
+        // A symlink has no ACL: the kernel, which asks for one when it checks permissions, must hear ENODATA.
+        if (err == Errno.EOPNOTSUPP && IsAclName(name)) return Errno.ENODATA;
         if (err != 0) return err;
         fixed (byte* d = dest)
         {

@@ -31,21 +31,15 @@ public sealed unsafe partial class LabFileSystem
         return Created(pf.Fd, cn, name, in c, S_IFLNK, NoMode, out entry);
     }
 
-    private const uint NoMode = uint.MaxValue;
-
-    /// <summary>After creating (dir, name) as a <paramref name="type"/>: give it to the caller, set its
-    /// <paramref name="mode"/> (our umask must not narrow the caller's), answer its entry. All on a
-    /// descriptor of what the name holds now: when the backing side swapped it meanwhile (a symlink
-    /// renamed over it), that is answered as it is and changed in nothing.</summary>
+    /// <summary>After creating (dir, name) as a <paramref name="type"/>: give it the owner and mode the
+    /// kernel gives a node its caller makes (InitNew), answer its entry. All on a descriptor of what the
+    /// name holds now: when the backing side swapped it meanwhile (a symlink renamed over it), that is
+    /// answered as it is and changed in nothing.</summary>
     private int Created(Fd dir, byte* cn, ReadOnlySpan<byte> name, in FuseContext c, uint type, uint mode, out FuseEntryOut entry)
     {
         var fd = OpenBeneath(dir, cn, Native.O_PATH, 0);
         if (fd.IsInvalid) { entry = default; return Err(); }
-        if (Stat(fd, out var st) == 0 && (st.Mode & S_IFMT) == type)
-        {
-            ChownToCaller(fd, in c); // first: a chown clears set-id bits the mode may ask for
-            if (mode != NoMode) ChmodFd(fd, mode);
-        }
+        if (Stat(fd, out var st) == 0 && (st.Mode & S_IFMT) == type) InitNew(fd, dir, mode, in c);
         return Register(fd, name, out entry);
     }
 
@@ -66,12 +60,11 @@ public sealed unsafe partial class LabFileSystem
         byte* cn = stackalloc byte[256];
         int err = Parent(parent, name, cn, out var p);
         if (err != 0) return err;
-        uint type = mode & S_IFMT;
-        if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) return Errno.EPERM; // no devices here
         using var pf = Pin(p!, out err);
         if (pf.Fd == null) return err;
-        if (Native.MknodAt(pf.Fd, cn, mode, 0) != 0) return Err();
-        return Created(pf.Fd, cn, name, in c, type, mode & 0xFFF, out entry);
+        // Device nodes too: the kernel lets only a CAP_MKNOD caller ask, and the mount is nodev (FuseMount).
+        if (Native.MknodAt(pf.Fd, cn, mode, DevT(rdev)) != 0) return Err();
+        return Created(pf.Fd, cn, name, in c, mode & S_IFMT, mode, out entry);
     }
 
     public int Mkdir(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, uint mode, out FuseEntryOut entry)
@@ -83,7 +76,7 @@ public sealed unsafe partial class LabFileSystem
         using var pf = Pin(p!, out err);
         if (pf.Fd == null) return err;
         if (Native.MkdirAt(pf.Fd, cn, mode & 0xFFF) != 0) return Err();
-        return Created(pf.Fd, cn, name, in c, S_IFDIR, mode & 0xFFF, out entry);
+        return Created(pf.Fd, cn, name, in c, S_IFDIR, mode, out entry);
     }
 
     public int Unlink(in FuseContext c, ulong parent, ReadOnlySpan<byte> name) => Remove(parent, name, 0);
@@ -181,11 +174,7 @@ public sealed unsafe partial class LabFileSystem
         if (fd.IsInvalid) return Err();
         // From here the file exists (maybe made by us): what follows works on its descriptor, and a
         // failure only after creating it does not make the create fail, as long as it can be answered.
-        if (created)
-        {
-            ChownToCaller(fd, in c); // first: a chown clears set-id bits the mode may ask for
-            Native.FChmod(fd, mode & 0xFFF); // our umask must not narrow the caller's mode
-        }
+        if (created) InitNew(fd, pf.Fd, mode, in c);
         var pathFd = Reopen(fd, Native.O_PATH);
         if (pathFd.IsInvalid) { err = Err(); fd.Dispose(); return err; }
         err = Register(pathFd, name, out entry, hold: true);
@@ -213,8 +202,7 @@ public sealed unsafe partial class LabFileSystem
         if (pf.Fd == null) return err;
         var fd = Native.OpenAt(pf.Fd, Dot, f, mode & 0xFFF); // "." is the directory itself, never a link
         if (fd.IsInvalid) return Err();
-        ChownToCaller(fd, in c);
-        Native.FChmod(fd, mode & 0xFFF);
+        InitNew(fd, pf.Fd, mode, in c);
         var pathFd = Reopen(fd, Native.O_PATH);
         if (pathFd.IsInvalid) { int e = Err(); fd.Dispose(); return e; }
         err = Register(pathFd, ""u8, out entry, hold: true);

@@ -263,12 +263,6 @@ public sealed unsafe partial class LabFileSystem : IFuseFileSystem, IDisposable
         }
     }
 
-    private void ChownToCaller(Fd fd, in FuseContext c)
-    {
-        if (c.Uid != _uid || c.Gid != _gid)
-            Native.FChownAt(fd, Native.EmptyPath, c.Uid, c.Gid, Native.AT_EMPTY_PATH | Native.AT_SYMLINK_NOFOLLOW);
-    }
-
     // ---------------- lookups ----------------
 
     public int Lookup(in FuseContext c, ulong parent, ReadOnlySpan<byte> name, out FuseEntryOut entry)

@@ -27,6 +27,9 @@ internal static class FuseConst
     public const uint HighestMinor = 39; // DIRECT_IO_ALLOW_MMAP is the newest thing we use
     public const uint AsyncRead = 1u << 0, BigWrites = 1u << 5, DoReaddirplus = 1u << 13, ReaddirplusAuto = 1u << 14;
     public const uint ParallelDirops = 1u << 18, MaxPagesFlag = 1u << 22, InitExt = 1u << 30;
+    public const uint PosixAcl = 1u << 20, DontMask = 1u << 6, HandleKillprivV2 = 1u << 28;
+    /// <summary>fuse_write_in.write_flags: the writer lacks CAP_FSETID, so S_ISUID/S_ISGID must go.</summary>
+    public const uint WriteKillSuidgid = 1u << 2;
     public const uint DirectIoAllowMmap2 = 1u << 4; // in flags2: 1UL << 36 overall
     public const int MaxWrite = 1 << 20;
     public const ushort MaxPages = 256;
@@ -122,6 +125,8 @@ public static class FuseFattr
 {
     public const uint Mode = 1, Uid = 2, Gid = 4, Size = 8, Atime = 16, Mtime = 32, Fh = 64;
     public const uint AtimeNow = 128, MtimeNow = 256, Ctime = 1024;
+    /// <summary>With FUSE_HANDLE_KILLPRIV_V2: a chown, or a truncate by a caller without CAP_FSETID.</summary>
+    public const uint KillSuidgid = 2048;
 }
 
 /// <summary>struct fuse_kstatfs (80 bytes).</summary>
@@ -165,7 +170,12 @@ internal struct FuseNotifyInvalInodeOut { public ulong Ino; public long Off, Len
 internal struct FuseNotifyInvalEntryOut { public ulong Parent; public uint NameLen, Flags; }
 
 /// <summary>Caller identity of a request.</summary>
-public readonly record struct FuseContext(ulong Unique, uint Uid, uint Gid, uint Pid);
+public readonly record struct FuseContext(ulong Unique, uint Uid, uint Gid, uint Pid)
+{
+    /// <summary>The caller's umask, for MKNOD, MKDIR, CREATE and TMPFILE (FUSE_DONT_MASK: the kernel leaves
+    /// it to us, since a parent's default ACL replaces it).</summary>
+    public uint Umask { get; init; }
+}
 
 /// <summary>Appends struct fuse_dirent records into a reply buffer; stops when one does not fit.</summary>
 public ref struct FuseDirWriter
