@@ -186,6 +186,15 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             sb.Append("run_limits ").Append(Pageout.RunLimits).Append('\n');
             if (_swap != null) sb.Append("swap_store_bytes ").Append(_swap.Store.FileBytes()).Append('\n');
             sb.Append("idle_trims ").Append(Interlocked.Read(ref _idleTrims)).Append('\n');
+            // The `processes` count the last finished trim came after: equal to `processes` when
+            // every program so far ended before a trim (what a wait for "idle and trimmed" asks).
+            sb.Append("idle_trim_after_processes ").Append(Interlocked.Read(ref _processesAtLastTrimDone)).Append('\n');
+            // The daemon's own memory, split: the managed heap (live objects, and what the GC keeps
+            // committed) beside the process's RSS, so growth can be told apart from the GC's reserve.
+            var gc = GC.GetGCMemoryInfo();
+            sb.Append("daemon_managed_heap_bytes ").Append(gc.HeapSizeBytes).Append('\n');
+            sb.Append("daemon_managed_committed_bytes ").Append(gc.TotalCommittedBytes).Append('\n');
+            sb.Append("daemon_managed_fragmented_bytes ").Append(gc.FragmentedBytes).Append('\n');
             sb.Append("pageout_batches ").Append(Pageout.Batches).Append('\n');
             sb.Append("pageout_pages ").Append(Pageout.PagesBegun).Append('\n');
             sb.Append("pageout_swap_full ").Append(Pageout.SwapFullStops).Append('\n');
@@ -235,7 +244,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
     /// <summary>No process for this long (LAB_IDLE_TRIM_MS; default 5 s) after some ran: trim once.</summary>
     static readonly long IdleTrimMs =
         long.TryParse(Environment.GetEnvironmentVariable("LAB_IDLE_TRIM_MS"), out long ms) && ms > 0 ? ms : 5000;
-    long _idleSince = -1, _processesAtTrim, _idleTrims;
+    long _idleSince = -1, _processesAtTrim, _idleTrims, _processesAtLastTrimDone;
     int _trimming;
 
     void IdleTick()
@@ -251,6 +260,7 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
             _processesAtTrim = seen;
             TrimIdle();
             Interlocked.Increment(ref _idleTrims);
+            Interlocked.Exchange(ref _processesAtLastTrimDone, seen);
         }
         finally { Volatile.Write(ref _trimming, 0); }
     }

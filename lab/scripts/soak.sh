@@ -158,16 +158,18 @@ sample() {   # prints: rss_kb fds threads swap_bytes processes_alive
     echo "$rss $fds $thr $sw $alive"
 }
 stat_of() { awk -v n="$1" '$1 == n {print $2}' "$W/mnt/.lab/stats"; }
-wait_idle_trim() {   # waits for the daemon's idle trim after the programs stopped
-    local before=$1
-    for _ in $(seq 120); do [ "$(stat_of idle_trims)" -gt "$before" ] && { sleep 1; return 0; }; sleep 0.5; done
-    echo "soak: no idle trim within 60 s"; return 1
+wait_idle_trim() {   # waits until no program is alive and the daemon's last trim came after all of them
+    for _ in $(seq 240); do
+        [ "$(stat_of processes_alive)" = 0 ] && [ "$(stat_of idle_trim_after_processes)" = "$(stat_of processes)" ] && return 0
+        sleep 0.5
+    done
+    echo "soak: no idle trim within 120 s"; return 1
 }
 
 settle() {   # deletes the programs' files, then waits for an idle trim that follows
     rm -rf "$W"/mnt/w*
     "$LAB" run --mount "$W/mnt" -- /bin/true   # a last (empty) busy spell: the trim after it sees the files gone
-    wait_idle_trim "$(stat_of idle_trims)"
+    wait_idle_trim
 }
 
 run_workers() {   # run_workers SECONDS
