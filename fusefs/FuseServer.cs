@@ -301,6 +301,37 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
     /// null: refused quietly. The reply is the same either way.</summary>
     public Action<string>? RefusalLog { get; set; }
 
+    /// <summary>Called for each request answered with an error the caller did not simply ask about
+    /// (opcode, node, errno); see <see cref="IsAnAnswer"/>. Null: not reported. Runs on the request's
+    /// thread, only on the error path.</summary>
+    public Action<uint, ulong, int>? FailureLog { get; set; }
+
+    /// <summary>The name linux/fuse.h gives an opcode (LOOKUP, MKNOD...), for logs.</summary>
+    public static string OpName(uint opcode) => FuseOps.NameOf(opcode);
+
+    /// <summary>Errors that answer a question rather than fail an operation: a name that is not there
+    /// (LOOKUP), an attribute that is not set or a size probe (GETXATTR, LISTXATTR), a permission the
+    /// caller asked about (ACCESS), a hole or end of file (LSEEK). Everything else is logged.</summary>
+    internal static bool IsAnAnswer(FuseOpcode op, int errno) => (op, errno) switch
+    {
+        (FuseOpcode.Lookup, Errno.ENOENT) => true,
+        (FuseOpcode.GetXattr or FuseOpcode.ListXattr, Errno.ENODATA or Errno.ERANGE) => true,
+        (FuseOpcode.RemoveXattr, Errno.ENODATA) => true,
+        (FuseOpcode.Access, Errno.EACCES or Errno.ENOENT) => true,
+        (FuseOpcode.Lseek, Errno.ENXIO) => true,
+        _ => false,
+    };
+
+    private int Reported(Span<byte> reply, int len, uint opcode, ulong node)
+    {
+        if (len >= FuseConst.OutHeaderSize && FailureLog is { } log)
+        {
+            int errno = -MemoryMarshal.Read<FuseOutHeader>(reply).Error;
+            if (errno != 0 && !IsAnAnswer((FuseOpcode)opcode, errno)) log(opcode, node, errno);
+        }
+        return len;
+    }
+
     private int Refuse(Span<byte> reply, ulong unique, uint opcode, string why)
     {
         RefusalLog?.Invoke($"fuse: refused {FuseOps.NameOf(opcode)} (unique {unique}): {why}");
@@ -330,7 +361,7 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         }
         int ext = h.TotalExtlen * 8;
         if (FuseConst.InHeaderSize + ext > req.Length) return Refuse(reply, unique, opcode, $"extensions of {ext} bytes do not fit");
-        if (op == null) return FuseReply.Error(reply, unique, Errno.ENOSYS);
+        if (op == null) return Reported(reply, FuseReply.Error(reply, unique, Errno.ENOSYS), opcode, h.NodeId);
         if (op.Handler == null) return Refuse(reply, unique, opcode, "only once, at the start of the session");
         var body = req[FuseConst.InHeaderSize..(req.Length - ext)];
         var c = new FuseContext(unique, h.Uid, h.Gid, h.Pid);
@@ -338,11 +369,11 @@ public sealed unsafe class FuseServer : IDisposable, IFuseNotifier
         try
         {
             int len = op.Handler(_fs, in r, reply);
-            return len != FuseReply.Malformed ? len : Refuse(reply, unique, opcode, "its size field overruns the data");
+            return len != FuseReply.Malformed ? Reported(reply, len, opcode, h.NodeId) : Refuse(reply, unique, opcode, "its size field overruns the data");
         }
         catch (Exception)
         {
-            return FuseReply.Error(reply, unique, Errno.EIO);
+            return Reported(reply, FuseReply.Error(reply, unique, Errno.EIO), opcode, h.NodeId);
         }
     }
 

@@ -219,6 +219,9 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         FuseServer.ClearStale(_mountpoint);
         _server = FuseServer.Mount(_mountpoint, _fs, new FuseMountOptions());
         _server.RefusalLog = line => Log.Error(line);   // malformed requests: logged, rate-limited
+        // Failed operations: the first of each (operation, errno) in a minute in full, the rest summed.
+        _server.FailureLog = (op, node, errno) =>
+            Log.Keyed($"fuse {op} {errno}", $"fuse: {FuseServer.OpName(op)} on node {node} failed: {Errno.StrError(errno)} (errno {errno})");
         _control.Start();
         _execWatch = ExecWatch.TryStart(this, _control.Path);
         _server.Start(fuseThreads);

@@ -32,6 +32,10 @@ internal static class Log
     public static void Error(string s, [CallerFilePath] string file = "", [CallerLineNumber] int line = 0) =>
         Write("lab: error: ", s, file, line);
 
+    /// <summary>Rate-limited by <paramref name="kind"/> instead of the line of code: one line logging
+    /// many kinds (the file system's failed operations, by operation and errno).</summary>
+    public static void Keyed(string kind, string s) => Write("lab: ", s, kind, 0);
+
     static void Write(string prefix, string s, string file, int line)
     {
         lock (Gate)

@@ -76,4 +76,44 @@ public sealed class DaemonLogTests(ITestOutputHelper output)
             Assert.Equal(0, m.DaemonLog.Split('\n').Count(l => l.Contains("more like this") && !l.Contains("closing the control connection")));
         }
     }
+
+    [KernelFact]
+    public void A_failed_file_system_operation_is_logged_by_operation_and_errno_and_an_answer_is_not()
+    {
+        LabMount m;
+        lock (typeof(DaemonLogTests))
+        {
+            Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", "3000");
+            try { m = new LabMount(); }
+            finally { Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", null); }
+        }
+        using (m)
+        {
+            Directory.CreateDirectory(m.M("d"));
+            File.WriteAllText(m.M("d/f"), "x");
+            const int N = 30;
+            for (int i = 0; i < N; i++)
+            {
+                // RMDIR of a directory that is not empty: ENOTEMPTY (39), a failed operation, N times.
+                var e = Assert.ThrowsAny<IOException>(() => Directory.Delete(m.M("d")));
+                // A lookup of a name that is not there: an answer (ENOENT), never logged.
+                Assert.False(File.Exists(m.M($"missing{i}")));
+            }
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            long full, summed;
+            while (true)
+            {
+                var lines = m.DaemonLog.Split('\n');
+                full = lines.Count(l => l.StartsWith("lab: fuse: RMDIR on node 1 failed: ") && l.EndsWith("(errno 39)"));
+                summed = lines.Where(l => l.Contains(" more like this in the last 3000 ms: fuse: RMDIR on node 1 failed: "))
+                    .Sum(l => long.Parse(l["lab: ".Length..].Split(' ')[0]));
+                if (full + summed == N || DateTime.UtcNow > deadline) break;
+                Thread.Sleep(200);
+            }
+            output.WriteLine(m.DaemonLog);
+            Assert.Equal(N, full + summed);
+            Assert.InRange(full, 1, N / 3);
+            Assert.DoesNotContain("LOOKUP", m.DaemonLog);
+        }
+    }
 }
