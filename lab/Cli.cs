@@ -19,9 +19,31 @@ public static class Cli
         root.Add(StatCommand());
         root.Add(CompareCommand());
         root.Add(SwapCommand());
+        var parse = root.Parse(args);
+        // A parse error is one line and exit 2 (usage), never the help text: the parser's default
+        // action prints the whole help before its message.
+        var unknown = UnknownOption(parse);
+        if (parse.Errors.Count > 0 || unknown != null)
+        {
+            // "Required command was not provided" comes first even when an unknown word explains it.
+            var cmd = parse.CommandResult.Command;
+            var path = CommandPath(parse.CommandResult);
+            var error = parse.Errors.FirstOrDefault(e => !IsMissingCommand(e)) ?? parse.Errors.FirstOrDefault();
+            if (error != null && IsMissingCommand(error) && cmd.Subcommands.Count > 0)
+                Console.Error.WriteLine($"lab: {path} needs a command: {string.Join(", ", cmd.Subcommands.Select(c => c.Name))} (see {path} --help)");
+            else if (unknown != null)
+                Console.Error.WriteLine($"lab: unknown option '{unknown}' (see {path} --help)");
+            else Console.Error.WriteLine($"lab: {OneLine(error!.Message)}");
+            return 2;
+        }
         try
         {
-            return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (ExitException e)
+        {
+            Console.Error.WriteLine($"lab: {e.Message}");
+            return e.ExitCode;
         }
         catch (Exception e) when (e is LabException or FuseMountException or Lab.Swapstore.SwapStoreException)
         {
@@ -29,6 +51,58 @@ public static class Cli
             return 1;
         }
     }
+
+    /// <summary>"lab", "lab swap inspect": the command line up to the command the parser reached.</summary>
+    static string CommandPath(System.CommandLine.Parsing.CommandResult c)
+    {
+        var names = new List<string>();
+        for (System.CommandLine.Parsing.SymbolResult? r = c; r is System.CommandLine.Parsing.CommandResult cr; r = cr.Parent)
+            names.Insert(0, cr.Command.Name);
+        names[0] = "lab";
+        return string.Join(' ', names);
+    }
+
+    /// <summary>
+    /// An unknown option the parser took for an argument: it then complains about the next word, or
+    /// (before PROGRAM of run and compare) runs a program named "--vm". One before a "--", or any
+    /// when the parse failed, is an option; without "--", only PROGRAM itself can be one.
+    /// </summary>
+    static string? UnknownOption(ParseResult parse)
+    {
+        static bool Looks(System.CommandLine.Parsing.Token t) => t.Value.Length > 2 && t.Value.StartsWith("--", StringComparison.Ordinal);
+        var args = parse.Tokens.TakeWhile(t => t.Type != System.CommandLine.Parsing.TokenType.DoubleDash)
+            .Where(t => t.Type == System.CommandLine.Parsing.TokenType.Argument).ToList();
+        bool dashDash = parse.Tokens.Any(t => t.Type == System.CommandLine.Parsing.TokenType.DoubleDash);
+        if (parse.Errors.Count > 0 || dashDash) return args.FirstOrDefault(Looks)?.Value;
+        var program = parse.CommandResult.Children.OfType<System.CommandLine.Parsing.ArgumentResult>()
+            .FirstOrDefault(a => a.Argument.Name == "PROGRAM")?.Tokens.FirstOrDefault();
+        return program != null && Looks(program) ? program.Value : null;
+    }
+
+    static bool IsMissingCommand(System.CommandLine.Parsing.ParseError e) => e.Message.StartsWith("Required command was not provided", StringComparison.Ordinal);
+
+    /// <summary>A parser message as one line, without a trailing period; "lab" (the root command's
+    /// name in its messages) said as a command line.</summary>
+    static string OneLine(string message)
+    {
+        var line = message.ReplaceLineEndings(" ").Trim().TrimEnd('.');
+        return line.Length == 0 ? "bad command line (see lab --help)" : line;
+    }
+
+    /// <summary>An int option that refuses a non-number with its name in one line (the parser's own
+    /// message names a .NET type).</summary>
+    static Option<int> IntOption(string name, string description, int min, int defaultValue) => new(name)
+    {
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        CustomParser = r =>
+        {
+            var v = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (int.TryParse(v, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out int n) && n >= min) return n;
+            r.AddError($"{name}: '{v}' is not a whole number of {min} or more");
+            return defaultValue;
+        },
+    };
 
     static Option<string> VmOption(string description) => new("--vm")
     {
@@ -87,7 +161,7 @@ public static class Cli
         var vm = VmOption("default fault handler design for programs on this mount");
         vm.DefaultValueFactory = _ => "freebsd";
         var foreground = new Option<bool>("--foreground") { Description = "run the daemon in this process (logs on stderr)" };
-        var threads = new Option<int>("--threads") { Description = "FUSE request threads", DefaultValueFactory = _ => 2 };
+        var threads = IntOption("--threads", "FUSE request threads", min: 1, defaultValue: 2);
         var log = new Option<string>("--log") { Description = "with --foreground: once mounted, send the daemon's messages to this file", Hidden = true };
         var memory = SizeOption("--memory", "resident limit for all the mount's programs together; the pageout keeps them under it");
         var swap = new Option<string>("--swap") { Description = "the swap store file (SQLite; emptied at start, kept at exit); 'none' for no swap. Default: a temporary one, removed at exit" };
@@ -101,9 +175,12 @@ public static class Cli
             if (FuseServer.ClearStale(m)) Console.Error.WriteLine($"lab: cleared a stale mount at {m}");
             if (!Directory.Exists(m)) throw new LabException($"mount point {m} does not exist");
             var sw = r.GetValue(swap);
+            if (sw == "") throw new LabException("--swap: give a file, or 'none'");
+            if (sw == "none" && r.GetResult(swapMax) != null)
+                throw new LabException("--swap-max with --swap none: there is no swap store to limit");
+            if (r.GetResult(swapMax) != null && r.GetValue(swapMax) < 4096) throw new LabException("--swap-max must be at least 4K (one page)");
             if (sw != null && sw != "none") sw = Path.GetFullPath(sw);
             var opts = new DaemonOptions { MemoryBytes = r.GetValue(memory), SwapPath = sw, SwapMaxBytes = r.GetValue(swapMax) };
-            if (r.GetValue(threads) < 1) throw new LabException("--threads must be at least 1");
             if (r.GetValue(foreground)) return Foreground(b, m, r.GetValue(vm)!, r.GetValue(threads), r.GetValue(log), opts);
             return Background(b, m, r.GetValue(vm)!, r.GetValue(threads), opts);
         });
@@ -153,10 +230,12 @@ public static class Cli
     static Command UnmountCommand()
     {
         var mountpoint = new Argument<string>("MOUNTPOINT");
-        var cmd = new Command("unmount", "write dirty pages back, unmount, and stop the daemon") { mountpoint };
+        var force = new Option<bool>("--force") { Description = "unmount even while programs use the mount: its lab programs are stopped, open files and working directories in it fail with ENOTCONN" };
+        var cmd = new Command("unmount", "write dirty pages back, unmount, and stop the daemon (refused while the mount is in use, unless --force)") { mountpoint, force };
         cmd.SetAction(r =>
         {
-            var m = Path.GetFullPath(r.GetValue(mountpoint)!);
+            var m = Path.GetFullPath(r.GetValue(mountpoint)!).TrimEnd('/');
+            if (m.Length == 0) m = "/";
             if (!Mounts.IsLabMount(m)) throw new LabException($"{m} is not a lab mount");
             var conn = ControlClient.TryConnect(Path.Combine(m, ".lab", "control"), out _);
             if (conn == null)
@@ -168,6 +247,8 @@ public static class Cli
             }
             int pid;
             using (conn) pid = conn.DaemonPid;
+            if (!r.GetValue(force) && MountUsers.Find(m, pid) is { Count: > 0 } users)
+                throw new LabException($"{m} is busy: {MountUsers.Describe(users)}; stop them, or unmount with --force");
             Native.Kill(pid, 15);
             var deadline = DateTime.UtcNow.AddSeconds(60);
             while (Mounts.IsLabMount(m))
@@ -222,16 +303,17 @@ public static class Cli
         {
             var m = FindMount(r.GetValue(mount));
             using var conn = ConnectDaemon(m, out var socket);
-            var (psi, run) = LabProgram(m, socket, r.GetValue(program)!, r.GetValue(vm), r.GetValue(heap)!);
             long bytes = r.GetValue(limit);
             if (r.GetResult(limit) != null && bytes < 64 * 4096) throw new LabException("--resident-limit must be at least 256K");
+            var prog = LabProgram(m, socket, r.GetValue(program)!, r.GetValue(vm), r.GetValue(heap)!);
+            ulong run = prog.Run;
             if (bytes > 0) SetLimit(conn, run, bytes);
             var before = KernelFaults.OfReapedChildren();
-            var child = Start(psi);
             // Ctrl-C reaches the program through the terminal; the lab command just waits for it.
             using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(
                 System.Runtime.InteropServices.PosixSignal.SIGINT, c => c.Cancel = true);
-            child.WaitForExit();
+            var child = Start(prog, capture: false);
+            int exit = child.Wait();
             // The counters tell whether a program of the run ran outside the lab. A daemon that
             // went away cannot say: the program has been stopped with its own message then.
             string? text = null;
@@ -243,32 +325,36 @@ public static class Cli
                 // The shim cannot enter a static program its program exec'd: the run is incomplete.
                 Console.Error.WriteLine($"lab: {n} program{(n == 1 ? "" : "s")} of this run {(n == 1 ? "was" : "were")} statically linked and ran outside the lab: "
                     + "not served, not counted (the lab daemon's log names them)");
-                return child.ExitCode != 0 ? child.ExitCode : 70;
+                return exit != 0 ? exit : 70;
             }
-            return child.ExitCode;
+            return exit;
         });
         return cmd;
     }
 
+    /// <summary>A program to start under the lab: the file to execute, its argv as typed, the environment to add.</summary>
+    sealed record LabStart(string Exe, string[] Argv, Dictionary<string, string> Env, ulong Run);
+
     /// <summary>How to start PROGRAM under the lab: the shim preloaded, the daemon's socket, a fresh run id.</summary>
-    static (ProcessStartInfo Psi, ulong Run) LabProgram(string mount, string socket, string[] argv, string? vm, string heap)
+    static LabStart LabProgram(string mount, string socket, string[] argv, string? vm, string heap)
     {
-        var exe = ResolveProgram(argv[0]) ?? throw new LabException($"{argv[0]}: command not found");
+        var exe = ResolveProgram(argv[0]);
         RefuseStatic(exe);
         var shim = FindShim();
         // The allocator goes first: its malloc family then wins over the shim's, and its own mmap
         // calls bind to the shim's mmap, so every block it hands out sits in lab anonymous memory.
         if (heap == "lab") shim = FindAllocator() + ":" + shim;
         ulong run = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
-        var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
-        foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
-        psi.Environment["LAB_CONTROL"] = socket;
-        psi.Environment["LAB_MOUNT"] = mount;
-        psi.Environment["LAB_RUN_ID"] = run.ToString();
-        if (!string.IsNullOrEmpty(vm)) psi.Environment["LAB_VM"] = vm;
+        var env = new Dictionary<string, string>
+        {
+            ["LAB_CONTROL"] = socket,
+            ["LAB_MOUNT"] = mount,
+            ["LAB_RUN_ID"] = run.ToString(),
+        };
+        if (!string.IsNullOrEmpty(vm)) env["LAB_VM"] = vm;
         var pre = Environment.GetEnvironmentVariable("LD_PRELOAD");
-        psi.Environment["LD_PRELOAD"] = string.IsNullOrEmpty(pre) ? shim : shim + ":" + pre;
-        return (psi, run);
+        env["LD_PRELOAD"] = string.IsNullOrEmpty(pre) ? shim : shim + ":" + pre;
+        return new LabStart(exe, argv, env, run);
     }
 
     /// <summary>The shim enters a program through the dynamic loader (LD_PRELOAD): a statically
@@ -289,10 +375,13 @@ public static class Cli
     static long? Unserved(string statsText) =>
         ParseStats(statsText).TryGetValue("unserved_programs", out var v) && long.TryParse(v, out var n) ? n : null;
 
-    static Process Start(ProcessStartInfo psi)
+    /// <summary>Starts the program with argv[0] as the user typed it. A start that fails exits as a
+    /// shell's would: 127 for a missing file, 126 for one that cannot be executed.</summary>
+    static Spawned Start(LabStart p, bool capture)
     {
-        try { return Process.Start(psi)!; }
-        catch (System.ComponentModel.Win32Exception e) { throw new LabException($"{psi.FileName}: {e.Message}"); }
+        var child = Spawned.Start(p.Exe, p.Argv, p.Env, capture, out int e);
+        if (child != null) return child;
+        throw new ExitException(e == Errno.ENOENT ? 127 : 126, $"{p.Argv[0]}: {Errno.StrError(e)}");
     }
 
     static Command CompareCommand()
@@ -312,16 +401,15 @@ public static class Cli
             foreach (var vm in Resolvers.Names)
             {
                 conn.DropCaches();   // every design starts from a cold page cache
-                var (psi, run) = LabProgram(m, socket, argv, vm, r.GetValue(heap)!);
+                var prog = LabProgram(m, socket, argv, vm, r.GetValue(heap)!);
+                ulong run = prog.Run;
                 var before = KernelFaults.OfReapedChildren();
-                psi.RedirectStandardOutput = true;
-                psi.RedirectStandardInput = true;
-                var child = Start(psi);
-                child.StandardInput.Close();
-                var output = child.StandardOutput.ReadToEnd();
-                child.WaitForExit();
-                if (child.ExitCode != 0)
-                    throw new LabException($"{argv[0]} exited with status {child.ExitCode} under --vm {vm}");
+                var child = Start(prog, capture: true);
+                string output;
+                using (var reader = new StreamReader(child.Stdout!)) output = reader.ReadToEnd();
+                int exit = child.Wait();
+                if (exit != 0)
+                    throw new LabException($"{argv[0]} exited with status {exit} under --vm {vm}");
                 firstOut ??= output;
                 if (output != firstOut)
                     throw new LabException($"{argv[0]} printed different output under --vm {vm} than under --vm {Resolvers.Names[0]}");
@@ -340,12 +428,11 @@ public static class Cli
     static Command SwapCommand()
     {
         var file = new Argument<string>("FILE") { Description = "a swap store (SQLite) file" };
-        var top = new Option<int>("--top") { Description = "owners to list", DefaultValueFactory = _ => 20 };
+        var top = IntOption("--top", "owners to list", min: 0, defaultValue: 20);
         var verify = new Option<bool>("--verify") { Description = "also read every stored page and check its checksum (exit 1 if any fails)" };
         var inspect = new Command("inspect", "owners, counts and bad slots of a swap store file") { file, top, verify };
         inspect.SetAction(r =>
         {
-            if (r.GetValue(top) < 0) throw new LabException("--top must be 0 or more");
             Console.Out.Write(Lab.Swapstore.SwapInspector.Inspect(r.GetValue(file)!, r.GetValue(top), r.GetValue(verify), out long bad));
             return bad == 0 ? 0 : 1;
         });
@@ -395,14 +482,28 @@ public static class Cli
     static Command StatCommand()
     {
         var mount = MountOption();
-        var run = new Option<ulong>("--run") { Description = "only the processes of one `lab run` (its LAB_RUN_ID)" };
+        var run = new Option<ulong>("--run")
+        {
+            Description = "only the processes of one `lab run` (its LAB_RUN_ID)",
+            CustomParser = r =>
+            {
+                var v = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+                if (ulong.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong id) && id > 0) return id;
+                r.AddError($"--run: '{v}' is not a run id (the LAB_RUN_ID of a `lab run`, a number above 0)");
+                return 0;
+            },
+        };
         var raw = new Option<bool>("--raw") { Description = "print `name value` lines, as .lab/stats does" };
         var cmd = new Command("stat", "print the mount's counters") { mount, run, raw };
         cmd.SetAction(r =>
         {
             var m = FindMount(r.GetValue(mount));
             using var conn = ConnectDaemon(m, out _);
-            var text = conn.Stat(r.GetValue(run));
+            ulong id = r.GetValue(run);
+            var text = conn.Stat(id);
+            // The daemon answers any id with zeros: a run it has no process of is not one it knows.
+            if (id != 0 && ParseStats(text).GetValueOrDefault("processes") is null or "0")
+                throw new LabException($"no run {id} on {m} (the daemon keeps the last {Registry.RunsKept} runs)");
             Console.Out.Write(r.GetValue(raw) ? text : Table(text));
             return 0;
         });
@@ -424,15 +525,28 @@ public static class Cli
         return sb.ToString();
     }
 
-    static string? ResolveProgram(string name)
+    /// <summary>The file a shell would execute for NAME, with the shell's errors and exit codes:
+    /// 127 when there is none, 126 when it cannot be executed (a directory, no execute permission).</summary>
+    static string ResolveProgram(string name)
     {
-        if (name.Contains('/')) return File.Exists(name) ? Path.GetFullPath(name) : null;
+        if (name.Length == 0) throw new ExitException(127, "'': command not found");
+        if (name.Contains('/'))
+        {
+            if (Directory.Exists(name)) throw new ExitException(126, $"{name}: Is a directory");
+            if (!File.Exists(name)) throw new ExitException(127, $"{name}: No such file or directory");
+            if (!Spawned.MayExecute(name)) throw new ExitException(126, $"{name}: Permission denied");
+            return Path.GetFullPath(name);
+        }
+        string? notExecutable = null;
         foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':'))
         {
             var p = Path.Combine(dir.Length == 0 ? "." : dir, name);
-            if (File.Exists(p)) return p;
+            if (!File.Exists(p)) continue;
+            if (Spawned.MayExecute(p)) return Path.GetFullPath(p);
+            notExecutable ??= p;   // a shell goes on looking, and reports this one if none will run
         }
-        return null;
+        if (notExecutable != null) throw new ExitException(126, $"{notExecutable}: Permission denied");
+        throw new ExitException(127, $"{name}: command not found");
     }
 
     /// <summary>The malloc library `--heap lab` preloads: $LAB_ALLOCATOR, else the Debian jemalloc
@@ -460,6 +574,12 @@ public static class Cli
         }
         throw new LabException("liblabpreload.so not found (run `make`, or set LAB_PRELOAD)");
     }
+}
+
+/// <summary>A failure reported in one line with its own exit status (a shell's 126 and 127 for a program that cannot start).</summary>
+public sealed class ExitException(int exitCode, string message) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
 }
 
 /// <summary>Lab mounts as /proc/self/mountinfo lists them.</summary>

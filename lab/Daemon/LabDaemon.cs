@@ -56,7 +56,11 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
         {
             _removeSwapAtExit = options.SwapPath == null;
             _swapPath = options.SwapPath ?? System.IO.Path.Combine(SocketDirectory, $"swap-{Environment.ProcessId}.db");
-            Directory.CreateDirectory(System.IO.Path.GetDirectoryName(_swapPath)!);
+            // Only the default store's directory is ours to make; a missing directory in a path the
+            // user gave is a mistake to report, not something to create as root.
+            var swapDir = System.IO.Path.GetDirectoryName(_swapPath)!;
+            if (_removeSwapAtExit) Directory.CreateDirectory(swapDir);
+            else if (!Directory.Exists(swapDir)) throw new LabException($"--swap {_swapPath}: directory {swapDir} does not exist");
             // The store is emptied at open: never under another daemon that is using it.
             try { _swapLock = new FileStream(_swapPath + "-lock", FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
             catch (IOException) { throw new LabException($"swap store {_swapPath} is in use by another lab daemon"); }
@@ -175,6 +179,8 @@ public sealed class LabDaemon : ILabDirectory, IDisposable
                 sb.Append("swap_pages_read ").Append(Interlocked.Read(ref c.PagesRead)).Append('\n');
                 sb.Append("swap_transactions ").Append(Interlocked.Read(ref c.Transactions)).Append('\n');
                 sb.Append("swap_store_bad_slots ").Append(Interlocked.Read(ref c.BadSlots)).Append('\n');
+                // Now, not a sum: the slots holding a page, as `lab swap inspect` counts them.
+                sb.Append("swap_slots_used ").Append(Interlocked.Read(ref c.SlotsUsed)).Append('\n');
             }
             // What the daemon holds, to see it return to its starting footprint when idle.
             var (nodes, caches, handles) = _fs?.Counts() ?? default;

@@ -13,6 +13,11 @@ namespace Lab.Daemon;
 /// the process. Until then reads of those slots are served from memory. A commit that fails
 /// keeps its pages here (tried again at the next flush); with the buffer full, Write says
 /// the device is full, so the pageout takes only clean pages meanwhile.
+/// A freed slot is free in the file at once: the store batches the row deletes of frees
+/// into its next write, which may never come (a store whose programs all ended), so
+/// `lab swap inspect` showed the slots of dead objects as used. A committer thread,
+/// woken by each free, commits them (frees come from the VM under its locks, so never
+/// there), a burst of frees in one transaction.
 /// </summary>
 public sealed class StoreSwapDevice : ISwapDevice, IDisposable
 {
@@ -31,7 +36,31 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
     readonly SlotWrite[] _writes = new SlotWrite[ClusterPages];
     readonly long[] _toFree = new long[BufferPages];
 
-    public StoreSwapDevice(SwapStore store) { _store = store; }
+    readonly Thread _committer;
+    readonly AutoResetEvent _freed = new(false);
+    volatile bool _stopping;
+
+    public StoreSwapDevice(SwapStore store)
+    {
+        _store = store;
+        _committer = new Thread(CommitFrees) { IsBackground = true, Name = "swap-frees" };
+        _committer.Start();
+    }
+
+    void CommitFrees()
+    {
+        while (true)
+        {
+            _freed.WaitOne();
+            if (_stopping) return;
+            try { _store.Flush(); }
+            catch (Exception e) when (e is SwapStoreException or InvalidOperationException or IOException)
+            {
+                // The rows stay until the next write or flush commits them; the slots are free in memory.
+                Log.Error($"swap store: freed slots could not be committed ({e.Message}); the next write retries");
+            }
+        }
+    }
 
     public SwapStore Store => _store;
 
@@ -72,6 +101,7 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
                 if (_slots[i] == slot) { _slots[i] = -slot; return; }   // the flush frees it
         }
         _store.Free(slot);
+        _freed.Set();
     }
 
     /// <summary>Commit the pages written so far, a cluster per transaction. False if a commit failed (its pages wait for the next flush).</summary>
@@ -115,13 +145,18 @@ public sealed class StoreSwapDevice : ISwapDevice, IDisposable
                 _count = rest;
             }
             for (int i = 0; i < frees; i++) _store.Free(_toFree[i]);
+            if (frees > 0) _freed.Set();
             return ok;
         }
     }
 
     public void Dispose()
     {
+        _stopping = true;
+        _freed.Set();
+        _committer.Join();
         try { Flush(); } catch (ObjectDisposedException) { }
         _store.Dispose();
+        _freed.Dispose();
     }
 }

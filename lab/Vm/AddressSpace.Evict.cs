@@ -134,7 +134,6 @@ public sealed partial class AddressSpace
         long slot = Vm.SwapWrite(kind, ownerId, ownerIndex, buf);
         if (slot <= 0) return 0;
         Interlocked.Increment(ref Counters.pageouts);
-        Interlocked.Increment(ref Counters.swap_slots_used);
         mustSave.Remove(va >> Vm.PageShift);   // saved now: the copy is current again
         return slot;
     }

@@ -66,7 +66,6 @@ public sealed class VmCounters
     public long swap_slots_freed_on_wire;  // UVM: wiring dropped the anon's swap slot
     // Eviction and swap (all designs).
     public long pageouts;         // pages written to the swap device by this space's evictions
-    public long swap_slots_used;  // slots this space's page-outs took (a sum; the gauge is Vm.SwapSlotsInUse)
     public long evict_clean;      // evictions that dropped the page without I/O
     public long swap_bad_slots;   // swap reads that failed (corrupt or missing): the page was poisoned
     public long evict_retries;    // faults answered Retry because their page was being evicted
@@ -171,7 +170,6 @@ public sealed class VmCounters
         ("swap_slots_freed_on_dirty", c => ref c.swap_slots_freed_on_dirty),
         ("swap_slots_freed_on_wire", c => ref c.swap_slots_freed_on_wire),
         ("pageouts", c => ref c.pageouts),
-        ("swap_slots_used", c => ref c.swap_slots_used),
         ("evict_clean", c => ref c.evict_clean),
         ("swap_bad_slots", c => ref c.swap_bad_slots),
         ("evict_retries", c => ref c.evict_retries),
