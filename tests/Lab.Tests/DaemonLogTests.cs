@@ -34,18 +34,42 @@ public sealed class DaemonLogTests(ITestOutputHelper output)
         Assert.Contains("swap_store_bad_slots 0\n", raw.Stdout);
     }
 
-    [KernelFact]
-    public void A_repeated_error_is_logged_once_then_counted()
+    /// <summary>A mount whose log window is 3 s, so that a summary comes within the test (the default is a minute).</summary>
+    static LabMount ShortLogWindowMount()
     {
-        // A short window so that the summary comes within the test (the default is a minute).
-        LabMount m;
         lock (typeof(DaemonLogTests))
         {
             Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", "3000");
-            try { m = new LabMount(); }
+            try { return new LabMount(); }
             finally { Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", null); }
         }
-        using (m)
+    }
+
+    /// <summary>Waits until <paramref name="n"/> occurrences of a message are accounted for in the log:
+    /// lines in full (starting with <paramref name="prefix"/>, ending with <paramref name="suffix"/>) plus
+    /// the "N more like this" sums of it. Returns how many came in full.</summary>
+    long AccountedFor(LabMount m, int n, string prefix, string suffix, string summaryOf)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        long full, summed;
+        while (true)
+        {
+            var lines = m.DaemonLog.Split('\n');
+            full = lines.Count(l => l.StartsWith(prefix) && l.EndsWith(suffix));
+            summed = lines.Where(l => l.Contains(" more like this in the last 3000 ms: " + summaryOf))
+                .Sum(l => long.Parse(l["lab: ".Length..].Split(' ')[0]));
+            if (full + summed == n || DateTime.UtcNow > deadline) break;
+            Thread.Sleep(200);
+        }
+        output.WriteLine(m.DaemonLog);
+        Assert.Equal(n, full + summed);
+        return full;
+    }
+
+    [KernelFact]
+    public void A_repeated_error_is_logged_once_then_counted()
+    {
+        using (var m = ShortLogWindowMount())
         {
             const int N = 40;
             for (int i = 0; i < N; i++)
@@ -59,19 +83,7 @@ public sealed class DaemonLogTests(ITestOutputHelper output)
                 Assert.Null(conn.Receive());
             }
             // Every one is accounted for: lines in full, plus the "N more like this" sums.
-            var deadline = DateTime.UtcNow.AddSeconds(20);
-            long full, summed;
-            while (true)
-            {
-                var lines = m.DaemonLog.Split('\n');
-                full = lines.Count(l => l.StartsWith("lab: closing the control connection of pid ") && l.EndsWith("malformed message (type 999, 4 bytes)"));
-                summed = lines.Where(l => l.Contains(" more like this in the last 3000 ms: closing the control connection"))
-                    .Sum(l => long.Parse(l["lab: ".Length..].Split(' ')[0]));
-                if (full + summed == N || DateTime.UtcNow > deadline) break;
-                Thread.Sleep(200);
-            }
-            output.WriteLine(m.DaemonLog);
-            Assert.Equal(N, full + summed);
+            long full = AccountedFor(m, N, "lab: closing the control connection of pid ", "malformed message (type 999, 4 bytes)", "closing the control connection");
             Assert.InRange(full, 1, N / 4);
             Assert.Equal(0, m.DaemonLog.Split('\n').Count(l => l.Contains("more like this") && !l.Contains("closing the control connection")));
         }
@@ -80,14 +92,7 @@ public sealed class DaemonLogTests(ITestOutputHelper output)
     [KernelFact]
     public void A_failed_file_system_operation_is_logged_by_operation_and_errno_and_an_answer_is_not()
     {
-        LabMount m;
-        lock (typeof(DaemonLogTests))
-        {
-            Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", "3000");
-            try { m = new LabMount(); }
-            finally { Environment.SetEnvironmentVariable("LAB_LOG_WINDOW_MS", null); }
-        }
-        using (m)
+        using (var m = ShortLogWindowMount())
         {
             Directory.CreateDirectory(m.M("d"));
             File.WriteAllText(m.M("d/f"), "x");
@@ -95,23 +100,11 @@ public sealed class DaemonLogTests(ITestOutputHelper output)
             for (int i = 0; i < N; i++)
             {
                 // RMDIR of a directory that is not empty: ENOTEMPTY (39), a failed operation, N times.
-                var e = Assert.ThrowsAny<IOException>(() => Directory.Delete(m.M("d")));
+                Assert.ThrowsAny<IOException>(() => Directory.Delete(m.M("d")));
                 // A lookup of a name that is not there: an answer (ENOENT), never logged.
                 Assert.False(File.Exists(m.M($"missing{i}")));
             }
-            var deadline = DateTime.UtcNow.AddSeconds(20);
-            long full, summed;
-            while (true)
-            {
-                var lines = m.DaemonLog.Split('\n');
-                full = lines.Count(l => l.StartsWith("lab: fuse: RMDIR on node 1 failed: ") && l.EndsWith("(errno 39)"));
-                summed = lines.Where(l => l.Contains(" more like this in the last 3000 ms: fuse: RMDIR on node 1 failed: "))
-                    .Sum(l => long.Parse(l["lab: ".Length..].Split(' ')[0]));
-                if (full + summed == N || DateTime.UtcNow > deadline) break;
-                Thread.Sleep(200);
-            }
-            output.WriteLine(m.DaemonLog);
-            Assert.Equal(N, full + summed);
+            long full = AccountedFor(m, N, "lab: fuse: RMDIR on node 1 failed: ", "(errno 39)", "fuse: RMDIR on node 1 failed: ");
             Assert.InRange(full, 1, N / 3);
             Assert.DoesNotContain("LOOKUP", m.DaemonLog);
         }
