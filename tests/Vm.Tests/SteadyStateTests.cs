@@ -9,6 +9,16 @@ public sealed class SteadyStateTests : VmTest
         return GC.GetAllocatedBytesForCurrentThread() - before;
     }
 
+    /// <summary>The fewest bytes one of up to three measured passes allocated (each pass checks its own
+    /// counters). A per-fault allocation shows in every pass; a one-off of the runtime's own (seen once
+    /// under load: 2,112 bytes in one pass of 512 faults, none in the next runs) does not fail the test.</summary>
+    static long Fewest(Func<long> pass)
+    {
+        long fewest = long.MaxValue;
+        for (int i = 0; i < 3 && fewest != 0; i++) fewest = Math.Min(fewest, pass());
+        return fewest;
+    }
+
     [Theory, MemberData(nameof(Designs))]
     public void ZeroFillFaults_AllocateNothingOnceTablesAreWarm(string design)
     {
@@ -16,9 +26,14 @@ public sealed class SteadyStateTests : VmTest
         var s = vm.CreateSpace(new NullPmap(readPage: true), Resolvers.Create(design));
         s.MapAnon(A, 1024 * P, Prot.Read | Prot.Write);
         Assert.True(FaultAll(s, A, 1024, FaultAccess.Write) > 0);   // warm: tables grow (and the probe works)
-        s.Remove(A, 1024 * P);
-        long bytes = FaultAll(s, A, 1024, FaultAccess.Write);
-        Assert.Equal(2048, s.Counters.v_zfod + s.Counters.flt_przero);
+        long bytes = Fewest(() =>
+        {
+            s.Remove(A, 1024 * P);
+            long zfod = s.Counters.v_zfod + s.Counters.flt_przero;
+            long b = FaultAll(s, A, 1024, FaultAccess.Write);
+            Assert.Equal(1024, s.Counters.v_zfod + s.Counters.flt_przero - zfod);
+            return b;
+        });
         Assert.Equal(0, s.Counters.internal_errors);
         Assert.Equal(0, bytes);
     }
@@ -32,9 +47,15 @@ public sealed class SteadyStateTests : VmTest
         FaultAll(s, A, 256, FaultAccess.Write);
         for (int i = 0; i < 256; i++) Assert.Equal(EvictResult.Evicted, s.Evict(A + (ulong)i * P));
         FaultAll(s, A, 256, FaultAccess.Read);          // swap-in; read-only, the copies stay current
-        for (int i = 0; i < 256; i++) Assert.Equal(EvictResult.Clean, s.Evict(A + (ulong)i * P));
-        long bytes = FaultAll(s, A, 256, FaultAccess.Read);
-        Assert.Equal(512, s.Counters.pageins);
+        Assert.Equal(256, s.Counters.pageins);
+        long bytes = Fewest(() =>
+        {
+            for (int i = 0; i < 256; i++) Assert.Equal(EvictResult.Clean, s.Evict(A + (ulong)i * P));
+            long pageins = s.Counters.pageins;
+            long b = FaultAll(s, A, 256, FaultAccess.Read);
+            Assert.Equal(256, s.Counters.pageins - pageins);
+            return b;
+        });
         Assert.Equal(0, s.Counters.internal_errors + s.Counters.sigbus);
         Assert.Equal(0, bytes);
         s.Destroy();
@@ -51,10 +72,14 @@ public sealed class SteadyStateTests : VmTest
         s.MapFile(A, 256 * P, Prot.Read | Prot.Write, v, 0, shared: false);
         FaultAll(s, A, 256, FaultAccess.Read);          // read-only copies from the cache
         FaultAll(s, A, 256, FaultAccess.WriteProtect);  // copy-up into the shadow
-        s.Remove(A, 256 * P);
-        long bytes = FaultAll(s, A, 256, FaultAccess.Read)
-                   + FaultAll(s, A, 256, FaultAccess.WriteProtect);
-        Assert.Equal(512, s.Counters.v_cow_faults + s.Counters.flt_prcopy);
+        long bytes = Fewest(() =>
+        {
+            s.Remove(A, 256 * P);
+            long cow = s.Counters.v_cow_faults + s.Counters.flt_prcopy;
+            long b = FaultAll(s, A, 256, FaultAccess.Read) + FaultAll(s, A, 256, FaultAccess.WriteProtect);
+            Assert.Equal(256, s.Counters.v_cow_faults + s.Counters.flt_prcopy - cow);
+            return b;
+        });
         Assert.Equal(0, s.Counters.internal_errors);
         Assert.Equal(0, bytes);
     }
