@@ -138,6 +138,11 @@ public sealed partial class Runner
             bool write = (pg.Prot & Prot.Write) != 0 && pg.Kind != PageKind.SharedFile;
             if (oracle.Expect(p.O, vpn0 + (ulong)i, write) != Outcome.Ok) { expect = false; upTo = i; break; }
         }
+        // Pages of entries wired before this call: Wire faults none of them (the BSDs only bump the
+        // wire count), and below the kernel's populate reaches them instead.
+        var wiredBefore = new List<ulong>();
+        for (int i = 0; i < n; i++)
+            if (p.O.Pages.TryGetValue(vpn0 + (ulong)i, out var wb) && wb.Wired && wb.Prot != Prot.None) wiredBefore.Add(vpn0 + (ulong)i);
         var c = p.Space.Counters;
         long f0 = c.v_vm_faults, segv0 = c.sigsegv, bus0 = c.sigbus;
         long dirty0 = c.swap_slots_freed_on_dirty, onWire0 = c.swap_slots_freed_on_wire;
@@ -180,6 +185,14 @@ public sealed partial class Runner
         }
         for (int i = 0; i < n; i++)
             if (p.O.Pages.TryGetValue(vpn0 + (ulong)i, out var pg)) pg.Wired = got;
+        // Then Linux's mlock populates the range, writing for a private writable mapping. A page of an
+        // entry wired before may still be shared copy-on-write since a fork (the lab forks a wired entry
+        // lazily, as Linux does; the BSDs copy it eagerly): the populate breaks that through the design's
+        // write-protect fault, as the kernel's populate does under `lab run`.
+        if (got)
+            foreach (var q in wiredBefore)
+                if (p.O.Pages.TryGetValue(q, out var wp) && (wp.Prot & Prot.Write) != 0 && wp.Kind != PageKind.SharedFile)
+                    Mmu(p, q * PropPmap.Page, write: true, Outcome.Ok);
         if (!got || (checks & Checks.Wiring) == 0) return;
         for (int i = 0; i < n; i++)
         {
