@@ -19,8 +19,6 @@ public sealed unsafe class LabProcess : IUffdEvents
     public readonly UffdPmap Pmap;
     public readonly LatencyHistogram Latency = new();
     public long LookupMisses, Events, Resyncs;
-    /// <summary>Faults served at addresses of lab file mappings (coverage: a program's own files).</summary>
-    public long FileFaults;
     /// <summary>The last exit report of this image's shim (LAB_OUTSIDE); default until one comes.</summary>
     public OutsidePages Outside;
     /// <summary>Ranges (and their pages) the program registered with a userfaultfd of its own.</summary>
@@ -196,7 +194,6 @@ public sealed unsafe class LabProcess : IUffdEvents
         var c = Space.Counters;
         long pagerErrors = Volatile.Read(ref c.pager_errors), internalErrors = Volatile.Read(ref c.internal_errors);
         var result = Space.Fault(va, access);
-        if (Space.ObjectAt(va) is { } at && at.Object.Vnode != null) Interlocked.Increment(ref FileFaults);
         if (result == FaultResult.SigSegv)
         {
             // The kernel let the access through, so the model is missing the range: say so loudly.

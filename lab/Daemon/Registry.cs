@@ -166,7 +166,7 @@ public sealed class Registry
         r.Throttled += Interlocked.Read(ref p.ThrottledFaults);
         r.ReleasedRanges += Interlocked.Read(ref p.ReleasedRanges); r.ReleasedPages += Interlocked.Read(ref p.ReleasedPages);
         r.InstallErrors += p.Pmap.InstallErrors; r.Superseded += p.Pmap.Superseded;
-        r.FileFaults += Interlocked.Read(ref p.FileFaults);
+        r.FileFaults += Interlocked.Read(ref p.Space.FileFaults);
         r.Outside += p.Outside;
     }
 

@@ -66,6 +66,10 @@ public sealed partial class AddressSpace
     /// <summary>Resolve a fault at <paramref name="va"/>: counts v_vm_faults once, then the resolver.</summary>
     public FaultResult Fault(ulong va, FaultAccess access) => Fault(va, access, null);
 
+    /// <summary>Faults (not wiring ones) whose page, once resolved, belongs to a file mapping
+    /// (its entry's object is a vnode's): coverage's faults on a program's own lab files.</summary>
+    public long FileFaults;
+
     /// <summary>A fault, or a wiring fault (VM_FAULT_WIRE) for a design that tells them apart (<paramref name="wiring"/>).</summary>
     FaultResult Fault(ulong va, FaultAccess access, Mach.IWiringResolver? wiring)
     {
@@ -81,6 +85,8 @@ public sealed partial class AddressSpace
                 int n = faulting[vpn] - 1;
                 if (n == 0) faulting.Remove(vpn);
                 else faulting[vpn] = n;
+                // Counted in the hold the fault's end takes anyway, not by another lookup.
+                if (wiring == null && FindEntry(va)?.Object?.Vnode != null) Interlocked.Increment(ref FileFaults);
             }
         }
     }
